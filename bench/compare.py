@@ -1,0 +1,192 @@
+#!/usr/bin/env python3
+"""Runs millrace and the PyTorch DataLoader peer on the same files and prints the ratio.
+
+  python3 bench/compare.py --millrace build/millrace --root data/imagenet-like \\
+      --recipe train|val|both --images 1000 [--json out/compare.json]
+
+For each recipe a millrace config is written to a temporary folder and run with
+`MILLRACE bench CONFIG --json RESULT.json` (warm-up and repeats are millrace's; its JSON gives the
+median "images_per_second"), then bench/peers/torch_dataloader.py runs on the same first N images
+of ROOT/labels.lst with the same worker count and batch size, --peer-repeats times (median). Both
+sides deliver full batches only. Absolute rates drift on shared machines; the ratio of two runs
+made back to back is the number to quote.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PEER = os.path.join(HERE, "peers", "torch_dataloader.py")
+IMAGENET_MEAN_PIXELS = "[123.68, 116.779, 103.939]"
+
+
+def millrace_config(recipe, root, images, threads, batch):
+    """The config of one recipe; `root` goes in as a JSON string, which YAML reads verbatim."""
+    root_text = json.dumps(os.path.abspath(root))
+    if recipe == "train":
+        files = (f"{{type: files, root: {root_text}, list: labels.lst, shuffle: true, seed: 1, "
+                 f"limit: {images}}}")
+        augment = "{type: augment, crop: random_resized, size: [224, 224], mirror: 0.5}"
+    else:
+        files = (f"{{type: files, root: {root_text}, list: labels.lst, shuffle: false, "
+                 f"limit: {images}}}")
+        augment = "{type: augment, resize: 256, crop: center, size: [224, 224]}"
+    return (f"pipeline: {{name: {recipe}-int8, threads: {threads}, queue: 8, ordered: true}}\n"
+            "stages:\n"
+            f"  - {files}\n"
+            "  - {type: decode}\n"
+            f"  - {augment}\n"
+            f"  - {{type: normalize, dtype: int8, mean: {IMAGENET_MEAN_PIXELS}, layout: NCHW}}\n"
+            f"  - {{type: batch, size: {batch}, last: drop}}\n"
+            "  - {type: discard}\n")
+
+
+class RunFailed(Exception):
+    pass
+
+
+def run(cmd, timeout, what):
+    started = time.perf_counter()
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RunFailed(f"{what} did not finish within {timeout} s: {' '.join(cmd)}")
+    except OSError as e:
+        raise RunFailed(f"{what} could not start: {e}")
+    if result.returncode != 0:
+        raise RunFailed(f"{what} failed with status {result.returncode}: {' '.join(cmd)}\n"
+                        f"{result.stdout}{result.stderr}")
+    return result, time.perf_counter() - started
+
+
+def read_rate(path, what):
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        rate = float(data["images_per_second"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunFailed(f"{what} wrote no usable JSON at {path}: {e}")
+    if not rate > 0:
+        raise RunFailed(f"{what} reported images_per_second = {rate}")
+    return rate, data
+
+
+def compare_recipe(args, recipe, work):
+    config = os.path.join(work, f"millrace_{recipe}.yaml")
+    with open(config, "w") as f:
+        f.write(millrace_config(recipe, args.root, args.images, args.threads, args.batch))
+    millrace_json = os.path.join(work, f"millrace_{recipe}.json")
+    print(f"[{recipe}] millrace bench {config}", flush=True)
+    _, seconds = run([args.millrace, "bench", config, "--json", millrace_json], args.timeout,
+                     "millrace")
+    millrace_rate, millrace_data = read_rate(millrace_json, "millrace")
+    print(f"[{recipe}] millrace: {millrace_rate:.1f} images/s ({seconds:.1f} s wall)", flush=True)
+
+    peer_runs = []
+    for repeat in range(args.peer_repeats):
+        peer_json = os.path.join(work, f"peer_{recipe}_{repeat}.json")
+        result, _ = run([args.peer_python, PEER, "--root", args.root, "--recipe", recipe,
+                         "--workers", str(args.workers), "--batch", str(args.batch), "--images",
+                         str(args.images), "--json", peer_json], args.timeout, "the peer")
+        print(f"[{recipe}] {result.stdout.strip()}", flush=True)
+        peer_runs.append(read_rate(peer_json, "the peer")[1])
+    peer_rate = statistics.median(r["images_per_second"] for r in peer_runs)
+
+    return {
+        "recipe": recipe,
+        "millrace_images_per_second": millrace_rate,
+        "peer_images_per_second": peer_rate,
+        "ratio": millrace_rate / peer_rate,
+        "millrace": millrace_data,
+        "peer_runs": peer_runs,
+        "config": millrace_config(recipe, args.root, args.images, args.threads, args.batch),
+    }
+
+
+def print_table(rows):
+    header = ("recipe", "millrace images/s", "pytorch images/s", "ratio")
+    lines = [(r["recipe"], f"{r['millrace_images_per_second']:.1f}",
+              f"{r['peer_images_per_second']:.1f}", f"{r['ratio']:.2f}x") for r in rows]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) if i == 0 else h.rjust(w)
+                    for i, (h, w) in enumerate(zip(header, widths))))
+    for line in lines:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(line, widths))))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--millrace", required=True, help="the millrace executable")
+    parser.add_argument("--root", required=True, help="dataset folder holding labels.lst")
+    parser.add_argument("--recipe", choices=["train", "val", "both"], default="both")
+    parser.add_argument("--images", type=int, default=1000, help="first N images of the list")
+    parser.add_argument("--json", help="write the table and both sides' results here")
+    parser.add_argument("--threads", type=int, default=2, help="millrace pipeline threads")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--peer-repeats", type=int, default=3,
+                        help="peer runs per recipe; the median is compared")
+    parser.add_argument("--peer-python", default=sys.executable,
+                        help="interpreter for the peer (it needs torch and torchvision)")
+    parser.add_argument("--keep", help="keep the generated configs and raw results in this folder")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per run")
+    args = parser.parse_args()
+
+    if not os.path.isfile(os.path.join(args.root, "labels.lst")):
+        parser.error(f"{args.root} holds no labels.lst (make one with the dataset generator)")
+    if not (os.path.isfile(args.millrace) and os.access(args.millrace, os.X_OK)):
+        parser.error(f"{args.millrace} is not an executable file")
+    if args.images < 2 * args.batch or args.peer_repeats < 1:
+        parser.error("--images must cover at least two batches and --peer-repeats be >= 1")
+    args.millrace = os.path.abspath(args.millrace)
+
+    recipes = ["train", "val"] if args.recipe == "both" else [args.recipe]
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
+        work_context = None
+        work = args.keep
+    else:
+        work_context = tempfile.TemporaryDirectory(prefix="millrace_compare_")
+        work = work_context.name
+    try:
+        rows = [compare_recipe(args, recipe, work) for recipe in recipes]
+    except RunFailed as e:
+        print(f"compare: {e}", file=sys.stderr)
+        if not args.keep:
+            print("compare: rerun with --keep DIR to keep the configs and results", file=sys.stderr)
+        return 1
+    finally:
+        if work_context is not None:
+            work_context.cleanup()
+
+    print()
+    print_table(rows)
+    if args.json:
+        report = {
+            "root": os.path.abspath(args.root),
+            "images": args.images,
+            "threads": args.threads,
+            "workers": args.workers,
+            "batch": args.batch,
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                        "processor": platform.processor()},
+            "results": rows,
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

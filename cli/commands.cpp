@@ -1,0 +1,263 @@
+#include "cli/commands.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "cli/progress.hpp"
+#include "datasets/make_dataset.hpp"
+#include "millrace/pipeline.hpp"
+#include "millrace/report.hpp"
+
+namespace millrace::cli {
+
+namespace {
+
+constexpr int kOk = 0;
+constexpr int kRunFailed = 1;
+constexpr int kConfigError = 2;
+constexpr int kInterrupted = 130;
+
+const char* const kUsage = R"(usage: millrace <command> [options]
+
+commands:
+  run CONFIG [--set NAME.key=value]... [--json FILE] [--quiet]
+      run a pipeline: live progress on stderr, then a summary
+  validate CONFIG [--set ...]
+      check a config without running it; errors as file:line:col (exit 2)
+  stages [--markdown]
+      every stage type with its keys, types, defaults and docs
+  graph CONFIG [--set ...]
+      the lowered oneTBB flow graph as Graphviz DOT
+  bench CONFIG [--set ...] [--repeats N] [--warmup N] [--json FILE]
+      repeated runs: median images/s and batch latency percentiles
+  make-dataset DIR [--count N] [--seed S] [--classes K] [--size imagenet|large]
+      write an ImageNet-like JPEG set with class folders and labels.lst
+
+NAME is `pipeline` or a stage name (a stage's name defaults to its type).
+exit codes: 0 success, 1 run failed, 2 config or usage error, 130 interrupted
+)";
+
+struct Args {
+  std::vector<std::string> positional;
+  std::vector<std::string> overrides;
+  std::string json;
+  bool quiet = false;
+  bool markdown = false;
+  int repeats = 3;
+  int warmup = 1;
+  int count = 2000;
+  int classes = 10;
+  long long seed = 0;
+  std::string size = "imagenet";
+};
+
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+int to_int(const std::string& flag, const std::string& text) {
+  try {
+    std::size_t used = 0;
+    const long long v = std::stoll(text, &used);
+    if (used != text.size() || v < 0 || v > 1'000'000'000) throw std::out_of_range(text);
+    return static_cast<int>(v);
+  } catch (const std::logic_error&) {
+    throw UsageError(flag + " expects a non-negative integer, got '" + text + "'");
+  }
+}
+
+Args parse_args(int argc, char** argv, int first) {
+  Args a;
+  for (int i = first; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw UsageError(arg + " needs a value");
+      return argv[++i];
+    };
+    if (arg == "--set") {
+      a.overrides.push_back(value());
+    } else if (arg.rfind("--set=", 0) == 0) {
+      a.overrides.push_back(arg.substr(6));
+    } else if (arg == "--json") {
+      a.json = value();
+    } else if (arg == "--quiet" || arg == "-q") {
+      a.quiet = true;
+    } else if (arg == "--markdown") {
+      a.markdown = true;
+    } else if (arg == "--repeats") {
+      a.repeats = std::max(1, to_int(arg, value()));
+    } else if (arg == "--warmup") {
+      a.warmup = to_int(arg, value());
+    } else if (arg == "--count") {
+      a.count = to_int(arg, value());
+    } else if (arg == "--classes") {
+      a.classes = std::max(1, to_int(arg, value()));
+    } else if (arg == "--seed") {
+      a.seed = to_int(arg, value());
+    } else if (arg == "--size") {
+      a.size = value();
+    } else if (arg.size() > 1 && arg[0] == '-') {
+      throw UsageError("unknown option '" + arg + "'");
+    } else {
+      a.positional.push_back(arg);
+    }
+  }
+  return a;
+}
+
+void write_file(const std::string& path, const std::string& text) {
+  const auto parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent);
+  std::ofstream out(path, std::ios::binary);
+  out << text;
+  if (!out) throw std::runtime_error(path + ": cannot write");
+}
+
+const std::string& config_arg(const Args& a, const char* command) {
+  if (a.positional.size() != 1) {
+    throw UsageError(std::string(command) + " takes one CONFIG file");
+  }
+  return a.positional.front();
+}
+
+void print_diagnostics(const std::vector<Diagnostic>& diagnostics) {
+  for (const auto& d : diagnostics) std::cerr << d.to_string() << "\n";
+}
+
+int cmd_run(const Args& a) {
+  Pipeline p = Pipeline::from_file(config_arg(a, "run"), a.overrides);
+  print_diagnostics(p.warnings());
+  RunStats stats;
+  std::string failure;
+  {
+    ProgressReporter progress(p, a.quiet);
+    try {
+      while (auto batch = p.next()) {
+      }
+    } catch (const RunError& e) {
+      failure = e.what();
+    }
+  }
+  stats = p.stats();
+  std::cout << format_summary(p.name(), stats);
+  if (!a.json.empty()) write_file(a.json, summary_json(p.name(), stats));
+  if (!failure.empty()) {
+    std::cerr << "millrace: run failed: " << failure << "\n";
+    return kRunFailed;
+  }
+  return ProgressReporter::interrupted() ? kInterrupted : kOk;
+}
+
+int cmd_validate(const Args& a) {
+  const std::string& path = config_arg(a, "validate");
+  const auto diagnostics = validate_file(path, a.overrides);
+  print_diagnostics(diagnostics);
+  std::size_t errors = 0;
+  for (const auto& d : diagnostics) errors += d.warning ? 0 : 1;
+  if (errors > 0) {
+    std::cerr << errors << " error(s) in " << path << "\n";
+    return kConfigError;
+  }
+  std::cout << path << ": ok\n";
+  return kOk;
+}
+
+int cmd_graph(const Args& a) {
+  Pipeline p = Pipeline::from_file(config_arg(a, "graph"), a.overrides);
+  std::cout << p.graph_dot();
+  return kOk;
+}
+
+int cmd_bench(const Args& a) {
+  const std::string& path = config_arg(a, "bench");
+  BenchResult r = bench(path, a.overrides, a.repeats, a.warmup);
+  const std::string name = std::filesystem::path(path).stem().string();
+  std::cout << format_summary(name, r.last);
+  std::vector<double> lat = r.batch_latency_ms;
+  std::sort(lat.begin(), lat.end());
+  auto pct = [&](double q) {
+    return lat.empty() ? 0.0
+                       : lat[std::min(lat.size() - 1,
+                                      static_cast<std::size_t>(q * static_cast<double>(lat.size())))];
+  };
+  std::printf("bench %s: median %.1f images/s over %zu runs (", name.c_str(),
+              r.median_images_per_second, r.images_per_second.size());
+  for (std::size_t i = 0; i < r.images_per_second.size(); ++i) {
+    std::printf("%s%.1f", i > 0 ? ", " : "", r.images_per_second[i]);
+  }
+  std::printf("); batch latency p50 %.2f ms, p90 %.2f ms, p99 %.2f ms\n", pct(0.5), pct(0.9),
+              pct(0.99));
+  if (!a.json.empty()) write_file(a.json, bench_json(name, r));
+  return r.last.error.empty() ? kOk : kRunFailed;
+}
+
+int cmd_make_dataset(const Args& a) {
+  if (a.positional.size() != 1) throw UsageError("make-dataset takes one DIR");
+  datasets::DatasetSpec spec;
+  spec.dir = a.positional.front();
+  spec.count = a.count;
+  spec.classes = a.classes;
+  spec.seed = static_cast<std::uint64_t>(a.seed);
+  if (a.size == "imagenet") {
+    spec.size = datasets::DatasetSpec::Size::kImageNet;
+  } else if (a.size == "large") {
+    spec.size = datasets::DatasetSpec::Size::kLarge;
+  } else {
+    throw UsageError("--size expects imagenet or large, got '" + a.size + "'");
+  }
+  const bool tty = isatty(STDERR_FILENO) == 1;
+  auto report = datasets::make_dataset(spec, [&](int done, int total) {
+    if (tty && (done % 20 == 0 || done == total)) {
+      std::fprintf(stderr, "\r\033[Kmake-dataset: %d/%d images", done, total);
+      if (done == total) std::fprintf(stderr, "\n");
+    }
+  });
+  std::printf("%s: %d images (%d from photos, %d procedural), %.1f MB, list %s\n",
+              spec.dir.c_str(), report.images, report.from_photos, report.procedural,
+              static_cast<double>(report.bytes) / 1e6, report.list_path.c_str());
+  return kOk;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0 ||
+      std::strcmp(argv[1], "help") == 0) {
+    std::cout << kUsage;
+    return argc < 2 ? kConfigError : kOk;
+  }
+  const std::string command = argv[1];
+  try {
+    const Args args = parse_args(argc, argv, 2);
+    if (command == "run") return cmd_run(args);
+    if (command == "validate") return cmd_validate(args);
+    if (command == "stages") {
+      std::cout << stage_reference(args.markdown);
+      return kOk;
+    }
+    if (command == "graph") return cmd_graph(args);
+    if (command == "bench") return cmd_bench(args);
+    if (command == "make-dataset") return cmd_make_dataset(args);
+    throw UsageError("unknown command '" + command + "'");
+  } catch (const UsageError& e) {
+    std::cerr << "millrace: " << e.what() << "\n\n" << kUsage;
+    return kConfigError;
+  } catch (const ConfigError& e) {
+    print_diagnostics(e.diagnostics());
+    return kConfigError;
+  } catch (const std::exception& e) {
+    std::cerr << "millrace: " << e.what() << "\n";
+    return kRunFailed;
+  }
+}
+
+}  // namespace millrace::cli

@@ -1,0 +1,40 @@
+// Live progress of a CLI run on stderr, and Ctrl-C handling.
+//
+// Contract: a ProgressReporter owns one background thread that wakes every 100 ms; it redraws a
+// status line when stderr is a terminal and prints a plain line every few seconds otherwise. It
+// also turns SIGINT into Pipeline::cancel(), so a run stops within a second. Destroy it before
+// printing the summary.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+
+#include "millrace/pipeline.hpp"
+
+namespace millrace::cli {
+
+class ProgressReporter {
+ public:
+  ProgressReporter(Pipeline& pipeline, bool quiet);
+  ~ProgressReporter();
+  ProgressReporter(const ProgressReporter&) = delete;
+  ProgressReporter& operator=(const ProgressReporter&) = delete;
+
+  static bool interrupted();
+
+ private:
+  void loop();
+  void draw(bool final_line);
+
+  Pipeline& pipeline_;
+  bool quiet_;
+  bool tty_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace millrace::cli

@@ -1,0 +1,490 @@
+#include "engine/config.hpp"
+
+#include "engine/random.hpp"
+
+#include <charconv>
+#include <cmath>
+#include <map>
+#include <sstream>
+#include <thread>
+
+namespace millrace {
+
+namespace {
+
+std::string describe(const ConfigNode& n) {
+  if (n.is_scalar()) return "'" + n.scalar + "'";
+  return std::string(n.kind_name());
+}
+
+}  // namespace
+
+bool read_int(const ConfigNode& node, std::int64_t& out, const std::string& context,
+              Diagnostics& diagnostics) {
+  if (node.is_scalar() && !node.quoted) {
+    const char* begin = node.scalar.data();
+    const char* end = begin + node.scalar.size();
+    auto [ptr, ec] = std::from_chars(begin, end, out);
+    if (ec == std::errc() && ptr == end) return true;
+    if (ec == std::errc::result_out_of_range) {
+      diagnostics.error(node.where, context + " is out of range: " + node.scalar);
+      return false;
+    }
+  }
+  diagnostics.error(node.where, context + " expects an integer, got " + describe(node));
+  return false;
+}
+
+bool read_number(const ConfigNode& node, double& out, const std::string& context,
+                 Diagnostics& diagnostics) {
+  if (node.is_scalar() && !node.quoted) {
+    const char* begin = node.scalar.data();
+    const char* end = begin + node.scalar.size();
+    auto [ptr, ec] = std::from_chars(begin, end, out);
+    if (ec == std::errc() && ptr == end && std::isfinite(out)) return true;
+  }
+  diagnostics.error(node.where, context + " expects a number, got " + describe(node));
+  return false;
+}
+
+bool read_bool(const ConfigNode& node, bool& out, const std::string& context,
+               Diagnostics& diagnostics) {
+  if (node.is_scalar() && !node.quoted) {
+    const std::string& s = node.scalar;
+    if (s == "true" || s == "True" || s == "yes" || s == "on") {
+      out = true;
+      return true;
+    }
+    if (s == "false" || s == "False" || s == "no" || s == "off") {
+      out = false;
+      return true;
+    }
+  }
+  diagnostics.error(node.where, context + " expects true or false, got " + describe(node));
+  return false;
+}
+
+bool read_string(const ConfigNode& node, std::string& out, const std::string& context,
+                 Diagnostics& diagnostics) {
+  if (node.is_scalar()) {
+    out = node.scalar;
+    return true;
+  }
+  diagnostics.error(node.where, context + " expects a string, got " + describe(node));
+  return false;
+}
+
+std::string format_number(double value) {
+  std::ostringstream out;
+  out.precision(10);
+  out << value;
+  return out.str();
+}
+
+const StageFactory* Registry::find(const std::string& type) const {
+  for (const auto& f : factories_) {
+    if (f->info().type == type) return f.get();
+  }
+  return nullptr;
+}
+
+std::vector<const StageFactory*> Registry::all() const {
+  std::vector<const StageFactory*> out;
+  for (const auto& f : factories_) out.push_back(f.get());
+  return out;
+}
+
+std::vector<std::string> Registry::types() const {
+  std::vector<std::string> out;
+  for (const auto& f : factories_) out.push_back(f->info().type);
+  return out;
+}
+
+const Registry& Registry::builtin() {
+  static const Registry registry = [] {
+    Registry r;
+    register_builtin_stages(r);
+    return r;
+  }();
+  return registry;
+}
+
+std::string_view shape_name(StageShape shape) {
+  switch (shape) {
+    case StageShape::kSource:
+      return "source";
+    case StageShape::kTransform:
+      return "transform";
+    case StageShape::kBatch:
+      return "batch";
+    case StageShape::kSink:
+      return "sink";
+  }
+  return "?";
+}
+
+std::vector<ParamDoc> pipeline_key_docs() {
+  return {
+      {"name", "string", "pipeline", "a name for reports", false},
+      {"threads", "integer", "all cores", "TBB worker threads", false},
+      {"queue", "integer", "8", "default capacity, in items, of every edge between two stages",
+       false},
+      {"ordered", "boolean", "true",
+       "deliver samples in source order (false: as they complete)", false},
+      {"prefetch", "integer", "2", "batches handed to the consumer ahead of it", false},
+      {"seed", "integer", "0", "seed of every stage's random stream (augmentations)", false},
+      {"max_errors", "integer | fraction | N%", "no limit",
+       "fail the run when more samples than this are skipped (a count, or a fraction of the "
+       "samples read)",
+       false},
+  };
+}
+
+std::vector<ParamDoc> common_stage_key_docs() {
+  return {
+      {"type", "string", "(required)", "the stage type", true},
+      {"name", "string", "the type", "unique name; `--set NAME.key=value` addresses it", false},
+      {"concurrency", "integer | serial", "pipeline.threads for concurrent stages, else serial",
+       "samples processed at once", false},
+      {"queue", "integer", "pipeline.queue", "capacity of the edge into this stage, in items",
+       false},
+      {"on_error", "skip | fail", "skip",
+       "per-sample errors: skip the sample and list it, or fail the run (stages that can fail on "
+       "one sample)",
+       false},
+  };
+}
+
+namespace {
+
+void check_duplicates(const ConfigNode& node, Diagnostics& d) {
+  if (node.is_map()) {
+    for (std::size_t i = 0; i < node.entries.size(); ++i) {
+      const ConfigNode& key = node.entries[i].first;
+      for (std::size_t j = 0; j < i; ++j) {
+        const ConfigNode& first = node.entries[j].first;
+        if (first.scalar == key.scalar) {
+          d.error(key.where, "duplicate key '" + key.scalar + "' (first defined at line " +
+                                 std::to_string(first.where.line) + ":" +
+                                 std::to_string(first.where.column) + ")");
+          break;
+        }
+      }
+    }
+    for (const auto& [k, v] : node.entries) check_duplicates(v, d);
+  }
+  for (const auto& item : node.items) check_duplicates(item, d);
+}
+
+std::string stage_name_of(const ConfigNode& stage) {
+  if (const ConfigNode* n = stage.find("name"); n != nullptr && n->is_scalar()) return n->scalar;
+  if (const ConfigNode* t = stage.find("type"); t != nullptr && t->is_scalar()) return t->scalar;
+  return "";
+}
+
+void set_key(ConfigNode& map, const std::string& key, ConfigNode value, const Location& where) {
+  if (ConfigNode* existing = map.find(key)) {
+    *existing = std::move(value);
+    return;
+  }
+  ConfigNode k;
+  k.kind = ConfigNode::Kind::kScalar;
+  k.scalar = key;
+  k.where = where;
+  map.entries.emplace_back(std::move(k), std::move(value));
+}
+
+void apply_override(ConfigNode& root, const std::string& assignment, Diagnostics& d) {
+  const Location where{"--set " + assignment, 0, 0};
+  const auto eq = assignment.find('=');
+  const auto dot = assignment.find('.');
+  if (eq == std::string::npos || dot == std::string::npos || dot > eq) {
+    d.error(where, "expected NAME.key=value (NAME is 'pipeline' or a stage name)");
+    return;
+  }
+  const std::string target = assignment.substr(0, dot);
+  const std::string key = assignment.substr(dot + 1, eq - dot - 1);
+  ConfigNode value = parse_inline_value(assignment.substr(eq + 1), where, d);
+  if (!root.is_map()) return;
+  if (target == "pipeline") {
+    ConfigNode* section = root.find("pipeline");
+    if (section == nullptr || !section->is_map()) {
+      ConfigNode empty;
+      empty.kind = ConfigNode::Kind::kMap;
+      empty.where = where;
+      set_key(root, "pipeline", std::move(empty), where);
+      section = root.find("pipeline");
+    }
+    set_key(*section, key, std::move(value), where);
+    return;
+  }
+  ConfigNode* stages = root.find("stages");
+  std::vector<std::string> names;
+  if (stages != nullptr && stages->is_sequence()) {
+    for (auto& stage : stages->items) {
+      if (!stage.is_map()) continue;
+      const std::string name = stage_name_of(stage);
+      if (name == target) {
+        set_key(stage, key, std::move(value), where);
+        return;
+      }
+      names.push_back(name);
+    }
+  }
+  std::string list;
+  for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+  std::string hint = nearest(target, names);
+  d.error(where, "no stage named '" + target + "'" +
+                     (hint.empty() ? "" : " (did you mean '" + hint + "'?)") +
+                     "; stages: pipeline, " + list);
+}
+
+void parse_max_errors(const ConfigNode& n, PipelinePlan& plan, Diagnostics& d) {
+  const std::string context = "pipeline: 'max_errors'";
+  if (n.is_scalar() && !n.scalar.empty() && n.scalar.back() == '%') {
+    ConfigNode number = n;
+    number.scalar.pop_back();
+    number.quoted = false;
+    double percent = 0;
+    if (read_number(number, percent, context, d)) {
+      if (percent < 0 || percent > 100) {
+        d.error(n.where, context + " expects a percentage in 0..100%, got " + n.scalar);
+      } else {
+        plan.max_error_fraction = percent / 100.0;
+      }
+    }
+    return;
+  }
+  double value = 0;
+  if (!read_number(n, value, context, d)) return;
+  if (value < 0) {
+    d.error(n.where, context + " must not be negative");
+  } else if (value < 1 && value != 0) {
+    plan.max_error_fraction = value;
+  } else if (value != std::floor(value)) {
+    d.error(n.where, context + " expects a count (an integer) or a fraction below 1, got " +
+                         n.scalar);
+  } else {
+    plan.max_error_count = static_cast<std::int64_t>(value);
+  }
+}
+
+void parse_pipeline_section(const ConfigNode& section, PipelinePlan& plan, Diagnostics& d) {
+  if (!section.is_map()) {
+    d.error(section.where, "'pipeline' expects a mapping, got " + describe(section));
+    return;
+  }
+  std::vector<std::string> known;
+  for (const auto& doc : pipeline_key_docs()) known.push_back(doc.key);
+  for (const auto& [key, value] : section.entries) {
+    const std::string context = "pipeline: '" + key.scalar + "'";
+    std::int64_t i = 0;
+    if (key.scalar == "name") {
+      read_string(value, plan.name, context, d);
+    } else if (key.scalar == "threads" || key.scalar == "queue" || key.scalar == "prefetch") {
+      if (!read_int(value, i, context, d)) continue;
+      const std::int64_t hi = key.scalar == "threads" ? 1024 : 1 << 20;
+      if (i < 1 || i > hi) {
+        d.error(value.where, context + " is out of range: " + std::to_string(i) + " not in 1.." +
+                                 std::to_string(hi));
+        continue;
+      }
+      (key.scalar == "threads" ? plan.threads
+                               : key.scalar == "queue" ? plan.queue : plan.prefetch) =
+          static_cast<int>(i);
+    } else if (key.scalar == "ordered") {
+      read_bool(value, plan.ordered, context, d);
+    } else if (key.scalar == "seed") {
+      if (read_int(value, i, context, d)) {
+        if (i < 0) {
+          d.error(value.where, context + " must not be negative");
+        } else {
+          plan.seed = static_cast<std::uint64_t>(i);
+        }
+      }
+    } else if (key.scalar == "max_errors") {
+      parse_max_errors(value, plan, d);
+    } else {
+      std::string hint = nearest(key.scalar, known);
+      std::string list;
+      for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+      d.error(key.where, "pipeline: unknown key '" + key.scalar + "'" +
+                             (hint.empty() ? "" : " (did you mean '" + hint + "'?)") +
+                             "; known keys: " + list);
+    }
+  }
+}
+
+// The engine's own keys of one stage; the rest goes to the stage's schema.
+void parse_common_keys(const ConfigNode& stage, StagePlan& plan, const PipelinePlan& pipeline,
+                       Diagnostics& d) {
+  const std::string where = "stage '" + plan.name + "' (" + plan.type + ")";
+  const StageInfo& info = plan.factory->info();
+  plan.queue = pipeline.queue;
+  plan.concurrency = info.concurrent ? pipeline.threads : 1;
+  if (const ConfigNode* n = stage.find("concurrency")) {
+    std::int64_t c = 0;
+    if (n->is_scalar() && n->scalar == "serial") {
+      plan.concurrency = 1;
+    } else if (read_int(*n, c, where + ": 'concurrency'", d)) {
+      if (c < 1 || c > 1024) {
+        d.error(n->where, where + ": 'concurrency' is out of range: " + std::to_string(c) +
+                              " not in 1..1024 (or 'serial')");
+      } else if (c > 1 && !info.concurrent) {
+        d.error(n->where, where + ": 'concurrency' must be 1 or 'serial': a " +
+                              std::string(shape_name(info.shape)) + " stage of type '" +
+                              plan.type + "' runs serially");
+      } else {
+        plan.concurrency = static_cast<int>(c);
+      }
+    }
+  }
+  if (const ConfigNode* n = stage.find("queue")) {
+    std::int64_t q = 0;
+    if (read_int(*n, q, where + ": 'queue'", d)) {
+      if (q < 1 || q > (1 << 20)) {
+        d.error(n->where, where + ": 'queue' is out of range: " + std::to_string(q) +
+                              " not in 1..1048576");
+      } else {
+        plan.queue = static_cast<int>(q);
+      }
+    }
+  }
+  if (const ConfigNode* n = stage.find("on_error")) {
+    std::string v;
+    if (!info.per_sample_errors) {
+      // Left to the schema's unknown-key report, which lists the keys this stage has.
+    } else if (read_string(*n, v, where + ": 'on_error'", d)) {
+      if (v == "skip") {
+        plan.on_error = OnError::kSkip;
+      } else if (v == "fail") {
+        plan.on_error = OnError::kFail;
+      } else {
+        d.error(n->where, where + ": 'on_error' expects one of skip | fail, got '" + v + "'");
+      }
+    }
+  }
+}
+
+void check_structure(PipelinePlan& plan, const ConfigNode& stages_node, Diagnostics& d) {
+  int batch_index = -1;
+  for (std::size_t i = 0; i < plan.stages.size(); ++i) {
+    const StagePlan& s = plan.stages[i];
+    if (s.factory == nullptr) continue;
+    const StageShape shape = s.factory->info().shape;
+    const std::string where = "stage '" + s.name + "' (" + s.type + ")";
+    if (i == 0 && shape != StageShape::kSource) {
+      d.error(s.where, where + ": the first stage must be a source (files, ...), not a " +
+                           std::string(shape_name(shape)));
+    }
+    if (i > 0 && shape == StageShape::kSource) {
+      d.error(s.where, where + ": a pipeline has one source, and it comes first");
+    }
+    if (shape == StageShape::kBatch) {
+      if (batch_index >= 0) {
+        d.error(s.where, where + ": a pipeline has one batch stage (the first is '" +
+                             plan.stages[static_cast<std::size_t>(batch_index)].name + "')");
+      }
+      batch_index = static_cast<int>(i);
+    }
+    if (shape == StageShape::kTransform && batch_index >= 0) {
+      d.error(s.where, where + ": sample transforms come before the batch stage");
+    }
+    if (shape == StageShape::kSink && batch_index < 0) {
+      d.error(s.where, where + ": a sink consumes batches, so it comes after the batch stage");
+    }
+  }
+  if (batch_index < 0 && !plan.stages.empty()) {
+    d.error(stages_node.where, "the pipeline has no batch stage (add `- type: batch`)");
+  }
+}
+
+}  // namespace
+
+PipelinePlan parse_pipeline(ConfigNode root, const std::vector<std::string>& overrides,
+                            const Registry& registry, Diagnostics& d) {
+  PipelinePlan plan;
+  plan.file = root.where.file;
+  if (!root.is_map()) {
+    if (!d.has_errors()) {
+      d.error(root.where, "a pipeline config is a mapping with 'pipeline' and 'stages', got " +
+                              describe(root));
+    }
+    return plan;
+  }
+  check_duplicates(root, d);
+  for (const auto& o : overrides) apply_override(root, o, d);
+
+  for (const auto& [key, value] : root.entries) {
+    if (key.scalar != "pipeline" && key.scalar != "stages") {
+      std::string hint = nearest(key.scalar, {"pipeline", "stages"});
+      d.error(key.where, "unknown top-level key '" + key.scalar + "'" +
+                             (hint.empty() ? "" : " (did you mean '" + hint + "'?)") +
+                             "; known keys: pipeline, stages");
+    }
+  }
+  if (const ConfigNode* section = root.find("pipeline")) parse_pipeline_section(*section, plan, d);
+  if (plan.threads == 0) {
+    plan.threads = static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
+  }
+
+  const ConfigNode* stages = root.find("stages");
+  if (stages == nullptr) {
+    d.error(root.where, "missing required key 'stages' (the list of stages)");
+    return plan;
+  }
+  if (!stages->is_sequence() || stages->items.empty()) {
+    d.error(stages->where, "'stages' expects a non-empty list of stages, got " + describe(*stages));
+    return plan;
+  }
+
+  std::map<std::string, Location> names;
+  for (const ConfigNode& node : stages->items) {
+    if (!node.is_map()) {
+      d.error(node.where, "a stage is a mapping with at least 'type', got " + describe(node));
+      continue;
+    }
+    StagePlan s;
+    s.where = node.where;
+    const ConfigNode* type = node.find("type");
+    if (type == nullptr) {
+      d.error(node.where, "stage: missing required key 'type'");
+      continue;
+    }
+    if (!read_string(*type, s.type, "stage: 'type'", d)) continue;
+    s.factory = registry.find(s.type);
+    if (s.factory == nullptr) {
+      std::string list;
+      for (const auto& t : registry.types()) list += (list.empty() ? "" : ", ") + t;
+      std::string hint = nearest(s.type, registry.types());
+      d.error(type->where, "unknown stage type '" + s.type + "'" +
+                               (hint.empty() ? "" : " (did you mean '" + hint + "'?)") +
+                               "; known types: " + list);
+      continue;
+    }
+    s.name = s.type;
+    if (const ConfigNode* n = node.find("name")) read_string(*n, s.name, "stage: 'name'", d);
+    if (auto [it, inserted] = names.emplace(s.name, s.where); !inserted) {
+      d.error(s.where, "stage name '" + s.name + "' is used twice (first at line " +
+                           std::to_string(it->second.line) +
+                           "); give one of them a different `name`");
+    }
+    parse_common_keys(node, s, plan, d);
+
+    StageContext context;
+    context.name = s.name;
+    context.type = s.type;
+    context.where = s.where;
+    context.seed = plan.seed;
+    context.stage_key = stable_hash(s.name);
+    context.pipeline_threads = plan.threads;
+    std::vector<std::string> engine_keys{"type", "name", "concurrency", "queue"};
+    if (s.factory->info().per_sample_errors) engine_keys.emplace_back("on_error");
+    s.stage = s.factory->create(node, context, engine_keys, d);
+    plan.stages.push_back(std::move(s));
+  }
+  check_structure(plan, *stages, d);
+  return plan;
+}
+
+}  // namespace millrace

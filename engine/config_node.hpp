@@ -1,0 +1,68 @@
+// A parsed configuration document: a small tree with 1-based source locations on every node.
+//
+// Contract: built once from YAML text by load_config_document() (the only place that sees
+// yaml-cpp), then read-only; safe to share between threads. Duplicate mapping keys are kept in
+// order so that validation can name both lines (yaml-cpp itself accepts them silently).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "millrace/errors.hpp"
+
+namespace millrace {
+
+struct Location {
+  std::string file;
+  int line = 0;
+  int column = 0;
+};
+
+class ConfigNode {
+ public:
+  enum class Kind { kNull, kScalar, kSequence, kMap };
+
+  Kind kind = Kind::kNull;
+  Location where;
+  std::string scalar;  // for kScalar (and the text of a null: "~", "null" or "")
+  bool quoted = false;  // a quoted scalar is always a string
+  std::vector<ConfigNode> items;                                // kSequence
+  std::vector<std::pair<ConfigNode, ConfigNode>> entries;       // kMap: key node, value node
+
+  bool is_null() const { return kind == Kind::kNull; }
+  bool is_scalar() const { return kind == Kind::kScalar; }
+  bool is_sequence() const { return kind == Kind::kSequence; }
+  bool is_map() const { return kind == Kind::kMap; }
+  // First entry with this key, or nullptr.
+  const ConfigNode* find(std::string_view key) const;
+  ConfigNode* find(std::string_view key);
+  std::string_view kind_name() const;  // "a number", "a list", ... for messages
+};
+
+// Collects diagnostics; stages and the loader append, the caller throws once at the end.
+class Diagnostics {
+ public:
+  void error(const Location& where, std::string message);
+  void warning(const Location& where, std::string message);
+  bool has_errors() const;
+  std::size_t error_count() const;
+  const std::vector<Diagnostic>& all() const { return items_; }
+  std::vector<Diagnostic> warnings() const;
+  void throw_if_errors() const;  // throws ConfigError with every diagnostic
+
+ private:
+  std::vector<Diagnostic> items_;
+};
+
+// Parses YAML text. Syntax errors become diagnostics (the document is then null).
+ConfigNode load_config_document(std::string_view text, const std::string& file, Diagnostics& out);
+
+// Parses a YAML value written inline (an override's right-hand side, a builder's value).
+ConfigNode parse_inline_value(std::string_view text, const Location& where, Diagnostics& out);
+
+std::string nearest(std::string_view word, const std::vector<std::string>& candidates);
+
+}  // namespace millrace

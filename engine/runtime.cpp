@@ -1,0 +1,768 @@
+#include "engine/runtime.hpp"
+
+#include <oneapi/tbb/flow_graph.h>
+#include <oneapi/tbb/task_arena.h>
+
+#include <boost/lockfree/spsc_queue.hpp>
+#include <map>
+#include <sstream>
+
+namespace millrace {
+
+namespace flow = oneapi::tbb::flow;
+
+namespace {
+
+struct Token {};
+
+using Clock = std::chrono::steady_clock;
+
+std::int64_t nanos_since(Clock::time_point origin) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - origin).count();
+}
+
+void bump_peak(std::atomic<std::int64_t>& peak, std::int64_t value) {
+  std::int64_t seen = peak.load(std::memory_order_relaxed);
+  while (value > seen && !peak.compare_exchange_weak(seen, value, std::memory_order_relaxed)) {
+  }
+}
+
+enum class StepKind { kLoad, kTransform, kBatch, kSink, kDeliver };
+
+std::string_view step_kind_name(StepKind kind) {
+  switch (kind) {
+    case StepKind::kLoad:
+      return "load";
+    case StepKind::kTransform:
+      return "transform";
+    case StepKind::kBatch:
+      return "batch";
+    case StepKind::kSink:
+      return "sink";
+    case StepKind::kDeliver:
+      return "deliver";
+  }
+  return "?";
+}
+
+BatchData* const kEndOfStream = reinterpret_cast<BatchData*>(alignof(BatchData));
+
+}  // namespace
+
+// Adapts a step's emit function to the BatchEmitter a batch stage sees, without type erasure
+// (a std::function here would allocate per sample).
+template <class Graph, class Emit>
+class StepEmitter final : public BatchEmitter {
+ public:
+  StepEmitter(Graph& graph, Emit& emit) : graph_(graph), emit_(emit) {}
+  BatchData& acquire() override { return *graph_.batches_->acquire(); }
+  void emit(BatchData& b) override {
+    b.index = graph_.next_batch_index_++;
+    Msg out;
+    out.kind = Msg::Kind::kBatch;
+    out.batch = &b;
+    out.epoch = b.epoch;
+    out.seq = b.index;
+    emit_(out);
+  }
+  void discard(BatchData& b) override { graph_.batches_->release(&b); }
+
+ private:
+  Graph& graph_;
+  Emit& emit_;
+};
+
+// The TBB side of a pipeline: one step per node that does work, each fed by a bounded edge.
+class FlowGraph {
+ public:
+  using In = std::tuple<Msg, Token>;
+  using Join = flow::join_node<In, flow::reserving>;
+  using Body = flow::function_node<In, flow::continue_msg, flow::rejecting>;
+
+  struct Step {
+    StepKind kind = StepKind::kTransform;
+    StagePlan* stage = nullptr;  // nullptr for the deliver step
+    std::size_t stage_index = 0;
+    int concurrency = 1;
+    int capacity = 1;  // tokens of the edge into this step
+    bool sequenced = false;
+    bool finished = false;
+    std::unique_ptr<flow::queue_node<Msg>> queue;  // a sequencer_node when sequenced
+    std::unique_ptr<flow::buffer_node<Token>> tokens;
+    std::unique_ptr<Join> join;
+    std::unique_ptr<Body> body;
+    StepCounters counters;
+  };
+
+  struct EpochProgress {
+    std::uint64_t seen = 0;
+    std::uint64_t expected = 0;
+    bool marker = false;
+  };
+
+  explicit FlowGraph(Pipeline::Impl& owner);
+
+  void build();
+  void run();
+  std::string dot() const;
+
+  Pipeline::Impl& owner_;
+  PipelinePlan& plan_;
+  std::unique_ptr<oneapi::tbb::task_arena> arena_;
+  std::unique_ptr<flow::graph> graph_;
+  std::unique_ptr<flow::input_node<Msg>> source_;
+  std::unique_ptr<flow::join_node<std::tuple<Msg, Token, Token>, flow::reserving>> source_join_;
+  std::unique_ptr<flow::function_node<std::tuple<Msg, Token, Token>, flow::continue_msg,
+                                      flow::rejecting>>
+      source_forward_;
+  std::unique_ptr<flow::buffer_node<Token>> window_;
+  std::unique_ptr<flow::buffer_node<Token>> prefetch_tokens_;
+  std::vector<std::unique_ptr<Step>> steps_;
+  StepCounters source_counters_;
+  int window_capacity_ = 0;
+
+  std::unique_ptr<ObjectPool<Sample>> samples_;
+  std::unique_ptr<ObjectPool<BatchData>> batches_;
+  boost::lockfree::spsc_queue<BatchData*> ready_;
+
+  // Source state: touched only by the serial input_node body.
+  std::uint64_t next_seq_ = 0;
+  std::uint32_t epoch_ = 0;
+  std::uint64_t epoch_samples_ = 0;
+  bool source_ended_ = false;
+
+  // Batch step state: touched only by the serial batch body.
+  std::map<std::uint32_t, EpochProgress> epochs_;
+  std::uint64_t batch_seen_ = 0;
+  std::uint64_t end_total_ = 0;
+  bool end_seen_ = false;
+  std::uint64_t next_batch_index_ = 0;
+
+ private:
+  Msg source_next(oneapi::tbb::flow_control& control);
+  void run_step(Step& step, Step* next, const Msg& msg);
+  void finish_step(Step& step);
+};
+
+FlowGraph::FlowGraph(Pipeline::Impl& owner)
+    : owner_(owner), plan_(owner.plan_), ready_(static_cast<std::size_t>(owner.plan_.prefetch) + 1) {}
+
+void FlowGraph::build() {
+  // One step per node that does work. The source's concurrent load step comes first when the
+  // source has one; the deliver step hands batches to the consumer.
+  std::size_t batch_step = 0;
+  for (std::size_t i = 0; i < plan_.stages.size(); ++i) {
+    StagePlan& s = plan_.stages[i];
+    auto add = [&](StepKind kind, int concurrency) {
+      auto step = std::make_unique<Step>();
+      step->kind = kind;
+      step->stage = &s;
+      step->stage_index = i;
+      step->concurrency = concurrency;
+      step->capacity = s.queue;
+      steps_.push_back(std::move(step));
+    };
+    switch (s.factory->info().shape) {
+      case StageShape::kSource:
+        if (static_cast<const SourceStage&>(*s.stage).has_load()) add(StepKind::kLoad, s.concurrency);
+        break;
+      case StageShape::kTransform:
+        add(StepKind::kTransform, s.concurrency);
+        break;
+      case StageShape::kBatch:
+        batch_step = steps_.size();
+        add(StepKind::kBatch, 1);
+        break;
+      case StageShape::kSink:
+        add(StepKind::kSink, 1);
+        break;
+    }
+  }
+  {
+    auto deliver = std::make_unique<Step>();
+    deliver->kind = StepKind::kDeliver;
+    deliver->capacity = plan_.queue;
+    steps_.push_back(std::move(deliver));
+  }
+
+  // Bounds: a sample exists only while it holds a token of a sample edge (or waits in the input
+  // node's one-item buffer); a batch only while it holds a token of a batch edge, is held by the
+  // consumer (prefetch tokens) or is kept by the batch stage (a partial batch and the epoch's
+  // first batch for padding, per open epoch; at most window + 2 epochs can be open).
+  std::size_t sample_tokens = 0;
+  std::size_t batch_tokens = 0;
+  for (std::size_t i = 0; i < steps_.size(); ++i) {
+    (i <= batch_step ? sample_tokens : batch_tokens) += static_cast<std::size_t>(steps_[i]->capacity);
+  }
+  if (plan_.ordered) {
+    steps_[batch_step]->sequenced = true;
+    window_capacity_ = steps_[batch_step]->capacity;
+  } else {
+    window_capacity_ = static_cast<int>(sample_tokens) + 1;
+  }
+  samples_ = std::make_unique<ObjectPool<Sample>>("sample", sample_tokens + 2);
+  batches_ = std::make_unique<ObjectPool<BatchData>>(
+      "batch", batch_tokens + static_cast<std::size_t>(plan_.prefetch) +
+                   2 * (static_cast<std::size_t>(window_capacity_) + 3));
+
+  arena_ = std::make_unique<oneapi::tbb::task_arena>(plan_.threads);
+  arena_->execute([&] {
+    graph_ = std::make_unique<flow::graph>();
+    flow::graph& g = *graph_;
+    for (auto& step : steps_) {
+      if (step->sequenced) {
+        step->queue = std::make_unique<flow::sequencer_node<Msg>>(
+            g, [](const Msg& m) { return static_cast<std::size_t>(m.seq); });
+      } else {
+        step->queue = std::make_unique<flow::queue_node<Msg>>(g);
+      }
+      step->tokens = std::make_unique<flow::buffer_node<Token>>(g);
+      step->join = std::make_unique<Join>(g);
+    }
+    prefetch_tokens_ = std::make_unique<flow::buffer_node<Token>>(g);
+    window_ = std::make_unique<flow::buffer_node<Token>>(g);
+
+    for (std::size_t i = 0; i < steps_.size(); ++i) {
+      Step* step = steps_[i].get();
+      Step* next = i + 1 < steps_.size() ? steps_[i + 1].get() : nullptr;
+      step->body = std::make_unique<Body>(
+          g, static_cast<std::size_t>(step->concurrency), [this, step, next](const In& in) {
+            run_step(*step, next, std::get<0>(in));
+            return flow::continue_msg();
+          });
+      flow::make_edge(*step->queue, flow::input_port<0>(*step->join));
+      flow::buffer_node<Token>& out_tokens = next != nullptr ? *next->tokens : *prefetch_tokens_;
+      flow::make_edge(out_tokens, flow::input_port<1>(*step->join));
+      flow::make_edge(*step->join, *step->body);
+    }
+
+    source_ = std::make_unique<flow::input_node<Msg>>(
+        g, [this](oneapi::tbb::flow_control& control) { return source_next(control); });
+    source_join_ =
+        std::make_unique<flow::join_node<std::tuple<Msg, Token, Token>, flow::reserving>>(g);
+    Step* first = steps_.front().get();
+    source_forward_ = std::make_unique<flow::function_node<std::tuple<Msg, Token, Token>,
+                                                           flow::continue_msg, flow::rejecting>>(
+        g, flow::serial, [this, first](const std::tuple<Msg, Token, Token>& in) {
+          Msg m = std::get<0>(in);
+          const auto occupied = first->counters.occupancy.fetch_add(1, std::memory_order_relaxed) + 1;
+          bump_peak(first->counters.occupancy_peak, occupied);
+          first->counters.occupancy_sum.fetch_add(static_cast<std::uint64_t>(occupied),
+                                                  std::memory_order_relaxed);
+          first->counters.occupancy_samples.fetch_add(1, std::memory_order_relaxed);
+          first->queue->try_put(m);
+          return flow::continue_msg();
+        });
+    flow::make_edge(*source_, flow::input_port<0>(*source_join_));
+    flow::make_edge(*first->tokens, flow::input_port<1>(*source_join_));
+    flow::make_edge(*window_, flow::input_port<2>(*source_join_));
+    flow::make_edge(*source_join_, *source_forward_);
+
+    for (auto& step : steps_) {
+      for (int t = 0; t < step->capacity; ++t) step->tokens->try_put(Token{});
+    }
+    for (int t = 0; t < plan_.prefetch; ++t) prefetch_tokens_->try_put(Token{});
+    for (int t = 0; t < window_capacity_; ++t) window_->try_put(Token{});
+    g.wait_for_all();
+    // Held until the end of stream reaches the consumer (or the run is cancelled): the graph has
+    // work outstanding while the consumer holds batches, even when no task is running.
+    g.reserve_wait();
+  });
+}
+
+Msg FlowGraph::source_next(oneapi::tbb::flow_control& control) {
+  Msg m;
+  if (source_ended_ || owner_.stopping()) {
+    control.stop();
+    return m;
+  }
+  auto& source = static_cast<SourceStage&>(*plan_.stages.front().stage);
+  Sample* sample = samples_->acquire();
+  const auto t0 = Clock::now();
+  try {
+    switch (source.next(*sample)) {
+      case SourceStatus::kSample:
+        m.kind = Msg::Kind::kSample;
+        m.sample = sample;
+        sample->seq = next_seq_;
+        m.epoch = sample->epoch;
+        ++epoch_samples_;
+        owner_.samples_read_.fetch_add(1, std::memory_order_relaxed);
+        source_counters_.items.fetch_add(1, std::memory_order_relaxed);
+        break;
+      case SourceStatus::kEpochEnd:
+        samples_->release(sample);
+        m.kind = Msg::Kind::kEpochEnd;
+        m.epoch = epoch_++;
+        m.count = epoch_samples_;
+        epoch_samples_ = 0;
+        break;
+      case SourceStatus::kEnd:
+        samples_->release(sample);
+        m.kind = Msg::Kind::kEnd;
+        m.count = next_seq_ + 1;  // every message the source sent, this one included
+        source_ended_ = true;
+        break;
+    }
+  } catch (const std::exception& e) {
+    samples_->release(sample);
+    const StagePlan& s = plan_.stages.front();
+    owner_.fail("stage '" + s.name + "' (" + s.where.file + ":" + std::to_string(s.where.line) +
+                ") failed: " + e.what());
+    control.stop();
+    return m;
+  }
+  source_counters_.busy_ns.fetch_add(static_cast<std::uint64_t>(nanos_since(t0)),
+                                     std::memory_order_relaxed);
+  m.seq = next_seq_++;
+  if (m.seq == 0) owner_.note_first_item();
+  return m;
+}
+
+void FlowGraph::run_step(Step& step, Step* next, const Msg& msg) {
+  // The item has left our input edge: give its slot back to the producer.
+  if (msg.holds_token) {
+    step.counters.occupancy.fetch_sub(1, std::memory_order_relaxed);
+    step.tokens->try_put(Token{});
+  }
+  if (step.sequenced) window_->try_put(Token{});
+
+  StepCounters* out_counters = next != nullptr ? &next->counters : nullptr;
+  if (out_counters != nullptr) {
+    const auto occupied = out_counters->occupancy.fetch_add(1, std::memory_order_relaxed) + 1;
+    bump_peak(out_counters->occupancy_peak, occupied);
+    out_counters->occupancy_sum.fetch_add(static_cast<std::uint64_t>(occupied),
+                                          std::memory_order_relaxed);
+    out_counters->occupancy_samples.fetch_add(1, std::memory_order_relaxed);
+  }
+  bool emitted = false;
+  auto emit = [&](Msg out) {
+    out.holds_token = !emitted;
+    emitted = true;
+    if (next != nullptr) {
+      next->queue->try_put(out);
+    } else {
+      owner_.deliver(out);
+    }
+  };
+
+  const auto t0 = Clock::now();
+  Msg m = msg;
+  const bool is_data = m.kind == Msg::Kind::kSample || m.kind == Msg::Kind::kBatch;
+  if (owner_.stopping()) {
+    // Cancelled or failed: drain without work so that nothing waits on this item.
+    if (m.sample != nullptr) samples_->release(m.sample);
+    if (m.batch != nullptr) batches_->release(m.batch);
+  } else {
+    const std::string* stage_name = step.stage != nullptr ? &step.stage->name : nullptr;
+    auto sample_failure = [&](const std::exception& e, bool data_error) {
+      const StagePlan& s = *step.stage;
+      std::string what = "stage '" + s.name + "' (" + s.where.file + ":" +
+                         std::to_string(s.where.line) + ")";
+      if (m.sample != nullptr) {
+        what += " failed on sample " + std::to_string(m.sample->id) + " '" + m.sample->path + "'";
+      } else if (m.batch != nullptr) {
+        what += " failed on batch " + std::to_string(m.batch->index);
+      } else {
+        what += " failed";
+      }
+      step.counters.errors.fetch_add(1, std::memory_order_relaxed);
+      if (data_error && s.on_error == OnError::kSkip && m.sample != nullptr) {
+        m.sample->skipped = true;
+        m.sample->error = e.what();
+        owner_.record_skip(*m.sample, s.name, e.what());
+        return;
+      }
+      owner_.fail(what + ": " + e.what());
+    };
+    try {
+      switch (step.kind) {
+        case StepKind::kLoad:
+        case StepKind::kTransform:
+          if (m.kind == Msg::Kind::kSample && !m.sample->skipped) {
+            try {
+              if (step.kind == StepKind::kLoad) {
+                static_cast<const SourceStage&>(*step.stage->stage).load(*m.sample);
+              } else {
+                static_cast<const TransformStage&>(*step.stage->stage).process(*m.sample, owner_);
+              }
+            } catch (const SampleError& e) {
+              sample_failure(e, true);
+            }
+          }
+          emit(m);
+          break;
+        case StepKind::kBatch: {
+          auto& stage = static_cast<BatchStage&>(*step.stage->stage);
+          StepEmitter<FlowGraph, decltype(emit)> emitter(*this, emit);
+          ++batch_seen_;
+          if (m.kind == Msg::Kind::kSample) {
+            if (!m.sample->skipped) {
+              try {
+                stage.push(*m.sample, emitter);
+              } catch (const SampleError& e) {
+                sample_failure(e, true);
+              }
+            }
+            ++epochs_[m.sample->epoch].seen;
+            samples_->release(m.sample);
+          } else if (m.kind == Msg::Kind::kEpochEnd) {
+            EpochProgress& p = epochs_[m.epoch];
+            p.expected = m.count;
+            p.marker = true;
+          } else if (m.kind == Msg::Kind::kEnd) {
+            end_seen_ = true;
+            end_total_ = m.count;
+          }
+          for (auto it = epochs_.begin(); it != epochs_.end();) {
+            if (it->second.marker && it->second.seen == it->second.expected) {
+              stage.finish_epoch(it->first, emitter);
+              it = epochs_.erase(it);
+            } else {
+              ++it;
+            }
+          }
+          if (end_seen_ && batch_seen_ == end_total_) {
+            stage.finish();
+            step.finished = true;
+            Msg end;
+            end.kind = Msg::Kind::kEnd;
+            emit(end);
+          }
+          break;
+        }
+        case StepKind::kSink:
+          if (m.kind == Msg::Kind::kBatch) {
+            static_cast<SinkStage&>(*step.stage->stage).consume(*m.batch);
+          } else if (m.kind == Msg::Kind::kEnd) {
+            step.stage->stage->finish();
+            step.finished = true;
+          }
+          emit(m);
+          break;
+        case StepKind::kDeliver:
+          emit(m);
+          break;
+      }
+    } catch (const std::exception& e) {
+      sample_failure(e, false);
+      if (!emitted && m.sample != nullptr) samples_->release(m.sample);
+      if (!emitted && m.batch != nullptr) batches_->release(m.batch);
+    }
+    (void)stage_name;
+  }
+  if (!emitted) {
+    if (out_counters != nullptr) out_counters->occupancy.fetch_sub(1, std::memory_order_relaxed);
+    (next != nullptr ? *next->tokens : *prefetch_tokens_).try_put(Token{});
+  }
+  if (is_data) step.counters.items.fetch_add(1, std::memory_order_relaxed);
+  step.counters.busy_ns.fetch_add(static_cast<std::uint64_t>(nanos_since(t0)),
+                                  std::memory_order_relaxed);
+}
+
+void FlowGraph::run() {
+  arena_->execute([&] {
+    source_->activate();
+    graph_->wait_for_all();
+  });
+  // Stages not finished by the end-of-stream marker (a cancelled or failed run) finish here, so
+  // that sinks still close what they wrote.
+  for (auto& step : steps_) {
+    if (step->stage == nullptr || step->finished) continue;
+    if (step->kind == StepKind::kBatch || step->kind == StepKind::kSink) {
+      try {
+        step->stage->stage->finish();
+      } catch (const std::exception& e) {
+        owner_.fail("stage '" + step->stage->name + "' failed to finish: " + e.what());
+      }
+      step->finished = true;
+    }
+  }
+  try {
+    plan_.stages.front().stage->finish();
+  } catch (const std::exception& e) {
+    owner_.fail("stage '" + plan_.stages.front().name + "' failed to finish: " + e.what());
+  }
+}
+
+std::string FlowGraph::dot() const {
+  std::ostringstream out;
+  out << "digraph \"" << plan_.name << "\" {\n  rankdir=LR;\n  node [fontname=\"Helvetica\"];\n";
+  const StagePlan& src = plan_.stages.front();
+  out << "  source [shape=box, style=bold, label=\"" << src.name << "\\ninput_node (" << src.type
+      << ": next, serial)\"];\n";
+  out << "  window [shape=note, label=\"window tokens\\n" << window_capacity_
+      << (plan_.ordered ? " (ordered)" : "") << "\"];\n";
+  out << "  source_join [shape=diamond, label=\"join (reserving)\"];\n";
+  out << "  source -> source_join;\n  window -> source_join;\n";
+  std::string previous = "source_join";
+  for (std::size_t i = 0; i < steps_.size(); ++i) {
+    const Step& s = *steps_[i];
+    const std::string id = "s" + std::to_string(i);
+    const std::string name = s.stage != nullptr ? s.stage->name : std::string("consumer");
+    const std::string type = s.stage != nullptr ? s.stage->type : std::string("prefetch");
+    out << "  " << id << "_queue [shape=record, label=\""
+        << (s.sequenced ? "sequencer_node" : "queue_node") << "|capacity " << s.capacity << "\"];\n";
+    out << "  " << id << "_tokens [shape=note, label=\"" << s.capacity << " tokens\"];\n";
+    out << "  " << id << "_join [shape=diamond, label=\"join (reserving)\"];\n";
+    out << "  " << id << " [shape=box, style=bold, label=\"" << name << "\\n"
+        << step_kind_name(s.kind) << " (" << type << "), concurrency "
+        << (s.concurrency == 1 ? std::string("serial") : std::to_string(s.concurrency))
+        << "\"];\n";
+    out << "  " << previous << " -> " << id << "_queue;\n";
+    out << "  " << id << "_tokens -> " << (i == 0 ? "source_join" : "s" + std::to_string(i - 1) + "_join")
+        << " [style=dashed];\n";
+    out << "  " << id << "_queue -> " << id << "_join;\n  " << id << "_join -> " << id << ";\n";
+    previous = id;
+  }
+  out << "  prefetch [shape=note, label=\"" << plan_.prefetch << " prefetch tokens\"];\n";
+  out << "  prefetch -> s" << steps_.size() - 1 << "_join [style=dashed];\n";
+  out << "  consumer [shape=box, label=\"consumer thread\\nspsc_queue (" << plan_.prefetch
+      << ")\"];\n  " << previous << " -> consumer;\n}\n";
+  return out.str();
+}
+
+// ---------------------------------------------------------------------------------------------
+
+Pipeline::Impl::Impl(PipelinePlan plan, std::vector<Diagnostic> warnings, Clock::time_point created)
+    : plan_(std::move(plan)), warnings_(std::move(warnings)), created_(created) {
+  for (auto& s : plan_.stages) s.stage->prepare();
+  const auto& source = static_cast<const SourceStage&>(*plan_.stages.front().stage);
+  expected_samples_ = source.total_samples();
+  flow_ = std::make_unique<FlowGraph>(*this);
+  flow_->build();
+}
+
+Pipeline::Impl::~Impl() {
+  cancel();
+  if (runner_.joinable()) runner_.join();
+}
+
+void Pipeline::Impl::start() {
+  if (started_.exchange(true)) return;
+  start_time_ = Clock::now();
+  runner_ = std::thread([this] { run_graph(); });
+}
+
+void Pipeline::Impl::run_graph() {
+  try {
+    flow_->run();
+  } catch (const std::exception& e) {
+    fail(std::string("pipeline failed: ") + e.what());
+  }
+  end_ns_.store(nanos_since(created_), std::memory_order_relaxed);
+  if (!cancelled_.load() && error_.empty() && !ended_.load()) {
+    std::lock_guard<std::mutex> lock(report_mutex_);
+    if (error_.empty()) error_ = "pipeline stopped before its end of stream";
+  }
+  done_.store(true, std::memory_order_release);
+  signal_.fetch_add(1, std::memory_order_release);
+  signal_.notify_all();
+}
+
+void Pipeline::Impl::note_first_item() {
+  first_item_ns_.store(nanos_since(created_), std::memory_order_relaxed);
+}
+
+void Pipeline::Impl::deliver(const Msg& msg) {
+  if (msg.kind == Msg::Kind::kBatch) {
+    if (!flow_->ready_.push(msg.batch)) throw std::logic_error("millrace: prefetch queue overflow");
+  } else if (msg.kind == Msg::Kind::kEnd) {
+    // Checked here, once every sample has been counted: a fraction needs the final total.
+    const auto read = samples_read_.load();
+    const auto skipped = skipped_count_.load();
+    if (plan_.max_error_fraction >= 0 && read > 0 &&
+        static_cast<double>(skipped) > plan_.max_error_fraction * static_cast<double>(read)) {
+      fail(std::to_string(skipped) + " of " + std::to_string(read) +
+           " samples skipped, above pipeline.max_errors " + format_number(plan_.max_error_fraction));
+    }
+    flow_->ready_.push(kEndOfStream);
+    ended_.store(true, std::memory_order_release);
+    if (!wait_released_.exchange(true)) flow_->graph_->release_wait();
+  } else {
+    // Markers that reach the end are not the consumer's business; their token goes back now.
+    flow_->prefetch_tokens_->try_put(Token{});
+    return;
+  }
+  signal_.fetch_add(1, std::memory_order_release);
+  signal_.notify_all();
+}
+
+std::optional<Batch> Pipeline::Impl::next() {
+  start();
+  for (;;) {
+    BatchData* b = nullptr;
+    if (flow_->ready_.pop(b)) {
+      if (b == kEndOfStream) {
+        std::lock_guard<std::mutex> lock(report_mutex_);
+        if (!error_.empty()) throw RunError(error_);
+        return std::nullopt;
+      }
+      const std::int64_t now = nanos_since(created_);
+      const auto rows = static_cast<std::uint64_t>(b->rows) - static_cast<std::uint64_t>(b->pad);
+      images_.fetch_add(rows, std::memory_order_relaxed);
+      if (batches_.fetch_add(1, std::memory_order_relaxed) == 0) {
+        first_batch_ns_.store(now, std::memory_order_relaxed);
+      } else {
+        images_after_first_.fetch_add(rows, std::memory_order_relaxed);
+      }
+      last_batch_ns_.store(now, std::memory_order_relaxed);
+      return Batch(b, this);
+    }
+    const std::uint64_t seen = signal_.load(std::memory_order_acquire);
+    if (flow_->ready_.read_available() > 0) continue;
+    if (done_.load(std::memory_order_acquire)) {
+      if (flow_->ready_.read_available() > 0) continue;
+      std::lock_guard<std::mutex> lock(report_mutex_);
+      if (!error_.empty() && !cancelled_.load()) throw RunError(error_);
+      return std::nullopt;
+    }
+    signal_.wait(seen, std::memory_order_acquire);
+  }
+}
+
+void Pipeline::Impl::release(BatchData* batch) {
+  flow_->batches_->release(batch);
+  if (!ended_.load(std::memory_order_acquire)) flow_->prefetch_tokens_->try_put(Token{});
+}
+
+void Pipeline::Impl::cancel() {
+  cancelled_.store(true);
+  stopping_.store(true);
+  if (flow_ && flow_->graph_) {
+    flow_->graph_->cancel();
+    if (!wait_released_.exchange(true)) flow_->graph_->release_wait();
+  }
+  signal_.fetch_add(1, std::memory_order_release);
+  signal_.notify_all();
+}
+
+void Pipeline::Impl::fail(const std::string& message) {
+  {
+    std::lock_guard<std::mutex> lock(report_mutex_);
+    if (!error_.empty()) return;  // the first failure is the cause; later ones are its echoes
+    error_ = message;
+  }
+  stopping_.store(true);
+  if (flow_ && flow_->graph_) {
+    flow_->graph_->cancel();
+    if (!wait_released_.exchange(true)) flow_->graph_->release_wait();
+  }
+}
+
+void Pipeline::Impl::record_skip(const Sample& sample, const std::string& stage,
+                                 const std::string& error) {
+  const auto skipped = skipped_count_.fetch_add(1, std::memory_order_relaxed) + 1;
+  {
+    std::lock_guard<std::mutex> lock(report_mutex_);
+    skipped_.push_back({sample.path, sample.id, stage, error});
+  }
+  if (plan_.max_error_count >= 0 && skipped > static_cast<std::uint64_t>(plan_.max_error_count)) {
+    fail(std::to_string(skipped) + " samples skipped, above pipeline.max_errors " +
+         std::to_string(plan_.max_error_count) + " (last: '" + sample.path + "': " + error + ")");
+  } else if (plan_.max_error_fraction >= 0 && expected_samples_ &&
+             static_cast<double>(skipped) >
+                 plan_.max_error_fraction * static_cast<double>(*expected_samples_)) {
+    fail(std::to_string(skipped) + " of " + std::to_string(*expected_samples_) +
+         " samples skipped, above pipeline.max_errors " + format_number(plan_.max_error_fraction) +
+         " (last: '" + sample.path + "': " + error + ")");
+  }
+}
+
+void Pipeline::Impl::warn(const Sample& sample, const std::string& stage,
+                          const std::string& message) {
+  std::lock_guard<std::mutex> lock(report_mutex_);
+  constexpr std::size_t kMaxWarnings = 1000;  // a bounded list: counts keep the rest
+  if (warning_list_.size() >= kMaxWarnings) {
+    ++warnings_dropped_;
+    return;
+  }
+  warning_list_.push_back("stage '" + stage + "': sample " + std::to_string(sample.id) + " '" +
+                          sample.path + "': " + message);
+}
+
+RunStats Pipeline::Impl::stats() const { return build_stats(done_.load()); }
+
+RunStats Pipeline::Impl::build_stats(bool final) const {
+  RunStats s;
+  s.threads = plan_.threads;
+  s.images = images_.load();
+  s.batches = batches_.load();
+  s.samples_read = samples_read_.load();
+  s.expected_samples = expected_samples_;
+  const std::int64_t end = final && end_ns_.load() >= 0 ? end_ns_.load() : nanos_since(created_);
+  s.seconds = static_cast<double>(end) * 1e-9;
+  const std::int64_t first_item = first_item_ns_.load();
+  s.startup_seconds = static_cast<double>(first_item >= 0 ? first_item : end) * 1e-9;
+  const std::int64_t first = first_batch_ns_.load();
+  const std::int64_t last = last_batch_ns_.load();
+  if (first >= 0 && last > first) {
+    s.images_per_second =
+        static_cast<double>(images_after_first_.load()) / (static_cast<double>(last - first) * 1e-9);
+  }
+  s.finished = final;
+  s.cancelled = cancelled_.load();
+  {
+    std::lock_guard<std::mutex> lock(report_mutex_);
+    s.error = error_;
+    s.skipped = skipped_;
+    s.warnings = warning_list_;
+    if (warnings_dropped_ > 0) {
+      s.warnings.push_back("... and " + std::to_string(warnings_dropped_) + " more warnings");
+    }
+  }
+  const double run_seconds =
+      std::max(1e-9, s.seconds - s.startup_seconds) * static_cast<double>(plan_.threads);
+  for (std::size_t i = 0; i < plan_.stages.size(); ++i) {
+    const StagePlan& p = plan_.stages[i];
+    StageStats st;
+    st.name = p.name;
+    st.type = p.type;
+    st.concurrency = p.concurrency;
+    st.queue_capacity = p.queue;
+    std::uint64_t busy = 0;
+    bool first_step = true;
+    if (i == 0) {
+      st.items = flow_->source_counters_.items.load();
+      busy += flow_->source_counters_.busy_ns.load();
+    }
+    for (const auto& step : flow_->steps_) {
+      if (step->stage != &p) continue;
+      if (i != 0) st.items += step->counters.items.load();
+      busy += step->counters.busy_ns.load();
+      st.errors += step->counters.errors.load();
+      if (first_step) {
+        st.queue_peak = static_cast<int>(step->counters.occupancy_peak.load());
+        const auto n = step->counters.occupancy_samples.load();
+        st.queue_mean = n > 0 ? static_cast<double>(step->counters.occupancy_sum.load()) /
+                                    static_cast<double>(n)
+                              : 0.0;
+        st.queue_capacity = step->capacity;
+        first_step = false;
+      }
+    }
+    st.busy_seconds = static_cast<double>(busy) * 1e-9;
+    st.busy_share = st.busy_seconds / run_seconds;
+    s.stages.push_back(st);
+  }
+  return s;
+}
+
+std::string Pipeline::Impl::graph_dot() const { return flow_->dot(); }
+
+std::size_t Pipeline::Impl::samples_created() const { return flow_->samples_->created(); }
+std::size_t Pipeline::Impl::samples_limit() const { return flow_->samples_->limit(); }
+
+std::vector<std::int64_t> Pipeline::Impl::edge_peaks() const {
+  std::vector<std::int64_t> out;
+  for (const auto& step : flow_->steps_) out.push_back(step->counters.occupancy_peak.load());
+  return out;
+}
+
+std::vector<int> Pipeline::Impl::edge_capacities() const {
+  std::vector<int> out;
+  for (const auto& step : flow_->steps_) out.push_back(step->capacity);
+  return out;
+}
+
+}  // namespace millrace

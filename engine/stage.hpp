@@ -1,0 +1,124 @@
+// The stage interface: what a stage author implements. Stage authors never see TBB.
+//
+// Contract:
+// - One base class per node shape: SourceStage (next, serial), TransformStage (process, may run
+//   concurrently on different samples when the stage declares it), BatchStage (push/finish_epoch,
+//   serial) and SinkStage (consume, serial). The engine guarantees the calls of a serial stage
+//   never overlap; a concurrent stage's process() must only touch the sample it is given and its
+//   own immutable state (or thread-safe members it manages itself).
+// - A per-sample data problem (unreadable file, corrupt image, impossible crop) is reported by
+//   throwing SampleError: the engine applies the stage's on_error policy (skip: the sample travels
+//   on as a tombstone and is listed; fail: the run stops, naming it). Any other exception is a
+//   stage failure that cancels the run.
+// - No stage method may block on another stage, sleep or spin: they run on TBB worker threads.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include "engine/config_node.hpp"
+#include "engine/item.hpp"
+
+namespace millrace {
+
+class SampleError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+enum class StageShape { kSource, kTransform, kBatch, kSink };
+std::string_view shape_name(StageShape);
+
+// What the engine knows about a configured stage instance, handed to its constructor.
+struct StageContext {
+  std::string name;            // unique in the pipeline; defaults to the type
+  std::string type;
+  Location where;              // the stage's mapping in the config
+  std::uint64_t seed = 0;      // pipeline.seed, for stages that draw random numbers
+  std::uint64_t stage_key = 0; // stable hash of `name`: separates the random streams of stages
+  int pipeline_threads = 1;
+};
+
+// Lets a stage report things that are not errors while it runs. Thread-safe.
+class RunReporter {
+ public:
+  virtual void warn(const Sample& sample, const std::string& stage, const std::string& message) = 0;
+
+ protected:
+  ~RunReporter() = default;
+};
+
+class Stage {
+ public:
+  explicit Stage(StageContext context) : context_(std::move(context)) {}
+  virtual ~Stage() = default;
+  Stage(const Stage&) = delete;
+  Stage& operator=(const Stage&) = delete;
+
+  const StageContext& context() const { return context_; }
+  const std::string& name() const { return context_.name; }
+
+  // Called once, after every stage is constructed and before any item flows, on the thread that
+  // builds the pipeline. Slow start-up work (scanning a folder, loading a model) belongs here.
+  virtual void prepare() {}
+  // Called once after the last item, on the engine's thread; sinks flush files here.
+  virtual void finish() {}
+
+ private:
+  StageContext context_;
+};
+
+enum class SourceStatus { kSample, kEpochEnd, kEnd };
+
+class SourceStage : public Stage {
+ public:
+  using Stage::Stage;
+  // Fills the metadata of the next sample (id, path, labels, epoch), cheaply: heavy per-sample
+  // work belongs in load(), which runs concurrently. Returns kEpochEnd after the last sample of
+  // each epoch and kEnd after the last epoch (kEnd then forever).
+  virtual SourceStatus next(Sample& sample) = 0;
+  // Concurrent per-sample work (reading the bytes). May throw SampleError. Default: nothing.
+  virtual void load(Sample& sample) const { (void)sample; }
+  virtual bool has_load() const { return false; }
+  // Samples per epoch and epochs, when known (for progress, ETA and max_errors fractions).
+  virtual std::optional<std::uint64_t> total_samples() const { return std::nullopt; }
+};
+
+class TransformStage : public Stage {
+ public:
+  using Stage::Stage;
+  virtual void process(Sample& sample, RunReporter& reporter) const = 0;
+};
+
+// Receives the usable samples (tombstones are counted by the engine, not pushed) and emits
+// batches.
+class BatchEmitter {
+ public:
+  virtual BatchData& acquire() = 0;      // a recycled, reset batch buffer
+  virtual void emit(BatchData& batch) = 0;  // hands it downstream (at most one per call)
+  virtual void discard(BatchData& batch) = 0;  // returns an acquired buffer unused
+
+ protected:
+  ~BatchEmitter() = default;
+};
+
+class BatchStage : public Stage {
+ public:
+  using Stage::Stage;
+  // Takes one sample. Emits at most one batch per call.
+  virtual void push(const Sample& sample, BatchEmitter& out) = 0;
+  // Every sample of `epoch` has been pushed: emit what remains (at most one batch).
+  virtual void finish_epoch(std::uint32_t epoch, BatchEmitter& out) = 0;
+};
+
+class SinkStage : public Stage {
+ public:
+  using Stage::Stage;
+  // Sees every batch in stream order (ordered mode) and passes it on unchanged.
+  virtual void consume(const BatchData& batch) = 0;
+};
+
+}  // namespace millrace

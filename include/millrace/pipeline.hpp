@@ -1,0 +1,81 @@
+// Building and running a millrace pipeline from C++.
+//
+// Contract:
+// - A Pipeline is built from a YAML file, a YAML string or a PipelineBuilder. Building validates
+//   the whole configuration and throws ConfigError (all problems at once) before any thread runs.
+// - A Pipeline runs once. start() launches it on its own worker threads and returns at once;
+//   next() starts it if needed and blocks the calling thread until a batch is ready, returning an
+//   empty optional at the end of the stream. Call next() from one thread at a time. run() is the
+//   callback form of the same loop, on the calling thread.
+// - A run that fails (a stage error, too many skipped samples) makes next() throw RunError once
+//   the batches before the failure have been delivered.
+// - cancel() and stats() may be called from any thread at any time. After cancel(), next()
+//   returns an empty optional promptly. The destructor cancels a run still going and waits for
+//   its threads.
+// - Batches are views on pooled buffers: see batch.hpp. They must not outlive the Pipeline.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "millrace/batch.hpp"
+#include "millrace/errors.hpp"
+#include "millrace/stats.hpp"
+
+namespace millrace {
+
+class Pipeline {
+ public:
+  // `overrides` are `key=value` strings, as the CLI's --set: `pipeline.threads=1`,
+  // `batch.size=32` (a stage is addressed by its name, which defaults to its type).
+  static Pipeline from_file(const std::string& path, const std::vector<std::string>& overrides = {});
+  static Pipeline from_string(std::string_view yaml, const std::string& source_name = "<string>",
+                              const std::vector<std::string>& overrides = {});
+
+  Pipeline(Pipeline&&) noexcept;
+  Pipeline& operator=(Pipeline&&) noexcept;
+  ~Pipeline();
+
+  void start();
+  std::optional<Batch> next();
+  // Calls on_batch for every batch on the calling thread; returns the final statistics.
+  RunStats run(const std::function<void(const Batch&)>& on_batch);
+  void cancel();
+  RunStats stats() const;
+
+  const std::string& name() const;
+  // The lowered flow graph, as Graphviz DOT.
+  std::string graph_dot() const;
+  // Non-fatal configuration remarks (e.g. an int8 mean of 0).
+  const std::vector<Diagnostic>& warnings() const;
+
+  class Impl;
+
+ private:
+  explicit Pipeline(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Programmatic construction: each value is written as YAML flow text ("224", "[224, 224]",
+// "center"), so a built pipeline is validated exactly as a YAML file is.
+class PipelineBuilder {
+ public:
+  explicit PipelineBuilder(std::string name = "pipeline");
+  PipelineBuilder& set(const std::string& pipeline_key, const std::string& value);
+  PipelineBuilder& stage(const std::string& type,
+                         const std::vector<std::pair<std::string, std::string>>& params = {});
+  std::string yaml() const;
+  Pipeline build() const;
+
+ private:
+  std::string name_;
+  std::vector<std::pair<std::string, std::string>> pipeline_;
+  std::vector<std::pair<std::string, std::vector<std::pair<std::string, std::string>>>> stages_;
+};
+
+}  // namespace millrace

@@ -1,0 +1,41 @@
+// Reports and tooling shared by the CLI and embedders: validation without running, the stage
+// reference, run summaries as text or JSON, and a repeatable benchmark loop.
+//
+// Contract: plain functions; each is safe to call from any thread. None of them starts a pipeline
+// except bench(), which runs the given config to completion, `repeats + warmup` times, on the
+// calling thread plus the pipeline's own workers.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "millrace/errors.hpp"
+#include "millrace/stats.hpp"
+
+namespace millrace {
+
+// Every problem in a config file (errors and warnings), without touching the dataset.
+std::vector<Diagnostic> validate_file(const std::string& path,
+                                      const std::vector<std::string>& overrides = {});
+
+// Every stage type with its keys, types, defaults and docs; Markdown when `markdown`.
+std::string stage_reference(bool markdown);
+
+// The end-of-run summary for a terminal.
+std::string format_summary(const std::string& name, const RunStats& stats);
+// The same as JSON: images, batches, seconds, images_per_second, startup_seconds, skipped
+// ([{path, id, stage, error}]), stages ([...]) and more.
+std::string summary_json(const std::string& name, const RunStats& stats);
+
+struct BenchResult {
+  std::vector<double> images_per_second;  // one per measured run
+  double median_images_per_second = 0;
+  std::vector<double> batch_latency_ms;   // per-batch gaps at the consumer, all measured runs
+  RunStats last;                          // statistics of the last measured run
+};
+// Runs the pipeline `warmup` times unmeasured, then `repeats` times measured.
+BenchResult bench(const std::string& config_path, const std::vector<std::string>& overrides,
+                  int repeats, int warmup);
+std::string bench_json(const std::string& name, const BenchResult& result);
+
+}  // namespace millrace

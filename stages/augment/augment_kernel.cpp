@@ -1,0 +1,154 @@
+#include "stages/augment/augment_kernel.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <opencv2/core.hpp>
+#include <opencv2/imgproc.hpp>
+#include <string>
+
+namespace millrace::augment {
+namespace {
+
+// Python's round(): ties to even. Written out instead of relying on the floating-point
+// environment's rounding mode, which a host application could have changed.
+double round_half_even(double x) {
+  const double lower = std::floor(x);
+  const double diff = x - lower;
+  if (diff > 0.5) return lower + 1.0;
+  if (diff < 0.5) return lower;
+  return std::fmod(lower, 2.0) == 0.0 ? lower : lower + 1.0;
+}
+
+void check_crop(int width, int height, int crop_w, int crop_h) {
+  if (width <= 0 || height <= 0) throw std::invalid_argument("crop: image size must be positive");
+  if (crop_w <= 0 || crop_h <= 0) throw std::invalid_argument("crop: crop size must be positive");
+  if (crop_w > width || crop_h > height) {
+    throw CropError("crop " + std::to_string(crop_w) + "x" + std::to_string(crop_h) +
+                    " does not fit in an image of " + std::to_string(width) + "x" +
+                    std::to_string(height));
+  }
+}
+
+int cv_interpolation(Interp interp) {
+  switch (interp) {
+    case Interp::kLinear:
+      return cv::INTER_LINEAR;
+    case Interp::kArea:
+      return cv::INTER_AREA;
+    case Interp::kCubic:
+      return cv::INTER_CUBIC;
+    case Interp::kNearest:
+      return cv::INTER_NEAREST;
+  }
+  throw std::invalid_argument("resize_window: unknown interpolation");
+}
+
+}  // namespace
+
+std::pair<int, int> resize_shorter_size(int width, int height, int shorter) {
+  if (width <= 0 || height <= 0 || shorter <= 0) {
+    throw std::invalid_argument("resize_shorter_size: sizes must be positive");
+  }
+  // 64-bit product: shorter * longer overflows int for large images.
+  if (height > width) {
+    return {shorter, static_cast<int>(std::int64_t{shorter} * height / width)};
+  }
+  return {static_cast<int>(std::int64_t{shorter} * width / height), shorter};
+}
+
+Rect center_window(int width, int height, int crop_w, int crop_h) {
+  check_crop(width, height, crop_w, crop_h);
+  return Rect{(width - crop_w) / 2, (height - crop_h) / 2, crop_w, crop_h};
+}
+
+Rect random_window(int width, int height, int crop_w, int crop_h, CounterRng& rng) {
+  check_crop(width, height, crop_w, crop_h);
+  const int y = rng.uniform_int(0, height - crop_h);
+  const int x = rng.uniform_int(0, width - crop_w);
+  return Rect{x, y, crop_w, crop_h};
+}
+
+Rect random_resized_window(int width, int height, std::array<double, 2> scale,
+                           std::array<double, 2> ratio, CounterRng& rng) {
+  if (width <= 0 || height <= 0) {
+    throw std::invalid_argument("random_resized_window: image size must be positive");
+  }
+  if (!(std::isfinite(scale[0]) && std::isfinite(scale[1]) && scale[0] >= 0 &&
+        scale[0] <= scale[1] && scale[1] > 0)) {
+    throw std::invalid_argument("random_resized_window: scale must satisfy 0 <= lo <= hi, hi > 0");
+  }
+  if (!(std::isfinite(ratio[0]) && std::isfinite(ratio[1]) && ratio[0] > 0 &&
+        ratio[0] <= ratio[1])) {
+    throw std::invalid_argument("random_resized_window: ratio must satisfy 0 < lo <= hi");
+  }
+
+  const double area = static_cast<double>(width) * height;
+  const double log_lo = std::log(ratio[0]);
+  const double log_hi = std::log(ratio[1]);
+  for (int attempt = 0; attempt < 10; ++attempt) {
+    const double target_area = area * rng.uniform(scale[0], scale[1]);
+    const double aspect = std::exp(rng.uniform(log_lo, log_hi));
+    // Compared as doubles: a large scale could give a size beyond int.
+    const double w = round_half_even(std::sqrt(target_area * aspect));
+    const double h = round_half_even(std::sqrt(target_area / aspect));
+    if (w > 0 && w <= width && h > 0 && h <= height) {
+      const int cw = static_cast<int>(w);
+      const int ch = static_cast<int>(h);
+      const int y = rng.uniform_int(0, height - ch);
+      const int x = rng.uniform_int(0, width - cw);
+      return Rect{x, y, cw, ch};
+    }
+  }
+
+  // Central crop. torchvision can round a side to 0 here for an extreme image and ratio (e.g.
+  // 1x1000 with ratio >= 3); we keep one pixel so that the window is always usable.
+  const double in_ratio = static_cast<double>(width) / height;
+  int cw = width;
+  int ch = height;
+  if (in_ratio < ratio[0]) {
+    ch = std::max(1, static_cast<int>(round_half_even(cw / ratio[0])));
+  } else if (in_ratio > ratio[1]) {
+    cw = std::max(1, static_cast<int>(round_half_even(ch * ratio[1])));
+  }
+  return Rect{(width - cw) / 2, (height - ch) / 2, cw, ch};
+}
+
+void resize_window(const ImageView& src, Rect roi, int out_w, int out_h, Interp interp,
+                   std::vector<std::uint8_t>& out) {
+  if (src.channels != 3) throw std::invalid_argument("resize_window: source must have 3 channels");
+  if (out_w <= 0 || out_h <= 0) {
+    throw std::invalid_argument("resize_window: output size must be positive");
+  }
+  if (roi.width <= 0 || roi.height <= 0 || roi.x < 0 || roi.y < 0 ||
+      roi.width > src.width - roi.x || roi.height > src.height - roi.y) {
+    throw std::invalid_argument("resize_window: window outside the image");
+  }
+  if (src.data == nullptr || src.stride < static_cast<std::size_t>(src.width) * 3) {
+    throw std::invalid_argument("resize_window: source has no pixels or a short stride");
+  }
+  const int flag = cv_interpolation(interp);
+
+  const std::size_t out_row = static_cast<std::size_t>(out_w) * 3;
+  out.resize(out_row * static_cast<std::size_t>(out_h));
+  const std::uint8_t* first = src.row(roi.y) + static_cast<std::size_t>(roi.x) * 3;
+
+  if (roi.width == out_w && roi.height == out_h) {
+    for (int y = 0; y < out_h; ++y) {
+      std::memcpy(out.data() + out_row * static_cast<std::size_t>(y),
+                  first + src.stride * static_cast<std::size_t>(y), out_row);
+    }
+    return;
+  }
+
+  // Headers over the caller's buffers: cv::resize only reads the source, and a destination of
+  // the right size and type is written in place rather than reallocated.
+  const cv::Mat in(roi.height, roi.width, CV_8UC3, const_cast<std::uint8_t*>(first), src.stride);
+  cv::Mat dst(out_h, out_w, CV_8UC3, out.data(), out_row);
+  cv::resize(in, dst, dst.size(), 0, 0, flag);
+  if (dst.data != out.data()) {
+    throw std::logic_error("resize_window: cv::resize reallocated its destination");
+  }
+}
+
+}  // namespace millrace::augment

@@ -1,0 +1,68 @@
+// Geometry kernels of the augment stage: where to crop, and resizing a window of an image.
+//
+// Contract: every function here is a plain function of its arguments (plus the CounterRng it is
+// handed, which it advances), so any number of threads may call them at once as long as each uses
+// its own CounterRng and its own output buffer. Source pixels are only read; the caller owns
+// them and keeps them alive during the call. `resize_window` writes into the caller's vector and
+// reuses its capacity, so a pooled buffer stops allocating after its first use. Nothing blocks.
+//
+// The window choices reproduce the reference libraries exactly (MXNet's shorter-side resize and
+// centre crop, torchvision's RandomResizedCrop.get_params), so that a model trained with those
+// pipelines sees the same geometry here. Resizing delegates to OpenCV's cv::resize, the kernel
+// MXNet and most C++ loaders use, so results are bit-identical to it.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <stdexcept>
+#include <utility>
+#include <vector>
+
+#include "engine/random.hpp"
+#include "stages/common/image.hpp"
+
+namespace millrace::augment {
+
+// A crop that does not fit the image: a per-sample data problem (an image smaller than the crop),
+// which the stage handles by its on_error policy rather than a programming error.
+class CropError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+enum class Interp { kLinear, kArea, kCubic, kNearest };
+
+// MXNet's shorter-side resize: the shorter side becomes `shorter`, the longer one
+// shorter * long / short (integer division). Returns (width, height). Throws
+// std::invalid_argument for non-positive sizes.
+std::pair<int, int> resize_shorter_size(int width, int height, int shorter);
+
+// The window of crop_w x crop_h centred with integer division: x = (width - crop_w) / 2.
+// Throws CropError if the crop does not fit, std::invalid_argument for non-positive crop sizes.
+Rect center_window(int width, int height, int crop_w, int crop_h);
+
+// A uniformly placed crop_w x crop_h window: y = uniform_int(0, height - crop_h), then
+// x = uniform_int(0, width - crop_w) (torchvision RandomCrop's draw order).
+// Throws like center_window.
+Rect random_window(int width, int height, int crop_w, int crop_h, CounterRng& rng);
+
+// torchvision.transforms.RandomResizedCrop.get_params: up to 10 attempts at a window whose area is
+// a U(scale) fraction of the image and whose log aspect ratio (w / h) is U(log ratio); a window
+// that does not fit is retried; after 10 failures, a central crop clamped to the ratio range.
+// Rounding is Python's round (half to even). Throws std::invalid_argument for a non-positive image,
+// scale outside 0 <= lo <= hi with hi > 0, or ratio outside 0 < lo <= hi.
+Rect random_resized_window(int width, int height, std::array<double, 2> scale,
+                           std::array<double, 2> ratio, CounterRng& rng);
+
+// Resizes the `roi` of `src` (3-channel, 8-bit, interleaved) to out_w x out_h into `out`, which is
+// resized to out_w * out_h * 3 bytes (rows packed). The result equals cv::resize on the ROI with
+// the matching INTER_ flag, bit for bit; a roi that already has the output size is copied. Throws
+// std::invalid_argument if src is not 3-channel, the roi is empty or outside the image, or the
+// output size is not positive.
+//
+// cv::resize may split large images across OpenCV's own worker threads; callers that already run
+// one sample per core can turn that off with cv::setNumThreads(1).
+void resize_window(const ImageView& src, Rect roi, int out_w, int out_h, Interp interp,
+                   std::vector<std::uint8_t>& out);
+
+}  // namespace millrace::augment

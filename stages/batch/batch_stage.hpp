@@ -1,0 +1,43 @@
+// `batch`: assembles samples into batches, with MXNet's round_batch padding at each epoch's end.
+//
+// Contract: serial (the engine never overlaps its calls). It copies each sample's tensor into a
+// pooled batch buffer (one memcpy per sample) and keeps, per open epoch, the partial batch and,
+// for `last: pad`, a copy of the epoch's first batch to pad from: memory bounded by the number of
+// epochs open at once, which the engine's in-flight window bounds.
+#pragma once
+
+#include <map>
+
+#include "engine/registry.hpp"
+
+namespace millrace {
+
+class BatchAssembler final : public BatchStage {
+ public:
+  enum class Last { kPad, kDrop, kPartial };
+  struct Params {
+    int size = 32;
+    Last last = Last::kPad;
+  };
+  static StageInfo info();
+  static const Schema<Params>& schema();
+
+  BatchAssembler(StageContext context, Params params);
+
+  void push(const Sample& sample, BatchEmitter& out) override;
+  void finish_epoch(std::uint32_t epoch, BatchEmitter& out) override;
+
+ private:
+  struct Open {
+    BatchData* partial = nullptr;
+    BatchData* first = nullptr;  // the epoch's first rows, kept for padding
+  };
+  void start_batch(BatchData& b, const Sample& s) const;
+  static void copy_row(BatchData& to, std::size_t to_row, const BatchData& from,
+                       std::size_t from_row);
+
+  Params params_;
+  std::map<std::uint32_t, Open> open_;
+};
+
+}  // namespace millrace

@@ -1,0 +1,645 @@
+#include "stages/decode/decode_kernel.hpp"
+
+#include <turbojpeg.h>
+
+#include <array>
+#include <climits>
+#include <cstdio>
+#include <cstring>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#include <optional>
+#include <string>
+#include <utility>
+
+namespace millrace::decode {
+namespace {
+
+enum class Format { kUnknown, kJpeg, kPng, kWebp, kBmp, kTiff };
+
+const char* format_name(Format format) {
+  switch (format) {
+    case Format::kJpeg:
+      return "jpeg";
+    case Format::kPng:
+      return "png";
+    case Format::kWebp:
+      return "webp";
+    case Format::kBmp:
+      return "bmp";
+    case Format::kTiff:
+      return "tiff";
+    case Format::kUnknown:
+      break;
+  }
+  return "unknown";
+}
+
+// The spelling used in messages, where users expect the usual capitalisation.
+const char* format_title(Format format) {
+  switch (format) {
+    case Format::kJpeg:
+      return "JPEG";
+    case Format::kPng:
+      return "PNG";
+    case Format::kWebp:
+      return "WebP";
+    case Format::kBmp:
+      return "BMP";
+    case Format::kTiff:
+      return "TIFF";
+    case Format::kUnknown:
+      break;
+  }
+  return "image";
+}
+
+std::uint16_t load_be16(const std::uint8_t* p) {
+  return static_cast<std::uint16_t>(p[0] << 8 | p[1]);
+}
+std::uint16_t load_le16(const std::uint8_t* p) {
+  return static_cast<std::uint16_t>(p[1] << 8 | p[0]);
+}
+std::uint32_t load_be32(const std::uint8_t* p) {
+  return std::uint32_t{p[0]} << 24 | std::uint32_t{p[1]} << 16 | std::uint32_t{p[2]} << 8 | p[3];
+}
+std::uint32_t load_le32(const std::uint8_t* p) {
+  return std::uint32_t{p[3]} << 24 | std::uint32_t{p[2]} << 16 | std::uint32_t{p[1]} << 8 | p[0];
+}
+std::uint32_t load_le24(const std::uint8_t* p) {
+  return std::uint32_t{p[2]} << 16 | std::uint32_t{p[1]} << 8 | p[0];
+}
+
+// TIFF (and EXIF, which is TIFF inside a JPEG segment) declares its byte order in the header.
+struct TiffReader {
+  bool little_endian = true;
+  std::uint16_t u16(const std::uint8_t* p) const {
+    return little_endian ? load_le16(p) : load_be16(p);
+  }
+  std::uint32_t u32(const std::uint8_t* p) const {
+    return little_endian ? load_le32(p) : load_be32(p);
+  }
+  std::uint64_t u64(const std::uint8_t* p) const {
+    const std::uint64_t a = u32(p);
+    const std::uint64_t b = u32(p + 4);
+    return little_endian ? (b << 32 | a) : (a << 32 | b);
+  }
+};
+
+bool is_bmp_info_header_size(std::uint32_t size) {
+  // Core (12), OS/2 v2 (16 and 64), BITMAPINFOHEADER (40) and its v2..v5 extensions.
+  constexpr std::array<std::uint32_t, 8> kSizes = {12, 16, 40, 52, 56, 64, 108, 124};
+  for (const std::uint32_t s : kSizes) {
+    if (s == size) return true;
+  }
+  return false;
+}
+
+Format detect(const std::uint8_t* d, std::size_t n) {
+  if (n >= 3 && d[0] == 0xFF && d[1] == 0xD8 && d[2] == 0xFF) return Format::kJpeg;
+  if (n >= 8 && std::memcmp(d, "\x89PNG\r\n\x1a\n", 8) == 0) return Format::kPng;
+  if (n >= 12 && std::memcmp(d, "RIFF", 4) == 0 && std::memcmp(d + 8, "WEBP", 4) == 0) {
+    return Format::kWebp;
+  }
+  // Two letters alone match one random input in 65536; a plausible info header size makes a
+  // random file read as "not an image" rather than as a corrupt bitmap.
+  if (n >= 2 && d[0] == 'B' && d[1] == 'M' &&
+      (n < 18 || is_bmp_info_header_size(load_le32(d + 14)))) {
+    return Format::kBmp;
+  }
+  if (n >= 4 && (std::memcmp(d, "II*\0", 4) == 0 || std::memcmp(d, "MM\0*", 4) == 0 ||
+                 std::memcmp(d, "II+\0", 4) == 0 || std::memcmp(d, "MM\0+", 4) == 0)) {
+    return Format::kTiff;
+  }
+  return Format::kUnknown;
+}
+
+[[noreturn]] void throw_unrecognised(const std::uint8_t* d, std::size_t n) {
+  std::string message = "not a JPEG/PNG/WebP/BMP/TIFF image (";
+  if (n == 0) {
+    message += "empty input)";
+    throw DecodeError(message);
+  }
+  message += "first bytes";
+  const std::size_t shown = n < 8 ? n : 8;
+  for (std::size_t i = 0; i < shown; ++i) {
+    char hex[4];
+    std::snprintf(hex, sizeof hex, " %02x", d[i]);
+    message += hex;
+  }
+  message += n > shown ? " ...)" : ")";
+  throw DecodeError(message);
+}
+
+[[noreturn]] void throw_truncated(Format format, std::size_t n, const std::string& what) {
+  throw DecodeError(std::string("truncated ") + format_title(format) + ": " + what + " (input is " +
+                    std::to_string(n) + " bytes)");
+}
+
+[[noreturn]] void throw_corrupt(Format format, const std::string& what) {
+  throw DecodeError(std::string("corrupt ") + format_title(format) + ": " + what);
+}
+
+void check_pixels(int width, int height, std::int64_t max_pixels) {
+  const std::int64_t pixels = static_cast<std::int64_t>(width) * height;
+  if (pixels > max_pixels) {
+    throw DecodeError("image is " + std::to_string(width) + "x" + std::to_string(height) + " = " +
+                      std::to_string(pixels) + " pixels, above max_pixels " +
+                      std::to_string(max_pixels));
+  }
+}
+
+struct Size {
+  int width = 0;
+  int height = 0;
+};
+
+// Dimensions must fit an int and be positive; anything else is a corrupt header, not a bomb.
+Size checked_size(Format format, std::uint64_t width, std::uint64_t height) {
+  if (width == 0 || height == 0 || width > INT_MAX || height > INT_MAX) {
+    throw_corrupt(format, "header declares an impossible size " + std::to_string(width) + "x" +
+                              std::to_string(height));
+  }
+  return {static_cast<int>(width), static_cast<int>(height)};
+}
+
+Size png_size(const std::uint8_t* d, std::size_t n) {
+  // Signature (8), then the IHDR chunk: length (4), type (4), width (4), height (4).
+  if (n < 24) throw_truncated(Format::kPng, n, "the IHDR header needs 24 bytes");
+  if (std::memcmp(d + 12, "IHDR", 4) != 0) throw_corrupt(Format::kPng, "first chunk is not IHDR");
+  return checked_size(Format::kPng, load_be32(d + 16), load_be32(d + 20));
+}
+
+Size bmp_size(const std::uint8_t* d, std::size_t n) {
+  // File header (14), then the info header whose first field is its own size.
+  if (n < 18) throw_truncated(Format::kBmp, n, "the file header needs 18 bytes");
+  const std::uint32_t info_size = load_le32(d + 14);
+  if (info_size == 12) {
+    if (n < 26) throw_truncated(Format::kBmp, n, "the core header needs 26 bytes");
+    return checked_size(Format::kBmp, load_le16(d + 18), load_le16(d + 20));
+  }
+  if (n < 26) throw_truncated(Format::kBmp, n, "the info header needs 26 bytes");
+  const auto width = static_cast<std::int32_t>(load_le32(d + 18));
+  // A negative height marks a top-down bitmap.
+  const std::int64_t height = static_cast<std::int32_t>(load_le32(d + 22));
+  if (width <= 0) throw_corrupt(Format::kBmp, "header declares width " + std::to_string(width));
+  return checked_size(Format::kBmp, static_cast<std::uint64_t>(width),
+                      static_cast<std::uint64_t>(height < 0 ? -height : height));
+}
+
+Size webp_size(const std::uint8_t* d, std::size_t n) {
+  // RIFF header (12), then the first chunk: fourcc (4), size (4), payload from byte 20.
+  if (n < 30) throw_truncated(Format::kWebp, n, "the first chunk header needs 30 bytes");
+  const std::uint8_t* payload = d + 20;
+  if (std::memcmp(d + 12, "VP8 ", 4) == 0) {
+    // Lossy: 3-byte frame tag, start code 9d 01 2a, then 14-bit width and height.
+    if (payload[3] != 0x9d || payload[4] != 0x01 || payload[5] != 0x2a) {
+      throw_corrupt(Format::kWebp, "VP8 frame has no start code");
+    }
+    return checked_size(Format::kWebp, load_le16(payload + 6) & 0x3fffu,
+                        load_le16(payload + 8) & 0x3fffu);
+  }
+  if (std::memcmp(d + 12, "VP8L", 4) == 0) {
+    // Lossless: signature 0x2f, then 14 bits width-1 and 14 bits height-1.
+    if (payload[0] != 0x2f) throw_corrupt(Format::kWebp, "VP8L chunk has no signature");
+    const std::uint32_t bits = load_le32(payload + 1);
+    return checked_size(Format::kWebp, (bits & 0x3fffu) + 1, ((bits >> 14) & 0x3fffu) + 1);
+  }
+  if (std::memcmp(d + 12, "VP8X", 4) == 0) {
+    // Extended: flags (4), then 24-bit canvas width-1 and height-1.
+    return checked_size(Format::kWebp, std::uint64_t{load_le24(payload + 4)} + 1,
+                        std::uint64_t{load_le24(payload + 7)} + 1);
+  }
+  throw_corrupt(Format::kWebp, "first chunk is not VP8, VP8L or VP8X");
+}
+
+Size tiff_size(const std::uint8_t* d, std::size_t n) {
+  constexpr std::uint16_t kImageWidth = 256;
+  constexpr std::uint16_t kImageLength = 257;
+  const TiffReader r{d[0] == 'I'};
+  const bool big = r.u16(d + 2) == 43;
+  // Classic TIFF: 32-bit offsets, 12-byte entries. BigTIFF: 64-bit offsets, 20-byte entries.
+  const std::size_t header_size = big ? 16 : 8;
+  const std::size_t count_size = big ? 8 : 2;
+  const std::size_t entry_size = big ? 20 : 12;
+  if (n < header_size) throw_truncated(Format::kTiff, n, "the header is incomplete");
+  const std::uint64_t ifd = big ? r.u64(d + 8) : r.u32(d + 4);
+  if (ifd > n || n - ifd < count_size) {
+    throw_truncated(Format::kTiff, n, "the first IFD at " + std::to_string(ifd) + " is missing");
+  }
+  const std::uint64_t count = big ? r.u64(d + ifd) : r.u16(d + ifd);
+  std::uint64_t width = 0;
+  std::uint64_t height = 0;
+  for (std::uint64_t i = 0; i < count && (width == 0 || height == 0); ++i) {
+    const std::uint64_t at = ifd + count_size + i * entry_size;
+    if (at > n || n - at < entry_size) {
+      throw_truncated(Format::kTiff, n, "the first IFD is incomplete");
+    }
+    const std::uint8_t* entry = d + at;
+    const std::uint16_t tag = r.u16(entry);
+    if (tag != kImageWidth && tag != kImageLength) continue;
+    const std::uint16_t type = r.u16(entry + 2);
+    const std::uint8_t* value = entry + (big ? 12 : 8);
+    std::uint64_t v = 0;
+    if (type == 3) {
+      v = r.u16(value);
+    } else if (type == 4) {
+      v = r.u32(value);
+    } else if (type == 16 && big) {
+      v = r.u64(value);
+    } else {
+      throw_corrupt(Format::kTiff,
+                    "size tag " + std::to_string(tag) + " has type " + std::to_string(type));
+    }
+    (tag == kImageWidth ? width : height) = v;
+  }
+  if (width == 0 || height == 0) {
+    throw_corrupt(Format::kTiff, "the first IFD has no ImageWidth/ImageLength");
+  }
+  return checked_size(Format::kTiff, width, height);
+}
+
+Size header_size(Format format, const std::uint8_t* d, std::size_t n) {
+  switch (format) {
+    case Format::kPng:
+      return png_size(d, n);
+    case Format::kBmp:
+      return bmp_size(d, n);
+    case Format::kWebp:
+      return webp_size(d, n);
+    case Format::kTiff:
+      return tiff_size(d, n);
+    case Format::kJpeg:
+    case Format::kUnknown:
+      break;
+  }
+  throw std::logic_error("header_size: not a format read through OpenCV");
+}
+
+// ---------------------------------------------------------------------------------------------
+// JPEG
+
+// One decompressor per thread: TurboJPEG handles are not thread-safe, and creating one per call
+// would cost an allocation and libjpeg setup for every image. A handle carries state from one
+// image to the next (tables, and after a failed header read a half-parsed stream), so it is
+// replaced whenever that state could leak into the next result.
+class TjDecompressor {
+ public:
+  TjDecompressor() = default;
+  TjDecompressor(const TjDecompressor&) = delete;
+  TjDecompressor& operator=(const TjDecompressor&) = delete;
+  ~TjDecompressor() { reset(); }
+  void reset() {
+    if (handle_ != nullptr) tjDestroy(handle_);
+    handle_ = nullptr;
+  }
+  tjhandle get() {
+    if (handle_ == nullptr) {
+      handle_ = tjInitDecompress();
+      if (handle_ == nullptr) {
+        throw DecodeError(std::string("cannot create a TurboJPEG decompressor: ") +
+                          tjGetErrorStr2(nullptr));
+      }
+    }
+    return handle_;
+  }
+
+ private:
+  tjhandle handle_ = nullptr;
+};
+
+TjDecompressor& thread_decompressor() {
+  thread_local TjDecompressor decompressor;
+  return decompressor;
+}
+
+struct JpegMarkers {
+  int orientation = 1;
+  bool truncated = false;  // the data ends inside the markers, before the scan data
+  // Whether the stream defines quantization and Huffman tables before its first scan. libjpeg
+  // keeps the tables of earlier images in a handle, so a stream without its own would otherwise
+  // decode with whatever this thread decoded last.
+  bool has_dqt = false;
+  bool has_dht = false;
+};
+
+// Reads the orientation from an APP1 payload; nullopt when the segment is not EXIF (XMP also
+// lives in APP1). A malformed EXIF block means "as stored": the pixels are still good.
+std::optional<int> exif_orientation(const std::uint8_t* p, std::size_t n) {
+  constexpr std::uint16_t kOrientation = 0x0112;
+  if (n < 6 || std::memcmp(p, "Exif\0\0", 6) != 0) return std::nullopt;
+  const std::uint8_t* tiff = p + 6;
+  const std::size_t size = n - 6;
+  if (size < 8) return 1;
+  TiffReader r;
+  if (tiff[0] == 'I' && tiff[1] == 'I') {
+    r.little_endian = true;
+  } else if (tiff[0] == 'M' && tiff[1] == 'M') {
+    r.little_endian = false;
+  } else {
+    return 1;
+  }
+  if (r.u16(tiff + 2) != 42) return 1;
+  const std::uint64_t ifd = r.u32(tiff + 4);
+  if (ifd > size || size - ifd < 2) return 1;
+  const std::uint16_t count = r.u16(tiff + ifd);
+  for (std::uint64_t i = 0; i < count; ++i) {
+    const std::uint64_t at = ifd + 2 + i * 12;
+    if (at > size || size - at < 12) return 1;
+    const std::uint8_t* entry = tiff + at;
+    if (r.u16(entry) != kOrientation) continue;
+    const std::uint16_t type = r.u16(entry + 2);
+    std::uint32_t value = 0;
+    if (type == 3) {
+      value = r.u16(entry + 8);
+    } else if (type == 4) {
+      value = r.u32(entry + 8);
+    }
+    return value >= 1 && value <= 8 ? static_cast<int>(value) : 1;
+  }
+  return 1;
+}
+
+// Walks the marker segments from SOI to SOS. libjpeg would skip APP1 for us, so the EXIF
+// orientation is ours to find; the walk also tells a stream cut inside its headers from a corrupt
+// one. Unexpected bytes end the walk quietly: libjpeg is the judge of validity.
+JpegMarkers walk_jpeg_markers(const std::uint8_t* d, std::size_t n) {
+  constexpr std::uint8_t kSos = 0xDA;
+  constexpr std::uint8_t kEoi = 0xD9;
+  constexpr std::uint8_t kApp1 = 0xE1;
+  constexpr std::uint8_t kDqt = 0xDB;
+  constexpr std::uint8_t kDht = 0xC4;
+  JpegMarkers result;
+  bool orientation_found = false;
+  std::size_t pos = 2;
+  while (true) {
+    if (pos >= n) {
+      result.truncated = true;
+      return result;
+    }
+    if (d[pos] != 0xFF) return result;
+    while (pos < n && d[pos] == 0xFF) ++pos;  // fill bytes may precede a marker
+    if (pos >= n) {
+      result.truncated = true;
+      return result;
+    }
+    const std::uint8_t marker = d[pos++];
+    // Markers without a length: TEM, RST0-7, a repeated SOI.
+    if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) continue;
+    if (marker == kEoi || marker == 0x00) return result;
+    if (n - pos < 2) {
+      result.truncated = true;
+      return result;
+    }
+    const std::size_t length = load_be16(d + pos);
+    if (length < 2) return result;
+    if (n - pos < length) {
+      result.truncated = true;
+      return result;
+    }
+    if (marker == kSos) return result;
+    result.has_dqt = result.has_dqt || marker == kDqt;
+    result.has_dht = result.has_dht || marker == kDht;
+    if (marker == kApp1 && !orientation_found) {
+      if (const auto orientation = exif_orientation(d + pos + 2, length - 2)) {
+        result.orientation = *orientation;
+        orientation_found = true;
+      }
+    }
+    pos += length;
+  }
+}
+
+struct JpegHeader {
+  int width = 0;
+  int height = 0;
+  int colorspace = -1;
+  std::string warning;  // a libjpeg warning raised while reading the header
+};
+
+JpegHeader read_jpeg_header(TjDecompressor& decompressor, const std::uint8_t* d, std::size_t n) {
+  tjhandle tj = decompressor.get();
+  JpegHeader header;
+  int subsampling = -1;
+  const int rc = tjDecompressHeader3(tj, d, static_cast<unsigned long>(n), &header.width,
+                                     &header.height, &subsampling, &header.colorspace);
+  // TurboJPEG 2.1 fills the outputs only once libjpeg has parsed the frame header, then refuses
+  // sampling factors it has no name for although tjDecompress2 decodes them. So valid outputs
+  // mean a usable header whatever rc says.
+  if (header.width <= 0 || header.height <= 0 || header.colorspace < 0) {
+    // libjpeg reads a stream that ends before its frame header as a tables-only stream: rc 0 and
+    // no message.
+    std::string message =
+        rc == 0 ? "the stream holds no image (no frame header before its end)" : tjGetErrorStr2(tj);
+    // TurboJPEG 2.1 returns from a failed header read without aborting libjpeg, which would then
+    // resume the half-parsed stream on the next call; a tables-only stream leaves its tables.
+    decompressor.reset();
+    if (walk_jpeg_markers(d, n).truncated) {
+      throw_truncated(Format::kJpeg, n,
+                      "the data ends inside the headers, before the image data" +
+                          (rc == 0 ? std::string() : " (" + message + ")"));
+    }
+    throw_corrupt(Format::kJpeg, message);
+  }
+  if (rc != 0 && tjGetErrorCode(tj) == TJERR_WARNING) header.warning = tjGetErrorStr2(tj);
+  return header;
+}
+
+// How each EXIF orientation is reached from the stored image S (W x H) with at most one copy.
+// TurboJPEG writes rows bottom-up for free (B(x, y) = S(x, H-1-y)); a transpose is the one copy;
+// a flip afterwards runs in place. Orientation semantics from the EXIF 2.3 specification, tag
+// 0x0112: the displayed image D is
+//   1: D(x,y)=S(x,y)          2: D(x,y)=S(W-1-x,y)      3: D(x,y)=S(W-1-x,H-1-y)
+//   4: D(x,y)=S(x,H-1-y)      5: D(x,y)=S(y,x)          6: D(x,y)=S(y,H-1-x)
+//   7: D(x,y)=S(W-1-y,H-1-x)  8: D(x,y)=S(W-1-y,x)
+enum class Flip { kNone, kHorizontal, kVertical };
+struct OrientationPlan {
+  bool bottom_up = false;
+  bool transpose = false;
+  Flip flip = Flip::kNone;
+};
+constexpr std::array<OrientationPlan, 9> kOrientationPlans = {{
+    {false, false, Flip::kNone},        // 0: unused
+    {false, false, Flip::kNone},        // 1: D = S
+    {false, false, Flip::kHorizontal},  // 2: D = hflip(S)
+    {true, false, Flip::kHorizontal},   // 3: D = hflip(B)
+    {true, false, Flip::kNone},         // 4: D = B
+    {false, true, Flip::kNone},         // 5: D = transpose(S)
+    {true, true, Flip::kNone},          // 6: D = transpose(B)
+    {true, true, Flip::kVertical},      // 7: D = vflip(transpose(B))
+    {false, true, Flip::kVertical},     // 8: D = vflip(transpose(S))
+}};
+
+// Decodes into `dst`. STOPONWARNING makes the common clean path a single pass and a strict failure
+// stop early. A non-strict caller wants the patched image, which needs a second, full pass.
+void decompress(tjhandle tj, const std::uint8_t* d, std::size_t n, std::uint8_t* dst, int width,
+                int height, int pixel_format, int flags, bool strict,
+                std::vector<std::string>& warnings) {
+  const int pitch = width * tjPixelSize[pixel_format];
+  const auto size = static_cast<unsigned long>(n);
+  if (tjDecompress2(tj, d, size, dst, width, pitch, height, pixel_format,
+                    flags | TJFLAG_STOPONWARNING) == 0) {
+    return;
+  }
+  std::string first = tjGetErrorStr2(tj);
+  if (tjGetErrorCode(tj) == TJERR_FATAL) throw_corrupt(Format::kJpeg, first);
+  if (strict) throw DecodeError("truncated or corrupt JPEG (decoder warning: " + first + ")");
+  if (tjDecompress2(tj, d, size, dst, width, pitch, height, pixel_format, flags) == 0) return;
+  // TurboJPEG reports a fatal error that follows a warning as TJERR_WARNING as well, and then the
+  // rows after the failure were never written. libjpeg formats only the first warning of an image
+  // into the message, while a fatal error always overwrites it: a changed message means fatal.
+  std::string last = tjGetErrorStr2(tj);
+  if (last != first) {
+    throw_corrupt(Format::kJpeg, last + " (after decoder warning: " + first + ")");
+  }
+  warnings.push_back(std::move(first));
+}
+
+// TurboJPEG hands CMYK/YCCK back as stored, which for Adobe files (the only ones in practice)
+// means inverted ink: c = 255 - C. The multiplicative model R = (255-C)(255-K)/255 then reads
+// R = c*k/255, rounded. In place: each 4-byte pixel is read before its 3 bytes are written at
+// or below its own position.
+void cmyk_to_rgb_in_place(std::uint8_t* p, std::size_t pixels) {
+  const std::uint8_t* src = p;
+  std::uint8_t* dst = p;
+  for (std::size_t i = 0; i < pixels; ++i, src += 4, dst += 3) {
+    const unsigned c = src[0];
+    const unsigned m = src[1];
+    const unsigned y = src[2];
+    const unsigned k = src[3];
+    dst[0] = static_cast<std::uint8_t>((c * k + 127) / 255);
+    dst[1] = static_cast<std::uint8_t>((m * k + 127) / 255);
+    dst[2] = static_cast<std::uint8_t>((y * k + 127) / 255);
+  }
+}
+
+// A rotated image goes through a per-thread staging buffer; past this size it is released after
+// use so that one rare huge photo does not stay pinned in every worker thread.
+constexpr std::size_t kKeepStagingBytes = std::size_t{64} << 20;
+
+Info decode_jpeg(const std::uint8_t* d, std::size_t n, const Options& options,
+                 std::vector<std::uint8_t>& out) {
+  const JpegMarkers markers = walk_jpeg_markers(d, n);
+  TjDecompressor& decompressor = thread_decompressor();
+  if (!markers.has_dqt || !markers.has_dht) decompressor.reset();
+  const JpegHeader header = read_jpeg_header(decompressor, d, n);
+  check_pixels(header.width, header.height, options.max_pixels);
+  tjhandle tj = decompressor.get();
+
+  const int orientation = options.exif ? markers.orientation : 1;
+  const OrientationPlan& plan = kOrientationPlans[orientation];
+  const bool cmyk = header.colorspace == TJCS_CMYK || header.colorspace == TJCS_YCCK;
+  const int w = header.width;
+  const int h = header.height;
+  const std::size_t pixels = static_cast<std::size_t>(w) * static_cast<std::size_t>(h);
+
+  thread_local std::vector<std::uint8_t> staging;
+  std::vector<std::uint8_t>& target = plan.transpose ? staging : out;
+  target.resize(pixels * (cmyk ? 4 : 3));
+
+  Info info;
+  info.format = format_name(Format::kJpeg);
+  decompress(tj, d, n, target.data(), w, h, cmyk ? TJPF_CMYK : TJPF_RGB,
+             plan.bottom_up ? TJFLAG_BOTTOMUP : 0, options.strict, info.warnings);
+  if (cmyk) {
+    cmyk_to_rgb_in_place(target.data(), pixels);
+    target.resize(pixels * 3);
+  }
+
+  if (plan.transpose) {
+    out.resize(pixels * 3);
+    const cv::Mat stored(h, w, CV_8UC3, staging.data());
+    cv::Mat shown(w, h, CV_8UC3, out.data());
+    cv::transpose(stored, shown);
+    if (plan.flip == Flip::kVertical) cv::flip(shown, shown, 0);
+    if (staging.capacity() > kKeepStagingBytes) std::vector<std::uint8_t>().swap(staging);
+    info.width = h;
+    info.height = w;
+  } else {
+    if (plan.flip == Flip::kHorizontal) {
+      cv::Mat shown(h, w, CV_8UC3, out.data());
+      cv::flip(shown, shown, 1);
+    }
+    info.width = w;
+    info.height = h;
+  }
+  return info;
+}
+
+// ---------------------------------------------------------------------------------------------
+// PNG, WebP, BMP, TIFF through OpenCV
+
+void swap_red_blue_in_place(std::uint8_t* p, std::size_t pixels) {
+  for (std::size_t i = 0; i < pixels; ++i, p += 3) std::swap(p[0], p[2]);
+}
+
+Info decode_with_opencv(Format format, const std::uint8_t* d, std::size_t n, const Options& options,
+                        std::vector<std::uint8_t>& out) {
+  const Size size = header_size(format, d, n);
+  check_pixels(size.width, size.height, options.max_pixels);
+  if (n > static_cast<std::size_t>(INT_MAX)) {
+    throw DecodeError(std::string(format_title(format)) + " input of " + std::to_string(n) +
+                      " bytes is too large to decode");
+  }
+
+  // Decode straight into `out` when OpenCV agrees with the header (the usual case), so the only
+  // extra pass is the channel swap. OpenCV allocates its own Mat when the size differs, e.g.
+  // after it applied an orientation.
+  out.resize(static_cast<std::size_t>(size.width) * static_cast<std::size_t>(size.height) * 3);
+  cv::Mat bgr(size.height, size.width, CV_8UC3, out.data());
+  const cv::Mat encoded(1, static_cast<int>(n), CV_8UC1, const_cast<std::uint8_t*>(d));
+  const int flags = cv::IMREAD_COLOR | (options.exif ? 0 : cv::IMREAD_IGNORE_ORIENTATION);
+  try {
+    cv::imdecode(encoded, flags, &bgr);
+  } catch (const cv::Exception& e) {
+    throw_corrupt(format, e.err);
+  }
+  if (bgr.empty()) throw_corrupt(format, "OpenCV could not decode the data");
+  if (bgr.type() != CV_8UC3) throw_corrupt(format, "OpenCV returned an unexpected pixel type");
+
+  Info info;
+  info.format = format_name(format);
+  info.width = bgr.cols;
+  info.height = bgr.rows;
+  const std::size_t pixels =
+      static_cast<std::size_t>(bgr.cols) * static_cast<std::size_t>(bgr.rows);
+  if (bgr.data == out.data()) {
+    swap_red_blue_in_place(out.data(), pixels);
+  } else {
+    out.resize(pixels * 3);
+    cv::Mat rgb(bgr.rows, bgr.cols, CV_8UC3, out.data());
+    cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+  }
+  return info;
+}
+
+}  // namespace
+
+Info decode(const std::uint8_t* data, std::size_t size, const Options& options,
+            std::vector<std::uint8_t>& out) {
+  const Format format = detect(data, size);
+  if (format == Format::kUnknown) throw_unrecognised(data, size);
+  if (format == Format::kJpeg) return decode_jpeg(data, size, options, out);
+  return decode_with_opencv(format, data, size, options, out);
+}
+
+Info peek(const std::uint8_t* data, std::size_t size) {
+  const Format format = detect(data, size);
+  if (format == Format::kUnknown) throw_unrecognised(data, size);
+  Info info;
+  info.format = format_name(format);
+  if (format == Format::kJpeg) {
+    JpegHeader header = read_jpeg_header(thread_decompressor(), data, size);
+    info.width = header.width;
+    info.height = header.height;
+    if (!header.warning.empty()) info.warnings.push_back(std::move(header.warning));
+  } else {
+    const Size s = header_size(format, data, size);
+    info.width = s.width;
+    info.height = s.height;
+  }
+  return info;
+}
+
+}  // namespace millrace::decode

@@ -1,0 +1,1169 @@
+#include "stages/decode/decode_kernel.hpp"
+
+#include <gtest/gtest.h>
+#include <turbojpeg.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+#include <string>
+#include <thread>
+#include <vector>
+
+#ifndef MILLRACE_TEST_DATA_DIR
+#define MILLRACE_TEST_DATA_DIR "/work/main/tests/data"
+#endif
+
+namespace millrace::decode {
+namespace {
+
+using Bytes = std::vector<std::uint8_t>;
+
+const std::string kNotAnImage = "not a JPEG/PNG/WebP/BMP/TIFF image";
+
+Bytes read_corpus(const std::string& name) {
+  const std::string path = std::string(MILLRACE_TEST_DATA_DIR) + "/bad/" + name;
+  std::ifstream file(path, std::ios::binary);
+  EXPECT_TRUE(file.good()) << "cannot open " << path;
+  return Bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+}
+
+struct Decoded {
+  Info info;
+  Bytes pixels;
+};
+
+Decoded decode_bytes(const Bytes& data, const Options& options = {}) {
+  Decoded result;
+  result.info = decode(data.data(), data.size(), options, result.pixels);
+  return result;
+}
+
+std::string error_of(const Bytes& data, const Options& options = {}) {
+  Bytes out;
+  try {
+    decode(data.data(), data.size(), options, out);
+  } catch (const DecodeError& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+bool starts_with(const std::string& s, const std::string& prefix) {
+  return s.compare(0, prefix.size(), prefix) == 0;
+}
+
+// A deterministic photo-like RGB image: smooth gradients plus fine noise, so that JPEG has real
+// work in every block.
+cv::Mat textured_rgb(int width, int height, int seed) {
+  cv::Mat rgb(height, width, CV_8UC3);
+  cv::RNG rng(static_cast<std::uint64_t>(seed) * 7919u + 17u);
+  for (int y = 0; y < height; ++y) {
+    for (int x = 0; x < width; ++x) {
+      const double r = 128 + 90 * std::sin(x / 13.0 + seed) * std::cos(y / 17.0);
+      const double g = 255.0 * x / std::max(width - 1, 1) * 0.7 + 40 * std::sin((x + y) / 5.0);
+      const double b = 60 + 120 * (((x / 8) + (y / 8)) % 2) + 20 * std::cos(y / 3.0 + seed);
+      auto& px = rgb.at<cv::Vec3b>(y, x);
+      px[0] = cv::saturate_cast<std::uint8_t>(r + rng.uniform(-12, 13));
+      px[1] = cv::saturate_cast<std::uint8_t>(g + rng.uniform(-12, 13));
+      px[2] = cv::saturate_cast<std::uint8_t>(b + rng.uniform(-12, 13));
+    }
+  }
+  return rgb;
+}
+
+Bytes encode_cv(const cv::Mat& rgb, const std::string& ext, std::vector<int> params = {}) {
+  cv::Mat stored;
+  if (rgb.channels() == 3) {
+    cv::cvtColor(rgb, stored, cv::COLOR_RGB2BGR);
+  } else if (rgb.channels() == 4) {
+    cv::cvtColor(rgb, stored, cv::COLOR_RGBA2BGRA);
+  } else {
+    stored = rgb;
+  }
+  std::vector<std::uint8_t> buf;
+  EXPECT_TRUE(cv::imencode(ext, stored, buf, params));
+  return buf;
+}
+
+Bytes encode_jpeg_cv(const cv::Mat& rgb, int quality, bool progressive = false) {
+  return encode_cv(
+      rgb, ".jpg",
+      {cv::IMWRITE_JPEG_QUALITY, quality, cv::IMWRITE_JPEG_PROGRESSIVE, progressive ? 1 : 0});
+}
+
+// OpenCV 4.6's imencode always subsamples chroma 4:2:0, so other samplings (and CMYK) come
+// from TurboJPEG's encoder.
+Bytes encode_jpeg_tj(const cv::Mat& image, int quality, int subsampling, int pixel_format) {
+  tjhandle tj = tjInitCompress();
+  EXPECT_NE(tj, nullptr);
+  unsigned char* jpeg = nullptr;
+  unsigned long size = 0;
+  const int rc = tjCompress2(tj, image.data, image.cols, static_cast<int>(image.step), image.rows,
+                             pixel_format, &jpeg, &size, subsampling, quality, TJFLAG_ACCURATEDCT);
+  EXPECT_EQ(rc, 0) << tjGetErrorStr2(tj);
+  Bytes out(jpeg, jpeg + size);
+  tjFree(jpeg);
+  tjDestroy(tj);
+  return out;
+}
+
+// The reference: OpenCV's decoder (libjpeg through its own glue), converted to RGB.
+Bytes reference_rgb(const Bytes& data, int* width = nullptr, int* height = nullptr,
+                    int flags = cv::IMREAD_COLOR) {
+  const cv::Mat bgr = cv::imdecode(data, flags);
+  EXPECT_FALSE(bgr.empty());
+  cv::Mat rgb;
+  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+  if (width != nullptr) *width = rgb.cols;
+  if (height != nullptr) *height = rgb.rows;
+  return Bytes(rgb.data, rgb.data + rgb.total() * 3);
+}
+
+::testing::AssertionResult same_bytes(const Bytes& actual, const Bytes& expected) {
+  if (actual.size() != expected.size()) {
+    return ::testing::AssertionFailure()
+           << "sizes differ: " << actual.size() << " vs " << expected.size();
+  }
+  const auto mismatch = std::mismatch(actual.begin(), actual.end(), expected.begin());
+  if (mismatch.first != actual.end()) {
+    const auto at = mismatch.first - actual.begin();
+    return ::testing::AssertionFailure() << "first difference at byte " << at << ": "
+                                         << int{*mismatch.first} << " vs " << int{*mismatch.second};
+  }
+  return ::testing::AssertionSuccess();
+}
+
+Bytes mat_bytes(const cv::Mat& m) {
+  const cv::Mat c = m.isContinuous() ? m : m.clone();
+  return Bytes(c.data, c.data + c.total() * c.elemSize());
+}
+
+// ---------------------------------------------------------------------------------------------
+// JPEG: bit-identity with OpenCV
+
+struct JpegCase {
+  const char* name;
+  int width;
+  int height;
+  int quality;
+  int subsampling;  // TJSAMP_*, or -1 for OpenCV's encoder (4:2:0)
+  bool progressive;
+};
+
+class JpegMatchesOpenCv : public ::testing::TestWithParam<JpegCase> {};
+
+TEST_P(JpegMatchesOpenCv, BitIdenticalRgb) {
+  const JpegCase& c = GetParam();
+  const cv::Mat rgb = textured_rgb(c.width, c.height, c.width + c.quality);
+  const Bytes jpeg = c.subsampling < 0 ? encode_jpeg_cv(rgb, c.quality, c.progressive)
+                                       : encode_jpeg_tj(rgb, c.quality, c.subsampling, TJPF_RGB);
+  int w = 0;
+  int h = 0;
+  const Bytes expected = reference_rgb(jpeg, &w, &h);
+  ASSERT_EQ(w, c.width);
+  ASSERT_EQ(h, c.height);
+
+  const Decoded got = decode_bytes(jpeg);
+  EXPECT_EQ(got.info.format, "jpeg");
+  EXPECT_EQ(got.info.width, c.width);
+  EXPECT_EQ(got.info.height, c.height);
+  EXPECT_TRUE(got.info.warnings.empty());
+  EXPECT_TRUE(same_bytes(got.pixels, expected));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Samplings, JpegMatchesOpenCv,
+    ::testing::Values(JpegCase{"cv_q75_420_333x500", 333, 500, 75, -1, false},
+                      JpegCase{"cv_q95_420_333x500", 333, 500, 95, -1, false},
+                      JpegCase{"cv_q95_420_500x333", 500, 333, 95, -1, false},
+                      JpegCase{"cv_q90_420_progressive", 257, 129, 90, -1, true},
+                      JpegCase{"tj_q75_444_333x500", 333, 500, 75, TJSAMP_444, false},
+                      JpegCase{"tj_q95_444_333x500", 333, 500, 95, TJSAMP_444, false},
+                      JpegCase{"tj_q90_422_odd", 101, 77, 90, TJSAMP_422, false},
+                      JpegCase{"tj_q90_420_1x1", 1, 1, 90, TJSAMP_420, false}),
+    [](const ::testing::TestParamInfo<JpegCase>& info) { return std::string(info.param.name); });
+
+TEST(DecodeJpeg, CorpusGoodFilesMatchOpenCv) {
+  for (const char* name : {"good_1.jpg", "good_2.jpg"}) {
+    SCOPED_TRACE(name);
+    const Bytes jpeg = read_corpus(name);
+    const Decoded got = decode_bytes(jpeg);
+    EXPECT_EQ(got.info.width, 320);
+    EXPECT_EQ(got.info.height, 240);
+    EXPECT_EQ(got.info.format, "jpeg");
+    EXPECT_TRUE(same_bytes(got.pixels, reference_rgb(jpeg)));
+  }
+}
+
+TEST(DecodeJpeg, GrayscaleIsReplicatedToRgb) {
+  cv::Mat gray;
+  cv::cvtColor(textured_rgb(123, 45, 3), gray, cv::COLOR_RGB2GRAY);
+  for (const Bytes& jpeg : {encode_cv(gray, ".jpg", {cv::IMWRITE_JPEG_QUALITY, 90}),
+                            encode_jpeg_tj(gray, 80, TJSAMP_GRAY, TJPF_GRAY)}) {
+    // OpenCV's grayscale read outputs libjpeg's luminance plane untouched.
+    const cv::Mat luma = cv::imdecode(jpeg, cv::IMREAD_GRAYSCALE);
+    ASSERT_EQ(luma.cols, 123);
+    const Decoded got = decode_bytes(jpeg);
+    ASSERT_EQ(got.info.width, 123);
+    ASSERT_EQ(got.info.height, 45);
+    ASSERT_EQ(got.pixels.size(), std::size_t{123} * 45 * 3);
+    for (int y = 0; y < 45; ++y) {
+      for (int x = 0; x < 123; ++x) {
+        const std::uint8_t* px = &got.pixels[(static_cast<std::size_t>(y) * 123 + x) * 3];
+        const std::uint8_t v = luma.at<std::uint8_t>(y, x);
+        ASSERT_EQ(px[0], v) << x << "," << y;
+        ASSERT_EQ(px[1], v) << x << "," << y;
+        ASSERT_EQ(px[2], v) << x << "," << y;
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CMYK
+
+struct CmykPatch {
+  std::array<int, 4> ink;  // C, M, Y, K amounts: 0 = none, 255 = full
+  std::array<int, 3> rgb;  // (255-C)(255-K)/255 etc., worked out by hand
+};
+
+const std::array<CmykPatch, 8> kCmykPatches = {{
+    {{0, 0, 0, 0}, {255, 255, 255}},
+    {{255, 0, 0, 0}, {0, 255, 255}},
+    {{0, 255, 0, 0}, {255, 0, 255}},
+    {{0, 0, 255, 0}, {255, 255, 0}},
+    {{0, 255, 255, 0}, {255, 0, 0}},
+    {{0, 0, 0, 255}, {0, 0, 0}},
+    {{0, 0, 0, 128}, {127, 127, 127}},
+    {{128, 64, 0, 64}, {95, 143, 191}},
+}};
+
+void expect_cmyk_patches(const Decoded& got, int tolerance) {
+  ASSERT_EQ(got.info.width, 16 * static_cast<int>(kCmykPatches.size()));
+  ASSERT_EQ(got.info.height, 16);
+  for (std::size_t i = 0; i < kCmykPatches.size(); ++i) {
+    // The centre of each patch, away from the block edges that carry ringing.
+    const std::size_t x = i * 16 + 8;
+    const std::uint8_t* px = &got.pixels[(8 * static_cast<std::size_t>(got.info.width) + x) * 3];
+    for (int c = 0; c < 3; ++c) {
+      EXPECT_NEAR(px[c], kCmykPatches[i].rgb[c], tolerance) << "patch " << i << " channel " << c;
+    }
+  }
+}
+
+TEST(DecodeCmyk, AdobeCmykFromPillowGivesInkColours) {
+  const Bytes jpeg = read_corpus("cmyk_adobe.jpg");
+  const Decoded got = decode_bytes(jpeg);
+  EXPECT_EQ(got.info.format, "jpeg");
+  expect_cmyk_patches(got, 2);
+  // OpenCV converts with its own approximation, k - ((255 - c) * k >> 8): within one level.
+  const Bytes theirs = reference_rgb(jpeg);
+  ASSERT_EQ(theirs.size(), got.pixels.size());
+  for (std::size_t i = 0; i < theirs.size(); ++i) {
+    ASSERT_NEAR(got.pixels[i], theirs[i], 1) << "byte " << i;
+  }
+}
+
+TEST(DecodeCmyk, YcckFromTurboJpegGivesInkColours) {
+  // TurboJPEG writes CMYK as YCCK with an Adobe marker and stores the values it is given; Adobe
+  // files hold inverted ink, so feed 255 - ink.
+  cv::Mat cmyk(16, 16 * static_cast<int>(kCmykPatches.size()), CV_8UC4);
+  for (int y = 0; y < cmyk.rows; ++y) {
+    for (int x = 0; x < cmyk.cols; ++x) {
+      const auto& ink = kCmykPatches[static_cast<std::size_t>(x / 16)].ink;
+      for (int c = 0; c < 4; ++c) {
+        cmyk.at<cv::Vec4b>(y, x)[c] = static_cast<std::uint8_t>(255 - ink[c]);
+      }
+    }
+  }
+  const Bytes jpeg = encode_jpeg_tj(cmyk, 100, TJSAMP_444, TJPF_CMYK);
+  const Decoded got = decode_bytes(jpeg);
+  expect_cmyk_patches(got, 3);
+  const Bytes theirs = reference_rgb(jpeg);
+  ASSERT_EQ(theirs.size(), got.pixels.size());
+  for (std::size_t i = 0; i < theirs.size(); ++i) {
+    ASSERT_NEAR(got.pixels[i], theirs[i], 1) << "byte " << i;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// EXIF orientation
+
+// An APP1 "Exif" segment whose IFD0 holds a Make tag and then the orientation.
+Bytes exif_segment(std::uint32_t orientation, bool little_endian, std::uint16_t type = 3) {
+  Bytes tiff;
+  auto put16 = [&](std::uint16_t v) {
+    if (little_endian) {
+      tiff.push_back(static_cast<std::uint8_t>(v & 0xFF));
+      tiff.push_back(static_cast<std::uint8_t>(v >> 8));
+    } else {
+      tiff.push_back(static_cast<std::uint8_t>(v >> 8));
+      tiff.push_back(static_cast<std::uint8_t>(v & 0xFF));
+    }
+  };
+  auto put32 = [&](std::uint32_t v) {
+    if (little_endian) {
+      put16(static_cast<std::uint16_t>(v & 0xFFFF));
+      put16(static_cast<std::uint16_t>(v >> 16));
+    } else {
+      put16(static_cast<std::uint16_t>(v >> 16));
+      put16(static_cast<std::uint16_t>(v & 0xFFFF));
+    }
+  };
+  tiff.push_back(little_endian ? 'I' : 'M');
+  tiff.push_back(little_endian ? 'I' : 'M');
+  put16(42);
+  put32(8);       // IFD0 right after the header
+  put16(2);       // two entries
+  put16(0x010F);  // Make, ASCII, 4 bytes inline
+  put16(2);
+  put32(4);
+  for (char ch : {'C', 'a', 'm', '\0'}) tiff.push_back(static_cast<std::uint8_t>(ch));
+  put16(0x0112);  // Orientation
+  put16(type);
+  put32(1);
+  if (type == 3) {
+    put16(static_cast<std::uint16_t>(orientation));  // SHORT, left-justified in the value field
+    put16(0);
+  } else {
+    put32(orientation);
+  }
+  put32(0);  // no next IFD
+
+  Bytes segment = {0xFF, 0xE1};
+  const std::size_t length = 2 + 6 + tiff.size();
+  segment.push_back(static_cast<std::uint8_t>(length >> 8));
+  segment.push_back(static_cast<std::uint8_t>(length & 0xFF));
+  for (char ch : {'E', 'x', 'i', 'f', '\0', '\0'}) segment.push_back(static_cast<std::uint8_t>(ch));
+  segment.insert(segment.end(), tiff.begin(), tiff.end());
+  return segment;
+}
+
+Bytes insert_after_soi(const Bytes& jpeg, const Bytes& segment) {
+  Bytes out(jpeg.begin(), jpeg.begin() + 2);
+  out.insert(out.end(), segment.begin(), segment.end());
+  out.insert(out.end(), jpeg.begin() + 2, jpeg.end());
+  return out;
+}
+
+// Where displayed pixel (x, y) comes from in the stored W x H image, straight from the EXIF
+// specification's description of each orientation value.
+std::pair<int, int> stored_position(int orientation, int x, int y, int w, int h) {
+  switch (orientation) {
+    case 1:
+      return {x, y};
+    case 2:
+      return {w - 1 - x, y};
+    case 3:
+      return {w - 1 - x, h - 1 - y};
+    case 4:
+      return {x, h - 1 - y};
+    case 5:
+      return {y, x};
+    case 6:
+      return {y, h - 1 - x};
+    case 7:
+      return {w - 1 - y, h - 1 - x};
+    case 8:
+      return {w - 1 - y, x};
+    default:
+      return {-1, -1};
+  }
+}
+
+// 37x22 (odd, not a multiple of the MCU), with a red block in the stored top-left corner and a
+// green one in the stored top-right, on a textured background.
+cv::Mat orientation_source() {
+  cv::Mat rgb = textured_rgb(37, 22, 5);
+  rgb(cv::Rect(0, 0, 8, 8)).setTo(cv::Scalar(255, 0, 0));
+  rgb(cv::Rect(29, 0, 8, 8)).setTo(cv::Scalar(0, 255, 0));
+  return rgb;
+}
+
+enum class Corner { kTopLeft, kTopRight, kBottomRight, kBottomLeft };
+
+const std::uint8_t* corner_pixel(const Decoded& d, Corner corner) {
+  const int w = d.info.width;
+  const int h = d.info.height;
+  // Two pixels in from the corner, inside the 8x8 block wherever it landed.
+  const int x = (corner == Corner::kTopLeft || corner == Corner::kBottomLeft) ? 2 : w - 3;
+  const int y = (corner == Corner::kTopLeft || corner == Corner::kTopRight) ? 2 : h - 3;
+  return &d.pixels[(static_cast<std::size_t>(y) * w + x) * 3];
+}
+
+class ExifOrientation : public ::testing::TestWithParam<std::tuple<int, bool>> {};
+
+TEST_P(ExifOrientation, PixelsFollowTheSpecification) {
+  const auto [orientation, little_endian] = GetParam();
+  const Bytes plain = encode_jpeg_tj(orientation_source(), 100, TJSAMP_444, TJPF_RGB);
+  const Bytes jpeg = insert_after_soi(plain, exif_segment(orientation, little_endian));
+
+  Options as_stored;
+  as_stored.exif = false;
+  const Decoded stored = decode_bytes(jpeg, as_stored);
+  ASSERT_EQ(stored.info.width, 37);
+  ASSERT_EQ(stored.info.height, 22);
+  EXPECT_TRUE(same_bytes(stored.pixels, decode_bytes(plain).pixels));
+
+  const Decoded shown = decode_bytes(jpeg);
+  const bool swapped = orientation >= 5;
+  ASSERT_EQ(shown.info.width, swapped ? 22 : 37);
+  ASSERT_EQ(shown.info.height, swapped ? 37 : 22);
+  ASSERT_EQ(shown.pixels.size(), stored.pixels.size());
+  for (int y = 0; y < shown.info.height; ++y) {
+    for (int x = 0; x < shown.info.width; ++x) {
+      const auto [sx, sy] = stored_position(orientation, x, y, 37, 22);
+      const std::size_t d = (static_cast<std::size_t>(y) * shown.info.width + x) * 3;
+      const std::size_t s = (static_cast<std::size_t>(sy) * 37 + sx) * 3;
+      ASSERT_TRUE(std::equal(&shown.pixels[d], &shown.pixels[d] + 3, &stored.pixels[s]))
+          << "orientation " << orientation << " at " << x << "," << y;
+    }
+  }
+
+  // Where the stored top-left (red) and top-right (green) corners are shown, per orientation.
+  constexpr std::array<Corner, 9> kRedAt = {
+      Corner::kTopLeft,     Corner::kTopLeft,     Corner::kTopRight,
+      Corner::kBottomRight, Corner::kBottomLeft,  Corner::kTopLeft,
+      Corner::kTopRight,    Corner::kBottomRight, Corner::kBottomLeft};
+  constexpr std::array<Corner, 9> kGreenAt = {
+      Corner::kTopRight,    Corner::kTopRight,    Corner::kTopLeft,
+      Corner::kBottomLeft,  Corner::kBottomRight, Corner::kBottomLeft,
+      Corner::kBottomRight, Corner::kTopRight,    Corner::kTopLeft};
+  const std::uint8_t* red = corner_pixel(shown, kRedAt[static_cast<std::size_t>(orientation)]);
+  EXPECT_GT(red[0], 230);
+  EXPECT_LT(red[1], 25);
+  EXPECT_LT(red[2], 25);
+  const std::uint8_t* green = corner_pixel(shown, kGreenAt[static_cast<std::size_t>(orientation)]);
+  EXPECT_LT(green[0], 25);
+  EXPECT_GT(green[1], 230);
+  EXPECT_LT(green[2], 25);
+
+  // OpenCV applies EXIF orientation in imdecode too: an independent implementation to agree with.
+  EXPECT_TRUE(same_bytes(shown.pixels, reference_rgb(jpeg)));
+}
+
+INSTANTIATE_TEST_SUITE_P(AllEight, ExifOrientation,
+                         ::testing::Combine(::testing::Range(1, 9), ::testing::Bool()),
+                         [](const ::testing::TestParamInfo<std::tuple<int, bool>>& info) {
+                           return "orientation" + std::to_string(std::get<0>(info.param)) +
+                                  (std::get<1>(info.param) ? "_II" : "_MM");
+                         });
+
+TEST(DecodeExif, PeekReportsStoredSize) {
+  const Bytes jpeg = insert_after_soi(
+      encode_jpeg_tj(orientation_source(), 90, TJSAMP_420, TJPF_RGB), exif_segment(6, true));
+  const Info info = peek(jpeg.data(), jpeg.size());
+  EXPECT_EQ(info.width, 37);
+  EXPECT_EQ(info.height, 22);
+  EXPECT_EQ(decode_bytes(jpeg).info.width, 22);
+}
+
+TEST(DecodeExif, LongTypedOrientationIsHonoured) {
+  const Bytes plain = encode_jpeg_tj(orientation_source(), 95, TJSAMP_444, TJPF_RGB);
+  const Decoded a = decode_bytes(insert_after_soi(plain, exif_segment(8, false, 4)));
+  const Decoded b = decode_bytes(insert_after_soi(plain, exif_segment(8, false, 3)));
+  EXPECT_EQ(a.info.width, 22);
+  EXPECT_TRUE(same_bytes(a.pixels, b.pixels));
+}
+
+TEST(DecodeExif, InvalidOrMalformedExifLeavesPixelsAsStored) {
+  const Bytes plain = encode_jpeg_tj(orientation_source(), 95, TJSAMP_444, TJPF_RGB);
+  const Decoded reference = decode_bytes(plain);
+
+  Bytes out_of_range = exif_segment(9, true);
+  Bytes zero = exif_segment(0, false);
+  Bytes bad_offset = exif_segment(6, true);
+  bad_offset[2 + 2 + 6 + 4] = 0xF0;  // IFD0 offset far past the segment
+  Bytes bad_order = exif_segment(6, true);
+  bad_order[2 + 2 + 6] = 'X';
+  Bytes cut = exif_segment(6, true);
+  cut.resize(cut.size() - 16);  // the orientation entry runs past the segment end
+  cut[2] = static_cast<std::uint8_t>((cut.size() - 2) >> 8);
+  cut[3] = static_cast<std::uint8_t>((cut.size() - 2) & 0xFF);
+
+  for (const Bytes& segment : {out_of_range, zero, bad_offset, bad_order, cut}) {
+    const Decoded got = decode_bytes(insert_after_soi(plain, segment));
+    EXPECT_EQ(got.info.width, 37);
+    EXPECT_EQ(got.info.height, 22);
+    EXPECT_TRUE(same_bytes(got.pixels, reference.pixels));
+  }
+}
+
+TEST(DecodeExif, FindsExifAfterAnotherApp1Segment) {
+  // XMP also lives in APP1; the orientation must still be found in the EXIF one behind it.
+  const std::string xmp = "http://ns.adobe.com/xap/1.0/";
+  Bytes xmp_segment = {0xFF, 0xE1, 0, static_cast<std::uint8_t>(2 + xmp.size() + 1)};
+  xmp_segment.insert(xmp_segment.end(), xmp.begin(), xmp.end());
+  xmp_segment.push_back(0);
+  Bytes both = xmp_segment;
+  const Bytes exif = exif_segment(3, true);
+  both.insert(both.end(), exif.begin(), exif.end());
+
+  const Bytes plain = encode_jpeg_tj(orientation_source(), 95, TJSAMP_444, TJPF_RGB);
+  const Decoded got = decode_bytes(insert_after_soi(plain, both));
+  const Decoded expected = decode_bytes(insert_after_soi(plain, exif));
+  EXPECT_TRUE(same_bytes(got.pixels, expected.pixels));
+  const Decoded stored = decode_bytes(plain);
+  EXPECT_FALSE(same_bytes(got.pixels, stored.pixels));
+}
+
+TEST(DecodeExif, RotatedCmykCombinesBothConversions) {
+  cv::Mat cmyk(22, 37, CV_8UC4);
+  cv::randu(cmyk, 0, 256);
+  const Bytes plain = encode_jpeg_tj(cmyk, 95, TJSAMP_444, TJPF_CMYK);
+  const Decoded stored = decode_bytes(plain);
+  const Decoded shown = decode_bytes(insert_after_soi(plain, exif_segment(6, true)));
+  ASSERT_EQ(shown.info.width, 22);
+  ASSERT_EQ(shown.info.height, 37);
+  for (int y = 0; y < 37; ++y) {
+    for (int x = 0; x < 22; ++x) {
+      const auto [sx, sy] = stored_position(6, x, y, 37, 22);
+      const std::size_t d = (static_cast<std::size_t>(y) * 22 + x) * 3;
+      const std::size_t s = (static_cast<std::size_t>(sy) * 37 + sx) * 3;
+      ASSERT_TRUE(std::equal(&shown.pixels[d], &shown.pixels[d] + 3, &stored.pixels[s]));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Truncated and corrupt JPEGs
+
+TEST(DecodeTruncated, CorpusFileStrictThrowsLenientReturnsImage) {
+  const Bytes jpeg = read_corpus("truncated.jpg");
+  EXPECT_EQ(error_of(jpeg),
+            "truncated or corrupt JPEG (decoder warning: Premature end of JPEG file)");
+
+  Options lenient;
+  lenient.strict = false;
+  const Decoded got = decode_bytes(jpeg, lenient);
+  ASSERT_EQ(got.info.width, 300);
+  ASSERT_EQ(got.info.height, 200);
+  ASSERT_EQ(got.info.warnings.size(), 1u);
+  EXPECT_EQ(got.info.warnings[0], "Premature end of JPEG file");
+
+  // Row error against the generating formula (R = x*255/299, G = y*255/199, B = 64): the rows
+  // the data still covers are close to it, the last rows were never in the file.
+  auto row_error = [&](int y) {
+    double sum = 0;
+    for (int x = 0; x < 300; ++x) {
+      const std::uint8_t* px = &got.pixels[(static_cast<std::size_t>(y) * 300 + x) * 3];
+      sum +=
+          std::abs(px[0] - x * 255 / 299) + std::abs(px[1] - y * 255 / 199) + std::abs(px[2] - 64);
+    }
+    return sum / (300 * 3);
+  };
+  for (int y = 0; y < 80; ++y) EXPECT_LT(row_error(y), 3.0) << "row " << y;
+  EXPECT_GT(row_error(199), 20.0);
+}
+
+TEST(DecodeTruncated, PresentRowsMatchTheCompleteImage) {
+  const Bytes whole = read_corpus("good_1.jpg");
+  const Bytes cut(whole.begin(),
+                  whole.begin() + static_cast<std::ptrdiff_t>(whole.size() * 6 / 10));
+  Options lenient;
+  lenient.strict = false;
+  const Decoded full = decode_bytes(whole);
+  const Decoded part = decode_bytes(cut, lenient);
+  ASSERT_EQ(part.pixels.size(), full.pixels.size());
+  ASSERT_EQ(part.info.warnings.size(), 1u);
+  // A quarter of the rows lies well inside the first 60 % of a uniformly textured image.
+  const std::size_t quarter = std::size_t{320} * 60 * 3;
+  EXPECT_TRUE(std::equal(part.pixels.begin(), part.pixels.begin() + quarter, full.pixels.begin()));
+  EXPECT_FALSE(same_bytes(part.pixels, full.pixels));
+}
+
+TEST(DecodeTruncated, CutInsideTheHeadersIsATruncatedJpeg) {
+  const Bytes whole = read_corpus("good_1.jpg");
+  for (std::size_t size : {std::size_t{4}, std::size_t{100}, std::size_t{300}}) {
+    const Bytes cut(whole.begin(), whole.begin() + static_cast<std::ptrdiff_t>(size));
+    Options lenient;
+    lenient.strict = false;
+    const std::string message = error_of(cut, lenient);
+    EXPECT_TRUE(starts_with(message, "truncated JPEG: ")) << message;
+    EXPECT_NE(message.find(std::to_string(size) + " bytes"), std::string::npos) << message;
+    EXPECT_THROW(peek(cut.data(), cut.size()), DecodeError);
+  }
+}
+
+// A progressive JPEG damaged twice: stray bytes before its second scan (a libjpeg warning) and,
+// optionally, impossible spectral parameters in its third scan header (a fatal error).
+Bytes damaged_progressive(bool stray_bytes, bool bad_scan) {
+  cv::Mat rgb = textured_rgb(128, 96, 9);
+  Bytes jpeg = encode_jpeg_cv(rgb, 90, true);
+  std::vector<std::size_t> scans;
+  for (std::size_t i = 0; i + 1 < jpeg.size(); ++i) {
+    if (jpeg[i] == 0xFF && jpeg[i + 1] == 0xDA) scans.push_back(i);
+  }
+  EXPECT_GE(scans.size(), 3u);
+  if (bad_scan) {
+    const std::size_t s = scans[2];
+    const std::size_t components = jpeg[s + 4];
+    jpeg[s + 5 + 2 * components + 1] = 70;  // Se beyond the 64 coefficients of a block
+  }
+  if (stray_bytes) {
+    const std::array<std::uint8_t, 2> stray = {0x12, 0x34};
+    jpeg.insert(jpeg.begin() + static_cast<std::ptrdiff_t>(scans[1]), stray.begin(), stray.end());
+  }
+  return jpeg;
+}
+
+TEST(DecodeCorrupt, WarningOnlyIsLenientlyAccepted) {
+  const Bytes jpeg = damaged_progressive(true, false);
+  EXPECT_TRUE(starts_with(error_of(jpeg),
+                          "truncated or corrupt JPEG (decoder warning: Corrupt JPEG data: 2 "
+                          "extraneous bytes before marker 0xda)"));
+  Options lenient;
+  lenient.strict = false;
+  const Decoded got = decode_bytes(jpeg, lenient);
+  EXPECT_EQ(got.info.width, 128);
+  ASSERT_EQ(got.info.warnings.size(), 1u);
+  EXPECT_NE(got.info.warnings[0].find("extraneous bytes"), std::string::npos);
+}
+
+TEST(DecodeCorrupt, FatalErrorIsCorruptJpeg) {
+  const Bytes jpeg = damaged_progressive(false, true);
+  Options lenient;
+  lenient.strict = false;
+  for (const Options& options : {Options{}, lenient}) {
+    const std::string message = error_of(jpeg, options);
+    EXPECT_TRUE(starts_with(message, "corrupt JPEG: Invalid progressive parameters")) << message;
+  }
+}
+
+TEST(DecodeCorrupt, FatalErrorAfterAWarningIsNotPassedOffAsAWarning) {
+  // TurboJPEG reports this one as TJERR_WARNING although decoding stopped at the fatal error.
+  const Bytes jpeg = damaged_progressive(true, true);
+  Options lenient;
+  lenient.strict = false;
+  const std::string message = error_of(jpeg, lenient);
+  EXPECT_TRUE(starts_with(message, "corrupt JPEG: Invalid progressive parameters")) << message;
+  EXPECT_NE(message.find("after decoder warning: Corrupt JPEG data"), std::string::npos);
+  EXPECT_TRUE(starts_with(error_of(jpeg), "truncated or corrupt JPEG (decoder warning: "));
+}
+
+TEST(DecodeCorrupt, GarbageAfterTheSignatureIsCorrupt) {
+  Bytes jpeg = {0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x03, 0x01};
+  const std::string message = error_of(jpeg);
+  EXPECT_TRUE(starts_with(message, "corrupt JPEG: ") || starts_with(message, "truncated JPEG: "))
+      << message;
+  // A complete APP0 segment, then bytes that are no marker at all.
+  Bytes garbage(500, 0x5A);
+  const std::array<std::uint8_t, 6> start = {0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x10};
+  std::copy(start.begin(), start.end(), garbage.begin());
+  EXPECT_TRUE(starts_with(error_of(garbage), "corrupt JPEG: ")) << error_of(garbage);
+}
+
+TEST(DecodeCorrupt, AFailedHeaderDoesNotAffectTheNextImage) {
+  // libjpeg stops inside this frame header ("Bogus marker length"); the thread's decompressor
+  // must not carry the half-read stream into the next call.
+  const Bytes broken = {0xFF, 0xD8, 0xFF, 0xC0, 0x00, 0x03, 0x01, 0x00};
+  const Bytes good = read_corpus("good_1.jpg");
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_THROW(decode_bytes(broken), DecodeError);
+    const Decoded got = decode_bytes(good);
+    EXPECT_TRUE(same_bytes(got.pixels, reference_rgb(good)));
+  }
+}
+
+// Drops every segment with the given marker that precedes the first scan.
+Bytes without_segments(const Bytes& jpeg, std::uint8_t marker) {
+  Bytes out(jpeg.begin(), jpeg.begin() + 2);
+  std::size_t pos = 2;
+  while (pos + 4 <= jpeg.size() && jpeg[pos + 1] != 0xDA) {
+    const std::size_t length = static_cast<std::size_t>(jpeg[pos + 2] << 8 | jpeg[pos + 3]);
+    if (jpeg[pos + 1] != marker) {
+      out.insert(out.end(), jpeg.begin() + static_cast<std::ptrdiff_t>(pos),
+                 jpeg.begin() + static_cast<std::ptrdiff_t>(pos + 2 + length));
+    }
+    pos += 2 + length;
+  }
+  out.insert(out.end(), jpeg.begin() + static_cast<std::ptrdiff_t>(pos), jpeg.end());
+  return out;
+}
+
+TEST(DecodeCorrupt, TablesOfEarlierImagesAreNeverReused) {
+  // A handle remembers the tables of the images it decoded. An image that lacks its own must get
+  // the same result as on a fresh decompressor, whatever the thread decoded before.
+  const cv::Mat rgb = textured_rgb(64, 48, 8);
+  const Bytes plain = encode_jpeg_cv(rgb, 90);
+  const Bytes other = encode_cv(textured_rgb(64, 48, 9), ".jpg",
+                                {cv::IMWRITE_JPEG_QUALITY, 20, cv::IMWRITE_JPEG_OPTIMIZE, 1});
+  const Bytes no_dqt = without_segments(plain, 0xDB);
+  const Bytes no_dht = without_segments(plain, 0xC4);
+  ASSERT_LT(no_dqt.size(), plain.size());
+  ASSERT_LT(no_dht.size(), plain.size());
+
+  // Without Huffman tables libjpeg falls back to the standard ones, which OpenCV's encoder used.
+  const Decoded expected = decode_bytes(plain);
+  decode_bytes(other);
+  EXPECT_TRUE(same_bytes(decode_bytes(no_dht).pixels, expected.pixels));
+  // Without quantization tables there is nothing to fall back to.
+  decode_bytes(other);
+  const std::string message = error_of(no_dqt);
+  EXPECT_TRUE(starts_with(message, "corrupt JPEG: Quantization table")) << message;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Formats other than JPEG
+
+TEST(DecodeFormats, PngNamedJpgDecodesAsPng) {
+  const Bytes png = read_corpus("png_named.jpg");
+  const Decoded got = decode_bytes(png);
+  EXPECT_EQ(got.info.format, "png");
+  ASSERT_EQ(got.info.width, 64);
+  ASSERT_EQ(got.info.height, 48);
+  for (int y = 0; y < 48; ++y) {
+    for (int x = 0; x < 64; ++x) {
+      const std::uint8_t* px = &got.pixels[(static_cast<std::size_t>(y) * 64 + x) * 3];
+      ASSERT_EQ(px[0], 4 * x);
+      ASSERT_EQ(px[1], 5 * y);
+      ASSERT_EQ(px[2], (x * y) % 256);
+    }
+  }
+  const Info info = peek(png.data(), png.size());
+  EXPECT_EQ(info.format, "png");
+  EXPECT_EQ(info.width, 64);
+  EXPECT_EQ(info.height, 48);
+}
+
+struct LosslessCase {
+  const char* name;
+  const char* ext;
+  std::vector<int> params;
+  const char* format;
+};
+
+class LosslessFormats : public ::testing::TestWithParam<LosslessCase> {};
+
+TEST_P(LosslessFormats, ExactRgbAndHeaderSize) {
+  const LosslessCase& c = GetParam();
+  const cv::Mat rgb = textured_rgb(61, 43, 2);
+  const Bytes encoded = encode_cv(rgb, c.ext, c.params);
+  const Decoded got = decode_bytes(encoded);
+  EXPECT_EQ(got.info.format, c.format);
+  EXPECT_EQ(got.info.width, 61);
+  EXPECT_EQ(got.info.height, 43);
+  EXPECT_TRUE(same_bytes(got.pixels, mat_bytes(rgb)));
+  const Info info = peek(encoded.data(), encoded.size());
+  EXPECT_EQ(info.format, c.format);
+  EXPECT_EQ(info.width, 61);
+  EXPECT_EQ(info.height, 43);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    OpenCvFormats, LosslessFormats,
+    ::testing::Values(LosslessCase{"png", ".png", {}, "png"},
+                      LosslessCase{"bmp", ".bmp", {}, "bmp"},
+                      LosslessCase{"tiff", ".tiff", {}, "tiff"},
+                      LosslessCase{
+                          "webp_lossless", ".webp", {cv::IMWRITE_WEBP_QUALITY, 101}, "webp"}),
+    [](const ::testing::TestParamInfo<LosslessCase>& info) {
+      return std::string(info.param.name);
+    });
+
+TEST(DecodeFormats, LossyWebpMatchesOpenCv) {
+  const Bytes webp = encode_cv(textured_rgb(90, 70, 4), ".webp", {cv::IMWRITE_WEBP_QUALITY, 80});
+  const Decoded got = decode_bytes(webp);
+  EXPECT_EQ(got.info.format, "webp");
+  EXPECT_EQ(got.info.width, 90);
+  EXPECT_EQ(got.info.height, 70);
+  EXPECT_TRUE(same_bytes(got.pixels, reference_rgb(webp)));
+  const Info info = peek(webp.data(), webp.size());
+  EXPECT_EQ(info.width, 90);
+  EXPECT_EQ(info.height, 70);
+}
+
+TEST(DecodeFormats, GrayscalePngIsReplicated) {
+  cv::Mat gray(20, 30, CV_8UC1);
+  for (int y = 0; y < 20; ++y) {
+    for (int x = 0; x < 30; ++x) gray.at<std::uint8_t>(y, x) = static_cast<std::uint8_t>(x * 8 + y);
+  }
+  const Decoded got = decode_bytes(encode_cv(gray, ".png"));
+  ASSERT_EQ(got.pixels.size(), std::size_t{20} * 30 * 3);
+  for (int y = 0; y < 20; ++y) {
+    for (int x = 0; x < 30; ++x) {
+      const std::uint8_t* px = &got.pixels[(static_cast<std::size_t>(y) * 30 + x) * 3];
+      ASSERT_EQ(px[0], x * 8 + y);
+      ASSERT_EQ(px[1], x * 8 + y);
+      ASSERT_EQ(px[2], x * 8 + y);
+    }
+  }
+}
+
+TEST(DecodeFormats, PngAlphaIsDroppedAndSixteenBitsReduced) {
+  cv::Mat rgba(12, 10, CV_8UC4);
+  cv::Mat rgb16(12, 10, CV_16UC3);
+  for (int y = 0; y < 12; ++y) {
+    for (int x = 0; x < 10; ++x) {
+      rgba.at<cv::Vec4b>(y, x) =
+          cv::Vec4b(static_cast<std::uint8_t>(x * 20), static_cast<std::uint8_t>(y * 20), 77,
+                    static_cast<std::uint8_t>(x * y));
+      // v * 257 maps to v under any 16-to-8 reduction (dropping the low byte or rounding).
+      rgb16.at<cv::Vec3w>(y, x) =
+          cv::Vec3w(static_cast<std::uint16_t>(x * 20 * 257),
+                    static_cast<std::uint16_t>(y * 20 * 257), static_cast<std::uint16_t>(77 * 257));
+    }
+  }
+  for (const Bytes& png : {encode_cv(rgba, ".png"), encode_cv(rgb16, ".png")}) {
+    const Decoded got = decode_bytes(png);
+    ASSERT_EQ(got.pixels.size(), std::size_t{12} * 10 * 3);
+    for (int y = 0; y < 12; ++y) {
+      for (int x = 0; x < 10; ++x) {
+        const std::uint8_t* px = &got.pixels[(static_cast<std::size_t>(y) * 10 + x) * 3];
+        ASSERT_EQ(px[0], x * 20);
+        ASSERT_EQ(px[1], y * 20);
+        ASSERT_EQ(px[2], 77);
+      }
+    }
+  }
+}
+
+TEST(DecodeFormats, TruncatedPngIsAnError) {
+  const Bytes png = encode_cv(textured_rgb(80, 60, 1), ".png");
+  const Bytes cut(png.begin(), png.begin() + static_cast<std::ptrdiff_t>(png.size() / 2));
+  EXPECT_TRUE(starts_with(error_of(cut), "corrupt PNG: ")) << error_of(cut);
+  const Bytes tiny(png.begin(), png.begin() + 20);
+  EXPECT_TRUE(starts_with(error_of(tiny), "truncated PNG: ")) << error_of(tiny);
+}
+
+TEST(DecodeFormats, UnrecognisedInputsAreRefusedByName) {
+  const Bytes random = read_corpus("random.jpg");
+  ASSERT_EQ(random.size(), 2048u);
+  const std::string message = error_of(random);
+  EXPECT_TRUE(starts_with(message, kNotAnImage + " (first bytes ")) << message;
+  char first[4];
+  std::snprintf(first, sizeof first, "%02x", random[0]);
+  EXPECT_NE(message.find(first), std::string::npos) << message;
+
+  const Bytes empty = read_corpus("empty.jpg");
+  ASSERT_TRUE(empty.empty());
+  EXPECT_EQ(error_of(empty), kNotAnImage + " (empty input)");
+  EXPECT_EQ(error_of(Bytes{0x47, 0x49, 0x46, 0x38}), kNotAnImage + " (first bytes 47 49 46 38)");
+  // Two bytes of "BM" followed by junk are not taken for a bitmap.
+  Bytes bm(64, 0xEE);
+  bm[0] = 'B';
+  bm[1] = 'M';
+  EXPECT_TRUE(starts_with(error_of(bm), kNotAnImage)) << error_of(bm);
+
+  for (const Bytes* bytes : {&random, &empty}) {
+    EXPECT_THROW(peek(bytes->data(), bytes->size()), DecodeError);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// max_pixels
+
+const std::string kBombMessage =
+    "image is 60000x60000 = 3600000000 pixels, above max_pixels 178956970";
+
+void put_be32(Bytes& b, std::size_t at, std::uint32_t v) {
+  for (int i = 0; i < 4; ++i) b[at + i] = static_cast<std::uint8_t>(v >> (24 - 8 * i));
+}
+void put_le(Bytes& b, std::size_t at, std::uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) b[at + i] = static_cast<std::uint8_t>(v >> (8 * i));
+}
+
+// Headers (with junk where the pixel data would be) that declare a given size.
+Bytes png_header(std::uint32_t w, std::uint32_t h) {
+  Bytes b = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 13, 'I', 'H', 'D', 'R'};
+  b.resize(64, 0);
+  put_be32(b, 16, w);
+  put_be32(b, 20, h);
+  b[24] = 8;  // bit depth
+  b[25] = 2;  // truecolour
+  return b;
+}
+Bytes bmp_header(std::int32_t w, std::int32_t h) {
+  Bytes b(64, 0);
+  b[0] = 'B';
+  b[1] = 'M';
+  put_le(b, 14, 40, 4);
+  put_le(b, 18, static_cast<std::uint32_t>(w), 4);
+  put_le(b, 22, static_cast<std::uint32_t>(h), 4);
+  return b;
+}
+Bytes bmp_core_header(std::uint16_t w, std::uint16_t h) {
+  Bytes b(64, 0);
+  b[0] = 'B';
+  b[1] = 'M';
+  put_le(b, 14, 12, 4);
+  put_le(b, 18, w, 2);
+  put_le(b, 20, h, 2);
+  return b;
+}
+Bytes webp_header(const char* fourcc) {
+  Bytes b(64, 0);
+  std::memcpy(b.data(), "RIFF", 4);
+  put_le(b, 4, 56, 4);
+  std::memcpy(b.data() + 8, "WEBP", 4);
+  std::memcpy(b.data() + 12, fourcc, 4);
+  put_le(b, 16, 40, 4);
+  return b;
+}
+Bytes webp_vp8x(std::uint32_t w, std::uint32_t h) {
+  Bytes b = webp_header("VP8X");
+  put_le(b, 24, w - 1, 3);
+  put_le(b, 27, h - 1, 3);
+  return b;
+}
+Bytes webp_vp8(std::uint16_t w, std::uint16_t h) {
+  Bytes b = webp_header("VP8 ");
+  b[23] = 0x9d;
+  b[24] = 0x01;
+  b[25] = 0x2a;
+  put_le(b, 26, w, 2);
+  put_le(b, 28, h, 2);
+  return b;
+}
+Bytes webp_vp8l(std::uint32_t w, std::uint32_t h) {
+  Bytes b = webp_header("VP8L");
+  b[20] = 0x2f;
+  put_le(b, 21, (w - 1) | (h - 1) << 14, 4);
+  return b;
+}
+// Classic TIFF, little or big endian, with ImageWidth as SHORT or LONG and ImageLength LONG.
+Bytes tiff_header(bool little_endian, std::uint32_t w, std::uint32_t h, bool width_short) {
+  Bytes b(64, 0);
+  auto put = [&](std::size_t at, std::uint32_t v, int bytes) {
+    for (int i = 0; i < bytes; ++i) {
+      const int shift = little_endian ? 8 * i : 8 * (bytes - 1 - i);
+      b[at + i] = static_cast<std::uint8_t>(v >> shift);
+    }
+  };
+  b[0] = b[1] = little_endian ? 'I' : 'M';
+  put(2, 42, 2);
+  put(4, 8, 4);
+  put(8, 3, 2);  // three entries, the size tags after a NewSubfileType
+  put(10, 254, 2);
+  put(12, 4, 2);
+  put(14, 1, 4);
+  put(22, 256, 2);
+  put(24, width_short ? 3 : 4, 2);
+  put(26, 1, 4);
+  put(30, w, width_short ? 2 : 4);
+  put(34, 257, 2);
+  put(36, 4, 2);
+  put(38, 1, 4);
+  put(42, h, 4);
+  return b;
+}
+Bytes bigtiff_header(std::uint64_t w, std::uint64_t h) {
+  Bytes b(96, 0);
+  b[0] = b[1] = 'I';
+  put_le(b, 2, 43, 2);
+  put_le(b, 4, 8, 2);
+  put_le(b, 8, 16, 8);  // IFD0 offset
+  put_le(b, 16, 2, 8);  // two entries of 20 bytes
+  put_le(b, 24, 256, 2);
+  put_le(b, 26, 16, 2);  // LONG8
+  put_le(b, 28, 1, 8);
+  put_le(b, 36, w, 8);
+  put_le(b, 44, 257, 2);
+  put_le(b, 46, 4, 2);  // LONG
+  put_le(b, 48, 1, 8);
+  put_le(b, 56, h, 4);
+  return b;
+}
+
+TEST(MaxPixels, BombJpegThrowsFromTheHeaderWithoutAllocating) {
+  const Bytes bomb = read_corpus("bomb.jpg");
+  ASSERT_LT(bomb.size(), 4096u);
+  const Info info = peek(bomb.data(), bomb.size());
+  EXPECT_EQ(info.width, 60000);
+  EXPECT_EQ(info.height, 60000);
+
+  Bytes out;
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    decode(bomb.data(), bomb.size(), Options{}, out);
+    ADD_FAILURE() << "the bomb decoded";
+  } catch (const DecodeError& e) {
+    EXPECT_EQ(std::string(e.what()), kBombMessage);
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(out.capacity(), 0u);
+  // Allocating and filling 10.8 GB would take seconds; refusing from the header takes microseconds.
+  EXPECT_LT(seconds, 1.0);
+}
+
+TEST(MaxPixels, EveryFormatIsCheckedFromItsHeader) {
+  const std::vector<std::pair<const char*, Bytes>> bombs = {
+      {"png", png_header(60000, 60000)},
+      {"bmp", bmp_header(60000, 60000)},
+      {"bmp top-down", bmp_header(60000, -60000)},
+      {"bmp core", bmp_core_header(60000, 60000)},
+      {"webp VP8X", webp_vp8x(60000, 60000)},
+      {"tiff II", tiff_header(true, 60000, 60000, true)},
+      {"tiff MM", tiff_header(false, 60000, 60000, false)},
+      {"bigtiff", bigtiff_header(60000, 60000)},
+  };
+  for (const auto& [name, bytes] : bombs) {
+    SCOPED_TRACE(name);
+    Bytes out;
+    try {
+      decode(bytes.data(), bytes.size(), Options{}, out);
+      ADD_FAILURE() << "decoded";
+    } catch (const DecodeError& e) {
+      EXPECT_EQ(std::string(e.what()), kBombMessage);
+    }
+    EXPECT_EQ(out.capacity(), 0u);
+    const Info info = peek(bytes.data(), bytes.size());
+    EXPECT_EQ(info.width, 60000);
+    EXPECT_EQ(info.height, 60000);
+  }
+}
+
+TEST(MaxPixels, LimitIsInclusive) {
+  const Bytes jpeg = encode_jpeg_cv(textured_rgb(333, 500, 1), 80);
+  const Bytes png = encode_cv(textured_rgb(33, 50, 1), ".png");
+  Options options;
+  options.max_pixels = 333 * 500;
+  EXPECT_EQ(decode_bytes(jpeg, options).info.width, 333);
+  options.max_pixels = 333 * 500 - 1;
+  EXPECT_EQ(error_of(jpeg, options), "image is 333x500 = 166500 pixels, above max_pixels 166499");
+  options.max_pixels = 33 * 50;
+  EXPECT_EQ(decode_bytes(png, options).info.height, 50);
+  options.max_pixels = 33 * 50 - 1;
+  EXPECT_EQ(error_of(png, options), "image is 33x50 = 1650 pixels, above max_pixels 1649");
+}
+
+TEST(Peek, ParsesEveryHeaderVariant) {
+  struct Case {
+    const char* name;
+    Bytes bytes;
+    const char* format;
+    int w;
+    int h;
+  };
+  const std::vector<Case> cases = {
+      {"png", png_header(640, 480), "png", 640, 480},
+      {"bmp", bmp_header(17, 9), "bmp", 17, 9},
+      {"bmp top-down", bmp_header(17, -9), "bmp", 17, 9},
+      {"bmp core", bmp_core_header(300, 200), "bmp", 300, 200},
+      {"webp VP8", webp_vp8(1000, 16383), "webp", 1000, 16383},
+      {"webp VP8L", webp_vp8l(16384, 3), "webp", 16384, 3},
+      {"webp VP8X", webp_vp8x(16777216, 5), "webp", 16777216, 5},
+      {"tiff II short", tiff_header(true, 1234, 567, true), "tiff", 1234, 567},
+      {"tiff MM long", tiff_header(false, 70000, 2, false), "tiff", 70000, 2},
+      {"tiff MM short", tiff_header(false, 513, 2, true), "tiff", 513, 2},
+      {"bigtiff", bigtiff_header(4000, 3000), "tiff", 4000, 3000},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const Info info = peek(c.bytes.data(), c.bytes.size());
+    EXPECT_EQ(info.format, c.format);
+    EXPECT_EQ(info.width, c.w);
+    EXPECT_EQ(info.height, c.h);
+  }
+}
+
+TEST(Peek, MalformedHeadersAreErrors) {
+  Bytes png = png_header(0, 10);
+  EXPECT_THROW(peek(png.data(), png.size()), DecodeError);
+  png = png_header(10, 10);
+  png[12] = 'X';  // first chunk not IHDR
+  EXPECT_THROW(peek(png.data(), png.size()), DecodeError);
+  Bytes bmp = bmp_header(0, 5);
+  EXPECT_THROW(peek(bmp.data(), bmp.size()), DecodeError);
+  Bytes webp = webp_header("ABCD");
+  EXPECT_THROW(peek(webp.data(), webp.size()), DecodeError);
+  Bytes tiff = tiff_header(true, 10, 10, true);
+  tiff[4] = 200;  // IFD0 beyond the end
+  EXPECT_THROW(peek(tiff.data(), tiff.size()), DecodeError);
+  tiff = tiff_header(true, 10, 10, true);
+  tiff[24] = 2;  // ImageWidth typed ASCII
+  EXPECT_THROW(peek(tiff.data(), tiff.size()), DecodeError);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Buffer reuse and threads
+
+TEST(DecodeBuffer, CapacityIsReusedAndSizeIsExact) {
+  const Bytes large = encode_jpeg_cv(textured_rgb(300, 200, 1), 90);
+  const Bytes small = encode_jpeg_cv(textured_rgb(40, 30, 2), 90);
+  const Bytes small_png = encode_cv(textured_rgb(41, 29, 3), ".png");
+  const Bytes rotated = insert_after_soi(small, exif_segment(6, true));
+  Bytes out;
+  decode(large.data(), large.size(), Options{}, out);
+  ASSERT_EQ(out.size(), std::size_t{300} * 200 * 3);
+  const std::uint8_t* data = out.data();
+  const std::size_t capacity = out.capacity();
+  for (const Bytes* input : {&small, &small_png, &rotated, &large, &small}) {
+    const Info info = decode(input->data(), input->size(), Options{}, out);
+    EXPECT_EQ(out.size(), static_cast<std::size_t>(info.width) * info.height * 3);
+    EXPECT_EQ(out.data(), data);
+    EXPECT_EQ(out.capacity(), capacity);
+  }
+  // What was decoded into a reused buffer equals a decode into a fresh one.
+  decode(small.data(), small.size(), Options{}, out);
+  EXPECT_TRUE(same_bytes(out, decode_bytes(small).pixels));
+}
+
+TEST(DecodeThreads, ConcurrentDecodesMatchSerialResults) {
+  Options lenient;
+  lenient.strict = false;
+  struct Job {
+    Bytes data;
+    Options options;
+    Decoded expected;
+  };
+  std::vector<Job> jobs;
+  auto add = [&](Bytes data, const Options& options) {
+    Decoded expected = decode_bytes(data, options);
+    jobs.push_back({std::move(data), options, std::move(expected)});
+  };
+  add(read_corpus("good_1.jpg"), Options{});
+  add(read_corpus("good_2.jpg"), Options{});
+  add(read_corpus("truncated.jpg"), lenient);
+  add(read_corpus("cmyk_adobe.jpg"), Options{});
+  add(read_corpus("png_named.jpg"), Options{});
+  add(insert_after_soi(encode_jpeg_tj(orientation_source(), 90, TJSAMP_444, TJPF_RGB),
+                       exif_segment(7, false)),
+      Options{});
+  add(encode_cv(textured_rgb(50, 40, 6), ".webp", {cv::IMWRITE_WEBP_QUALITY, 75}), Options{});
+  const Bytes strict_failure = read_corpus("truncated.jpg");
+
+  constexpr int kThreads = 4;
+  constexpr int kRounds = 3;  // threads end and start again: each new thread makes its own handle
+  for (int round = 0; round < kRounds; ++round) {
+    std::vector<int> failures(kThreads, 0);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+      threads.emplace_back([&, t] {
+        Bytes out;
+        for (int i = 0; i < 12; ++i) {
+          const Job& job = jobs[static_cast<std::size_t>(i + t) % jobs.size()];
+          const Info info = decode(job.data.data(), job.data.size(), job.options, out);
+          if (out != job.expected.pixels || info.width != job.expected.info.width ||
+              info.warnings != job.expected.info.warnings) {
+            ++failures[static_cast<std::size_t>(t)];
+          }
+          try {
+            decode(strict_failure.data(), strict_failure.size(), Options{}, out);
+            ++failures[static_cast<std::size_t>(t)];
+          } catch (const DecodeError& e) {
+            if (std::string(e.what()) !=
+                "truncated or corrupt JPEG (decoder warning: Premature end of JPEG file)") {
+              ++failures[static_cast<std::size_t>(t)];
+            }
+          }
+        }
+      });
+    }
+    for (std::thread& thread : threads) thread.join();
+    for (int t = 0; t < kThreads; ++t) EXPECT_EQ(failures[static_cast<std::size_t>(t)], 0) << t;
+  }
+}
+
+}  // namespace
+}  // namespace millrace::decode

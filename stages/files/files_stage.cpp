@@ -1,0 +1,258 @@
+#include "stages/files/files_stage.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <sstream>
+
+#include "engine/random.hpp"
+
+namespace millrace {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+bool is_image_name(const fs::path& path) {
+  std::string ext = path.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".webp" || ext == ".bmp" ||
+         ext == ".tif" || ext == ".tiff";
+}
+
+std::string resolve(const std::string& root, const std::string& path) {
+  if (path.empty() || path.front() == '/' || root.empty()) return path;
+  return (fs::path(root) / path).string();
+}
+
+std::vector<std::string> split_tabs(const std::string& line) {
+  std::vector<std::string> fields;
+  std::size_t start = 0;
+  for (;;) {
+    const std::size_t tab = line.find('\t', start);
+    fields.push_back(line.substr(start, tab == std::string::npos ? std::string::npos : tab - start));
+    if (tab == std::string::npos) break;
+    start = tab + 1;
+  }
+  return fields;
+}
+
+}  // namespace
+
+std::vector<FileEntry> read_image_list(const std::string& list_path, const std::string& root,
+                                       int label_width) {
+  std::ifstream in(list_path);
+  if (!in) throw std::runtime_error(list_path + ": cannot open image list");
+  std::vector<FileEntry> entries;
+  std::string line;
+  int line_number = 0;
+  while (std::getline(in, line)) {
+    ++line_number;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty()) continue;
+    const std::string where = list_path + ":" + std::to_string(line_number) + ": ";
+    auto fields = split_tabs(line);
+    if (fields.size() != static_cast<std::size_t>(label_width) + 2) {
+      throw std::runtime_error(where + "expected index, " + std::to_string(label_width) +
+                               " label(s) and a path separated by tabs, found " +
+                               std::to_string(fields.size()) + " fields");
+    }
+    FileEntry e;
+    const std::string& index = fields.front();
+    // im2rec writes the index as an integer; some tools write it as a float ("12.0").
+    double index_value = 0;
+    auto [p, ec] = std::from_chars(index.data(), index.data() + index.size(), index_value);
+    if (ec != std::errc() || p != index.data() + index.size() || index_value < 0 ||
+        index_value != static_cast<double>(static_cast<std::uint64_t>(index_value))) {
+      throw std::runtime_error(where + "index '" + index + "' is not a non-negative integer");
+    }
+    e.id = static_cast<std::uint64_t>(index_value);
+    for (int k = 0; k < label_width; ++k) {
+      const std::string& text = fields[static_cast<std::size_t>(k) + 1];
+      float value = 0;
+      auto [lp, lec] = std::from_chars(text.data(), text.data() + text.size(), value);
+      if (lec != std::errc() || lp != text.data() + text.size()) {
+        throw std::runtime_error(where + "label '" + text + "' is not a number");
+      }
+      e.labels.push_back(value);
+    }
+    e.path = resolve(root, fields.back());
+    entries.push_back(std::move(e));
+  }
+  return entries;
+}
+
+std::vector<FileEntry> scan_image_folder(const std::string& root) {
+  std::vector<std::string> relative;
+  for (auto it = fs::recursive_directory_iterator(root, fs::directory_options::follow_directory_symlink);
+       it != fs::recursive_directory_iterator(); ++it) {
+    if (it->is_regular_file() && is_image_name(it->path())) {
+      relative.push_back(fs::relative(it->path(), root).generic_string());
+    }
+  }
+  std::sort(relative.begin(), relative.end());
+  std::vector<std::string> classes;
+  for (const auto& entry : fs::directory_iterator(root)) {
+    if (entry.is_directory()) classes.push_back(entry.path().filename().string());
+  }
+  std::sort(classes.begin(), classes.end());
+  std::vector<FileEntry> entries;
+  entries.reserve(relative.size());
+  for (std::size_t i = 0; i < relative.size(); ++i) {
+    FileEntry e;
+    e.id = i;
+    e.path = resolve(root, relative[i]);
+    const auto slash = relative[i].find('/');
+    float label = 0;
+    if (slash != std::string::npos) {
+      auto pos = std::lower_bound(classes.begin(), classes.end(), relative[i].substr(0, slash));
+      label = static_cast<float>(pos - classes.begin());
+    }
+    e.labels.push_back(label);
+    entries.push_back(std::move(e));
+  }
+  return entries;
+}
+
+StageInfo FilesSource::info() {
+  return {"files",
+          "image files from a folder tree (label = sorted class sub-folder) or an im2rec .lst list",
+          StageShape::kSource,
+          "a folder or an im2rec list",
+          "samples: encoded bytes, id, path, labels",
+          true,
+          true};
+}
+
+const Schema<FilesSource::Params>& FilesSource::schema() {
+  static const Schema<Params> schema = [] {
+    Schema<Params> s;
+    s.string("root", &Params::root, "dataset folder; list entries are relative to it").required();
+    s.string("list", &Params::list,
+             "im2rec .lst (index, labels, path; tab-separated), relative to root unless absolute; "
+             "without it the folder is scanned");
+    s.integer("label_width", &Params::label_width, "labels per line of the list", 1, 4096);
+    s.boolean("shuffle", &Params::shuffle, "a new reproducible permutation every epoch");
+    s.integer64("seed", &Params::seed, "shuffle seed; -1 takes pipeline.seed", -1,
+                std::numeric_limits<std::int64_t>::max());
+    s.integer("epochs", &Params::epochs, "passes over the dataset", 1, 1 << 20);
+    s.integer64("limit", &Params::limit, "use only the first N entries of the dataset (0: all)", 0,
+                std::numeric_limits<std::int64_t>::max());
+    return s;
+  }();
+  return schema;
+}
+
+void FilesSource::check(const Params& p, const ConfigNode& node, const std::string& where,
+                        Diagnostics& d) {
+  const ConfigNode* root = node.find("root");
+  std::error_code ec;
+  if (!fs::is_directory(p.root, ec)) {
+    d.error(root != nullptr ? root->where : node.where,
+            where + ": 'root' folder '" + p.root + "' does not exist or is not a folder");
+    return;
+  }
+  if (!p.list.empty()) {
+    const std::string list = resolve(p.root, p.list);
+    if (!fs::is_regular_file(list, ec)) {
+      const ConfigNode* n = node.find("list");
+      d.error(n != nullptr ? n->where : node.where,
+              where + ": 'list' file '" + list + "' does not exist");
+    }
+  } else if (const ConfigNode* n = node.find("label_width"); n != nullptr && p.label_width != 1) {
+    d.error(n->where, where + ": 'label_width' needs a 'list' (a scanned folder has one label)");
+  }
+}
+
+FilesSource::FilesSource(StageContext context, Params params)
+    : SourceStage(std::move(context)), params_(std::move(params)) {
+  seed_ = params_.seed >= 0 ? static_cast<std::uint64_t>(params_.seed) : this->context().seed;
+}
+
+void FilesSource::prepare() {
+  try {
+    entries_ = params_.list.empty()
+                   ? scan_image_folder(params_.root)
+                   : read_image_list(resolve(params_.root, params_.list), params_.root,
+                                     params_.label_width);
+  } catch (const fs::filesystem_error& e) {
+    throw std::runtime_error("stage '" + name() + "': cannot scan '" + params_.root +
+                             "': " + e.code().message());
+  }
+  if (params_.limit > 0 && entries_.size() > static_cast<std::size_t>(params_.limit)) {
+    entries_.resize(static_cast<std::size_t>(params_.limit));
+  }
+  if (entries_.empty()) {
+    throw std::runtime_error("stage '" + name() + "': no images found in '" +
+                             (params_.list.empty() ? params_.root : params_.list) + "'");
+  }
+  order_.resize(entries_.size());
+}
+
+void FilesSource::begin_epoch() {
+  std::iota(order_.begin(), order_.end(), 0U);
+  if (params_.shuffle) {
+    // Fisher-Yates with our own generator: std::shuffle's draws differ between library versions.
+    CounterRng rng(seed_, stable_hash("files.shuffle"), static_cast<std::uint64_t>(epoch_), 0);
+    for (std::size_t i = order_.size(); i > 1; --i) {
+      const auto j = static_cast<std::size_t>(rng.uniform_int(0, static_cast<int>(i - 1)));
+      std::swap(order_[i - 1], order_[j]);
+    }
+  }
+  position_ = 0;
+  epoch_open_ = true;
+}
+
+SourceStatus FilesSource::next(Sample& sample) {
+  if (epoch_ >= params_.epochs) return SourceStatus::kEnd;
+  if (!epoch_open_) begin_epoch();
+  if (position_ == order_.size()) {
+    epoch_open_ = false;
+    ++epoch_;
+    return SourceStatus::kEpochEnd;
+  }
+  const FileEntry& e = entries_[order_[position_++]];
+  sample.id = e.id;
+  sample.path = e.path;
+  sample.labels.assign(e.labels.begin(), e.labels.end());
+  sample.epoch = static_cast<std::uint32_t>(epoch_);
+  return SourceStatus::kSample;
+}
+
+void FilesSource::load(Sample& sample) const {
+  const int fd = ::open(sample.path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw SampleError("cannot open file: " + std::string(std::strerror(errno)));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw SampleError("not a regular file");
+  }
+  sample.bytes.resize(static_cast<std::size_t>(st.st_size));
+  std::size_t done = 0;
+  while (done < sample.bytes.size()) {
+    const ssize_t n = ::read(fd, sample.bytes.data() + done, sample.bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const std::string reason = n < 0 ? std::strerror(errno) : "file shrank while reading";
+      ::close(fd);
+      throw SampleError("cannot read file: " + reason);
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  ::close(fd);
+}
+
+std::optional<std::uint64_t> FilesSource::total_samples() const {
+  return static_cast<std::uint64_t>(entries_.size()) * static_cast<std::uint64_t>(params_.epochs);
+}
+
+}  // namespace millrace

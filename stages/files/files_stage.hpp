@@ -1,0 +1,72 @@
+// `files`: the source that reads image files from a folder tree or an im2rec .lst list.
+//
+// Contract: next() runs serially on one worker (cheap: it only fills a sample's id, path and
+// labels); load() reads the file's bytes and runs concurrently on different samples. The file
+// list is built once, in prepare(), and never changes during a run. Shuffling draws a new
+// permutation every epoch from a counter-based generator keyed on (seed, epoch), so it is the same
+// on every machine and for every thread count.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "engine/registry.hpp"
+
+namespace millrace {
+
+struct FileEntry {
+  std::uint64_t id = 0;
+  std::string path;  // as opened: absolute, or relative to the working directory
+  std::vector<float> labels;
+};
+
+// Reads an im2rec list: `index<TAB>label_1<TAB>...<TAB>label_W<TAB>path` per line. Paths are
+// resolved against `root` unless absolute. Throws std::runtime_error naming file:line on a
+// malformed line.
+std::vector<FileEntry> read_image_list(const std::string& list_path, const std::string& root,
+                                       int label_width);
+// Scans `root` recursively for image files (jpg, jpeg, png, webp, bmp, tif, tiff). Label = index
+// of the sorted top-level sub-folder the file is in (0 when root has no sub-folders); sample id =
+// position in the list sorted by relative path.
+std::vector<FileEntry> scan_image_folder(const std::string& root);
+
+class FilesSource final : public SourceStage {
+ public:
+  struct Params {
+    std::string root;
+    std::string list;
+    int label_width = 1;
+    bool shuffle = false;
+    std::int64_t seed = -1;
+    int epochs = 1;
+    std::int64_t limit = 0;
+  };
+  static StageInfo info();
+  static const Schema<Params>& schema();
+  static void check(const Params& p, const ConfigNode& node, const std::string& where,
+                    Diagnostics& d);
+
+  FilesSource(StageContext context, Params params);
+
+  void prepare() override;
+  SourceStatus next(Sample& sample) override;
+  void load(Sample& sample) const override;
+  bool has_load() const override { return true; }
+  std::optional<std::uint64_t> total_samples() const override;
+
+  const std::vector<FileEntry>& entries() const { return entries_; }
+
+ private:
+  void begin_epoch();
+
+  Params params_;
+  std::uint64_t seed_ = 0;
+  std::vector<FileEntry> entries_;
+  std::vector<std::uint32_t> order_;
+  std::size_t position_ = 0;
+  int epoch_ = 0;
+  bool epoch_open_ = false;
+};
+
+}  // namespace millrace

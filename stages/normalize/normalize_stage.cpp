@@ -1,0 +1,222 @@
+#include "stages/normalize/normalize_stage.hpp"
+
+#include <cstring>
+#include <fstream>
+
+namespace millrace {
+
+namespace {
+
+normalize::Params kernel_params(const NormalizeStage::Params& p) {
+  normalize::Params k;
+  k.dtype = p.dtype;
+  k.mean = p.mean;
+  k.std = p.std;
+  k.scale = p.scale;
+  k.zero_point = p.zero_point;
+  k.bgr = p.order == NormalizeStage::Order::kBgr;
+  return k;
+}
+
+DType engine_dtype(normalize::DType d) {
+  switch (d) {
+    case normalize::DType::kInt8:
+      return DType::kInt8;
+    case normalize::DType::kUInt8:
+      return DType::kUInt8;
+    case normalize::DType::kFloat32:
+      return DType::kFloat32;
+  }
+  return DType::kUInt8;
+}
+
+}  // namespace
+
+std::vector<std::int64_t> read_npy_float32(const std::string& path, std::vector<float>& values) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error(path + ": cannot open");
+  char magic[8];
+  if (!in.read(magic, 8) || std::memcmp(magic, "\x93NUMPY", 6) != 0) {
+    throw std::runtime_error(path + ": not a .npy file");
+  }
+  std::uint32_t header_length = 0;
+  if (magic[6] == 1) {
+    unsigned char b[2];
+    in.read(reinterpret_cast<char*>(b), 2);
+    header_length = b[0] | (b[1] << 8U);
+  } else {
+    unsigned char b[4];
+    in.read(reinterpret_cast<char*>(b), 4);
+    header_length = b[0] | (b[1] << 8U) | (b[2] << 16U) | (static_cast<std::uint32_t>(b[3]) << 24U);
+  }
+  std::string header(header_length, '\0');
+  if (!in.read(header.data(), header_length)) throw std::runtime_error(path + ": truncated header");
+  if (header.find("'descr': '<f4'") == std::string::npos) {
+    throw std::runtime_error(path + ": expected float32 ('<f4') data");
+  }
+  if (header.find("'fortran_order': False") == std::string::npos) {
+    throw std::runtime_error(path + ": expected C-ordered data");
+  }
+  const auto open = header.find('(', header.find("'shape'"));
+  const auto close = header.find(')', open);
+  if (open == std::string::npos || close == std::string::npos) {
+    throw std::runtime_error(path + ": no shape in header");
+  }
+  std::vector<std::int64_t> shape;
+  std::int64_t count = 1;
+  std::string dims = header.substr(open + 1, close - open - 1);
+  std::size_t pos = 0;
+  while (pos < dims.size()) {
+    const auto comma = dims.find(',', pos);
+    const std::string part =
+        dims.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    if (part.find_first_not_of(' ') != std::string::npos) {
+      shape.push_back(std::stoll(part));
+      count *= shape.back();
+    }
+    if (comma == std::string::npos) break;
+    pos = comma + 1;
+  }
+  values.resize(static_cast<std::size_t>(count));
+  if (!in.read(reinterpret_cast<char*>(values.data()),
+               static_cast<std::streamsize>(values.size() * sizeof(float)))) {
+    throw std::runtime_error(path + ": truncated data");
+  }
+  return shape;
+}
+
+StageInfo NormalizeStage::info() {
+  return {"normalize",
+          "mean subtraction to int8 (MXNet-compatible), or (p - mean) / std * scale + zero_point "
+          "to int8, uint8 or float32; applies the crop and mirror; NCHW or NHWC",
+          StageShape::kTransform,
+          "samples with an RGB8 HWC tensor (and a crop region, a pending mirror)",
+          "samples with an int8 / uint8 / float32 CHW or HWC tensor and its quantization",
+          true,
+          false};
+}
+
+const Schema<NormalizeStage::Params>& NormalizeStage::schema() {
+  static const Schema<Params> schema = [] {
+    Schema<Params> s;
+    s.choice("dtype", &Params::dtype, "output element type",
+             {{"int8", normalize::DType::kInt8},
+              {"uint8", normalize::DType::kUInt8},
+              {"float32", normalize::DType::kFloat32}});
+    s.numbers("mean", &Params::mean,
+              "per-channel mean in pixel units, RGB order (1 or 3 numbers); int8 with mean only "
+              "is MXNet's mode: pixel - round(mean), saturated",
+              {1, 3}, -1e6, 1e6);
+    s.numbers("std", &Params::std, "per-channel std in pixel units, RGB order (1 or 3 numbers)",
+              {1, 3}, 1e-12, 1e12);
+    s.number("scale", &Params::scale, "multiplier after dividing by std (e.g. 127 / max|value|)",
+             1e-12, 1e12);
+    s.number("zero_point", &Params::zero_point, "added after scaling (integer types: an integer)",
+             -1e6, 1e6);
+    s.choice("layout", &Params::layout, "layout of each sample in the batch",
+             {{"NCHW", normalize::Layout::kNCHW}, {"NHWC", normalize::Layout::kNHWC}});
+    s.choice("order", &Params::order, "channel order of the output",
+             {{"RGB", Order::kRgb}, {"BGR", Order::kBgr}});
+    s.string("mean_image", &Params::mean_image,
+             "a per-pixel mean (C,H,W float32 .npy, indexed after crop and mirror), int8 only, "
+             "instead of `mean`");
+    return s;
+  }();
+  return schema;
+}
+
+void NormalizeStage::check(const Params& p, const ConfigNode& node, const std::string& where,
+                           Diagnostics& d) {
+  auto at = [&](const char* key) {
+    const ConfigNode* n = node.find(key);
+    return n != nullptr ? n->where : node.where;
+  };
+  const bool mean_given = node.find("mean") != nullptr;
+  const bool nonzero_mean =
+      std::any_of(p.mean.begin(), p.mean.end(), [](double m) { return m != 0.0; });
+  if (p.dtype == normalize::DType::kUInt8 && nonzero_mean && node.find("zero_point") == nullptr) {
+    d.error(at("mean"), where +
+                            ": 'mean' with dtype uint8 needs a 'zero_point' (pixels below the "
+                            "mean would saturate to 0); use dtype int8 for mean subtraction");
+    return;
+  }
+  if (!p.mean_image.empty()) {
+    if (p.dtype != normalize::DType::kInt8 || mean_given || !p.std.empty() ||
+        node.find("scale") != nullptr || node.find("zero_point") != nullptr) {
+      d.error(at("mean_image"), where +
+                                    ": 'mean_image' is MXNet's int8 mode: dtype int8 and no "
+                                    "mean, std, scale or zero_point");
+    }
+    return;
+  }
+  try {
+    normalize::Table table(kernel_params(p));
+    if (p.dtype == normalize::DType::kInt8 && table.quant().mxnet_mode && !nonzero_mean) {
+      d.warning(at("dtype"), where +
+                                 ": int8 with a mean of 0 saturates every pixel value >= 128 "
+                                 "to 127 (set 'mean', e.g. [123.68, 116.779, 103.939])");
+    }
+  } catch (const std::invalid_argument& e) {
+    d.error(node.where, where + ": " + e.what());
+  }
+}
+
+NormalizeStage::NormalizeStage(StageContext context, Params params)
+    : TransformStage(std::move(context)),
+      params_(std::move(params)),
+      table_(kernel_params(params_)) {
+  const auto& info = table_.quant();
+  if (params_.dtype != normalize::DType::kFloat32) {
+    quantization_.unit.assign(info.unit.begin(), info.unit.end());
+    quantization_.zero_point = info.zero_point;
+  }
+  quantization_.mxnet_compatible = info.mxnet_mode || !params_.mean_image.empty();
+}
+
+void NormalizeStage::prepare() {
+  if (params_.mean_image.empty()) return;
+  mean_image_shape_ = read_npy_float32(params_.mean_image, mean_image_);
+  if (mean_image_shape_.size() != 3 || mean_image_shape_[0] != 3) {
+    throw std::runtime_error("stage '" + name() + "': mean_image '" + params_.mean_image +
+                             "' must have shape (3, H, W)");
+  }
+}
+
+void NormalizeStage::process(Sample& sample, RunReporter&) const {
+  const Tensor& t = sample.tensor;
+  ImageView view;
+  const std::int64_t full_w = t.shape[1];
+  const Region r = sample.region.height != 0 ? sample.region : Region{0, 0, t.shape[0], t.shape[1]};
+  view.channels = static_cast<int>(t.shape[2]);
+  view.stride = static_cast<std::size_t>(full_w) * static_cast<std::size_t>(view.channels);
+  view.data = t.storage.data() + static_cast<std::size_t>(r.y) * view.stride +
+              static_cast<std::size_t>(r.x) * static_cast<std::size_t>(view.channels);
+  view.height = static_cast<int>(r.height);
+  view.width = static_cast<int>(r.width);
+  const bool mirror = (sample.deferred & kFlipLastSpatialAxis) != 0;
+  const bool chw = params_.layout == normalize::Layout::kNCHW;
+  const DType out = engine_dtype(params_.dtype);
+  if (chw) {
+    sample.scratch.reshape(out, {3, r.height, r.width}, "CHW");
+  } else {
+    sample.scratch.reshape(out, {r.height, r.width, 3}, "HWC");
+  }
+  if (!mean_image_.empty()) {
+    if (mean_image_shape_[1] != r.height || mean_image_shape_[2] != r.width) {
+      throw SampleError("mean_image is " + std::to_string(mean_image_shape_[1]) + "x" +
+                        std::to_string(mean_image_shape_[2]) + " but the crop is " +
+                        std::to_string(r.height) + "x" + std::to_string(r.width));
+    }
+    normalize::apply_mean_image(view, mirror, params_.layout, mean_image_.data(),
+                                params_.order == Order::kBgr,
+                                reinterpret_cast<std::int8_t*>(sample.scratch.storage.data()));
+  } else {
+    table_.apply(view, mirror, params_.layout, sample.scratch.storage.data());
+  }
+  std::swap(sample.tensor, sample.scratch);
+  sample.region = {};
+  sample.deferred &= ~static_cast<std::uint32_t>(kFlipLastSpatialAxis);
+  sample.quantization = &quantization_;
+}
+
+}  // namespace millrace

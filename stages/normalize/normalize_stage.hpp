@@ -1,0 +1,51 @@
+// `normalize`: the int8 contract (shared/docs/int8-contract.md) applied in one pass.
+//
+// Contract: concurrent; the lookup table is built once and only read. process() applies the
+// sample's pending crop region and mirror while mapping every pixel through the per-channel
+// 256-entry table into the output layout, so decoded pixels are copied exactly once on their way
+// to the batch. The effective quantization parameters ride on every sample (and so every batch).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "engine/registry.hpp"
+#include "stages/normalize/normalize_kernel.hpp"
+
+namespace millrace {
+
+// Reads a float32 NumPy array (C order) from a .npy file; returns its shape. Throws
+// std::runtime_error naming the path on any problem.
+std::vector<std::int64_t> read_npy_float32(const std::string& path, std::vector<float>& values);
+
+class NormalizeStage final : public TransformStage {
+ public:
+  enum class Order { kRgb, kBgr };
+  struct Params {
+    normalize::DType dtype = normalize::DType::kInt8;
+    std::vector<double> mean;
+    std::vector<double> std;
+    double scale = 1.0;
+    double zero_point = 0.0;
+    normalize::Layout layout = normalize::Layout::kNCHW;
+    Order order = Order::kRgb;
+    std::string mean_image;
+  };
+  static StageInfo info();
+  static const Schema<Params>& schema();
+  static void check(const Params& p, const ConfigNode& node, const std::string& where,
+                    Diagnostics& d);
+
+  NormalizeStage(StageContext context, Params params);
+  void prepare() override;
+  void process(Sample& sample, RunReporter& reporter) const override;
+
+ private:
+  Params params_;
+  normalize::Table table_;
+  Quantization quantization_;
+  std::vector<float> mean_image_;
+  std::vector<std::int64_t> mean_image_shape_;
+};
+
+}  // namespace millrace

@@ -1,0 +1,57 @@
+// Sinks: stages that consume batches and pass them on unchanged.
+//
+// Contract: serial; consume() sees batches in stream order. `npy` creates its folder in
+// prepare() (missing parents included) and writes one pair of .npy files per batch plus one line
+// of batches.jsonl; finish() flushes. `discard` only counts.
+#pragma once
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "engine/registry.hpp"
+
+namespace millrace {
+
+// Writes `tensor`-like data as a NumPy .npy (format 1.0) file. Throws std::runtime_error naming
+// the path on I/O failure.
+void write_npy(const std::string& path, DType dtype, const std::int64_t* shape, int rank,
+               const void* data, std::size_t bytes);
+
+class NpySink final : public SinkStage {
+ public:
+  struct Params {
+    std::string dir;
+  };
+  static StageInfo info();
+  static const Schema<Params>& schema();
+
+  NpySink(StageContext context, Params params);
+  ~NpySink() override;
+
+  void prepare() override;
+  void consume(const BatchData& batch) override;
+  void finish() override;
+
+ private:
+  Params params_;
+  std::FILE* index_ = nullptr;
+  std::string line_;
+};
+
+class DiscardSink final : public SinkStage {
+ public:
+  struct Params {};
+  static StageInfo info();
+  static const Schema<Params>& schema();
+
+  DiscardSink(StageContext context, Params params);
+  void consume(const BatchData& batch) override;
+
+  std::uint64_t batches() const { return batches_; }
+
+ private:
+  std::uint64_t batches_ = 0;
+};
+
+}  // namespace millrace
