@@ -3,6 +3,7 @@
 
 #include "engine/config.hpp"
 #include "engine/runtime.hpp"
+#include "engine/pipeline_access.hpp"
 #include "millrace/pipeline.hpp"
 
 namespace millrace {
@@ -69,12 +70,13 @@ namespace {
 
 std::unique_ptr<Pipeline::Impl> build(std::string_view yaml, const std::string& source_name,
                                       const std::vector<std::string>& overrides,
-                                      std::chrono::steady_clock::time_point created) {
+                                      std::chrono::steady_clock::time_point created,
+                                      const Registry& registry = Registry::builtin()) {
   Diagnostics diagnostics;
   ConfigNode root = load_config_document(yaml, source_name, diagnostics);
   PipelinePlan plan;
   if (!diagnostics.has_errors()) {
-    plan = parse_pipeline(std::move(root), overrides, Registry::builtin(), diagnostics);
+    plan = parse_pipeline(std::move(root), overrides, registry, diagnostics);
   }
   diagnostics.throw_if_errors();
   return std::make_unique<Pipeline::Impl>(std::move(plan), diagnostics.warnings(), created);
@@ -83,6 +85,11 @@ std::unique_ptr<Pipeline::Impl> build(std::string_view yaml, const std::string& 
 }  // namespace
 
 Pipeline::Pipeline(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Pipeline PipelineAccess::from_string(std::string_view yaml, const Registry& registry,
+                                     const std::vector<std::string>& overrides) {
+  return Pipeline(build(yaml, "<string>", overrides, std::chrono::steady_clock::now(), registry));
+}
 Pipeline::Pipeline(Pipeline&&) noexcept = default;
 Pipeline& Pipeline::operator=(Pipeline&&) noexcept = default;
 Pipeline::~Pipeline() = default;

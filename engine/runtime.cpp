@@ -86,6 +86,7 @@ class FlowGraph {
     int concurrency = 1;
     int capacity = 1;  // tokens of the edge into this step
     bool sequenced = false;
+    bool window_end = false;  // returns the source's window tokens (the batch step)
     bool finished = false;
     std::unique_ptr<flow::queue_node<Msg>> queue;  // a sequencer_node when sequenced
     std::unique_ptr<flow::buffer_node<Token>> tokens;
@@ -194,6 +195,7 @@ void FlowGraph::build() {
   for (std::size_t i = 0; i < steps_.size(); ++i) {
     (i <= batch_step ? sample_tokens : batch_tokens) += static_cast<std::size_t>(steps_[i]->capacity);
   }
+  steps_[batch_step]->window_end = true;
   if (plan_.ordered) {
     steps_[batch_step]->sequenced = true;
     window_capacity_ = steps_[batch_step]->capacity;
@@ -325,7 +327,7 @@ void FlowGraph::run_step(Step& step, Step* next, const Msg& msg) {
     step.counters.occupancy.fetch_sub(1, std::memory_order_relaxed);
     step.tokens->try_put(Token{});
   }
-  if (step.sequenced) window_->try_put(Token{});
+  if (step.window_end) window_->try_put(Token{});
 
   StepCounters* out_counters = next != nullptr ? &next->counters : nullptr;
   if (out_counters != nullptr) {

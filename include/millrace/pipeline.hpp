@@ -57,6 +57,7 @@ class Pipeline {
   class Impl;
 
  private:
+  friend struct PipelineAccess;  // engine internals: custom registries, white-box tests
   explicit Pipeline(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -60,8 +60,9 @@ Rect random_resized_window(int width, int height, std::array<double, 2> scale,
 // std::invalid_argument if src is not 3-channel, the roi is empty or outside the image, or the
 // output size is not positive.
 //
-// cv::resize may split large images across OpenCV's own worker threads; callers that already run
-// one sample per core can turn that off with cv::setNumThreads(1).
+// cv::resize may split a large image into parallel tasks of OpenCV's parallel backend; Debian's
+// OpenCV uses oneTBB for that, so those tasks share the pipeline's TBB workers rather than adding
+// threads. cv::setNumThreads(1) turns the splitting off.
 void resize_window(const ImageView& src, Rect roi, int out_w, int out_h, Interp interp,
                    std::vector<std::uint8_t>& out);
 

@@ -3,16 +3,21 @@
 // Contract:
 // - Plain functions with no engine dependency. `decode` and `peek` may be called from any number
 //   of threads at once. Each thread lazily creates its own TurboJPEG decompressor on first use
-//   (thread_local) and frees it when the thread exits; nothing else is shared between calls.
+//   (thread_local) and frees it when the thread exits; nothing is shared between threads.
 // - The caller owns `data` (read only, must stay valid for the duration of the call) and `out`.
 //   `decode` resizes `out` to exactly width*height*3 bytes and reuses its capacity, so once a
 //   buffer is large enough decoding into it allocates no pixel memory. On a thrown DecodeError
 //   the contents and size of `out` are unspecified; an image refused by `max_pixels` leaves `out`
 //   untouched.
+// - Per-thread state, all owned by the kernel: the TurboJPEG handle (replaced after a failed
+//   header read and for streams that lack their own tables, so no result depends on what the
+//   thread decoded before) and a staging buffer for JPEGs whose EXIF orientation transposes
+//   them (kept for reuse, released after use when above 64 MiB).
 // - The format is detected from the magic bytes, never from a file name. JPEG goes through
-//   TurboJPEG directly (bit-identical to cv::imdecode, about three times faster); PNG, WebP,
-//   BMP and TIFF go through cv::imdecode after their dimensions were read from the header.
-// - Nothing blocks except on the CPU; no global state is mutated.
+//   TurboJPEG directly (bit-identical to cv::imdecode, about twice as fast as imdecode plus its
+//   BGR->RGB conversion); PNG, WebP, BMP and TIFF go through cv::imdecode once their dimensions
+//   were read from the header.
+// - Nothing blocks except on the CPU; no process-wide state is mutated.
 #pragma once
 
 #include <cstddef>

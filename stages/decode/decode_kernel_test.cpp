@@ -80,7 +80,7 @@ cv::Mat textured_rgb(int width, int height, int seed) {
   return rgb;
 }
 
-Bytes encode_cv(const cv::Mat& rgb, const std::string& ext, std::vector<int> params = {}) {
+Bytes encode_cv(const cv::Mat& rgb, const std::string& ext, const std::vector<int>& params = {}) {
   cv::Mat stored;
   if (rgb.channels() == 3) {
     cv::cvtColor(rgb, stored, cv::COLOR_RGB2BGR);
@@ -349,9 +349,10 @@ Bytes exif_segment(std::uint32_t orientation, bool little_endian, std::uint16_t 
 }
 
 Bytes insert_after_soi(const Bytes& jpeg, const Bytes& segment) {
-  Bytes out(jpeg.begin(), jpeg.begin() + 2);
-  out.insert(out.end(), segment.begin(), segment.end());
-  out.insert(out.end(), jpeg.begin() + 2, jpeg.end());
+  Bytes out(jpeg.size() + segment.size());
+  const auto after_soi = std::copy_n(jpeg.begin(), 2, out.begin());
+  const auto after_segment = std::copy(segment.begin(), segment.end(), after_soi);
+  std::copy(jpeg.begin() + 2, jpeg.end(), after_segment);
   return out;
 }
 
@@ -486,7 +487,7 @@ TEST(DecodeExif, InvalidOrMalformedExifLeavesPixelsAsStored) {
   Bytes bad_order = exif_segment(6, true);
   bad_order[2 + 2 + 6] = 'X';
   Bytes cut = exif_segment(6, true);
-  cut.resize(cut.size() - 16);  // the orientation entry runs past the segment end
+  cut.erase(cut.end() - 16, cut.end());  // the orientation entry runs past the segment end
   cut[2] = static_cast<std::uint8_t>((cut.size() - 2) >> 8);
   cut[3] = static_cast<std::uint8_t>((cut.size() - 2) & 0xFF);
 
@@ -874,8 +875,10 @@ void put_le(Bytes& b, std::size_t at, std::uint64_t v, int bytes) {
 
 // Headers (with junk where the pixel data would be) that declare a given size.
 Bytes png_header(std::uint32_t w, std::uint32_t h) {
-  Bytes b = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n', 0, 0, 0, 13, 'I', 'H', 'D', 'R'};
-  b.resize(64, 0);
+  constexpr std::array<std::uint8_t, 16> kStart = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n',
+                                                   0,    0,   0,   13,  'I',  'H',  'D',  'R'};
+  Bytes b(64, 0);
+  std::copy(kStart.begin(), kStart.end(), b.begin());
   put_be32(b, 16, w);
   put_be32(b, 20, h);
   b[24] = 8;  // bit depth
@@ -1027,13 +1030,13 @@ TEST(MaxPixels, LimitIsInclusive) {
   const Bytes jpeg = encode_jpeg_cv(textured_rgb(333, 500, 1), 80);
   const Bytes png = encode_cv(textured_rgb(33, 50, 1), ".png");
   Options options;
-  options.max_pixels = 333 * 500;
+  options.max_pixels = std::int64_t{333} * 500;
   EXPECT_EQ(decode_bytes(jpeg, options).info.width, 333);
-  options.max_pixels = 333 * 500 - 1;
+  options.max_pixels = std::int64_t{333} * 500 - 1;
   EXPECT_EQ(error_of(jpeg, options), "image is 333x500 = 166500 pixels, above max_pixels 166499");
-  options.max_pixels = 33 * 50;
+  options.max_pixels = std::int64_t{33} * 50;
   EXPECT_EQ(decode_bytes(png, options).info.height, 50);
-  options.max_pixels = 33 * 50 - 1;
+  options.max_pixels = std::int64_t{33} * 50 - 1;
   EXPECT_EQ(error_of(png, options), "image is 33x50 = 1650 pixels, above max_pixels 1649");
 }
 
@@ -1138,6 +1141,7 @@ TEST(DecodeThreads, ConcurrentDecodesMatchSerialResults) {
   for (int round = 0; round < kRounds; ++round) {
     std::vector<int> failures(kThreads, 0);
     std::vector<std::thread> threads;
+    threads.reserve(kThreads);
     for (int t = 0; t < kThreads; ++t) {
       threads.emplace_back([&, t] {
         Bytes out;

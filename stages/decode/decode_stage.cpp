@@ -36,7 +36,8 @@ DecodeStage::DecodeStage(StageContext context, Params params) : TransformStage(s
 void DecodeStage::process(Sample& sample, RunReporter& reporter) const {
   decode::Info info;
   try {
-    info = decode::decode(sample.bytes.data(), sample.bytes.size(), options_, sample.tensor.storage);
+    info =
+        decode::decode(sample.bytes.data(), sample.bytes.size(), options_, sample.tensor.storage);
   } catch (const decode::DecodeError& e) {
     throw SampleError(e.what());
   }

@@ -2,9 +2,11 @@
 """Writes the decoder's bad-input corpus into tests/data/bad/.
 
 Every file is generated from fixed formulas and a fixed seed, so running this again reproduces the
-committed bytes. Needs python3 with numpy, OpenCV (cv2) and Pillow (for the CMYK JPEG, which
-OpenCV cannot write). The pixel formulas below are documented in bad/README.md because the decoder
-tests check decoded pixels against them.
+committed bytes. Needs the system python3 with Debian's python3-numpy, python3-opencv and
+python3-pil (Pillow writes the CMYK JPEG, which OpenCV cannot). The pixel formulas below are
+documented in bad/README.md because the decoder tests check decoded pixels against them.
+
+Usage: python3 tests/data/make_bad_corpus.py
 """
 
 import io
@@ -29,7 +31,8 @@ def textured(width, height, phase):
     """A deterministic photo-like RGB image: gradients, rings and a checkerboard."""
     y, x = np.mgrid[0:height, 0:width].astype(np.float64)
     r = 128 + 100 * np.sin(x / 17.0 + phase) * np.cos(y / 23.0)
-    g = 255 * x / max(width - 1, 1) * 0.6 + 60 * np.sin(np.hypot(x - width / 2, y - height / 2) / 6.0)
+    rings = np.sin(np.hypot(x - width / 2, y - height / 2) / 6.0)
+    g = 255 * x / max(width - 1, 1) * 0.6 + 60 * rings
     b = 40 + 150 * (((x // 16) + (y // 16)) % 2) + 30 * np.cos(y / 9.0 + phase)
     return np.clip(np.dstack([r, g, b]), 0, 255).astype(np.uint8)
 
@@ -104,7 +107,8 @@ def main():
 
     files["empty.jpg"] = b""
 
-    files["random.jpg"] = np.random.default_rng(20240611).integers(0, 256, 2048, np.uint8).tobytes()
+    rng = np.random.default_rng(20240611)
+    files["random.jpg"] = rng.integers(0, 256, 2048, np.uint8).tobytes()
     for magic in (b"\xff\xd8\xff", b"\x89PNG", b"RIFF", b"BM", b"II*\0", b"MM\0*"):
         assert not files["random.jpg"].startswith(magic)
 

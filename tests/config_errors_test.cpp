@@ -1,0 +1,213 @@
+// Golden tests of configuration errors: every tests/config_errors/NAME.yaml is validated and its
+// diagnostics, formatted as `file:line:col: error: message`, must equal NAME.expected line for
+// line. The expected files were written by hand, each location counted in the YAML file.
+// Also: `--set` overrides are validated like the file itself.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "millrace/errors.hpp"
+#include "millrace/pipeline.hpp"
+#include "millrace/report.hpp"
+
+namespace millrace {
+namespace {
+
+namespace fs = std::filesystem;
+
+const fs::path kCaseDir = fs::path(MILLRACE_SOURCE_DIR) / "tests" / "config_errors";
+
+// Validation runs inside the cases' folder, so that each file is named `NAME.yaml` in its
+// diagnostics and relative `root` folders (`.`) resolve there.
+class InFolder {
+ public:
+  explicit InFolder(const fs::path& dir) : previous_(fs::current_path()) { fs::current_path(dir); }
+  ~InFolder() { fs::current_path(previous_); }
+  InFolder(const InFolder&) = delete;
+  InFolder& operator=(const InFolder&) = delete;
+
+ private:
+  fs::path previous_;
+};
+
+std::vector<std::string> read_lines(const fs::path& path) {
+  std::ifstream in(path);
+  std::vector<std::string> lines;
+  std::string line;
+  while (std::getline(in, line)) lines.push_back(line);
+  return lines;
+}
+
+std::vector<std::string> case_names() {
+  std::vector<std::string> names;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(kCaseDir, ec)) {
+    if (entry.path().extension() == ".yaml") names.push_back(entry.path().stem().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::string joined(const std::vector<std::string>& lines) {
+  std::string text;
+  for (const auto& l : lines) text += l + "\n";
+  return text;
+}
+
+TEST(ConfigErrors, EveryRequiredCaseIsPresent) {
+  const std::vector<std::string> names = case_names();
+  for (const char* required :
+       {"unknown_key", "wrong_type", "out_of_range", "unknown_stage_type", "missing_required",
+        "duplicate_key", "wrong_list_length", "several_errors", "invalid_yaml",
+        "missing_root_folder", "uint8_mean", "sink_before_batch", "no_batch", "unknown_top_level",
+        "bad_threads", "serial_concurrency"}) {
+    EXPECT_NE(std::find(names.begin(), names.end(), required), names.end()) << required;
+  }
+  for (const auto& name : names) {
+    EXPECT_TRUE(fs::is_regular_file(kCaseDir / (name + ".expected"))) << name << ".expected";
+  }
+}
+
+class ConfigErrorCase : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ConfigErrorCase, DiagnosticsMatchTheExpectedFile) {
+  const std::string name = GetParam();
+  const std::vector<std::string> expected = read_lines(kCaseDir / (name + ".expected"));
+  const std::vector<std::string> yaml_lines = read_lines(kCaseDir / (name + ".yaml"));
+  std::vector<Diagnostic> diagnostics;
+  {
+    InFolder here(kCaseDir);
+    diagnostics = validate_file(name + ".yaml");
+  }
+  std::vector<std::string> actual;
+  for (const auto& d : diagnostics) actual.push_back(d.to_string());
+  EXPECT_EQ(joined(actual), joined(expected));
+
+  EXPECT_TRUE(std::any_of(diagnostics.begin(), diagnostics.end(),
+                          [](const Diagnostic& d) { return !d.warning; }))
+      << name << ".yaml is a config error case but validates without errors";
+  // Every diagnostic points into the file, at a place that exists in it (1-based).
+  for (const auto& d : diagnostics) {
+    SCOPED_TRACE(d.to_string());
+    EXPECT_EQ(d.file, name + ".yaml");
+    ASSERT_GE(d.line, 1);
+    ASSERT_GE(d.column, 1);
+    if (yaml_lines.empty()) continue;
+    ASSERT_LE(static_cast<std::size_t>(d.line), yaml_lines.size());
+    EXPECT_LE(static_cast<std::size_t>(d.column),
+              yaml_lines[static_cast<std::size_t>(d.line) - 1].size());
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Golden, ConfigErrorCase, ::testing::ValuesIn(case_names()),
+                         [](const auto& info) { return info.param; });
+
+TEST(ConfigErrors, AValidConfigHasNoDiagnostics) {
+  // The cases' stages written correctly: their errors come from what each case changes.
+  const fs::path file = fs::temp_directory_path() / ("millrace_valid_" + std::to_string(::getpid()) + ".yaml");
+  std::ofstream(file) << "pipeline:\n  threads: 2\n  max_errors: 5%\nstages:\n"
+                         "  - type: files\n    root: " << kCaseDir.string() << "\n    shuffle: true\n"
+                         "  - type: decode\n    concurrency: 2\n    on_error: fail\n"
+                         "  - type: augment\n    size: 224\n    mirror: 0.5\n"
+                         "  - type: normalize\n    mean: [123.68, 116.779, 103.939]\n"
+                         "  - type: batch\n    size: 8\n    concurrency: serial\n"
+                         "  - type: npy\n    dir: out\n";
+  const auto diagnostics = validate_file(file.string());
+  fs::remove(file);
+  for (const auto& d : diagnostics) ADD_FAILURE() << d.to_string();
+}
+
+TEST(ConfigErrors, MissingFileIsReported) {
+  const auto diagnostics = validate_file("/nonexistent/millrace/config.yaml");
+  ASSERT_EQ(diagnostics.size(), 1U);
+  EXPECT_FALSE(diagnostics[0].warning);
+  EXPECT_EQ(diagnostics[0].file, "/nonexistent/millrace/config.yaml");
+}
+
+TEST(ConfigErrors, OverridesAreValidatedWithTheFile) {
+  InFolder here(kCaseDir);
+  // An override can repair a case...
+  EXPECT_TRUE(validate_file("wrong_type.yaml", {"batch.size=8"}).empty());
+  // ...and its own errors are located at the override.
+  std::vector<std::string> actual;
+  for (const auto& d : validate_file("wrong_type.yaml", {"batch.size=-3"})) {
+    actual.push_back(d.to_string());
+  }
+  EXPECT_EQ(actual, std::vector<std::string>{"--set batch.size=-3: error: stage 'batch' (batch): "
+                                             "'size' is out of range: -3 not in 1..65536"});
+}
+
+// A pipeline whose only fault can come from an override. Its folder holds no images, so a
+// Pipeline that gets past validation fails in the source's prepare() with a runtime_error, not a
+// ConfigError.
+constexpr const char* kPipeline =
+    "stages:\n"
+    "  - type: files\n"
+    "    root: .\n"
+    "  - type: batch\n"
+    "    size: 2\n";
+
+std::vector<std::string> config_errors_of(const std::vector<std::string>& overrides) {
+  InFolder here(kCaseDir);
+  try {
+    Pipeline::from_string(kPipeline, "inline.yaml", overrides);
+  } catch (const ConfigError& e) {
+    std::vector<std::string> out;
+    for (const auto& d : e.diagnostics()) out.push_back(d.to_string());
+    return out;
+  } catch (const std::exception&) {
+    return {};
+  }
+  return {};
+}
+
+TEST(ConfigOverrides, UnknownStageNameIsAConfigError) {
+  EXPECT_EQ(config_errors_of({"batchh.size=4"}),
+            std::vector<std::string>{"--set batchh.size=4: error: no stage named 'batchh' (did you "
+                                     "mean 'batch'?); stages: pipeline, files, batch"});
+  EXPECT_THROW(Pipeline::from_string(kPipeline, "inline.yaml", {"sink.dir=out"}), ConfigError);
+}
+
+TEST(ConfigOverrides, OverriddenValuesAreCheckedLikeTheFile) {
+  EXPECT_EQ(config_errors_of({"batch.szie=4"}),
+            std::vector<std::string>{
+                "--set batch.szie=4: error: stage 'batch' (batch): unknown key 'szie' (did you mean "
+                "'size'?); known keys: type, name, concurrency, queue, on_error, size, last"});
+  EXPECT_EQ(config_errors_of({"pipeline.threads=0"}),
+            std::vector<std::string>{
+                "--set pipeline.threads=0: error: pipeline: 'threads' is out of range: 0 not in "
+                "1..1024"});
+  EXPECT_EQ(config_errors_of({"batch.last=[pad"}).size(), 1U);
+  // Several overrides, each with its own problem: all are reported.
+  EXPECT_EQ(config_errors_of({"files.epochs=0", "nope.x=1", "batch.size=big"}).size(), 3U);
+}
+
+TEST(ConfigOverrides, MalformedAssignmentIsAConfigError) {
+  for (const char* bad : {"batch.size", "size=4", "=4"}) {
+    const auto errors = config_errors_of({bad});
+    ASSERT_EQ(errors.size(), 1U) << bad;
+    EXPECT_NE(errors[0].find("expected NAME.key=value"), std::string::npos) << errors[0];
+  }
+}
+
+TEST(ConfigOverrides, ValidOverridePassesValidation) {
+  // Past validation, the source finds no images in this folder: not a ConfigError.
+  InFolder here(kCaseDir);
+  try {
+    Pipeline::from_string(kPipeline, "inline.yaml", {"batch.size=4", "pipeline.threads=1"});
+    ADD_FAILURE() << "a folder without images built a pipeline";
+  } catch (const ConfigError& e) {
+    ADD_FAILURE() << e.what();
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("no images found"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace millrace
