@@ -32,10 +32,17 @@ std::string stage_reference(bool markdown) {
   std::ostringstream out;
   auto table = [&](const std::vector<ParamDoc>& docs) {
     if (markdown) {
+      // A '|' inside a cell (as in "skip | fail") would end the cell: escape it.
+      auto cell = [](std::string text) {
+        for (std::size_t i = text.find('|'); i != std::string::npos; i = text.find('|', i + 2)) {
+          text.insert(i, "\\");
+        }
+        return text;
+      };
       out << "| key | type | default | description |\n| --- | --- | --- | --- |\n";
       for (const auto& d : docs) {
-        out << "| `" << d.key << "` | " << d.type << " | " << d.default_value << " | " << d.doc
-            << " |\n";
+        out << "| `" << d.key << "` | " << cell(d.type) << " | " << cell(d.default_value) << " | "
+            << cell(d.doc) << " |\n";
       }
       out << "\n";
     } else {

@@ -110,9 +110,12 @@ INSTANTIATE_TEST_SUITE_P(Golden, ConfigErrorCase, ::testing::ValuesIn(case_names
 
 TEST(ConfigErrors, AValidConfigHasNoDiagnostics) {
   // The cases' stages written correctly: their errors come from what each case changes.
-  const fs::path file = fs::temp_directory_path() / ("millrace_valid_" + std::to_string(::getpid()) + ".yaml");
+  const fs::path file =
+      fs::temp_directory_path() / ("millrace_valid_" + std::to_string(::getpid()) + ".yaml");
   std::ofstream(file) << "pipeline:\n  threads: 2\n  max_errors: 5%\nstages:\n"
-                         "  - type: files\n    root: " << kCaseDir.string() << "\n    shuffle: true\n"
+                         "  - type: files\n    root: "
+                      << kCaseDir.string()
+                      << "\n    shuffle: true\n"
                          "  - type: decode\n    concurrency: 2\n    on_error: fail\n"
                          "  - type: augment\n    size: 224\n    mirror: 0.5\n"
                          "  - type: normalize\n    mean: [123.68, 116.779, 103.939]\n"
@@ -121,6 +124,22 @@ TEST(ConfigErrors, AValidConfigHasNoDiagnostics) {
   const auto diagnostics = validate_file(file.string());
   fs::remove(file);
   for (const auto& d : diagnostics) ADD_FAILURE() << d.to_string();
+}
+
+TEST(ConfigErrors, QuotedNumberIsReportedAsAString) {
+  // `size: "8"` is a string in YAML; a message that shows only '8' reads as if 8 were refused.
+  try {
+    Pipeline::from_string(
+        "stages:\n  - type: files\n    root: .\n  - type: batch\n    size: \"8\"\n", "q.yaml");
+    ADD_FAILURE() << "a quoted size was accepted";
+  } catch (const ConfigError& e) {
+    ASSERT_EQ(e.diagnostics().size(), 1U) << e.what();
+    const std::string text = e.diagnostics()[0].to_string();
+    EXPECT_EQ(text.rfind("q.yaml:5:11: error: stage 'batch' (batch): 'size' expects an integer", 0),
+              0U)
+        << text;
+    EXPECT_NE(text.find("string"), std::string::npos) << text;
+  }
 }
 
 TEST(ConfigErrors, MissingFileIsReported) {
@@ -175,17 +194,40 @@ TEST(ConfigOverrides, UnknownStageNameIsAConfigError) {
 }
 
 TEST(ConfigOverrides, OverriddenValuesAreCheckedLikeTheFile) {
-  EXPECT_EQ(config_errors_of({"batch.szie=4"}),
-            std::vector<std::string>{
-                "--set batch.szie=4: error: stage 'batch' (batch): unknown key 'szie' (did you mean "
-                "'size'?); known keys: type, name, concurrency, queue, on_error, size, last"});
+  EXPECT_EQ(
+      config_errors_of({"batch.szie=4"}),
+      std::vector<std::string>{
+          "--set batch.szie=4: error: stage 'batch' (batch): unknown key 'szie' (did you mean "
+          "'size'?); known keys: type, name, concurrency, queue, on_error, size, last"});
   EXPECT_EQ(config_errors_of({"pipeline.threads=0"}),
             std::vector<std::string>{
                 "--set pipeline.threads=0: error: pipeline: 'threads' is out of range: 0 not in "
                 "1..1024"});
-  EXPECT_EQ(config_errors_of({"batch.last=[pad"}).size(), 1U);
+  // A value that is not YAML is one error, at the override; no second error about the value
+  // that replaced it.
+  const auto bad_value = config_errors_of({"batch.last=[pad"});
+  ASSERT_FALSE(bad_value.empty());
+  EXPECT_EQ(bad_value[0].rfind("--set batch.last=[pad: error: invalid value '[pad'", 0), 0U)
+      << bad_value[0];
+  EXPECT_EQ(bad_value.size(), 1U) << joined(bad_value);
   // Several overrides, each with its own problem: all are reported.
   EXPECT_EQ(config_errors_of({"files.epochs=0", "nope.x=1", "batch.size=big"}).size(), 3U);
+}
+
+TEST(ConfigOverrides, AnOverrideDoesNotHideAnErrorInTheFile) {
+  // `pipeline: 3` is wrong whatever --set adds to the pipeline section.
+  InFolder here(kCaseDir);
+  try {
+    Pipeline::from_string("pipeline: 3\n" + std::string(kPipeline), "inline.yaml",
+                          {"pipeline.threads=1"});
+    ADD_FAILURE() << "no ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("inline.yaml:1:11: error: 'pipeline' expects a mapping"),
+              std::string::npos)
+        << e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "not a ConfigError: " << e.what();
+  }
 }
 
 TEST(ConfigOverrides, MalformedAssignmentIsAConfigError) {

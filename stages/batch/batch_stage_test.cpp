@@ -144,7 +144,8 @@ void expect_rows(const BatchData& b, const std::vector<std::uint64_t>& ids, int 
     }
     bool same = true;
     for (std::size_t k = 0; k < kRowBytes; ++k) {
-      same = same && static_cast<std::int8_t>(b.data.storage[r * kRowBytes + k]) == pixel(ids[r], k);
+      same =
+          same && static_cast<std::int8_t>(b.data.storage[r * kRowBytes + k]) == pixel(ids[r], k);
     }
     EXPECT_TRUE(same) << "pixels of row " << r << " are not those of sample " << ids[r];
   }
@@ -218,7 +219,7 @@ TEST(BatchAssembler, PadComesFromTheSameEpoch) {
   FakeEmitter out;
   auto stage = make_batch(3, BatchAssembler::Last::kPad);
   // Epochs overlap, as they may when samples arrive out of order.
-  push_range(stage, out, 0, 3, 0);   // epoch 0, batch 0..2 emitted
+  push_range(stage, out, 0, 3, 0);    // epoch 0, batch 0..2 emitted
   push_range(stage, out, 10, 13, 1);  // epoch 1, batch 10..12 emitted
   push_range(stage, out, 3, 4, 0);
   push_range(stage, out, 13, 15, 1);

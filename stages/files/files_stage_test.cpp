@@ -104,8 +104,9 @@ TEST(ReadImageList, LabelWidthTwo) {
   EXPECT_EQ(entries[1].path, "r/b.jpg");
   // A line with one label is malformed when two are expected.
   const auto short_list = dir.write("s.lst", "0\t1\ta.jpg\n");
-  EXPECT_NE(error_of([&] { read_image_list(short_list.string(), "", 2); })
-                .find(short_list.string() + ":1: "),
+  EXPECT_NE(error_of([&] {
+              read_image_list(short_list.string(), "", 2);
+            }).find(short_list.string() + ":1: "),
             std::string::npos);
 }
 
@@ -116,6 +117,20 @@ TEST(ReadImageList, FloatIndexAsWrittenBySomeTools) {
   ASSERT_EQ(entries.size(), 2U);
   EXPECT_EQ(entries[0].id, 12U);
   EXPECT_EQ(entries[1].id, 0U);
+}
+
+TEST(ReadImageList, LargeIntegerIndexIsExact) {
+  // Above 2^53 a double cannot hold every integer: 2^53 + 1 must not become 2^53.
+  TempDir dir;
+  const auto list = dir.write("l.lst",
+                              "9007199254740993\t5\ta.jpg\n"
+                              "9007199254740992\t5\tb.jpg\n"
+                              "18446744073709551615\t5\tc.jpg\n");
+  const auto entries = read_image_list(list.string(), "", 1);
+  ASSERT_EQ(entries.size(), 3U);
+  EXPECT_EQ(entries[0].id, 9007199254740993ULL);
+  EXPECT_EQ(entries[1].id, 9007199254740992ULL);
+  EXPECT_EQ(entries[2].id, 18446744073709551615ULL);
 }
 
 TEST(ReadImageList, ToleratesBlankLinesAndWindowsLineEnds) {
@@ -140,8 +155,8 @@ class ReadImageListMalformed : public ::testing::TestWithParam<MalformedCase> {}
 TEST_P(ReadImageListMalformed, ErrorNamesFileAndLine) {
   TempDir dir;
   // The bad line is the fourth physical line: the blank line still counts.
-  const auto list =
-      dir.write("bad.lst", std::string("0\t1\ta.jpg\n1\t1\tb.jpg\n\n") + GetParam().bad_line + "\n");
+  const auto list = dir.write(
+      "bad.lst", std::string("0\t1\ta.jpg\n1\t1\tb.jpg\n\n") + GetParam().bad_line + "\n");
   const std::string message = error_of([&] { read_image_list(list.string(), "", 1); });
   ASSERT_FALSE(message.empty()) << "no error for line '" << GetParam().bad_line << "'";
   EXPECT_EQ(message.rfind(list.string() + ":4: ", 0), 0U) << message;
@@ -156,6 +171,8 @@ INSTANTIATE_TEST_SUITE_P(
                       MalformedCase{"FractionalIndex", "12.5\t1\tc.jpg", "index '12.5'"},
                       MalformedCase{"NegativeIndex", "-1\t1\tc.jpg", "index '-1'"},
                       MalformedCase{"WordIndex", "abc\t1\tc.jpg", "index 'abc'"},
+                      MalformedCase{"IndexBeyondUint64", "1e30\t1\tc.jpg", "index '1e30'"},
+                      MalformedCase{"InfiniteIndex", "inf\t1\tc.jpg", "index 'inf'"},
                       MalformedCase{"WordLabel", "2\tdog\tc.jpg", "label 'dog'"},
                       MalformedCase{"EmptyLabel", "2\t\tc.jpg", "label ''"}),
     [](const auto& info) { return std::string(info.param.name); });
@@ -352,9 +369,9 @@ TEST(FilesSource, LimitWithShuffleDrawsFromTheFirstEntriesOnly) {
 
 std::vector<std::vector<std::uint64_t>> shuffled_epochs(const TempDir& dir, const std::string& seed,
                                                         std::uint64_t pipeline_seed = 0) {
-  auto source = make_source("type: files\nroot: " + dir.str() +
-                                "\nshuffle: true\nepochs: 3\nseed: " + seed + "\n",
-                            pipeline_seed);
+  auto source = make_source(
+      "type: files\nroot: " + dir.str() + "\nshuffle: true\nepochs: 3\nseed: " + seed + "\n",
+      pipeline_seed);
   if (source == nullptr) return {};
   source->prepare();
   return drain(*source, 3).epochs;

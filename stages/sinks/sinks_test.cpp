@@ -85,8 +85,9 @@ void expect_npy_layout(const fs::path& path, std::size_t data_bytes) {
   const std::string file = read_file(path);
   ASSERT_GE(file.size(), 10U);
   EXPECT_EQ(file.substr(0, 8), std::string("\x93NUMPY\x01\x00", 8));
-  const std::size_t header_length = static_cast<unsigned char>(file[8]) |
-                                    (static_cast<std::size_t>(static_cast<unsigned char>(file[9])) << 8);
+  const std::size_t header_length =
+      static_cast<unsigned char>(file[8]) |
+      (static_cast<std::size_t>(static_cast<unsigned char>(file[9])) << 8);
   // The data starts on a 64-byte boundary and the header ends with a newline.
   EXPECT_EQ((10 + header_length) % 64, 0U);
   ASSERT_LE(10 + header_length, file.size());
@@ -182,7 +183,8 @@ BatchData int8_batch() {
   b.epoch = 0;
   b.data.reshape(DType::kInt8, {3, 2, 2, 2}, "NCHW");
   for (std::size_t k = 0; k < b.data.storage.size(); ++k) {
-    b.data.storage[k] = static_cast<std::uint8_t>(static_cast<std::int8_t>(static_cast<int>(k) - 12));
+    b.data.storage[k] =
+        static_cast<std::uint8_t>(static_cast<std::int8_t>(static_cast<int>(k) - 12));
   }
   b.rows = 3;
   b.pad = 1;
@@ -348,7 +350,8 @@ TEST(NpySink, ThroughTheRegistry) {
     ConfigNode node = load_config_document("type: npy\n", "s.yaml", d);
     EXPECT_EQ(factory->create(node, npy_context(), engine_keys, d), nullptr);
     ASSERT_EQ(d.all().size(), 1U);
-    EXPECT_EQ(d.all()[0].to_string(), "s.yaml:1:1: error: stage 'npy' (npy): missing required key 'dir'");
+    EXPECT_EQ(d.all()[0].to_string(),
+              "s.yaml:1:1: error: stage 'npy' (npy): missing required key 'dir'");
   }
 }
 
