@@ -146,7 +146,9 @@ std::vector<ParamDoc> common_stage_key_docs() {
       {"name", "string", "the type", "unique name; `--set NAME.key=value` addresses it", false},
       {"concurrency", "integer | serial", "pipeline.threads for concurrent stages, else serial",
        "samples processed at once", false},
-      {"queue", "integer", "pipeline.queue", "capacity of the edge into this stage, in items",
+      {"queue", "integer", "pipeline.queue",
+       "capacity of the edge into this stage, in items (ordered mode: the batch stage's edge "
+       "defaults to the sum of the edges before it, its reordering window)",
        false},
       {"on_error", "skip | fail", "skip",
        "per-sample errors: skip the sample and list it, or fail the run (stages that can fail on "
@@ -347,6 +349,7 @@ void parse_common_keys(const ConfigNode& stage, StagePlan& plan, const PipelineP
                               " not in 1..1048576");
       } else {
         plan.queue = static_cast<int>(q);
+        plan.queue_set = true;
       }
     }
   }

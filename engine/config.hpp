@@ -24,6 +24,7 @@ struct StagePlan {
   const StageFactory* factory = nullptr;
   int concurrency = 1;
   int queue = 8;  // capacity of the edge into this stage
+  bool queue_set = false;  // `queue` was given for this stage (not inherited from the pipeline)
   OnError on_error = OnError::kSkip;
   std::unique_ptr<Stage> stage;
 };

@@ -190,6 +190,13 @@ void FlowGraph::build() {
   // node's one-item buffer); a batch only while it holds a token of a batch edge, is held by the
   // consumer (prefetch tokens) or is kept by the batch stage (a partial batch and the epoch's
   // first batch for padding, per open epoch; at most window + 2 epochs can be open).
+  if (plan_.ordered && !steps_[batch_step]->stage->queue_set) {
+    // The ordering window is the capacity of the sequencer's edge. By default it is as wide as the
+    // edges before it together, so that reordering never throttles the stages in front of it.
+    int upstream = 0;
+    for (std::size_t i = 0; i < batch_step; ++i) upstream += steps_[i]->capacity;
+    steps_[batch_step]->capacity = std::max(steps_[batch_step]->capacity, upstream);
+  }
   std::size_t sample_tokens = 0;
   std::size_t batch_tokens = 0;
   for (std::size_t i = 0; i < steps_.size(); ++i) {

@@ -203,6 +203,11 @@ TEST(ConfigOverrides, OverriddenValuesAreCheckedLikeTheFile) {
             std::vector<std::string>{
                 "--set pipeline.threads=0: error: pipeline: 'threads' is out of range: 0 not in "
                 "1..1024"});
+  // Several overrides, each with its own problem: all are reported.
+  EXPECT_EQ(config_errors_of({"files.epochs=0", "nope.x=1", "batch.size=big"}).size(), 3U);
+}
+
+TEST(ConfigOverrides, InvalidOverrideValueIsOneError) {
   // A value that is not YAML is one error, at the override; no second error about the value
   // that replaced it.
   const auto bad_value = config_errors_of({"batch.last=[pad"});
@@ -210,8 +215,6 @@ TEST(ConfigOverrides, OverriddenValuesAreCheckedLikeTheFile) {
   EXPECT_EQ(bad_value[0].rfind("--set batch.last=[pad: error: invalid value '[pad'", 0), 0U)
       << bad_value[0];
   EXPECT_EQ(bad_value.size(), 1U) << joined(bad_value);
-  // Several overrides, each with its own problem: all are reported.
-  EXPECT_EQ(config_errors_of({"files.epochs=0", "nope.x=1", "batch.size=big"}).size(), 3U);
 }
 
 TEST(ConfigOverrides, AnOverrideDoesNotHideAnErrorInTheFile) {
