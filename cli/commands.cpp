@@ -185,9 +185,10 @@ int cmd_bench(const Args& a) {
   std::vector<double> lat = r.batch_latency_ms;
   std::sort(lat.begin(), lat.end());
   auto pct = [&](double q) {
-    return lat.empty() ? 0.0
-                       : lat[std::min(lat.size() - 1,
-                                      static_cast<std::size_t>(q * static_cast<double>(lat.size())))];
+    return lat.empty()
+               ? 0.0
+               : lat[std::min(lat.size() - 1,
+                              static_cast<std::size_t>(q * static_cast<double>(lat.size())))];
   };
   std::printf("bench %s: median %.1f images/s over %zu runs (", name.c_str(),
               r.median_images_per_second, r.images_per_second.size());
@@ -221,8 +222,8 @@ int cmd_make_dataset(const Args& a) {
       if (done == total) std::fprintf(stderr, "\n");
     }
   });
-  std::printf("%s: %d images (%d from photos, %d procedural), %.1f MB, list %s\n",
-              spec.dir.c_str(), report.images, report.from_photos, report.procedural,
+  std::printf("%s: %d images (%d from photos, %d procedural), %.1f MB, list %s\n", spec.dir.c_str(),
+              report.images, report.from_photos, report.procedural,
               static_cast<double>(report.bytes) / 1e6, report.list_path.c_str());
   return kOk;
 }

@@ -61,8 +61,8 @@ void ProgressReporter::draw(bool final_line) {
   const RunStats s = pipeline_.stats();
   const double elapsed = s.seconds;
   const double run = std::max(1e-9, elapsed - s.startup_seconds);
-  const double rate = s.images_per_second > 0 ? s.images_per_second
-                                              : static_cast<double>(s.images) / run;
+  const double rate =
+      s.images_per_second > 0 ? s.images_per_second : static_cast<double>(s.images) / run;
   char eta[64] = "";
   if (s.expected_samples && rate > 0 && *s.expected_samples >= s.images) {
     std::snprintf(eta, sizeof eta, "  ETA %.1f s",
@@ -70,7 +70,8 @@ void ProgressReporter::draw(bool final_line) {
   }
   char total[32] = "";
   if (s.expected_samples) {
-    std::snprintf(total, sizeof total, "/%llu", static_cast<unsigned long long>(*s.expected_samples));
+    std::snprintf(total, sizeof total, "/%llu",
+                  static_cast<unsigned long long>(*s.expected_samples));
   }
   std::fprintf(stderr, "%s%s: %llu%s images  %.1f images/s  elapsed %.1f s%s  skipped %zu%s",
                tty_ ? "\r\033[K" : "", pipeline_.name().c_str(),

@@ -1,12 +1,12 @@
 #include "engine/config.hpp"
 
-#include "engine/random.hpp"
-
 #include <charconv>
 #include <cmath>
 #include <map>
 #include <sstream>
 #include <thread>
+
+#include "engine/random.hpp"
 
 namespace millrace {
 
@@ -129,8 +129,8 @@ std::vector<ParamDoc> pipeline_key_docs() {
       {"threads", "integer", "all cores", "TBB worker threads", false},
       {"queue", "integer", "8", "default capacity, in items, of every edge between two stages",
        false},
-      {"ordered", "boolean", "true",
-       "deliver samples in source order (false: as they complete)", false},
+      {"ordered", "boolean", "true", "deliver samples in source order (false: as they complete)",
+       false},
       {"prefetch", "integer", "2", "batches handed to the consumer ahead of it", false},
       {"seed", "integer", "0", "seed of every stage's random stream (augmentations)", false},
       {"max_errors", "integer | fraction | N%", "no limit",
@@ -264,8 +264,8 @@ void parse_max_errors(const ConfigNode& n, PipelinePlan& plan, Diagnostics& d) {
   } else if (value < 1 && value != 0) {
     plan.max_error_fraction = value;
   } else if (value != std::floor(value)) {
-    d.error(n.where, context + " expects a count (an integer) or a fraction below 1, got " +
-                         n.scalar);
+    d.error(n.where,
+            context + " expects a count (an integer) or a fraction below 1, got " + n.scalar);
   } else {
     plan.max_error_count = static_cast<std::int64_t>(value);
   }
@@ -292,8 +292,8 @@ void parse_pipeline_section(const ConfigNode& section, PipelinePlan& plan, Diagn
         continue;
       }
       (key.scalar == "threads" ? plan.threads
-                               : key.scalar == "queue" ? plan.queue : plan.prefetch) =
-          static_cast<int>(i);
+       : key.scalar == "queue" ? plan.queue
+                               : plan.prefetch) = static_cast<int>(i);
     } else if (key.scalar == "ordered") {
       read_bool(value, plan.ordered, context, d);
     } else if (key.scalar == "seed") {
@@ -334,8 +334,8 @@ void parse_common_keys(const ConfigNode& stage, StagePlan& plan, const PipelineP
                               " not in 1..1024 (or 'serial')");
       } else if (c > 1 && !info.concurrent) {
         d.error(n->where, where + ": 'concurrency' must be 1 or 'serial': a " +
-                              std::string(shape_name(info.shape)) + " stage of type '" +
-                              plan.type + "' runs serially");
+                              std::string(shape_name(info.shape)) + " stage of type '" + plan.type +
+                              "' runs serially");
       } else {
         plan.concurrency = static_cast<int>(c);
       }
@@ -345,8 +345,8 @@ void parse_common_keys(const ConfigNode& stage, StagePlan& plan, const PipelineP
     std::int64_t q = 0;
     if (read_int(*n, q, where + ": 'queue'", d)) {
       if (q < 1 || q > (1 << 20)) {
-        d.error(n->where, where + ": 'queue' is out of range: " + std::to_string(q) +
-                              " not in 1..1048576");
+        d.error(n->where,
+                where + ": 'queue' is out of range: " + std::to_string(q) + " not in 1..1048576");
       } else {
         plan.queue = static_cast<int>(q);
         plan.queue_set = true;
@@ -410,8 +410,8 @@ PipelinePlan parse_pipeline(ConfigNode root, const std::vector<std::string>& ove
   plan.file = root.where.file;
   if (!root.is_map()) {
     if (!d.has_errors()) {
-      d.error(root.where, "a pipeline config is a mapping with 'pipeline' and 'stages', got " +
-                              describe(root));
+      d.error(root.where,
+              "a pipeline config is a mapping with 'pipeline' and 'stages', got " + describe(root));
     }
     return plan;
   }

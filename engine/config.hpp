@@ -23,7 +23,7 @@ struct StagePlan {
   Location where;
   const StageFactory* factory = nullptr;
   int concurrency = 1;
-  int queue = 8;  // capacity of the edge into this stage
+  int queue = 8;           // capacity of the edge into this stage
   bool queue_set = false;  // `queue` was given for this stage (not inherited from the pipeline)
   OnError on_error = OnError::kSkip;
   std::unique_ptr<Stage> stage;
@@ -32,7 +32,7 @@ struct StagePlan {
 struct PipelinePlan {
   std::string name = "pipeline";
   std::string file;
-  int threads = 0;   // 0: all cores
+  int threads = 0;  // 0: all cores
   int queue = 8;
   int prefetch = 2;  // batches handed to the consumer ahead of it
   bool ordered = true;

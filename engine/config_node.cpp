@@ -133,8 +133,7 @@ ConfigNode convert(const YAML::Node& node, const std::string& file) {
 
 }  // namespace
 
-ConfigNode load_config_document(std::string_view text, const std::string& file,
-                                Diagnostics& out) {
+ConfigNode load_config_document(std::string_view text, const std::string& file, Diagnostics& out) {
   try {
     YAML::Node root = YAML::Load(std::string(text));
     ConfigNode node = convert(root, file);

@@ -27,10 +27,10 @@ class ConfigNode {
 
   Kind kind = Kind::kNull;
   Location where;
-  std::string scalar;  // for kScalar (and the text of a null: "~", "null" or "")
-  bool quoted = false;  // a quoted scalar is always a string
-  std::vector<ConfigNode> items;                                // kSequence
-  std::vector<std::pair<ConfigNode, ConfigNode>> entries;       // kMap: key node, value node
+  std::string scalar;             // for kScalar (and the text of a null: "~", "null" or "")
+  bool quoted = false;            // a quoted scalar is always a string
+  std::vector<ConfigNode> items;  // kSequence
+  std::vector<std::pair<ConfigNode, ConfigNode>> entries;  // kMap: key node, value node
 
   bool is_null() const { return kind == Kind::kNull; }
   bool is_scalar() const { return kind == Kind::kScalar; }

@@ -56,19 +56,19 @@ enum DeferredTransform : std::uint32_t {
 };
 
 struct Sample {
-  std::uint64_t seq = 0;    // dense position in the stream, assigned by the engine
-  std::uint64_t id = 0;     // the dataset's id for this sample
+  std::uint64_t seq = 0;  // dense position in the stream, assigned by the engine
+  std::uint64_t id = 0;   // the dataset's id for this sample
   std::uint32_t epoch = 0;
-  std::string path;         // where it came from, for errors and outputs
+  std::string path;  // where it came from, for errors and outputs
   std::vector<float> labels;
-  std::vector<std::uint8_t> bytes;  // encoded input, as read
-  Tensor tensor;                    // the current data
-  Tensor scratch;                   // a second buffer a stage may fill and then swap in
-  Region region;                    // part of `tensor` that later stages read
-  std::uint32_t deferred = 0;       // DeferredTransform bits
+  std::vector<std::uint8_t> bytes;             // encoded input, as read
+  Tensor tensor;                               // the current data
+  Tensor scratch;                              // a second buffer a stage may fill and then swap in
+  Region region;                               // part of `tensor` that later stages read
+  std::uint32_t deferred = 0;                  // DeferredTransform bits
   const Quantization* quantization = nullptr;  // owned by the stage that quantized the data
-  bool skipped = false;             // a tombstone: an error made the sample unusable
-  std::string error;                // why it was skipped
+  bool skipped = false;                        // a tombstone: an error made the sample unusable
+  std::string error;                           // why it was skipped
 
   // Readies a recycled sample for reuse, keeping buffer capacity.
   void reset() {

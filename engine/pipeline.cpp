@@ -1,10 +1,11 @@
+#include "millrace/pipeline.hpp"
+
 #include <fstream>
 #include <sstream>
 
 #include "engine/config.hpp"
-#include "engine/runtime.hpp"
 #include "engine/pipeline_access.hpp"
-#include "millrace/pipeline.hpp"
+#include "engine/runtime.hpp"
 
 namespace millrace {
 

@@ -21,7 +21,8 @@ namespace millrace {
 template <class T>
 class ObjectPool {
  public:
-  ObjectPool(std::string what, std::size_t limit) : what_(std::move(what)), limit_(limit), free_(limit) {}
+  ObjectPool(std::string what, std::size_t limit)
+      : what_(std::move(what)), limit_(limit), free_(limit) {}
 
   T* acquire() {
     T* object = nullptr;
@@ -29,8 +30,8 @@ class ObjectPool {
     // Only during warm-up: each object is created once and then recycled forever.
     std::lock_guard<std::mutex> lock(grow_);
     if (all_.size() >= limit_) {
-      throw std::logic_error("millrace: " + what_ + " pool exhausted at " +
-                             std::to_string(limit_) + " objects (in-flight accounting broken)");
+      throw std::logic_error("millrace: " + what_ + " pool exhausted at " + std::to_string(limit_) +
+                             " objects (in-flight accounting broken)");
     }
     all_.push_back(std::make_unique<T>());
     created_.store(all_.size(), std::memory_order_relaxed);
@@ -39,7 +40,8 @@ class ObjectPool {
 
   void release(T* object) {
     object->reset();
-    if (!free_.bounded_push(object)) throw std::logic_error("millrace: " + what_ + " pool overflow");
+    if (!free_.bounded_push(object))
+      throw std::logic_error("millrace: " + what_ + " pool overflow");
   }
 
   // How many objects exist: the high-water mark of objects in use at once.

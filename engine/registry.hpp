@@ -19,8 +19,8 @@ struct StageInfo {
   std::string type;     // the YAML `type`, snake_case
   std::string summary;  // one line
   StageShape shape = StageShape::kTransform;
-  std::string takes;    // what it consumes, in words
-  std::string gives;    // what it produces
+  std::string takes;               // what it consumes, in words
+  std::string gives;               // what it produces
   bool concurrent = false;         // may process several samples at once
   bool per_sample_errors = false;  // has an on_error policy
 };

@@ -60,14 +60,15 @@ std::string stage_reference(bool markdown) {
   for (const StageFactory* f : Registry::builtin().all()) {
     const StageInfo& i = f->info();
     if (markdown) {
-      out << "## " << i.type << "\n\n" << i.summary << "\n\n- shape: " << shape_name(i.shape)
+      out << "## " << i.type << "\n\n"
+          << i.summary << "\n\n- shape: " << shape_name(i.shape)
           << (i.concurrent ? " (concurrent)" : " (serial)") << "\n- takes: " << i.takes
           << "\n- gives: " << i.gives << "\n- on_error: " << (i.per_sample_errors ? "yes" : "no")
           << "\n\n";
     } else {
-      out << "\n" << i.type << " [" << shape_name(i.shape)
-          << (i.concurrent ? ", concurrent" : ", serial") << "]: " << i.summary
-          << "\n  takes: " << i.takes << "\n  gives: " << i.gives << "\n";
+      out << "\n"
+          << i.type << " [" << shape_name(i.shape) << (i.concurrent ? ", concurrent" : ", serial")
+          << "]: " << i.summary << "\n  takes: " << i.takes << "\n  gives: " << i.gives << "\n";
     }
     auto docs = f->schema().docs();
     if (docs.empty()) {
@@ -203,7 +204,8 @@ std::string bench_json(const std::string& name, const BenchResult& r) {
   std::sort(lat.begin(), lat.end());
   auto pct = [&](double q) {
     if (lat.empty()) return 0.0;
-    return lat[std::min(lat.size() - 1, static_cast<std::size_t>(q * static_cast<double>(lat.size())))];
+    return lat[std::min(lat.size() - 1,
+                        static_cast<std::size_t>(q * static_cast<double>(lat.size())))];
   };
   j.key("batch_latency_ms").begin_object();
   j.key("p50").value(pct(0.50)).key("p90").value(pct(0.90)).key("p99").value(pct(0.99));

@@ -113,8 +113,8 @@ class FlowGraph {
   std::unique_ptr<flow::graph> graph_;
   std::unique_ptr<flow::input_node<Msg>> source_;
   std::unique_ptr<flow::join_node<std::tuple<Msg, Token, Token>, flow::reserving>> source_join_;
-  std::unique_ptr<flow::function_node<std::tuple<Msg, Token, Token>, flow::continue_msg,
-                                      flow::rejecting>>
+  std::unique_ptr<
+      flow::function_node<std::tuple<Msg, Token, Token>, flow::continue_msg, flow::rejecting>>
       source_forward_;
   std::unique_ptr<flow::buffer_node<Token>> window_;
   std::unique_ptr<flow::buffer_node<Token>> prefetch_tokens_;
@@ -146,7 +146,9 @@ class FlowGraph {
 };
 
 FlowGraph::FlowGraph(Pipeline::Impl& owner)
-    : owner_(owner), plan_(owner.plan_), ready_(static_cast<std::size_t>(owner.plan_.prefetch) + 1) {}
+    : owner_(owner),
+      plan_(owner.plan_),
+      ready_(static_cast<std::size_t>(owner.plan_.prefetch) + 1) {}
 
 void FlowGraph::build() {
   // One step per node that does work. The source's concurrent load step comes first when the
@@ -165,7 +167,8 @@ void FlowGraph::build() {
     };
     switch (s.factory->info().shape) {
       case StageShape::kSource:
-        if (static_cast<const SourceStage&>(*s.stage).has_load()) add(StepKind::kLoad, s.concurrency);
+        if (static_cast<const SourceStage&>(*s.stage).has_load())
+          add(StepKind::kLoad, s.concurrency);
         break;
       case StageShape::kTransform:
         add(StepKind::kTransform, s.concurrency);
@@ -200,7 +203,8 @@ void FlowGraph::build() {
   std::size_t sample_tokens = 0;
   std::size_t batch_tokens = 0;
   for (std::size_t i = 0; i < steps_.size(); ++i) {
-    (i <= batch_step ? sample_tokens : batch_tokens) += static_cast<std::size_t>(steps_[i]->capacity);
+    (i <= batch_step ? sample_tokens : batch_tokens) +=
+        static_cast<std::size_t>(steps_[i]->capacity);
   }
   steps_[batch_step]->window_end = true;
   if (plan_.ordered) {
@@ -234,11 +238,11 @@ void FlowGraph::build() {
     for (std::size_t i = 0; i < steps_.size(); ++i) {
       Step* step = steps_[i].get();
       Step* next = i + 1 < steps_.size() ? steps_[i + 1].get() : nullptr;
-      step->body = std::make_unique<Body>(
-          g, static_cast<std::size_t>(step->concurrency), [this, step, next](const In& in) {
-            run_step(*step, next, std::get<0>(in));
-            return flow::continue_msg();
-          });
+      step->body = std::make_unique<Body>(g, static_cast<std::size_t>(step->concurrency),
+                                          [this, step, next](const In& in) {
+                                            run_step(*step, next, std::get<0>(in));
+                                            return flow::continue_msg();
+                                          });
       flow::make_edge(*step->queue, flow::input_port<0>(*step->join));
       flow::buffer_node<Token>& out_tokens = next != nullptr ? *next->tokens : *prefetch_tokens_;
       flow::make_edge(out_tokens, flow::input_port<1>(*step->join));
@@ -250,11 +254,12 @@ void FlowGraph::build() {
     source_join_ =
         std::make_unique<flow::join_node<std::tuple<Msg, Token, Token>, flow::reserving>>(g);
     Step* first = steps_.front().get();
-    source_forward_ = std::make_unique<flow::function_node<std::tuple<Msg, Token, Token>,
-                                                           flow::continue_msg, flow::rejecting>>(
+    source_forward_ = std::make_unique<
+        flow::function_node<std::tuple<Msg, Token, Token>, flow::continue_msg, flow::rejecting>>(
         g, flow::serial, [this, first](const std::tuple<Msg, Token, Token>& in) {
           Msg m = std::get<0>(in);
-          const auto occupied = first->counters.occupancy.fetch_add(1, std::memory_order_relaxed) + 1;
+          const auto occupied =
+              first->counters.occupancy.fetch_add(1, std::memory_order_relaxed) + 1;
           bump_peak(first->counters.occupancy_peak, occupied);
           first->counters.occupancy_sum.fetch_add(static_cast<std::uint64_t>(occupied),
                                                   std::memory_order_relaxed);
@@ -366,8 +371,8 @@ void FlowGraph::run_step(Step& step, Step* next, const Msg& msg) {
     const std::string* stage_name = step.stage != nullptr ? &step.stage->name : nullptr;
     auto sample_failure = [&](const std::exception& e, bool data_error) {
       const StagePlan& s = *step.stage;
-      std::string what = "stage '" + s.name + "' (" + s.where.file + ":" +
-                         std::to_string(s.where.line) + ")";
+      std::string what =
+          "stage '" + s.name + "' (" + s.where.file + ":" + std::to_string(s.where.line) + ")";
       if (m.sample != nullptr) {
         what += " failed on sample " + std::to_string(m.sample->id) + " '" + m.sample->path + "'";
       } else if (m.batch != nullptr) {
@@ -500,8 +505,8 @@ std::string FlowGraph::dot() const {
   const StagePlan& src = plan_.stages.front();
   out << "  source [shape=box, style=bold, label=\"" << src.name << "\\ninput_node (" << src.type
       << ": next, serial)\"];\n";
-  out << "  window [shape=note, label=\"window tokens\\n" << window_capacity_
-      << (plan_.ordered ? " (ordered)" : "") << "\"];\n";
+  out << "  window [shape=note, label=\"window tokens\\n"
+      << window_capacity_ << (plan_.ordered ? " (ordered)" : "") << "\"];\n";
   out << "  source_join [shape=diamond, label=\"join (reserving)\"];\n";
   out << "  source -> source_join;\n  window -> source_join;\n";
   std::string previous = "source_join";
@@ -511,16 +516,16 @@ std::string FlowGraph::dot() const {
     const std::string name = s.stage != nullptr ? s.stage->name : std::string("consumer");
     const std::string type = s.stage != nullptr ? s.stage->type : std::string("prefetch");
     out << "  " << id << "_queue [shape=record, label=\""
-        << (s.sequenced ? "sequencer_node" : "queue_node") << "|capacity " << s.capacity << "\"];\n";
+        << (s.sequenced ? "sequencer_node" : "queue_node") << "|capacity " << s.capacity
+        << "\"];\n";
     out << "  " << id << "_tokens [shape=note, label=\"" << s.capacity << " tokens\"];\n";
     out << "  " << id << "_join [shape=diamond, label=\"join (reserving)\"];\n";
     out << "  " << id << " [shape=box, style=bold, label=\"" << name << "\\n"
         << step_kind_name(s.kind) << " (" << type << "), concurrency "
-        << (s.concurrency == 1 ? std::string("serial") : std::to_string(s.concurrency))
-        << "\"];\n";
+        << (s.concurrency == 1 ? std::string("serial") : std::to_string(s.concurrency)) << "\"];\n";
     out << "  " << previous << " -> " << id << "_queue;\n";
-    out << "  " << id << "_tokens -> " << (i == 0 ? "source_join" : "s" + std::to_string(i - 1) + "_join")
-        << " [style=dashed];\n";
+    out << "  " << id << "_tokens -> "
+        << (i == 0 ? "source_join" : "s" + std::to_string(i - 1) + "_join") << " [style=dashed];\n";
     out << "  " << id << "_queue -> " << id << "_join;\n  " << id << "_join -> " << id << ";\n";
     previous = id;
   }
@@ -583,7 +588,8 @@ void Pipeline::Impl::deliver(const Msg& msg) {
     if (plan_.max_error_fraction >= 0 && read > 0 &&
         static_cast<double>(skipped) > plan_.max_error_fraction * static_cast<double>(read)) {
       fail(std::to_string(skipped) + " of " + std::to_string(read) +
-           " samples skipped, above pipeline.max_errors " + format_number(plan_.max_error_fraction));
+           " samples skipped, above pipeline.max_errors " +
+           format_number(plan_.max_error_fraction));
     }
     flow_->ready_.push(kEndOfStream);
     ended_.store(true, std::memory_order_release);
@@ -706,8 +712,8 @@ RunStats Pipeline::Impl::build_stats(bool final) const {
   const std::int64_t first = first_batch_ns_.load();
   const std::int64_t last = last_batch_ns_.load();
   if (first >= 0 && last > first) {
-    s.images_per_second =
-        static_cast<double>(images_after_first_.load()) / (static_cast<double>(last - first) * 1e-9);
+    s.images_per_second = static_cast<double>(images_after_first_.load()) /
+                          (static_cast<double>(last - first) * 1e-9);
   }
   s.finished = final;
   s.cancelled = cancelled_.load();

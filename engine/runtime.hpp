@@ -99,8 +99,8 @@ class Pipeline::Impl final : public detail::BatchOwner, public RunReporter {
   std::atomic<bool> started_{false};
   std::atomic<bool> stopping_{false};
   std::atomic<bool> wait_released_{false};
-  std::atomic<bool> done_{false};       // the graph has stopped (end, failure or cancel)
-  std::atomic<bool> ended_{false};      // the end of stream reached the consumer's queue
+  std::atomic<bool> done_{false};   // the graph has stopped (end, failure or cancel)
+  std::atomic<bool> ended_{false};  // the end of stream reached the consumer's queue
   std::atomic<bool> cancelled_{false};
   std::atomic<std::uint64_t> signal_{0};  // bumped on every hand-off to the consumer
 

@@ -12,8 +12,8 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
-#include <type_traits>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -55,45 +55,50 @@ class Schema : public SchemaBase {
   Schema& integer(const char* key, int P::*member, std::string doc,
                   std::int64_t lo = std::numeric_limits<int>::min(),
                   std::int64_t hi = std::numeric_limits<int>::max()) {
-    return add(key, "integer", std::move(doc), [member](const P& p) { return std::to_string(p.*member); },
-               [member, lo, hi](P& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
-                 std::int64_t v = 0;
-                 if (read_int(n, v, c, d) && in_range(v, lo, hi, n, c, d)) p.*member = static_cast<int>(v);
-               });
+    return add(
+        key, "integer", std::move(doc), [member](const P& p) { return std::to_string(p.*member); },
+        [member, lo, hi](P& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
+          std::int64_t v = 0;
+          if (read_int(n, v, c, d) && in_range(v, lo, hi, n, c, d)) p.*member = static_cast<int>(v);
+        });
   }
   Schema& integer64(const char* key, std::int64_t P::*member, std::string doc,
                     std::int64_t lo = std::numeric_limits<std::int64_t>::min(),
                     std::int64_t hi = std::numeric_limits<std::int64_t>::max()) {
-    return add(key, "integer", std::move(doc), [member](const P& p) { return std::to_string(p.*member); },
-               [member, lo, hi](P& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
-                 std::int64_t v = 0;
-                 if (read_int(n, v, c, d) && in_range(v, lo, hi, n, c, d)) p.*member = v;
-               });
+    return add(
+        key, "integer", std::move(doc), [member](const P& p) { return std::to_string(p.*member); },
+        [member, lo, hi](P& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
+          std::int64_t v = 0;
+          if (read_int(n, v, c, d) && in_range(v, lo, hi, n, c, d)) p.*member = v;
+        });
   }
   Schema& number(const char* key, double P::*member, std::string doc,
                  double lo = -std::numeric_limits<double>::infinity(),
                  double hi = std::numeric_limits<double>::infinity()) {
-    return add(key, "number", std::move(doc), [member](const P& p) { return format_number(p.*member); },
-               [member, lo, hi](P& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
-                 double v = 0;
-                 if (read_number(n, v, c, d) && in_range(v, lo, hi, n, c, d)) p.*member = v;
-               });
+    return add(
+        key, "number", std::move(doc), [member](const P& p) { return format_number(p.*member); },
+        [member, lo, hi](P& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
+          double v = 0;
+          if (read_number(n, v, c, d) && in_range(v, lo, hi, n, c, d)) p.*member = v;
+        });
   }
   Schema& boolean(const char* key, bool P::*member, std::string doc) {
-    return add(key, "boolean", std::move(doc),
-               [member](const P& p) { return std::string(p.*member ? "true" : "false"); },
-               [member](P& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
-                 bool v = false;
-                 if (read_bool(n, v, c, d)) p.*member = v;
-               });
+    return add(
+        key, "boolean", std::move(doc),
+        [member](const P& p) { return std::string(p.*member ? "true" : "false"); },
+        [member](P& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
+          bool v = false;
+          if (read_bool(n, v, c, d)) p.*member = v;
+        });
   }
   Schema& string(const char* key, std::string P::*member, std::string doc) {
-    return add(key, "string", std::move(doc),
-               [member](const P& p) { return (p.*member).empty() ? std::string("(none)") : p.*member; },
-               [member](P& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
-                 std::string v;
-                 if (read_string(n, v, c, d)) p.*member = std::move(v);
-               });
+    return add(
+        key, "string", std::move(doc),
+        [member](const P& p) { return (p.*member).empty() ? std::string("(none)") : p.*member; },
+        [member](P& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
+          std::string v;
+          if (read_string(n, v, c, d)) p.*member = std::move(v);
+        });
   }
   template <class E>
   Schema& choice(const char* key, E P::*member, std::string doc,
@@ -121,7 +126,8 @@ class Schema : public SchemaBase {
   }
   // A list of numbers whose length is one of `sizes` (empty: any length >= 1).
   Schema& numbers(const char* key, std::vector<double> P::*member, std::string doc,
-                  std::vector<std::size_t> sizes, double lo = -std::numeric_limits<double>::infinity(),
+                  std::vector<std::size_t> sizes,
+                  double lo = -std::numeric_limits<double>::infinity(),
                   double hi = std::numeric_limits<double>::infinity()) {
     std::string type = "list of numbers";
     return add(
@@ -154,7 +160,8 @@ class Schema : public SchemaBase {
               std::find(sizes.begin(), sizes.end(), values.size()) == sizes.end()) {
             std::string want;
             for (auto s : sizes) want += (want.empty() ? "" : " or ") + std::to_string(s);
-            d.error(n.where, c + " expects " + want + " numbers, got " + std::to_string(values.size()));
+            d.error(n.where,
+                    c + " expects " + want + " numbers, got " + std::to_string(values.size()));
             return;
           }
           p.*member = std::move(values);
@@ -207,15 +214,18 @@ class Schema : public SchemaBase {
                                  (n.is_sequence() ? " of " + std::to_string(n.items.size()) : ""));
             return;
           }
-          if (!in_range<std::int64_t>(h, lo, hi, n, c, d) || !in_range<std::int64_t>(w, lo, hi, n, c, d)) return;
+          if (!in_range<std::int64_t>(h, lo, hi, n, c, d) ||
+              !in_range<std::int64_t>(w, lo, hi, n, c, d))
+            return;
           p.*member = {static_cast<int>(h), static_cast<int>(w)};
         });
   }
   // Any other shape of value: the stage parses it itself.
   Schema& custom(const char* key, std::string type, std::string doc, std::string default_text,
                  Parser parser) {
-    return add(key, std::move(type), std::move(doc),
-               [default_text](const P&) { return default_text; }, std::move(parser));
+    return add(
+        key, std::move(type), std::move(doc), [default_text](const P&) { return default_text; },
+        std::move(parser));
   }
   // Marks the field declared last as required.
   Schema& required() {
@@ -270,16 +280,18 @@ class Schema : public SchemaBase {
   };
 
   template <class T>
-  static bool in_range(T v, T lo, T hi, const ConfigNode& n, const std::string& c,
-                       Diagnostics& d) {
+  static bool in_range(T v, T lo, T hi, const ConfigNode& n, const std::string& c, Diagnostics& d) {
     if (v >= lo && v <= hi) return true;
     std::string range;
     if constexpr (std::is_floating_point_v<T>) {
-      range = (lo == -std::numeric_limits<T>::infinity() ? std::string("-inf") : format_number(lo)) +
-              ".." + (hi == std::numeric_limits<T>::infinity() ? std::string("inf") : format_number(hi));
+      range =
+          (lo == -std::numeric_limits<T>::infinity() ? std::string("-inf") : format_number(lo)) +
+          ".." +
+          (hi == std::numeric_limits<T>::infinity() ? std::string("inf") : format_number(hi));
       d.error(n.where, c + " is out of range: " + format_number(v) + " not in " + range);
     } else {
-      range = (lo == std::numeric_limits<T>::min() ? std::string("-inf") : std::to_string(lo)) + ".." +
+      range = (lo == std::numeric_limits<T>::min() ? std::string("-inf") : std::to_string(lo)) +
+              ".." +
               (hi == std::numeric_limits<T>::max() ? std::string("inf") : std::to_string(hi));
       d.error(n.where, c + " is out of range: " + std::to_string(v) + " not in " + range);
     }

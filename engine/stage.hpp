@@ -34,11 +34,11 @@ std::string_view shape_name(StageShape);
 
 // What the engine knows about a configured stage instance, handed to its constructor.
 struct StageContext {
-  std::string name;            // unique in the pipeline; defaults to the type
+  std::string name;  // unique in the pipeline; defaults to the type
   std::string type;
-  Location where;              // the stage's mapping in the config
-  std::uint64_t seed = 0;      // pipeline.seed, for stages that draw random numbers
-  std::uint64_t stage_key = 0; // stable hash of `name`: separates the random streams of stages
+  Location where;               // the stage's mapping in the config
+  std::uint64_t seed = 0;       // pipeline.seed, for stages that draw random numbers
+  std::uint64_t stage_key = 0;  // stable hash of `name`: separates the random streams of stages
   int pipeline_threads = 1;
 };
 
@@ -97,8 +97,8 @@ class TransformStage : public Stage {
 // batches.
 class BatchEmitter {
  public:
-  virtual BatchData& acquire() = 0;      // a recycled, reset batch buffer
-  virtual void emit(BatchData& batch) = 0;  // hands it downstream (at most one per call)
+  virtual BatchData& acquire() = 0;            // a recycled, reset batch buffer
+  virtual void emit(BatchData& batch) = 0;     // hands it downstream (at most one per call)
   virtual void discard(BatchData& batch) = 0;  // returns an acquired buffer unused
 
  protected:

@@ -29,17 +29,20 @@ int main(int argc, char** argv) {
     // back to the pipeline when `batch` goes out of scope.
     while (auto batch = pipeline.next()) {
       std::uint64_t checksum = 0;
-      for (std::int8_t v : batch->values<std::int8_t>()) checksum = checksum * 31 + static_cast<std::uint8_t>(v);
+      for (std::int8_t v : batch->values<std::int8_t>())
+        checksum = checksum * 31 + static_cast<std::uint8_t>(v);
       const auto shape = batch->shape();
-      std::printf("batch %llu: %s %lldx%lldx%lldx%lld %s, pad %d, first id %llu, unit %.1f, checksum %016llx\n",
-                  static_cast<unsigned long long>(batch->index()),
-                  std::string(millrace::dtype_name(batch->dtype())).c_str(),
-                  static_cast<long long>(shape[0]), static_cast<long long>(shape[1]),
-                  static_cast<long long>(shape[2]), static_cast<long long>(shape[3]),
-                  std::string(batch->layout()).c_str(), batch->pad(),
-                  static_cast<unsigned long long>(batch->ids()[0]),
-                  static_cast<double>(batch->quantization().unit.at(0)),
-                  static_cast<unsigned long long>(checksum));
+      std::printf(
+          "batch %llu: %s %lldx%lldx%lldx%lld %s, pad %d, first id %llu, unit %.1f, checksum "
+          "%016llx\n",
+          static_cast<unsigned long long>(batch->index()),
+          std::string(millrace::dtype_name(batch->dtype())).c_str(),
+          static_cast<long long>(shape[0]), static_cast<long long>(shape[1]),
+          static_cast<long long>(shape[2]), static_cast<long long>(shape[3]),
+          std::string(batch->layout()).c_str(), batch->pad(),
+          static_cast<unsigned long long>(batch->ids()[0]),
+          static_cast<double>(batch->quantization().unit.at(0)),
+          static_cast<unsigned long long>(checksum));
       if (++seen == max_batches) {
         pipeline.cancel();  // stopping early is allowed: the rest is dropped promptly
         break;

@@ -52,7 +52,9 @@ class SyntheticSource final : public SourceStage {
   bool has_load() const override { return true; }
   void load(Sample& s) const override {
     s.tensor.reshape(DType::kInt8, {16}, "C");
-    for (int k = 0; k < 16; ++k) s.tensor.storage[static_cast<std::size_t>(k)] = static_cast<std::uint8_t>(s.id * 7 + static_cast<std::uint64_t>(k));
+    for (int k = 0; k < 16; ++k)
+      s.tensor.storage[static_cast<std::size_t>(k)] =
+          static_cast<std::uint8_t>(s.id * 7 + static_cast<std::uint64_t>(k));
   }
   std::optional<std::uint64_t> total_samples() const override {
     return static_cast<std::uint64_t>(p_.count) * static_cast<std::uint64_t>(p_.epochs);
@@ -70,8 +72,8 @@ class WorkStage final : public TransformStage {
  public:
   struct Params {
     int spin = 2000;
-    std::vector<double> fail_ids;   // SampleError (a data problem)
-    std::int64_t throw_id = -1;     // std::runtime_error (a stage failure)
+    std::vector<double> fail_ids;  // SampleError (a data problem)
+    std::int64_t throw_id = -1;    // std::runtime_error (a stage failure)
   };
   static StageInfo info() {
     return {"work", "test transform", StageShape::kTransform, "samples", "samples", true, true};
@@ -123,10 +125,9 @@ std::string config(int threads, int queue, bool ordered, const std::string& extr
   return "pipeline: {threads: " + std::to_string(threads) + ", queue: " + std::to_string(queue) +
          ", ordered: " + (ordered ? "true" : "false") + ", seed: 7}\n" +
          "stages:\n"
-         "  - {type: synthetic, count: " + std::to_string(count) + ", epochs: " +
-         std::to_string(epochs) + "}\n" +
-         "  - {type: work" + extra_work + "}\n" +
-         "  - {type: work, name: work2, spin: 500}\n" +
+         "  - {type: synthetic, count: " +
+         std::to_string(count) + ", epochs: " + std::to_string(epochs) + "}\n" + "  - {type: work" +
+         extra_work + "}\n" + "  - {type: work, name: work2, spin: 500}\n" +
          "  - {type: batch, size: " + std::to_string(batch) + ", last: " + last + "}\n" +
          "  - {type: discard}\n";
 }
@@ -189,7 +190,8 @@ TEST_P(EngineAtThreads, UnorderedDeliversEverySampleExactlyOnce) {
 
 TEST_P(EngineAtThreads, InFlightItemsNeverExceedTheEdgeCapacities) {
   for (int queue : {1, 2, 5}) {
-    Pipeline p = PipelineAccess::from_string(config(GetParam(), queue, true, "", 400), test_registry());
+    Pipeline p =
+        PipelineAccess::from_string(config(GetParam(), queue, true, "", 400), test_registry());
     Pipeline::Impl& impl = PipelineAccess::impl(p);
     // A slow consumer: the graph must stall on its tokens, not pile items up.
     std::size_t n = 0;
@@ -225,8 +227,8 @@ TEST_P(EngineAtThreads, MemoryDoesNotGrowWithTheDatasetSize) {
 }
 
 TEST_P(EngineAtThreads, AThrowingStageNamesItselfAndTheSampleAndDoesNotHang) {
-  Pipeline p = PipelineAccess::from_string(config(GetParam(), 4, true, ", throw_id: 123"),
-                                           test_registry());
+  Pipeline p =
+      PipelineAccess::from_string(config(GetParam(), 4, true, ", throw_id: 123"), test_registry());
   try {
     drain(p);
     FAIL() << "expected RunError";
@@ -269,8 +271,8 @@ TEST_P(EngineAtThreads, MaxErrorsCountFailsTheRun) {
 }
 
 TEST_P(EngineAtThreads, CancelEndsAnEndlessRunPromptly) {
-  Pipeline p = PipelineAccess::from_string(config(GetParam(), 4, true, "", 1LL << 36),
-                                           test_registry());
+  Pipeline p =
+      PipelineAccess::from_string(config(GetParam(), 4, true, "", 1LL << 36), test_registry());
   ASSERT_TRUE(p.next().has_value());
   std::thread canceller([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -326,7 +328,8 @@ TEST(Engine, StatsReportEveryStage) {
 
 TEST(Engine, DestroyingAPipelineMidRunDoesNotHang) {
   for (int i = 0; i < 5; ++i) {
-    Pipeline p = PipelineAccess::from_string(config(2, 2, i % 2 == 0, "", 1 << 20), test_registry());
+    Pipeline p =
+        PipelineAccess::from_string(config(2, 2, i % 2 == 0, "", 1 << 20), test_registry());
     auto b = p.next();
     ASSERT_TRUE(b.has_value());
   }

@@ -56,8 +56,8 @@ class Batch {
   std::size_t size() const;  // samples in the batch, pad rows included
   int pad() const;           // trailing rows that repeat samples from the start of the epoch
   int label_width() const;
-  std::span<const float> labels() const;         // size() * label_width() values
-  std::span<const std::uint64_t> ids() const;    // sample ids, one per row
+  std::span<const float> labels() const;          // size() * label_width() values
+  std::span<const std::uint64_t> ids() const;     // sample ids, one per row
   const std::vector<std::string>& paths() const;  // where each row came from
   const Quantization& quantization() const;
 

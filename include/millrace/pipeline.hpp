@@ -33,7 +33,8 @@ class Pipeline {
  public:
   // `overrides` are `key=value` strings, as the CLI's --set: `pipeline.threads=1`,
   // `batch.size=32` (a stage is addressed by its name, which defaults to its type).
-  static Pipeline from_file(const std::string& path, const std::vector<std::string>& overrides = {});
+  static Pipeline from_file(const std::string& path,
+                            const std::vector<std::string>& overrides = {});
   static Pipeline from_string(std::string_view yaml, const std::string& source_name = "<string>",
                               const std::vector<std::string>& overrides = {});
 

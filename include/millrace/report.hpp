@@ -30,8 +30,8 @@ std::string summary_json(const std::string& name, const RunStats& stats);
 struct BenchResult {
   std::vector<double> images_per_second;  // one per measured run
   double median_images_per_second = 0;
-  std::vector<double> batch_latency_ms;   // per-batch gaps at the consumer, all measured runs
-  RunStats last;                          // statistics of the last measured run
+  std::vector<double> batch_latency_ms;  // per-batch gaps at the consumer, all measured runs
+  RunStats last;                         // statistics of the last measured run
 };
 // Runs the pipeline `warmup` times unmeasured, then `repeats` times measured.
 BenchResult bench(const std::string& config_path, const std::vector<std::string>& overrides,

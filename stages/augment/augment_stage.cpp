@@ -63,8 +63,9 @@ void AugmentStage::check(const Params& p, const ConfigNode& node, const std::str
                          Diagnostics& d) {
   if (p.crop != Crop::kNone && p.size[0] == 0) {
     const ConfigNode* crop = node.find("crop");
-    d.error(crop != nullptr ? crop->where : node.where,
-            where + ": a crop needs 'size' ([height, width]); use `crop: none` to keep whole images");
+    d.error(
+        crop != nullptr ? crop->where : node.where,
+        where + ": a crop needs 'size' ([height, width]); use `crop: none` to keep whole images");
   }
   if (p.scale[1] <= 0) {
     const ConfigNode* n = node.find("scale");
@@ -119,7 +120,8 @@ void AugmentStage::process(Sample& sample, RunReporter&) const {
       }
     }
     sample.region = {window.y, window.x, window.height, window.width};
-    if (params_.mirror > 0 && rng.bernoulli(params_.mirror)) sample.deferred ^= kFlipLastSpatialAxis;
+    if (params_.mirror > 0 && rng.bernoulli(params_.mirror))
+      sample.deferred ^= kFlipLastSpatialAxis;
   } catch (const augment::CropError& e) {
     throw SampleError(e.what());
   }

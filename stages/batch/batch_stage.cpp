@@ -16,7 +16,8 @@ std::string shape_text(const Tensor& t) {
 
 std::size_t row_bytes(const BatchData& b) {
   std::size_t n = dtype_size(b.data.dtype);
-  for (int i = 1; i < b.data.rank; ++i) n *= static_cast<std::size_t>(b.data.shape[static_cast<std::size_t>(i)]);
+  for (int i = 1; i < b.data.rank; ++i)
+    n *= static_cast<std::size_t>(b.data.shape[static_cast<std::size_t>(i)]);
   return n;
 }
 
@@ -36,10 +37,11 @@ const Schema<BatchAssembler::Params>& BatchAssembler::schema() {
   static const Schema<Params> schema = [] {
     Schema<Params> s;
     s.integer("size", &Params::size, "samples per batch", 1, 1 << 16);
-    s.choice("last", &Params::last,
-             "the epoch's last, incomplete batch: pad (repeat the epoch's first samples, as MXNet's "
-             "round_batch; the pad count is reported), drop, or partial (a smaller batch)",
-             {{"pad", Last::kPad}, {"drop", Last::kDrop}, {"partial", Last::kPartial}});
+    s.choice(
+        "last", &Params::last,
+        "the epoch's last, incomplete batch: pad (repeat the epoch's first samples, as MXNet's "
+        "round_batch; the pad count is reported), drop, or partial (a smaller batch)",
+        {{"pad", Last::kPad}, {"drop", Last::kDrop}, {"partial", Last::kPartial}});
     return s;
   }();
   return schema;

@@ -39,7 +39,8 @@ std::vector<std::string> split_tabs(const std::string& line) {
   std::size_t start = 0;
   for (;;) {
     const std::size_t tab = line.find('\t', start);
-    fields.push_back(line.substr(start, tab == std::string::npos ? std::string::npos : tab - start));
+    fields.push_back(
+        line.substr(start, tab == std::string::npos ? std::string::npos : tab - start));
     if (tab == std::string::npos) break;
     start = tab + 1;
   }
@@ -93,7 +94,8 @@ std::vector<FileEntry> read_image_list(const std::string& list_path, const std::
 
 std::vector<FileEntry> scan_image_folder(const std::string& root) {
   std::vector<std::string> relative;
-  for (auto it = fs::recursive_directory_iterator(root, fs::directory_options::follow_directory_symlink);
+  for (auto it =
+           fs::recursive_directory_iterator(root, fs::directory_options::follow_directory_symlink);
        it != fs::recursive_directory_iterator(); ++it) {
     if (it->is_regular_file() && is_image_name(it->path())) {
       relative.push_back(fs::relative(it->path(), root).generic_string());
@@ -180,10 +182,9 @@ FilesSource::FilesSource(StageContext context, Params params)
 
 void FilesSource::prepare() {
   try {
-    entries_ = params_.list.empty()
-                   ? scan_image_folder(params_.root)
-                   : read_image_list(resolve(params_.root, params_.list), params_.root,
-                                     params_.label_width);
+    entries_ = params_.list.empty() ? scan_image_folder(params_.root)
+                                    : read_image_list(resolve(params_.root, params_.list),
+                                                      params_.root, params_.label_width);
   } catch (const fs::filesystem_error& e) {
     throw std::runtime_error("stage '" + name() + "': cannot scan '" + params_.root +
                              "': " + e.code().message());

@@ -33,7 +33,8 @@ void write_npy(const std::string& path, DType dtype, const std::int64_t* shape, 
   std::string header = "{'descr': '";
   header += npy_descr(dtype);
   header += "', 'fortran_order': False, 'shape': (";
-  for (int i = 0; i < rank; ++i) header += std::to_string(shape[i]) + (rank == 1 || i + 1 < rank ? ", " : "");
+  for (int i = 0; i < rank; ++i)
+    header += std::to_string(shape[i]) + (rank == 1 || i + 1 < rank ? ", " : "");
   header += "), }";
   // Format 1.0: magic (6) + version (2) + header length (2) + header, padded with spaces and a
   // newline so that the data starts on a 64-byte boundary.
@@ -42,7 +43,14 @@ void write_npy(const std::string& path, DType dtype, const std::int64_t* shape, 
   header += '\n';
   std::FILE* f = std::fopen(path.c_str(), "wb");
   if (f == nullptr) throw std::runtime_error(io_error(path, "create"));
-  const unsigned char preamble[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
+  const unsigned char preamble[10] = {0x93,
+                                      'N',
+                                      'U',
+                                      'M',
+                                      'P',
+                                      'Y',
+                                      1,
+                                      0,
                                       static_cast<unsigned char>(header.size() & 0xFF),
                                       static_cast<unsigned char>(header.size() >> 8)};
   bool ok = std::fwrite(preamble, 1, sizeof preamble, f) == sizeof preamble &&
@@ -104,7 +112,8 @@ void NpySink::consume(const BatchData& b) {
             b.labels.data(), b.rows * static_cast<std::size_t>(b.label_width) * sizeof(float));
 
   JsonWriter json;
-  json.begin_object().key("index").value(b.index).key("epoch").value(static_cast<std::uint64_t>(b.epoch));
+  json.begin_object().key("index").value(b.index).key("epoch").value(
+      static_cast<std::uint64_t>(b.epoch));
   json.key("ids").begin_array();
   for (std::size_t r = 0; r < b.rows; ++r) json.value(b.ids[r]);
   json.end_array().key("paths").begin_array();
@@ -136,8 +145,13 @@ void NpySink::finish() {
 }
 
 StageInfo DiscardSink::info() {
-  return {"discard", "consumes batches and drops them (for benchmarks); counts only",
-          StageShape::kSink, "batches", "the same batches, unchanged", false, false};
+  return {"discard",
+          "consumes batches and drops them (for benchmarks); counts only",
+          StageShape::kSink,
+          "batches",
+          "the same batches, unchanged",
+          false,
+          false};
 }
 
 const Schema<DiscardSink::Params>& DiscardSink::schema() {
