@@ -13,7 +13,7 @@ namespace millrace {
 namespace {
 
 std::string describe(const ConfigNode& n) {
-  if (n.is_scalar()) return "'" + n.scalar + "'";
+  if (n.is_scalar()) return (n.quoted ? "the string '" : "'") + n.scalar + "'";
   return std::string(n.kind_name());
 }
 
@@ -206,11 +206,15 @@ void apply_override(ConfigNode& root, const std::string& assignment, Diagnostics
   }
   const std::string target = assignment.substr(0, dot);
   const std::string key = assignment.substr(dot + 1, eq - dot - 1);
+  const std::size_t errors_before = d.error_count();
   ConfigNode value = parse_inline_value(assignment.substr(eq + 1), where, d);
-  if (!root.is_map()) return;
+  // A value that did not parse has been reported; applying its empty stand-in would only add a
+  // second, misleading error.
+  if (!root.is_map() || d.error_count() != errors_before) return;
   if (target == "pipeline") {
     ConfigNode* section = root.find("pipeline");
-    if (section == nullptr || !section->is_map()) {
+    if (section != nullptr && !section->is_map()) return;  // the file's own error is reported
+    if (section == nullptr) {
       ConfigNode empty;
       empty.kind = ConfigNode::Kind::kMap;
       empty.where = where;
@@ -442,9 +446,11 @@ PipelinePlan parse_pipeline(ConfigNode root, const std::vector<std::string>& ove
   }
 
   std::map<std::string, Location> names;
+  bool all_types_known = true;
   for (const ConfigNode& node : stages->items) {
     if (!node.is_map()) {
       d.error(node.where, "a stage is a mapping with at least 'type', got " + describe(node));
+      all_types_known = false;
       continue;
     }
     StagePlan s;
@@ -452,9 +458,13 @@ PipelinePlan parse_pipeline(ConfigNode root, const std::vector<std::string>& ove
     const ConfigNode* type = node.find("type");
     if (type == nullptr) {
       d.error(node.where, "stage: missing required key 'type'");
+      all_types_known = false;
       continue;
     }
-    if (!read_string(*type, s.type, "stage: 'type'", d)) continue;
+    if (!read_string(*type, s.type, "stage: 'type'", d)) {
+      all_types_known = false;
+      continue;
+    }
     s.factory = registry.find(s.type);
     if (s.factory == nullptr) {
       std::string list;
@@ -463,6 +473,7 @@ PipelinePlan parse_pipeline(ConfigNode root, const std::vector<std::string>& ove
       d.error(type->where, "unknown stage type '" + s.type + "'" +
                                (hint.empty() ? "" : " (did you mean '" + hint + "'?)") +
                                "; known types: " + list);
+      all_types_known = false;
       continue;
     }
     s.name = s.type;
@@ -486,7 +497,9 @@ PipelinePlan parse_pipeline(ConfigNode root, const std::vector<std::string>& ove
     s.stage = s.factory->create(node, context, engine_keys, d);
     plan.stages.push_back(std::move(s));
   }
-  check_structure(plan, *stages, d);
+  // With a stage whose type is unknown the order cannot be judged: any structural error would be
+  // an echo of the one already reported.
+  if (all_types_known) check_structure(plan, *stages, d);
   return plan;
 }
 

@@ -98,26 +98,34 @@ void BatchAssembler::push(const Sample& s, BatchEmitter& out) {
     throw std::runtime_error(
         "received a sample with a pending crop or mirror: put a normalize stage before batch");
   }
+  const Tensor& t = s.tensor;
+  if (t.rank == 0) {
+    throw std::runtime_error(
+        "received a sample without data: put decode and normalize stages before batch");
+  }
+  if (expected_labels_ < 0) {
+    expected_.dtype = t.dtype;
+    expected_.rank = t.rank;
+    expected_.shape = t.shape;
+    expected_labels_ = static_cast<int>(s.labels.size());
+  }
+  bool same = t.dtype == expected_.dtype && t.rank == expected_.rank &&
+              static_cast<int>(s.labels.size()) == expected_labels_;
+  for (int i = 0; same && i < t.rank; ++i) {
+    same = t.shape[static_cast<std::size_t>(i)] == expected_.shape[static_cast<std::size_t>(i)];
+  }
+  if (!same) {
+    throw SampleError("sample is " + shape_text(t) + " with " + std::to_string(s.labels.size()) +
+                      " label(s); the batches hold " + shape_text(expected_) + " with " +
+                      std::to_string(expected_labels_) +
+                      " (set augment.size so that all samples match)");
+  }
   Open& open = open_[s.epoch];
   if (open.partial == nullptr) {
     open.partial = &out.acquire();
     start_batch(*open.partial, s);
   }
   BatchData& b = *open.partial;
-  const Tensor& t = s.tensor;
-  bool same = t.dtype == b.data.dtype && t.rank + 1 == b.data.rank &&
-              static_cast<int>(s.labels.size()) == b.label_width;
-  for (int i = 0; same && i < t.rank; ++i) {
-    same = t.shape[static_cast<std::size_t>(i)] == b.data.shape[static_cast<std::size_t>(i) + 1];
-  }
-  if (!same) {
-    Tensor expected = b.data;
-    expected.rank = b.data.rank - 1;
-    std::copy(b.data.shape.begin() + 1, b.data.shape.end(), expected.shape.begin());
-    throw SampleError("sample is " + shape_text(t) + " with " + std::to_string(s.labels.size()) +
-                      " label(s); the batch holds " + shape_text(expected) + " with " +
-                      std::to_string(b.label_width) + " (set augment.size so all samples match)");
-  }
   const std::size_t bytes = row_bytes(b);
   std::memcpy(b.data.storage.data() + b.rows * bytes, t.storage.data(), bytes);
   std::copy(s.labels.begin(), s.labels.end(),

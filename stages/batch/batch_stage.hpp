@@ -38,6 +38,10 @@ class BatchAssembler final : public BatchStage {
 
   Params params_;
   std::map<std::uint32_t, Open> open_;
+  // The shape every sample of the run must have: the first sample's. Checking against it (not
+  // only against the batch being filled) keeps padding rows the same size as the batch's rows.
+  Tensor expected_;
+  int expected_labels_ = -1;
 };
 
 }  // namespace millrace

@@ -69,14 +69,20 @@ std::vector<FileEntry> read_image_list(const std::string& list_path, const std::
     }
     FileEntry e;
     const std::string& index = fields.front();
-    // im2rec writes the index as an integer; some tools write it as a float ("12.0").
-    double index_value = 0;
-    auto [p, ec] = std::from_chars(index.data(), index.data() + index.size(), index_value);
-    if (ec != std::errc() || p != index.data() + index.size() || index_value < 0 ||
-        index_value != static_cast<double>(static_cast<std::uint64_t>(index_value))) {
+    // im2rec writes the index as an integer; some tools write it as a float ("12.0"): accept a
+    // fraction of zeros, parsed exactly (a double would lose ids above 2^53).
+    const std::size_t dot = index.find('.');
+    const std::string digits = index.substr(0, dot);
+    const bool zero_fraction =
+        dot == std::string::npos ||
+        (dot + 1 < index.size() && index.find_first_not_of('0', dot + 1) == std::string::npos);
+    std::uint64_t id = 0;
+    auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), id);
+    if (digits.empty() || ec != std::errc() || p != digits.data() + digits.size() ||
+        !zero_fraction) {
       throw std::runtime_error(where + "index '" + index + "' is not a non-negative integer");
     }
-    e.id = static_cast<std::uint64_t>(index_value);
+    e.id = id;
     for (int k = 0; k < label_width; ++k) {
       const std::string& text = fields[static_cast<std::size_t>(k) + 1];
       float value = 0;

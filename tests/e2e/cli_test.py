@@ -1,0 +1,941 @@
+#!/usr/bin/python3
+"""End-to-end tests of the `millrace` command line: runs of the shipped configs, validation and
+usage errors, the stage reference and the DOT graph, --set overrides, bad input under the on_error
+policies, the int8 output against an independent checker, determinism across thread counts and
+queue sizes, Ctrl-C, and the dataset generator.
+
+  cli_test.py --millrace BIN --example BIN --source DIR [unittest arguments]
+
+Every expectation is derived from the inputs (the config files, the dataset the test made, the
+documented formulas), not from an earlier run's output.
+"""
+
+import sys
+
+sys.dont_write_bytecode = True  # imports must not leave __pycache__ folders in the source tree
+
+import glob
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+import unittest
+
+import numpy as np
+
+import e2e_support as e2e
+from e2e_support import Env, sets
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+import check_npy  # noqa: E402  (the independent reference for decoded, resized, int8 pixels)
+
+SUMMARY_KEYS = ("images", "batches", "seconds", "images_per_second", "startup_seconds", "skipped",
+                "stages")
+STAGE_TYPES = ("files", "decode", "augment", "normalize", "batch", "npy", "discard")
+IMAGENET_MEANS = [123.68, 116.779, 103.939]
+
+
+def shipped_configs():
+    """Every config in configs/ that is meant to run (broken.yaml is meant to fail)."""
+    paths = sorted(glob.glob(e2e.source_path("configs", "*.yaml")))
+    return [p for p in paths if os.path.basename(p) != "broken.yaml"]
+
+
+def load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def parse_reference(text):
+    """`millrace stages` plain text as {section: {key: default}}; sections are 'pipeline',
+    'every stage' and the stage types."""
+    sections = {}
+    current = None
+    for line in text.splitlines():
+        header = re.match(r"^(pipeline|every stage):$", line) or re.match(r"^(\w+) \[", line)
+        if header:
+            current = sections.setdefault(header.group(1), {})
+            continue
+        key = re.match(r"^    (\w+) \((.*), default (.*)\)$", line)
+        if key and current is not None:
+            current[key.group(1)] = key.group(3)
+    return sections
+
+
+class CliCase(unittest.TestCase):
+    """Helpers shared by the test classes."""
+
+    def millrace(self, *args, expect=None, cwd=None, timeout=e2e.RUN_TIMEOUT_S):
+        result = e2e.run_millrace(*args, cwd=cwd, timeout=timeout)
+        if expect is not None:
+            self.assertEqual(result.returncode, expect, e2e.describe(result))
+        return result
+
+    def run_config(self, config, *overrides, expect=0, quiet=True):
+        """Runs `config` on the small dataset (files root and npy dir overridden) and returns
+        (CompletedProcess, summary JSON or None, npy folder or None)."""
+        cfg = e2e.Config(config)
+        out = e2e.new_dir("run")
+        extra = [f"{cfg.stage_of_type('files')['name']}.root={e2e.dataset()}"]
+        npy = cfg.stage_of_type("npy")
+        npy_dir = os.path.join(out, "npy") if npy else None
+        if npy:
+            extra.append(f"{npy['name']}.dir={npy_dir}")
+        json_path = os.path.join(out, "summary.json")
+        args = ["run", config, *sets(*extra, *overrides), "--json", json_path]
+        if quiet:
+            args.append("--quiet")
+        result = self.millrace(*args, expect=expect)
+        summary = load_json(json_path) if os.path.exists(json_path) else None
+        return result, summary, npy_dir
+
+
+class RunConfigsTest(CliCase):
+    """Item 1: every shipped config runs on the small dataset and reports what it delivered."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.reference = parse_reference(e2e.run_millrace("stages").stdout)
+
+    def check_config_run(self, path, batch_size=None):
+        cfg = e2e.Config(path)
+        files = cfg.stage_of_type("files")
+        batch = cfg.stage_of_type("batch")
+        self.assertIsNotNone(files, f"{path}: the e2e runs need a files source")
+        self.assertIsNotNone(batch, f"{path}: no batch stage")
+        overrides = [f"{batch['name']}.size={batch_size}"] if batch_size else []
+        result, summary, npy_dir = self.run_config(path, *overrides, quiet=False)
+
+        for key in SUMMARY_KEYS:
+            self.assertIn(key, summary)
+        self.assertIsInstance(summary["skipped"], list)
+        self.assertEqual(summary["skipped"], [], "a clean dataset must skip nothing")
+        self.assertEqual(summary.get("error", ""), "")
+
+        size = batch_size or int(batch.get("size", self.reference["batch"]["size"]))
+        last = batch.get("last", self.reference["batch"]["last"])
+        epochs = int(files.get("epochs", 1))
+        limit = int(files.get("limit", 0))
+        per_epoch = min(limit, e2e.DATASET_COUNT) if limit else e2e.DATASET_COUNT
+        images, batches = e2e.expected_delivery(per_epoch, size, last)
+        self.assertEqual(summary["images"], images * epochs, f"size {size}, last {last}")
+        self.assertEqual(summary["batches"], batches * epochs, f"size {size}, last {last}")
+        self.assertEqual(summary.get("samples_read"), per_epoch * epochs)
+
+        self.assertGreaterEqual(summary["startup_seconds"], 0)
+        self.assertGreaterEqual(summary["seconds"], summary["startup_seconds"])
+        self.assertTrue(math.isfinite(summary["images_per_second"]))
+        if summary["batches"] >= 2:
+            self.assertGreater(summary["images_per_second"], 0)
+        self.assertEqual([s["name"] for s in summary["stages"]], cfg.names())
+        self.assertEqual(summary["stages"][0]["items"], per_epoch * epochs)
+
+        name = cfg.pipeline.get("name", self.reference["pipeline"]["name"])
+        self.assertIn(f"{name}: {summary['images']} images in {summary['batches']} batches",
+                      result.stdout)
+
+        if npy_dir:
+            self.check_npy_output(cfg, npy_dir, summary)
+
+    def check_npy_output(self, cfg, npy_dir, summary):
+        records = read_jsonl(os.path.join(npy_dir, "batches.jsonl"))
+        self.assertEqual(len(records), summary["batches"])
+        augment = cfg.stage_of_type("augment")
+        crop = augment["size"] if isinstance(augment["size"], list) else [augment["size"]] * 2
+        layout = cfg.stage_of_type("normalize").get("layout", "NCHW")
+        delivered = 0
+        for record in records:
+            data = np.load(os.path.join(npy_dir, f"batch_{record['index']:06d}_data.npy"))
+            sample = (3, crop[0], crop[1]) if layout == "NCHW" else (crop[0], crop[1], 3)
+            self.assertEqual(data.shape[1:], sample)
+            self.assertEqual(data.dtype, np.int8)
+            delivered += data.shape[0] - record["pad"]
+        self.assertEqual(delivered, summary["images"])
+
+    def test_every_config_runs_on_the_small_dataset(self):
+        configs = shipped_configs()
+        self.assertTrue(any(c.endswith("default.yaml") for c in configs))
+        for path in configs:
+            with self.subTest(config=os.path.basename(path)):
+                self.check_config_run(path)
+
+    def test_every_config_runs_with_an_incomplete_last_batch(self):
+        # 40 images in batches of 16: the last batch holds 8, so pad, drop and partial differ.
+        for path in shipped_configs():
+            with self.subTest(config=os.path.basename(path)):
+                self.check_config_run(path, batch_size=16)
+
+    def test_unordered_run_delivers_every_sample_once(self):
+        result, summary, npy_dir = self.run_config(
+            e2e.source_path("configs", "default.yaml"), "pipeline.ordered=false", "batch.size=8")
+        self.assertEqual(summary["images"], e2e.DATASET_COUNT)
+        ids = [i for r in read_jsonl(os.path.join(npy_dir, "batches.jsonl"))
+               for i in r["ids"][:len(r["ids"]) - r["pad"]]]
+        self.assertEqual(sorted(ids), list(range(e2e.DATASET_COUNT)))
+
+    def test_more_threads_than_cores_are_honoured_without_a_tbb_warning(self):
+        # pipeline.threads is documented as the number of TBB worker threads; asking for more
+        # than the machine's cores must either run them or say so in millrace's own words, not
+        # leave TBB to print that it ignored the request.
+        threads = (os.cpu_count() or 1) + 2
+        result, summary, _ = self.run_config(e2e.source_path("configs", "default.yaml"),
+                                             f"pipeline.threads={threads}")
+        self.assertEqual(summary["images"], e2e.DATASET_COUNT)
+        self.assertNotIn("TBB Warning", result.stderr, e2e.describe(result))
+
+
+class ValidateTest(CliCase):
+    """Item 2: config errors read like compiler errors; usage errors and missing files exit 2."""
+
+    BROKEN = "configs/broken.yaml"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.broken_lines = e2e.read_lines(e2e.source_path(cls.BROKEN))
+
+    def locate(self, pattern, start=0):
+        """(1-based line, 1-based column of group 1) of the first line from `start` matching."""
+        for i in range(start, len(self.broken_lines)):
+            m = re.search(pattern, self.broken_lines[i])
+            if m:
+                return i + 1, m.start(1) + 1
+        self.fail(f"{self.BROKEN} has no line matching {pattern!r}")
+
+    def diagnostics(self, stderr):
+        """{(line, col): [messages]} of the error lines naming broken.yaml."""
+        found = {}
+        for m in re.finditer(r"^configs/broken\.yaml:(\d+):(\d+): error: (.*)$", stderr, re.M):
+            found.setdefault((int(m.group(1)), int(m.group(2))), []).append(m.group(3))
+        return found
+
+    def validate_broken(self):
+        result = self.millrace("validate", self.BROKEN, cwd=Env.source, expect=2)
+        return result, self.diagnostics(result.stderr)
+
+    def test_broken_config_errors_have_locations_and_explanations(self):
+        result, found = self.validate_broken()
+
+        where = self.locate(r"^\s*threads:\s*(\S+)")
+        self.assertIn(where, found, e2e.describe(result))
+        self.assertTrue(any("threads" in m and "range" in m for m in found[where]), found[where])
+
+        where = self.locate(r"^\s*(shufle):")
+        self.assertIn(where, found, e2e.describe(result))
+        self.assertTrue(any("unknown key 'shufle'" in m and "did you mean 'shuffle'" in m
+                            for m in found[where]), found[where])
+
+        where = self.locate(r"type:\s*(decoder)\b")
+        self.assertIn(where, found, e2e.describe(result))
+        self.assertTrue(any("unknown stage type 'decoder'" in m for m in found[where]),
+                        found[where])
+
+        first = self.locate(r"^\s*(size):\s*\d+\s*$")
+        second = self.locate(r"^\s*(size):\s*\d+\s*$", start=first[0])
+        duplicate = [(loc, m) for loc, ms in found.items() for m in ms if "duplicate key 'size'" in m]
+        self.assertEqual(len(duplicate), 1, e2e.describe(result))
+        (loc, message), = duplicate
+        # One of the two lines is the location, the other is named in the message.
+        self.assertIn(loc, (first, second))
+        other = first if loc == second else second
+        self.assertIn(f"line {other[0]}", message)
+
+    def test_broken_config_reports_every_error_in_one_pass(self):
+        result, found = self.validate_broken()
+        mistakes = [
+            self.locate(r"^\s*threads:\s*(0)\b"),           # out of range
+            self.locate(r"^\s*(shufle):"),                  # unknown key
+            self.locate(r"type:\s*(decoder)\b"),            # unknown stage type
+            self.locate(r"^\s*mirror:\s*(1\.5)"),           # probability above 1
+            self.locate(r"^\s*mean:\s*(\[)"),               # 2 means for 3 channels
+        ]
+        for where in mistakes:
+            self.assertIn(where, found, f"no error at {where}" + e2e.describe(result))
+        # The npy sink has no 'dir': an error on its stage, wherever in the item it points.
+        npy_line = self.locate(r"type:\s*(npy)\b")[0]
+        self.assertTrue(any(line == npy_line and any("dir" in m for m in ms)
+                            for (line, _), ms in found.items()), e2e.describe(result))
+        count = sum(len(ms) for ms in found.values())
+        self.assertGreaterEqual(count, len(mistakes) + 2)
+        self.assertRegex(result.stderr, rf"\b{count} error\(s\) in configs/broken\.yaml")
+        for (line, col) in found:
+            self.assertTrue(1 <= line <= len(self.broken_lines))
+            self.assertTrue(1 <= col <= len(self.broken_lines[line - 1]) + 1)
+
+    def test_valid_configs_validate(self):
+        for path in shipped_configs():
+            relative = os.path.relpath(path, Env.source)
+            with self.subTest(config=relative):
+                files = e2e.Config(path).stage_of_type("files")["name"]
+                result = self.millrace("validate", relative,
+                                       *sets(f"{files}.root={e2e.dataset()}"), cwd=Env.source,
+                                       expect=0)
+                self.assertNotIn("error:", result.stderr)
+                self.assertIn(f"{relative}: ok", result.stdout)
+
+    def test_running_a_broken_config_exits_2_before_running(self):
+        result = self.millrace("run", self.BROKEN, cwd=Env.source, expect=2)
+        self.assertTrue(self.diagnostics(result.stderr), e2e.describe(result))
+        self.assertNotIn("images in", result.stdout)
+
+    def test_usage_errors_exit_2(self):
+        config = e2e.source_path("configs", "default.yaml")
+        cases = [
+            [],
+            ["frobnicate"],
+            ["run"],
+            ["run", config, config],
+            ["run", config, "--no-such-option"],
+            ["run", config, "--set"],
+            ["run", config, "--json"],
+            ["validate"],
+            ["graph"],
+            ["bench", config, "--repeats", "many"],
+            ["make-dataset"],
+            ["make-dataset", os.path.join(e2e.scratch_dir(), "x"), "--count", "-1"],
+            ["make-dataset", os.path.join(e2e.scratch_dir(), "x"), "--size", "huge"],
+        ]
+        for args in cases:
+            with self.subTest(args=" ".join(args)):
+                result = self.millrace(*args, expect=2)
+                self.assertIn("usage: millrace", result.stdout + result.stderr)
+        self.assertFalse(os.path.exists(os.path.join(e2e.scratch_dir(), "x")))
+
+    def test_malformed_override_exits_2(self):
+        config = e2e.source_path("configs", "default.yaml")
+        for override in ("batch.size", "batch", "=3", ".size=3"):
+            with self.subTest(override=override):
+                result = self.millrace("validate", config, "--set", override, expect=2)
+                self.assertIn(override, result.stderr)
+                self.assertIn("NAME.key=value", result.stderr)
+
+    def test_help_exits_0(self):
+        for flag in ("--help", "-h", "help"):
+            with self.subTest(flag=flag):
+                result = self.millrace(flag, expect=0)
+                for command in ("run", "validate", "stages", "graph", "bench", "make-dataset"):
+                    self.assertIn(command, result.stdout)
+
+    def test_impossible_dataset_spec_is_a_usage_error(self):
+        # More classes than images cannot be made; the CLI documents exit 2 for usage errors.
+        target = os.path.join(e2e.scratch_dir(), "too-many-classes")
+        result = self.millrace("make-dataset", target, "--count", "3", "--classes", "5")
+        self.assertEqual(result.returncode, 2, e2e.describe(result))
+        self.assertIn("classes", result.stderr)
+
+    def test_missing_config_file_exits_2_naming_it(self):
+        missing = os.path.join(e2e.scratch_dir(), "no-such-dir", "missing.yaml")
+        for command in ("run", "validate", "graph"):
+            with self.subTest(command=command):
+                result = self.millrace(command, missing, expect=2)
+                self.assertIn(missing, result.stderr)
+
+
+class OverrideTest(CliCase):
+    """Item 4: --set NAME.key=value reaches the stage; a bad override is a config error."""
+
+    DEFAULT = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.DEFAULT = e2e.source_path("configs", "default.yaml")
+
+    def test_batch_size_override_changes_the_batch_count(self):
+        batch = e2e.Config(self.DEFAULT).stage_of_type("batch")
+        counts = {}
+        for size in (int(batch["size"]), 8, 16):
+            _, summary, npy_dir = self.run_config(self.DEFAULT, f"batch.size={size}")
+            images, batches = e2e.expected_delivery(e2e.DATASET_COUNT, size, batch["last"])
+            self.assertEqual((summary["images"], summary["batches"]), (images, batches),
+                             f"batch.size={size}")
+            self.assertEqual(len(read_jsonl(os.path.join(npy_dir, "batches.jsonl"))), batches)
+            counts[size] = batches
+        self.assertEqual(len(set(counts.values())), len(counts), counts)
+
+    def test_pipeline_override(self):
+        result, summary, _ = self.run_config(self.DEFAULT, "pipeline.name=renamed-run",
+                                             "pipeline.threads=1")
+        self.assertEqual(summary.get("name"), "renamed-run")
+        self.assertEqual(summary.get("threads"), 1)
+        self.assertTrue(result.stdout.startswith("renamed-run: "), result.stdout)
+
+    def test_unknown_stage_exits_2_naming_it(self):
+        result = self.millrace("run", self.DEFAULT, *sets(f"files.root={e2e.dataset()}",
+                                                          "nosuch.size=8"), expect=2)
+        self.assertIn("nosuch", result.stderr)
+        self.assertNotIn("images in", result.stdout)
+
+    def test_bad_values_exit_2_naming_the_key(self):
+        cases = {
+            "batch.size=abc": "size",
+            "batch.size=0": "size",
+            "batch.nokey=3": "nokey",
+            "normalize.dtype=int3": "dtype",
+            "pipeline.threads=-1": "threads",
+            "augment.mirror=2": "mirror",
+        }
+        for override, key in cases.items():
+            with self.subTest(override=override):
+                result = self.millrace("validate", self.DEFAULT,
+                                       *sets(f"files.root={e2e.dataset()}", override), expect=2)
+                self.assertIn(key, result.stderr)
+                self.assertIn("error", result.stderr)
+
+
+class ReferenceTest(CliCase):
+    """Item 3: `millrace stages` documents every stage type; `millrace graph` prints DOT."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.text = e2e.run_millrace("stages").stdout
+        cls.reference = parse_reference(cls.text)
+
+    def test_stages_lists_every_type_with_keys_and_defaults(self):
+        result = self.millrace("stages", expect=0)
+        for kind in STAGE_TYPES:
+            self.assertIn(kind, self.reference, f"stage type {kind} missing:\n{result.stdout}")
+        for section in ("pipeline", "every stage"):
+            self.assertIn(section, self.reference)
+        for key in ("threads", "queue", "ordered", "seed", "max_errors"):
+            self.assertIn(key, self.reference["pipeline"])
+        for key in ("type", "name", "concurrency", "on_error"):
+            self.assertIn(key, self.reference["every stage"])
+        for kind in STAGE_TYPES:
+            for key, default in self.reference[kind].items():
+                self.assertTrue(default, f"{kind}.{key} has no default text")
+        self.assertEqual(self.reference["npy"]["dir"], "(required)")
+        self.assertEqual(self.reference["files"]["root"], "(required)")
+
+    def test_every_key_the_configs_use_is_documented(self):
+        for path in shipped_configs():
+            cfg = e2e.Config(path)
+            for key in cfg.pipeline:
+                self.assertIn(key, self.reference["pipeline"], f"{path}: pipeline.{key}")
+            for stage in cfg.stages:
+                for key in stage:
+                    documented = (key in self.reference[stage["type"]]
+                                  or key in self.reference["every stage"])
+                    self.assertTrue(documented, f"{path}: {stage['type']}.{key}")
+
+    def test_documented_batch_defaults_match_behaviour(self):
+        size = int(self.reference["batch"]["size"])
+        last = self.reference["batch"]["last"]
+        config = e2e.write_text(os.path.join(e2e.new_dir("defaults"), "defaults.yaml"), f"""\
+pipeline:
+  threads: 2
+stages:
+  - type: files
+    root: {e2e.dataset()}
+  - type: decode
+  - type: augment
+    resize: 64
+    size: 32
+  - type: normalize
+    mean: [128]
+  - type: batch
+  - type: discard
+""")
+        result = self.millrace("run", config, "--quiet", expect=0)
+        images, batches = e2e.expected_delivery(e2e.DATASET_COUNT, size, last)
+        self.assertIn(f"{images} images in {batches} batches", result.stdout)
+
+    def test_markdown_reference(self):
+        text = self.millrace("stages", "--markdown", expect=0).stdout
+        self.assertTrue(text.startswith("# "), text[:200])
+        headings = re.findall(r"^## (.+)$", text, re.M)
+        for kind in STAGE_TYPES:
+            self.assertIn(kind, headings)
+        # Every table row has as many cells as its header; every key of the plain listing is a
+        # row of its section's table.
+        sections = re.split(r"^## ", text, flags=re.M)[1:]
+        for section in sections:
+            title = section.split("\n", 1)[0].strip()
+            rows = [line for line in section.splitlines() if line.startswith("|")]
+            cells = [len(re.split(r"(?<!\\)\|", row)) for row in rows]
+            self.assertEqual(len(set(cells)), 1 if rows else 0, f"{title}: ragged table")
+            if title in self.reference:
+                keys = set(re.findall(r"^\| `(\w+)` \|", section, re.M))
+                self.assertEqual(keys, set(self.reference[title]), title)
+        self.assertNotIn("\x1b", text)
+
+    def check_dot(self, dot):
+        self.assertTrue(dot.startswith("digraph"), dot[:200])
+        self.assertEqual(dot.count("{"), dot.count("}"))
+        self.assertTrue(dot.rstrip().endswith("}"))
+        declared = set(re.findall(r"^\s*(\w+)\s*\[", dot, re.M))
+        edges = re.findall(r"^\s*(\w+)\s*->\s*(\w+)", dot, re.M)
+        self.assertTrue(edges)
+        for a, b in edges:
+            self.assertIn(a, declared, f"edge from undeclared node {a}")
+            self.assertIn(b, declared, f"edge to undeclared node {b}")
+
+    def test_graph_is_dot_naming_every_stage(self):
+        names = ["reader", "jpeg", "crop", "to_int8", "grouper", "writer"]
+        config = e2e.write_text(os.path.join(e2e.new_dir("graph"), "named.yaml"), f"""\
+pipeline:
+  name: named-stages
+  threads: 2
+stages:
+  - type: files
+    name: {names[0]}
+    root: {e2e.dataset()}
+  - type: decode
+    name: {names[1]}
+  - type: augment
+    name: {names[2]}
+    resize: 64
+    size: 32
+  - type: normalize
+    name: {names[3]}
+    mean: [123.68, 116.779, 103.939]
+  - type: batch
+    name: {names[4]}
+    size: 8
+  - type: npy
+    name: {names[5]}
+    dir: {os.path.join(e2e.scratch_dir(), "graph-out")}
+""")
+        dot = self.millrace("graph", config, expect=0).stdout
+        self.check_dot(dot)
+        for name in names:
+            self.assertRegex(dot, rf"\b{name}\b")
+        self.assertIn("sequencer_node", dot)
+
+    def test_graph_leaves_the_output_of_an_earlier_run_alone(self):
+        # `graph` only describes a pipeline; it must not touch the sink's folder, where the
+        # batches of an earlier run may be waiting to be read.
+        default = e2e.source_path("configs", "default.yaml")
+        _, summary, npy_dir = self.run_config(default, "batch.size=16")
+        index = os.path.join(npy_dir, "batches.jsonl")
+        with open(index, "rb") as f:
+            before = f.read()
+        self.assertEqual(len(read_jsonl(index)), summary["batches"])
+        root = f"files.root={e2e.dataset()}"
+        self.millrace("graph", default, *sets(root, f"npy.dir={npy_dir}"), expect=0)
+        with open(index, "rb") as f:
+            self.assertEqual(f.read(), before, "graph rewrote batches.jsonl")
+        fresh = os.path.join(e2e.new_dir("graph"), "not-created")
+        self.millrace("graph", default, *sets(root, f"npy.dir={fresh}"), expect=0)
+        self.assertFalse(os.path.exists(fresh), "graph created the npy folder")
+
+    def test_graph_has_a_sequencer_only_when_ordered(self):
+        for path in shipped_configs():
+            cfg = e2e.Config(path)
+            root = f"{cfg.stage_of_type('files')['name']}.root={e2e.dataset()}"
+            with self.subTest(config=os.path.basename(path)):
+                ordered = self.millrace("graph", path, *sets(root, "pipeline.ordered=true"),
+                                        expect=0).stdout
+                unordered = self.millrace("graph", path, *sets(root, "pipeline.ordered=false"),
+                                          expect=0).stdout
+                self.check_dot(ordered)
+                self.check_dot(unordered)
+                self.assertIn("sequencer_node", ordered)
+                self.assertNotIn("sequencer_node", unordered)
+                for name in cfg.names():
+                    self.assertRegex(ordered, rf"\b{re.escape(name)}\b")
+
+
+class BadInputTest(CliCase):
+    """Item 5: unreadable and hostile files are skipped and listed, or fail the run."""
+
+    GOOD = ("good_1.jpg", "good_2.jpg", "png_named.jpg", "cmyk_adobe.jpg")
+    BAD = ("truncated.jpg", "empty.jpg", "random.jpg", "bomb.jpg")
+    MISSING = "missing_file.jpg"
+    REASONS = {
+        "truncated.jpg": r"truncat|premature|corrupt",
+        "empty.jpg": r"empty|not a .*image",
+        "random.jpg": r"not a .*image|unknown|unsupported|format",
+        "bomb.jpg": r"max_pixels|too large|60000",
+        MISSING: r"cannot open|no such file|not found|missing",
+    }
+    RESIZE = 64
+    CROP = 32
+
+    @classmethod
+    def setUpClass(cls):
+        cls.work = e2e.new_dir("bad-input")
+        cls.root = os.path.join(cls.work, "root")
+        os.makedirs(os.path.join(cls.root, "class_a"))
+        bad_corpus = e2e.source_path("tests", "data", "bad")
+        names = sorted(os.listdir(bad_corpus))
+        for name in cls.GOOD + cls.BAD:
+            assert name in names, f"{name} missing from {bad_corpus}"
+        listed = sorted(n for n in names if n.endswith(".jpg")) + [cls.MISSING]
+        with open(os.path.join(cls.root, "images.lst"), "w") as f:
+            for index, name in enumerate(listed):
+                if name != cls.MISSING:
+                    shutil.copy(os.path.join(bad_corpus, name), os.path.join(cls.root, "class_a"))
+                f.write(f"{index}\t{index % 3}.000000\tclass_a/{name}\n")
+        cls.listed = listed
+        cls.out = os.path.join(cls.work, "npy")
+        cls.config = e2e.write_text(os.path.join(cls.work, "bad.yaml"), f"""\
+pipeline:
+  name: bad-input
+  threads: 2
+stages:
+  - type: files
+    root: {cls.root}
+    list: images.lst
+  - type: decode
+  - type: augment
+    resize: {cls.RESIZE}
+    size: {cls.CROP}
+  - type: normalize
+    mean: [{", ".join(map(str, IMAGENET_MEANS))}]
+  - type: batch
+    size: 4
+  - type: npy
+    dir: {cls.out}
+""")
+        json_path = os.path.join(cls.work, "skip.json")
+        cls.skip_run = e2e.run_millrace("run", cls.config, "--quiet", "--json", json_path)
+        cls.skip_summary = load_json(json_path) if os.path.exists(json_path) else None
+
+    def test_skip_policy_exits_0(self):
+        self.assertEqual(self.skip_run.returncode, 0, e2e.describe(self.skip_run))
+        self.assertEqual(self.skip_summary["samples_read"], len(self.listed))
+
+    def test_skipped_list_names_exactly_the_bad_files_with_reasons(self):
+        skipped = self.skip_summary["skipped"]
+        names = sorted(os.path.basename(s["path"]) for s in skipped)
+        self.assertEqual(names, sorted(self.BAD + (self.MISSING,)), skipped)
+        for entry in skipped:
+            name = os.path.basename(entry["path"])
+            with self.subTest(file=name):
+                self.assertRegex(entry["error"], re.compile(self.REASONS[name], re.I))
+                if "stage" in entry:
+                    self.assertIn(entry["stage"], ("files", "decode") if name == self.MISSING
+                                  else ("decode",))
+        # The summary on stdout lists them too.
+        for name in self.BAD + (self.MISSING,):
+            self.assertIn(name, self.skip_run.stdout)
+
+    def test_every_good_image_is_delivered(self):
+        records = read_jsonl(os.path.join(self.out, "batches.jsonl"))
+        delivered = [p for r in records for p in r["paths"][:len(r["ids"]) - r["pad"]]]
+        self.assertEqual(sorted(os.path.basename(p) for p in delivered), sorted(self.GOOD))
+        self.assertEqual(self.skip_summary["images"], len(self.GOOD))
+
+    def test_good_images_have_the_reference_pixels(self):
+        records = read_jsonl(os.path.join(self.out, "batches.jsonl"))
+        means = [check_npy.round_half_away_from_zero(m) for m in IMAGENET_MEANS]
+        checked = 0
+        for record in records:
+            data = np.load(os.path.join(self.out, f"batch_{record['index']:06d}_data.npy"))
+            for row, path in enumerate(record["paths"][:len(record["ids"]) - record["pad"]]):
+                name = os.path.basename(path)
+                full = check_npy.resolve(path, self.root)
+                if name == "cmyk_adobe.jpg":
+                    self.check_cmyk(data[row])
+                else:
+                    want = check_npy.expected_sample(full, self.RESIZE, self.CROP, self.CROP,
+                                                     means, "NCHW")
+                    self.assertTrue(np.array_equal(data[row], want), f"{name} differs")
+                checked += 1
+        self.assertEqual(checked, len(self.GOOD))
+
+    def check_cmyk(self, sample):
+        # cmyk_adobe.jpg is eight 16x16 ink patches in a 128x16 strip (tests/data/bad/README.md).
+        # Resized to a shorter side of 64 it is 512x64; the centred 32-pixel crop spans resized
+        # columns 240..271, i.e. source columns 60..67.9: patch 3 (yellow, crop columns 0..15)
+        # and patch 4 (red, crop columns 16..31). RGB = (255-C)(255-K)/255 per channel.
+        means = np.array([check_npy.round_half_away_from_zero(m) for m in IMAGENET_MEANS])
+
+        def expected(c, m, y, k):
+            rgb = np.array([(255 - v) * (255 - k) / 255.0 for v in (c, m, y)])
+            return np.clip(np.round(rgb) - means, -128, 127)
+
+        yellow = expected(0, 0, 255, 0)
+        red = expected(0, 255, 255, 0)
+        # Columns next to the patch edge blend the two colours; compare the interiors.
+        left = sample[:, :, 2:13].reshape(3, -1).astype(np.int32)
+        right = sample[:, :, 19:30].reshape(3, -1).astype(np.int32)
+        tolerance = 12  # JPEG loss on flat ink patches
+        for channel in range(3):
+            self.assertLessEqual(np.abs(left[channel] - yellow[channel]).max(), tolerance,
+                                 f"yellow patch, channel {channel}")
+            self.assertLessEqual(np.abs(right[channel] - red[channel]).max(), tolerance,
+                                 f"red patch, channel {channel}")
+
+    def test_fail_policy_exits_1_naming_a_bad_file(self):
+        json_path = os.path.join(e2e.new_dir("fail"), "fail.json")
+        result = self.millrace("run", self.config, "--quiet", "--json", json_path,
+                               *sets("decode.on_error=fail", f"npy.dir={e2e.new_dir('npy')}"),
+                               expect=1)
+        self.assertTrue(any(name in result.stderr for name in self.BAD), e2e.describe(result))
+        self.assertIn("decode", result.stderr)
+        summary = load_json(json_path)
+        self.assertNotEqual(summary.get("error", ""), "")
+        self.assertFalse(any(name in summary["error"] for name in self.GOOD), summary["error"])
+
+    def test_max_errors(self):
+        # Five samples are skipped out of nine read; the run fails when more than max_errors are.
+        skipped, read = len(self.BAD) + 1, len(self.listed)
+        cases = {"2": 1, str(skipped - 1): 1, str(skipped): 0,
+                 f"{math.floor(100 * skipped / read) - 5}%": 1,
+                 f"{math.ceil(100 * skipped / read) + 5}%": 0}
+        for limit, code in cases.items():
+            with self.subTest(max_errors=limit):
+                result = self.millrace("run", self.config, "--quiet",
+                                       *sets(f"pipeline.max_errors={limit}",
+                                             f"npy.dir={e2e.new_dir('npy')}"), expect=code)
+                if code:
+                    self.assertIn("max_errors", result.stderr)
+
+
+class NpyCheckTest(CliCase):
+    """Item 6: the default config's int8 output matches an independent reimplementation."""
+
+    CHECKER = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.CHECKER = e2e.source_path("tests", "tools", "check_npy.py")
+        cls.DEFAULT = e2e.source_path("configs", "default.yaml")
+
+    def checker_args(self, npy_dir):
+        cfg = e2e.Config(self.DEFAULT)
+        augment = cfg.stage_of_type("augment")
+        crop = augment["size"] if isinstance(augment["size"], list) else [augment["size"]]
+        normalize = cfg.stage_of_type("normalize")
+        return ["/usr/bin/python3", "-B", self.CHECKER, "--out", npy_dir, "--root", e2e.dataset(),
+                "--resize", str(augment.get("resize", 0)), "--crop", *map(str, crop),
+                "--mean", *map(str, normalize["mean"]),
+                "--layout", normalize.get("layout", "NCHW")]
+
+    def test_default_config_passes_the_checker(self):
+        for overrides in ([], ["batch.size=16"]):
+            with self.subTest(overrides=overrides):
+                _, summary, npy_dir = self.run_config(self.DEFAULT, *overrides)
+                check = e2e.run(self.checker_args(npy_dir))
+                self.assertEqual(check.returncode, 0, e2e.describe(check))
+                self.assertIn(f"checked {e2e.DATASET_COUNT} samples in {summary['batches']} "
+                              "batches", check.stdout)
+
+    def test_checker_rejects_a_changed_pixel(self):
+        # The check above is only worth something if the checker can fail on this output.
+        _, _, npy_dir = self.run_config(self.DEFAULT, "batch.size=16")
+        path = os.path.join(npy_dir, "batch_000001_data.npy")
+        data = np.load(path)
+        data[3, 1, 100, 100] = data[3, 1, 100, 100] ^ 1
+        np.save(path, data)
+        check = e2e.run(self.checker_args(npy_dir))
+        self.assertEqual(check.returncode, 1, e2e.describe(check))
+        self.assertIn("batch 1, position 3", check.stderr)
+
+
+class DeterminismTest(CliCase):
+    """Item 7: the train recipe gives the same bytes for any thread count and queue size."""
+
+    @classmethod
+    def setUpClass(cls):
+        train = e2e.source_path("configs", "train.yaml")
+        with open(train) as f:
+            text = f.read()
+        cls.config = e2e.write_text(os.path.join(e2e.new_dir("train"), "train_npy.yaml"),
+                                    e2e.replace_sink(text, "  - type: npy\n    dir: unset\n"))
+        cfg = e2e.Config(cls.config)
+        assert cfg.stage_of_type("augment")["crop"] == "random_resized"
+        assert cfg.stage_of_type("files")["shuffle"] is True
+
+    def train_run(self, *overrides):
+        # Batches of 8 so that 'last: drop' keeps every sample of the 40; two epochs to see the
+        # per-epoch shuffle.
+        _, summary, npy_dir = self.run_config(self.config, "batch.size=8", "files.epochs=2",
+                                              *overrides)
+        self.assertEqual(summary["images"], 2 * e2e.DATASET_COUNT)
+        files = sorted(os.listdir(npy_dir))
+        self.assertIn("batches.jsonl", files)
+        contents = {}
+        for name in files:
+            with open(os.path.join(npy_dir, name), "rb") as f:
+                contents[name] = f.read()
+        return contents, read_jsonl(os.path.join(npy_dir, "batches.jsonl"))
+
+    def test_same_bytes_for_any_threads_and_queue(self):
+        runs = {}
+        for threads, queue in ((1, 1), (2, 64), (4, 3)):
+            runs[(threads, queue)], _ = self.train_run(f"pipeline.threads={threads}",
+                                                       f"pipeline.queue={queue}")
+        reference = runs[(1, 1)]
+        self.assertEqual(len([n for n in reference if n.endswith("_data.npy")]), 10)
+        for key, contents in runs.items():
+            self.assertEqual(sorted(contents), sorted(reference), key)
+            for name in reference:
+                self.assertEqual(contents[name], reference[name], f"{name} differs for {key}")
+
+    def test_each_epoch_is_a_new_permutation(self):
+        _, records = self.train_run()
+        epochs = {}
+        for r in records:
+            epochs.setdefault(r["epoch"], []).extend(r["paths"])
+        self.assertEqual(sorted(epochs), [0, 1])
+        everything = sorted(os.path.relpath(p, e2e.dataset()) if os.path.isabs(p) else p
+                            for p in epochs[0])
+        self.assertEqual(len(set(everything)), e2e.DATASET_COUNT)
+        self.assertEqual(sorted(epochs[0]), sorted(epochs[1]))
+        self.assertNotEqual(epochs[0], epochs[1])
+        self.assertNotEqual(epochs[0], sorted(epochs[0]))
+
+    def test_another_seed_gives_other_batches(self):
+        first, first_records = self.train_run("pipeline.seed=1")
+        second, second_records = self.train_run("pipeline.seed=2")
+        data = [n for n in first if n.endswith("_data.npy")]
+        self.assertTrue(any(first[n] != second.get(n) for n in data))
+        self.assertNotEqual([r["paths"] for r in first_records],
+                            [r["paths"] for r in second_records])
+
+
+class InterruptTest(CliCase):
+    """Item 8: Ctrl-C stops a long run promptly with exit 130 and a summary; progress on a
+    non-terminal stderr is plain periodic lines."""
+
+    EPOCHS = 10000
+
+    @classmethod
+    def setUpClass(cls):
+        default = e2e.source_path("configs", "default.yaml")
+        with open(default) as f:
+            text = f.read()
+        cls.work = e2e.new_dir("interrupt")
+        cls.config = e2e.write_text(os.path.join(cls.work, "long.yaml"),
+                                    e2e.replace_sink(text, "  - type: discard\n"))
+
+    def interrupted_run(self, after_s, *extra):
+        json_path = os.path.join(e2e.new_dir("sigint"), "summary.json")
+        args = [Env.millrace, "run", self.config, "--json", json_path,
+                *sets(f"files.root={e2e.dataset()}", f"files.epochs={self.EPOCHS}",
+                      "batch.size=8"), *extra]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=e2e.scratch_dir())
+        try:
+            time.sleep(after_s)
+            self.assertIsNone(proc.poll(), "the long run ended before the signal")
+            proc.send_signal(signal.SIGINT)
+            sent = time.monotonic()
+            stdout, stderr = proc.communicate(timeout=30)
+            took = time.monotonic() - sent
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        summary = load_json(json_path) if os.path.exists(json_path) else None
+        return proc.returncode, took, stdout, stderr, summary
+
+    def test_sigint_stops_promptly_with_130_and_a_summary(self):
+        code, took, stdout, stderr, summary = self.interrupted_run(1.5)
+        self.assertEqual(code, 130, stderr)
+        self.assertLess(took, 1.5, "exit took too long after SIGINT")
+        self.assertIn("images in", stdout)
+        self.assertIsNotNone(summary)
+        self.assertTrue(summary["cancelled"])
+        self.assertLess(summary["images"], self.EPOCHS * e2e.DATASET_COUNT)
+        self.assertEqual(summary["images"] % 8, 0, "batches of 8 never pad mid-run")
+
+    def test_progress_lines_on_a_pipe(self):
+        code, _, stdout, stderr, _ = self.interrupted_run(4.5)
+        self.assertEqual(code, 130, stderr)
+        lines = [line for line in stderr.split("\n") if "images/s" in line]
+        self.assertGreaterEqual(len(lines), 1, f"no progress lines in stderr:\n{stderr}")
+        total = self.EPOCHS * e2e.DATASET_COUNT
+        for line in lines:
+            self.assertNotIn("\r", line)
+            self.assertNotIn("\x1b", line)
+            self.assertRegex(line, rf"\b\d+/{total} images\b")
+        # Periodic, not one per batch: at most one every second or so.
+        self.assertLessEqual(len(lines), 6, stderr)
+
+    def test_quiet_run_prints_no_progress(self):
+        code, _, stdout, stderr, _ = self.interrupted_run(3.0, "--quiet")
+        self.assertEqual(code, 130, stderr)
+        self.assertNotIn("images/s  elapsed", stderr)
+        self.assertIn("images in", stdout)
+
+
+class MakeDatasetTest(CliCase):
+    """Item 10: the generator writes the documented folder layout, list and image sizes."""
+
+    def test_layout_and_list(self):
+        root = e2e.dataset()
+        classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        self.assertEqual(classes, [f"class_{c:03d}" for c in range(e2e.DATASET_CLASSES)])
+        images = sorted(glob.glob(os.path.join(root, "class_*", "*.jpg")))
+        self.assertEqual(len(images), e2e.DATASET_COUNT)
+        lines = e2e.read_lines(os.path.join(root, "labels.lst"))
+        self.assertEqual(len(lines), e2e.DATASET_COUNT)
+        listed = []
+        for i, line in enumerate(lines):
+            fields = line.split("\t")
+            self.assertEqual(len(fields), 3, line)
+            index, label, path = fields
+            self.assertEqual(int(index), i)
+            # Class c holds images i with c <= i * classes / count < c + 1.
+            expected_label = i * e2e.DATASET_CLASSES // e2e.DATASET_COUNT
+            self.assertEqual(label, f"{expected_label:f}")
+            self.assertEqual(path.split("/")[0], f"class_{expected_label:03d}")
+            self.assertTrue(os.path.isfile(os.path.join(root, path)), path)
+            listed.append(os.path.join(root, path))
+        self.assertEqual(sorted(listed), images)
+        self.assertEqual(listed, images, "a sorted walk must visit the images in list order")
+
+    def test_stdout_reports_the_count(self):
+        root = os.path.join(e2e.new_dir("ds"), "small")
+        result = self.millrace("make-dataset", root, "--count", "6", "--classes", "2", expect=0)
+        self.assertRegex(result.stdout, r"\b6 images\b")
+        self.assertEqual(len(glob.glob(os.path.join(root, "class_*", "*.jpg"))), 6)
+
+    def test_imagenet_sizes(self):
+        portrait = 0
+        for path in sorted(glob.glob(os.path.join(e2e.dataset(), "class_*", "*.jpg"))):
+            width, height = e2e.jpeg_size(path)
+            short, long = min(width, height), max(width, height)
+            self.assertTrue(333 <= short <= 500, f"{path}: {width}x{height}")
+            self.assertLessEqual(long / short, 16 / 9 + 0.01, f"{path}: {width}x{height}")
+            portrait += height > width
+        self.assertGreater(portrait, 0, "a quarter of the images should be portrait")
+        self.assertLess(portrait, e2e.DATASET_COUNT // 2)
+
+    def test_large_size(self):
+        import cv2  # only this test needs OpenCV, as a second opinion on the header
+        root = os.path.join(e2e.new_dir("large"), "large")
+        self.millrace("make-dataset", root, "--count", "3", "--classes", "1", "--size", "large",
+                      expect=0)
+        paths = sorted(glob.glob(os.path.join(root, "class_*", "*.jpg")))
+        self.assertEqual(len(paths), 3)
+        for path in paths[:2]:
+            width, height = e2e.jpeg_size(path)
+            self.assertTrue(1200 <= max(width, height) <= 2800, f"{path}: {width}x{height}")
+            self.assertLessEqual(max(width, height) / min(width, height), 16 / 9 + 0.01)
+            decoded = cv2.imread(path, cv2.IMREAD_COLOR)
+            self.assertEqual(decoded.shape[:2], (height, width))
+
+    def test_same_seed_same_bytes_other_seed_other_bytes(self):
+        work = e2e.new_dir("seeds")
+
+        def make(name, seed):
+            root = os.path.join(work, name)
+            self.millrace("make-dataset", root, "--count", "4", "--classes", "2", "--seed", seed,
+                          expect=0)
+            out = {}
+            for path in sorted(glob.glob(os.path.join(root, "**", "*"), recursive=True)):
+                if os.path.isfile(path):
+                    with open(path, "rb") as f:
+                        out[os.path.relpath(path, root)] = f.read()
+            return out
+
+        a, b, c = make("a", "5"), make("b", "5"), make("c", "6")
+        self.assertEqual(a, b)
+        self.assertEqual(sorted(a), sorted(c))
+        self.assertTrue(all(a[n] != c[n] for n in a if n.endswith(".jpg")))
+
+
+if __name__ == "__main__":
+    e2e.main()
