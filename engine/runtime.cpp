@@ -87,7 +87,7 @@ class FlowGraph {
     int capacity = 1;  // tokens of the edge into this step
     bool sequenced = false;
     bool window_end = false;  // returns the source's window tokens (the batch step)
-    bool finished = false;
+    std::atomic<bool> finished{false};  // set by the step's last body, read after the run
     std::unique_ptr<flow::queue_node<Msg>> queue;  // a sequencer_node when sequenced
     std::unique_ptr<flow::buffer_node<Token>> tokens;
     std::unique_ptr<Join> join;
@@ -565,7 +565,7 @@ void Pipeline::Impl::run_graph() {
     fail(std::string("pipeline failed: ") + e.what());
   }
   end_ns_.store(nanos_since(created_), std::memory_order_relaxed);
-  if (!cancelled_.load() && error_.empty() && !ended_.load()) {
+  if (!cancelled_.load() && !ended_.load()) {
     std::lock_guard<std::mutex> lock(report_mutex_);
     if (error_.empty()) error_ = "pipeline stopped before its end of stream";
   }
@@ -609,6 +609,13 @@ std::optional<Batch> Pipeline::Impl::next() {
     BatchData* b = nullptr;
     if (flow_->ready_.pop(b)) {
       if (b == kEndOfStream) {
+        // The end of stream arrives just before the graph winds down: wait for that, so that
+        // stats() taken after the last next() are final (and the sinks have finished).
+        for (;;) {
+          const std::uint64_t seen = signal_.load(std::memory_order_acquire);
+          if (done_.load(std::memory_order_acquire)) break;
+          signal_.wait(seen, std::memory_order_acquire);
+        }
         std::lock_guard<std::mutex> lock(report_mutex_);
         if (!error_.empty()) throw RunError(error_);
         return std::nullopt;
