@@ -45,7 +45,9 @@ std::string_view step_kind_name(StepKind kind) {
   return "?";
 }
 
-BatchData* const kEndOfStream = reinterpret_cast<BatchData*>(alignof(BatchData));
+// The consumer queue holds batch pointers; this one address marks the end of the stream.
+BatchData end_of_stream_marker;
+BatchData* const kEndOfStream = &end_of_stream_marker;
 
 }  // namespace
 
@@ -86,7 +88,7 @@ class FlowGraph {
     int concurrency = 1;
     int capacity = 1;  // tokens of the edge into this step
     bool sequenced = false;
-    bool window_end = false;  // returns the source's window tokens (the batch step)
+    bool window_end = false;            // returns the source's window tokens (the batch step)
     std::atomic<bool> finished{false};  // set by the step's last body, read after the run
     std::unique_ptr<flow::queue_node<Msg>> queue;  // a sequencer_node when sequenced
     std::unique_ptr<flow::buffer_node<Token>> tokens;

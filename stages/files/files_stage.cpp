@@ -12,6 +12,7 @@
 #include <fstream>
 #include <numeric>
 #include <sstream>
+#include <system_error>
 
 #include "engine/random.hpp"
 
@@ -237,7 +238,9 @@ SourceStatus FilesSource::next(Sample& sample) {
 
 void FilesSource::load(Sample& sample) const {
   const int fd = ::open(sample.path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw SampleError("cannot open file: " + std::string(std::strerror(errno)));
+  if (fd < 0)
+    throw SampleError("cannot open file: " +
+                      std::string(std::error_code(errno, std::generic_category()).message()));
   struct stat st {};
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
@@ -249,7 +252,8 @@ void FilesSource::load(Sample& sample) const {
     const ssize_t n = ::read(fd, sample.bytes.data() + done, sample.bytes.size() - done);
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
-      const std::string reason = n < 0 ? std::strerror(errno) : "file shrank while reading";
+      const std::string reason = n < 0 ? std::error_code(errno, std::generic_category()).message()
+                                       : "file shrank while reading";
       ::close(fd);
       throw SampleError("cannot read file: " + reason);
     }

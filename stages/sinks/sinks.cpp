@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <system_error>
 
 #include "engine/json.hpp"
 
@@ -11,7 +12,8 @@ namespace millrace {
 namespace {
 
 std::string io_error(const std::string& path, const char* what) {
-  return path + ": cannot " + what + ": " + std::strerror(errno);
+  return path + ": cannot " + what + ": " +
+         std::error_code(errno, std::generic_category()).message();
 }
 
 const char* npy_descr(DType dtype) {
