@@ -547,6 +547,7 @@ Pipeline::Impl::Impl(PipelinePlan plan, std::vector<Diagnostic> warnings, Clock:
   expected_samples_ = source.total_samples();
   flow_ = std::make_unique<FlowGraph>(*this);
   flow_->build();
+  built_ns_ = nanos_since(created_);
 }
 
 Pipeline::Impl::~Impl() {
@@ -556,7 +557,8 @@ Pipeline::Impl::~Impl() {
 
 void Pipeline::Impl::start() {
   if (started_.exchange(true)) return;
-  start_time_ = Clock::now();
+  // Time between building and starting is the caller's, not start-up: leave it out of the clock.
+  idle_ns_.store(nanos_since(created_) - built_ns_);
   runner_ = std::thread([this] { run_graph(); });
 }
 
@@ -714,10 +716,12 @@ RunStats Pipeline::Impl::build_stats(bool final) const {
   s.batches = batches_.load();
   s.samples_read = samples_read_.load();
   s.expected_samples = expected_samples_;
-  const std::int64_t end = final && end_ns_.load() >= 0 ? end_ns_.load() : nanos_since(created_);
+  const std::int64_t idle = idle_ns_.load();
+  const std::int64_t end =
+      (final && end_ns_.load() >= 0 ? end_ns_.load() : nanos_since(created_)) - idle;
   s.seconds = static_cast<double>(end) * 1e-9;
   const std::int64_t first_item = first_item_ns_.load();
-  s.startup_seconds = static_cast<double>(first_item >= 0 ? first_item : end) * 1e-9;
+  s.startup_seconds = static_cast<double>(first_item >= 0 ? first_item - idle : end) * 1e-9;
   const std::int64_t first = first_batch_ns_.load();
   const std::int64_t last = last_batch_ns_.load();
   if (first >= 0 && last > first) {

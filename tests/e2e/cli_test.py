@@ -409,6 +409,8 @@ class ReferenceTest(CliCase):
         for key in ("type", "name", "concurrency", "on_error"):
             self.assertIn(key, self.reference["every stage"])
         for kind in STAGE_TYPES:
+            if kind != "discard":
+                self.assertTrue(self.reference[kind], f"{kind} lists no keys")
             for key, default in self.reference[kind].items():
                 self.assertTrue(default, f"{kind}.{key} has no default text")
         self.assertEqual(self.reference["npy"]["dir"], "(required)")
@@ -605,6 +607,9 @@ stages:
 
     def test_skipped_list_names_exactly_the_bad_files_with_reasons(self):
         skipped = self.skip_summary["skipped"]
+        for entry in skipped:
+            self.assertIn("path", entry)
+            self.assertIn("error", entry)
         names = sorted(os.path.basename(s["path"]) for s in skipped)
         self.assertEqual(names, sorted(self.BAD + (self.MISSING,)), skipped)
         for entry in skipped:
