@@ -216,12 +216,17 @@ int cmd_make_dataset(const Args& a) {
     throw UsageError("--size expects imagenet or large, got '" + a.size + "'");
   }
   const bool tty = isatty(STDERR_FILENO) == 1;
-  auto report = datasets::make_dataset(spec, [&](int done, int total) {
-    if (tty && (done % 20 == 0 || done == total)) {
-      std::fprintf(stderr, "\r\033[Kmake-dataset: %d/%d images", done, total);
-      if (done == total) std::fprintf(stderr, "\n");
-    }
-  });
+  datasets::DatasetReport report;
+  try {
+    report = datasets::make_dataset(spec, [&](int done, int total) {
+      if (tty && (done % 20 == 0 || done == total)) {
+        std::fprintf(stderr, "\r\033[Kmake-dataset: %d/%d images", done, total);
+        if (done == total) std::fprintf(stderr, "\n");
+      }
+    });
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(std::string("make-dataset: ") + e.what());
+  }
   std::printf("%s: %d images (%d from photos, %d procedural), %.1f MB, list %s\n", spec.dir.c_str(),
               report.images, report.from_photos, report.procedural,
               static_cast<double>(report.bytes) / 1e6, report.list_path.c_str());

@@ -1,6 +1,7 @@
 #include "engine/runtime.hpp"
 
 #include <oneapi/tbb/flow_graph.h>
+#include <oneapi/tbb/global_control.h>
 #include <oneapi/tbb/task_arena.h>
 
 #include <boost/lockfree/spsc_queue.hpp>
@@ -111,6 +112,7 @@ class FlowGraph {
 
   Pipeline::Impl& owner_;
   PipelinePlan& plan_;
+  std::unique_ptr<oneapi::tbb::global_control> parallelism_;
   std::unique_ptr<oneapi::tbb::task_arena> arena_;
   std::unique_ptr<flow::graph> graph_;
   std::unique_ptr<flow::input_node<Msg>> source_;
@@ -220,6 +222,14 @@ void FlowGraph::build() {
       "batch", batch_tokens + static_cast<std::size_t>(plan_.prefetch) +
                    2 * (static_cast<std::size_t>(window_capacity_) + 3));
 
+  // TBB caps its workers at the core count unless told otherwise; a pipeline asking for more
+  // threads gets them (for I/O-bound sources, or to measure oversubscription) for its lifetime.
+  const auto cores = static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
+  if (plan_.threads > cores) {
+    parallelism_ = std::make_unique<oneapi::tbb::global_control>(
+        oneapi::tbb::global_control::max_allowed_parallelism,
+        static_cast<std::size_t>(plan_.threads));
+  }
   arena_ = std::make_unique<oneapi::tbb::task_arena>(plan_.threads);
   arena_->execute([&] {
     graph_ = std::make_unique<flow::graph>();
@@ -564,6 +574,7 @@ void Pipeline::Impl::start() {
 
 void Pipeline::Impl::run_graph() {
   try {
+    for (auto& s : plan_.stages) s.stage->open();
     flow_->run();
   } catch (const std::exception& e) {
     fail(std::string("pipeline failed: ") + e.what());

@@ -64,6 +64,10 @@ class Stage {
   // Called once, after every stage is constructed and before any item flows, on the thread that
   // builds the pipeline. Slow start-up work (scanning a folder, loading a model) belongs here.
   virtual void prepare() {}
+  // Called once when the run starts, before the first item, on the engine's thread. Side effects
+  // that only a run may have (creating output folders, truncating files) belong here, not in
+  // prepare(): building a pipeline to validate or draw it must leave the disk alone.
+  virtual void open() {}
   // Called once after the last item, on the engine's thread; sinks flush files here.
   virtual void finish() {}
 

@@ -91,7 +91,7 @@ NpySink::~NpySink() {
   if (index_ != nullptr) std::fclose(index_);
 }
 
-void NpySink::prepare() {
+void NpySink::open() {
   std::error_code ec;
   std::filesystem::create_directories(params_.dir, ec);
   if (ec) {

@@ -1,7 +1,7 @@
 // Sinks: stages that consume batches and pass them on unchanged.
 //
-// Contract: serial; consume() sees batches in stream order. `npy` creates its folder in
-// prepare() (missing parents included) and writes one pair of .npy files per batch plus one line
+// Contract: serial; consume() sees batches in stream order. `npy` creates its folder when the run
+// opens (missing parents included) and writes one pair of .npy files per batch plus one line
 // of batches.jsonl; finish() flushes. `discard` only counts.
 #pragma once
 
@@ -29,7 +29,7 @@ class NpySink final : public SinkStage {
   NpySink(StageContext context, Params params);
   ~NpySink() override;
 
-  void prepare() override;
+  void open() override;
   void consume(const BatchData& batch) override;
   void finish() override;
 

@@ -228,7 +228,7 @@ TEST(NpySink, WritesDataLabelsAndAnIndexLinePerBatch) {
   NpySink::Params params;
   params.dir = out.string();
   NpySink sink(npy_context(), params);
-  sink.prepare();
+  sink.open();
   EXPECT_TRUE(fs::is_directory(out));
   sink.consume(int8_batch());
   sink.consume(uint8_batch());
@@ -287,7 +287,7 @@ TEST(NpySink, BatchIndexNamesTheFiles) {
   NpySink::Params params;
   params.dir = dir.path().string();
   NpySink sink(npy_context(), params);
-  sink.prepare();
+  sink.open();
   BatchData b = uint8_batch();
   b.index = 1234567;
   sink.consume(b);
@@ -304,7 +304,7 @@ TEST(NpySink, ARerunReplacesTheIndex) {
   params.dir = dir.path().string();
   for (int run = 0; run < 2; ++run) {
     NpySink sink(npy_context(), params);
-    sink.prepare();
+    sink.open();
     sink.consume(int8_batch());
     sink.finish();
   }
@@ -319,7 +319,7 @@ TEST(NpySink, FolderThatCannotBeCreatedFailsInPrepare) {
   params.dir = (dir.path() / "file" / "sub").string();
   NpySink sink(npy_context(), params);
   try {
-    sink.prepare();
+    sink.open();
     FAIL() << "no error";
   } catch (const std::runtime_error& e) {
     EXPECT_NE(std::string(e.what()).find(params.dir), std::string::npos) << e.what();
@@ -340,7 +340,7 @@ TEST(NpySink, ThroughTheRegistry) {
     ASSERT_NE(stage, nullptr);
     auto* sink = dynamic_cast<SinkStage*>(stage.get());
     ASSERT_NE(sink, nullptr);
-    sink->prepare();
+    sink->open();
     sink->consume(int8_batch());
     sink->finish();
     EXPECT_TRUE(fs::is_regular_file(dir.path() / "x" / "batch_000000_data.npy"));
