@@ -13,6 +13,7 @@
 
 #include "cli/progress.hpp"
 #include "datasets/make_dataset.hpp"
+#include "millrace/distributed.hpp"
 #include "millrace/pipeline.hpp"
 #include "millrace/report.hpp"
 
@@ -134,12 +135,14 @@ void print_diagnostics(const std::vector<Diagnostic>& diagnostics) {
 }
 
 int cmd_run(const Args& a) {
+  const ProcessGroup& group = process_group();
+  const bool leader = group.rank == 0;
   Pipeline p = Pipeline::from_file(config_arg(a, "run"), a.overrides);
-  print_diagnostics(p.warnings());
-  RunStats stats;
+  if (leader) print_diagnostics(p.warnings());
   std::string failure;
   {
-    ProgressReporter progress(p, a.quiet);
+    // Under MPI only rank 0 draws progress, so that the ranks' lines do not interleave.
+    ProgressReporter progress(p, a.quiet || !leader);
     try {
       while (auto batch = p.next()) {
       }
@@ -147,11 +150,28 @@ int cmd_run(const Args& a) {
       failure = e.what();
     }
   }
-  stats = p.stats();
-  std::cout << format_summary(p.name(), stats);
-  if (!a.json.empty()) write_file(a.json, summary_json(p.name(), stats));
+  const RunStats stats = p.stats();
+  if (group.world > 1) {
+    const std::vector<RunStats> ranks = gather_run_stats(stats);
+    if (leader) {
+      std::cout << format_summary(p.name() + " (" + std::to_string(group.world) +
+                                      " ranks; the stage table is rank 0's)",
+                                  combine_run_stats(ranks));
+      for (const auto& r : ranks) {
+        std::printf("  rank %d: part %d/%d, %llu images, %.1f images/s%s%s\n", r.rank, r.part_index,
+                    r.num_parts, static_cast<unsigned long long>(r.images), r.images_per_second,
+                    r.error.empty() ? "" : ", failed: ", r.error.c_str());
+      }
+      if (!a.json.empty()) write_file(a.json, ranks_summary_json(p.name(), ranks));
+    }
+  } else {
+    std::cout << format_summary(p.name(), stats);
+    if (!a.json.empty()) write_file(a.json, summary_json(p.name(), stats));
+  }
   if (!failure.empty()) {
-    std::cerr << "millrace: run failed: " << failure << "\n";
+    std::cerr << "millrace: run failed"
+              << (group.world > 1 ? " on rank " + std::to_string(group.rank) : std::string())
+              << ": " << failure << "\n";
     return kRunFailed;
   }
   return ProgressReporter::interrupted() ? kInterrupted : kOk;
@@ -235,7 +255,16 @@ int cmd_make_dataset(const Args& a) {
 
 }  // namespace
 
+// Every command; main() wraps it so that MPI, when a launcher started us, is finalised on return.
+int run_command(int argc, char** argv);
+
 int main(int argc, char** argv) {
+  const int code = run_command(argc, argv);
+  shutdown_process_group();
+  return code;
+}
+
+int run_command(int argc, char** argv) {
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0 ||
       std::strcmp(argv[1], "help") == 0) {
     std::cout << kUsage;

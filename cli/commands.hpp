@@ -5,5 +5,6 @@
 namespace millrace::cli {
 
 int main(int argc, char** argv);
+int run_command(int argc, char** argv);
 
 }  // namespace millrace::cli

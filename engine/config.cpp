@@ -409,7 +409,7 @@ void check_structure(PipelinePlan& plan, const ConfigNode& stages_node, Diagnost
 }  // namespace
 
 PipelinePlan parse_pipeline(ConfigNode root, const std::vector<std::string>& overrides,
-                            const Registry& registry, Diagnostics& d) {
+                            const Registry& registry, Diagnostics& d, int rank, int world) {
   PipelinePlan plan;
   plan.file = root.where.file;
   if (!root.is_map()) {
@@ -492,6 +492,8 @@ PipelinePlan parse_pipeline(ConfigNode root, const std::vector<std::string>& ove
     context.seed = plan.seed;
     context.stage_key = stable_hash(s.name);
     context.pipeline_threads = plan.threads;
+    context.rank = rank;
+    context.world = world;
     std::vector<std::string> engine_keys{"type", "name", "concurrency", "queue"};
     if (s.factory->info().per_sample_errors) engine_keys.emplace_back("on_error");
     s.stage = s.factory->create(node, context, engine_keys, d);

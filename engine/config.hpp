@@ -49,7 +49,9 @@ std::vector<ParamDoc> pipeline_key_docs();
 // Keys every stage has, handled by the engine.
 std::vector<ParamDoc> common_stage_key_docs();
 
+// `rank` and `world` place this process in a multi-process run (see millrace/distributed.hpp).
 PipelinePlan parse_pipeline(ConfigNode root, const std::vector<std::string>& overrides,
-                            const Registry& registry, Diagnostics& diagnostics);
+                            const Registry& registry, Diagnostics& diagnostics, int rank = 0,
+                            int world = 1);
 
 }  // namespace millrace

@@ -1,3 +1,4 @@
+#include "millrace/distributed.hpp"
 #include "millrace/pipeline.hpp"
 
 #include <fstream>
@@ -77,7 +78,9 @@ std::unique_ptr<Pipeline::Impl> build(std::string_view yaml, const std::string& 
   ConfigNode root = load_config_document(yaml, source_name, diagnostics);
   PipelinePlan plan;
   if (!diagnostics.has_errors()) {
-    plan = parse_pipeline(std::move(root), overrides, registry, diagnostics);
+    const ProcessGroup& group = process_group();
+    plan = parse_pipeline(std::move(root), overrides, registry, diagnostics, group.rank,
+                          group.world);
   }
   diagnostics.throw_if_errors();
   return std::make_unique<Pipeline::Impl>(std::move(plan), diagnostics.warnings(), created);

@@ -2,6 +2,7 @@
 
 #include <oneapi/tbb/flow_graph.h>
 #include <oneapi/tbb/global_control.h>
+#include <oneapi/tbb/info.h>
 #include <oneapi/tbb/task_arena.h>
 
 #include <boost/lockfree/spsc_queue.hpp>
@@ -224,8 +225,8 @@ void FlowGraph::build() {
 
   // TBB caps its workers at the core count unless told otherwise; a pipeline asking for more
   // threads gets them (for I/O-bound sources, or to measure oversubscription) for its lifetime.
-  const auto cores = static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
-  if (plan_.threads > cores) {
+  // TBB's default respects the process's CPU affinity (an MPI launcher may bind a rank to one core).
+  if (plan_.threads > oneapi::tbb::info::default_concurrency()) {
     parallelism_ = std::make_unique<oneapi::tbb::global_control>(
         oneapi::tbb::global_control::max_allowed_parallelism,
         static_cast<std::size_t>(plan_.threads));
@@ -723,6 +724,9 @@ RunStats Pipeline::Impl::stats() const { return build_stats(done_.load()); }
 RunStats Pipeline::Impl::build_stats(bool final) const {
   RunStats s;
   s.threads = plan_.threads;
+  s.rank = plan_.stages.front().stage->context().rank;
+  std::tie(s.part_index, s.num_parts) =
+      static_cast<const SourceStage&>(*plan_.stages.front().stage).part();
   s.images = images_.load();
   s.batches = batches_.load();
   s.samples_read = samples_read_.load();

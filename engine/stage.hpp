@@ -40,6 +40,10 @@ struct StageContext {
   std::uint64_t seed = 0;       // pipeline.seed, for stages that draw random numbers
   std::uint64_t stage_key = 0;  // stable hash of `name`: separates the random streams of stages
   int pipeline_threads = 1;
+  // The process's place in a multi-process run (MPI); a single process is rank 0 of 1. Sources
+  // shard by it unless configured otherwise; file sinks write under `rank<k>/` when world > 1.
+  int rank = 0;
+  int world = 1;
 };
 
 // Lets a stage report things that are not errors while it runs. Thread-safe.
@@ -89,6 +93,8 @@ class SourceStage : public Stage {
   virtual bool has_load() const { return false; }
   // Samples per epoch and epochs, when known (for progress, ETA and max_errors fractions).
   virtual std::optional<std::uint64_t> total_samples() const { return std::nullopt; }
+  // The part of the dataset this source reads: {part_index, num_parts}.
+  virtual std::pair<int, int> part() const { return {0, 1}; }
 };
 
 class TransformStage : public Stage {

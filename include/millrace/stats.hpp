@@ -43,6 +43,9 @@ struct RunStats {
   std::vector<std::string> warnings;   // decoder warnings and the like, with their samples
   std::vector<StageStats> stages;
   int threads = 0;
+  int rank = 0;        // this process's MPI rank (0 without MPI)
+  int part_index = 0;  // the dataset part the source read
+  int num_parts = 1;
   bool finished = false;
   bool cancelled = false;
   std::string error;  // non-empty when the run failed

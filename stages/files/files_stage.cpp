@@ -132,6 +132,13 @@ std::vector<FileEntry> scan_image_folder(const std::string& root) {
   return entries;
 }
 
+std::pair<std::size_t, std::size_t> part_range(std::size_t count, int num_parts, int part_index) {
+  const auto parts = static_cast<std::size_t>(num_parts);
+  const auto k = static_cast<std::size_t>(part_index);
+  const std::size_t step = (count + parts - 1) / parts;
+  return {std::min(count, k * step), std::min(count, (k + 1) * step)};
+}
+
 StageInfo FilesSource::info() {
   return {"files",
           "image files from a folder tree (label = sorted class sub-folder) or an im2rec .lst list",
@@ -156,6 +163,12 @@ const Schema<FilesSource::Params>& FilesSource::schema() {
     s.integer("epochs", &Params::epochs, "passes over the dataset", 1, 1 << 20);
     s.integer64("limit", &Params::limit, "use only the first N entries of the dataset (0: all)", 0,
                 std::numeric_limits<std::int64_t>::max());
+    s.integer("num_parts", &Params::num_parts,
+              "split the dataset into this many parts (MXNet semantics: by count); 0: one part "
+              "per process of an MPI run",
+              0, 1 << 20);
+    s.integer("part_index", &Params::part_index,
+              "the part this process reads, 0-based; -1: the process's MPI rank", -1, 1 << 20);
     return s;
   }();
   return schema;
@@ -163,6 +176,12 @@ const Schema<FilesSource::Params>& FilesSource::schema() {
 
 void FilesSource::check(const Params& p, const ConfigNode& node, const std::string& where,
                         Diagnostics& d) {
+  if (p.num_parts > 0 && p.part_index >= p.num_parts) {
+    const ConfigNode* n = node.find("part_index");
+    d.error(n != nullptr ? n->where : node.where,
+            where + ": 'part_index' " + std::to_string(p.part_index) +
+                " is not below 'num_parts' " + std::to_string(p.num_parts));
+  }
   const ConfigNode* root = node.find("root");
   std::error_code ec;
   if (!fs::is_directory(p.root, ec)) {
@@ -199,9 +218,25 @@ void FilesSource::prepare() {
   if (params_.limit > 0 && entries_.size() > static_cast<std::size_t>(params_.limit)) {
     entries_.resize(static_cast<std::size_t>(params_.limit));
   }
+  const int parts = params_.num_parts > 0 ? params_.num_parts : context().world;
+  const int part = params_.part_index >= 0 ? params_.part_index : context().rank;
+  if (part >= parts) {
+    throw std::runtime_error("stage '" + name() + "': part_index " + std::to_string(part) +
+                             " is not below num_parts " + std::to_string(parts));
+  }
+  part_index_ = part;
+  num_parts_ = parts;
+  if (parts > 1) {
+    const auto [begin, end] = part_range(entries_.size(), parts, part);
+    entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(end), entries_.end());
+    entries_.erase(entries_.begin(), entries_.begin() + static_cast<std::ptrdiff_t>(begin));
+  }
   if (entries_.empty()) {
-    throw std::runtime_error("stage '" + name() + "': no images found in '" +
-                             (params_.list.empty() ? params_.root : params_.list) + "'");
+    throw std::runtime_error(
+        "stage '" + name() + "': no images found in '" +
+        (params_.list.empty() ? params_.root : params_.list) + "'" +
+        (parts > 1 ? " for part " + std::to_string(part) + " of " + std::to_string(parts)
+                   : std::string()));
   }
   order_.resize(entries_.size());
 }

@@ -1,5 +1,8 @@
 // `files`: the source that reads image files from a folder tree or an im2rec .lst list.
 //
+// `num_parts` / `part_index` shard the dataset with MXNet's semantics (after `limit`); the
+// shuffle then permutes the part.
+//
 // Contract: next() runs serially on one worker (cheap: it only fills a sample's id, path and
 // labels); load() reads the file's bytes and runs concurrently on different samples. The file
 // list is built once, in prepare(), and never changes during a run. Shuffling draws a new
@@ -30,6 +33,9 @@ std::vector<FileEntry> read_image_list(const std::string& list_path, const std::
 // of the sorted top-level sub-folder the file is in (0 when root has no sub-folders); sample id =
 // position in the list sorted by relative path.
 std::vector<FileEntry> scan_image_folder(const std::string& root);
+// MXNet's partition by record count: part k of n holds entries [k*step, min(N, (k+1)*step)) with
+// step = ceil(N / n). Every entry lands in exactly one part.
+std::pair<std::size_t, std::size_t> part_range(std::size_t count, int num_parts, int part_index);
 
 class FilesSource final : public SourceStage {
  public:
@@ -41,6 +47,8 @@ class FilesSource final : public SourceStage {
     std::int64_t seed = -1;
     int epochs = 1;
     std::int64_t limit = 0;
+    int num_parts = 0;    // 0: the number of processes in the run (1 without MPI)
+    int part_index = -1;  // -1: this process's rank
   };
   static StageInfo info();
   static const Schema<Params>& schema();
@@ -54,6 +62,7 @@ class FilesSource final : public SourceStage {
   void load(Sample& sample) const override;
   bool has_load() const override { return true; }
   std::optional<std::uint64_t> total_samples() const override;
+  std::pair<int, int> part() const override { return {part_index_, num_parts_}; }
 
   const std::vector<FileEntry>& entries() const { return entries_; }
 
@@ -67,6 +76,8 @@ class FilesSource final : public SourceStage {
   std::size_t position_ = 0;
   int epoch_ = 0;
   bool epoch_open_ = false;
+  int part_index_ = 0;
+  int num_parts_ = 1;
 };
 
 }  // namespace millrace

@@ -536,3 +536,38 @@ TEST(FilesSource, ConfigChecksReportLocatedErrors) {
 
 }  // namespace
 }  // namespace millrace
+
+namespace millrace {
+namespace {
+
+TEST(PartRange, EveryEntryLandsInExactlyOnePart) {
+  for (std::size_t n = 0; n <= 53; ++n) {
+    for (int parts = 1; parts <= 7; ++parts) {
+      std::vector<int> owner(n, -1);
+      std::size_t previous_end = 0;
+      for (int k = 0; k < parts; ++k) {
+        const auto [begin, end] = part_range(n, parts, k);
+        EXPECT_EQ(begin, previous_end) << n << " " << parts << " " << k;  // contiguous, in order
+        EXPECT_LE(end - begin,
+                  (n + static_cast<std::size_t>(parts) - 1) / static_cast<std::size_t>(parts));
+        for (std::size_t i = begin; i < end; ++i) {
+          EXPECT_EQ(owner[i], -1);
+          owner[i] = k;
+        }
+        previous_end = end;
+      }
+      EXPECT_EQ(previous_end, n);
+      for (int o : owner) EXPECT_GE(o, 0);
+    }
+  }
+}
+
+TEST(PartRange, MatchesMxnetNstep) {
+  // MXNet: nstep = ceil(10 / 3) = 4: parts [0, 4), [4, 8), [8, 10).
+  EXPECT_EQ(part_range(10, 3, 0), (std::pair<std::size_t, std::size_t>{0, 4}));
+  EXPECT_EQ(part_range(10, 3, 1), (std::pair<std::size_t, std::size_t>{4, 8}));
+  EXPECT_EQ(part_range(10, 3, 2), (std::pair<std::size_t, std::size_t>{8, 10}));
+}
+
+}  // namespace
+}  // namespace millrace

@@ -77,7 +77,7 @@ const Schema<NpySink::Params>& NpySink::schema() {
     Schema<Params> s;
     s.string("dir", &Params::dir,
              "output folder (created if missing): batch_<k:06d>_data.npy, batch_<k:06d>_label.npy, "
-             "batches.jsonl")
+             "batches.jsonl; under MPI each rank writes in rank<k>/ inside it")
         .required();
     return s;
   }();
@@ -85,7 +85,10 @@ const Schema<NpySink::Params>& NpySink::schema() {
 }
 
 NpySink::NpySink(StageContext context, Params params)
-    : SinkStage(std::move(context)), params_(std::move(params)) {}
+    : SinkStage(std::move(context)), params_(std::move(params)) {
+  dir_ = this->context().world > 1 ? params_.dir + "/rank" + std::to_string(this->context().rank)
+                                   : params_.dir;
+}
 
 NpySink::~NpySink() {
   if (index_ != nullptr) std::fclose(index_);
@@ -93,12 +96,12 @@ NpySink::~NpySink() {
 
 void NpySink::open() {
   std::error_code ec;
-  std::filesystem::create_directories(params_.dir, ec);
+  std::filesystem::create_directories(dir_, ec);
   if (ec) {
-    throw std::runtime_error("stage '" + name() + "': cannot create folder '" + params_.dir +
+    throw std::runtime_error("stage '" + name() + "': cannot create folder '" + dir_ +
                              "': " + ec.message());
   }
-  const std::string index = params_.dir + "/batches.jsonl";
+  const std::string index = dir_ + "/batches.jsonl";
   index_ = std::fopen(index.c_str(), "w");
   if (index_ == nullptr) throw std::runtime_error(io_error(index, "create"));
 }
@@ -106,7 +109,7 @@ void NpySink::open() {
 void NpySink::consume(const BatchData& b) {
   char stem[32];
   std::snprintf(stem, sizeof stem, "/batch_%06llu", static_cast<unsigned long long>(b.index));
-  const std::string base = params_.dir + stem;
+  const std::string base = dir_ + stem;
   write_npy(base + "_data.npy", b.data.dtype, b.data.shape.data(), b.data.rank,
             b.data.storage.data(), b.data.bytes());
   const std::int64_t label_shape[2] = {static_cast<std::int64_t>(b.rows), b.label_width};
@@ -136,13 +139,13 @@ void NpySink::consume(const BatchData& b) {
   line_ = json.str();
   line_ += '\n';
   if (std::fwrite(line_.data(), 1, line_.size(), index_) != line_.size()) {
-    throw std::runtime_error(io_error(params_.dir + "/batches.jsonl", "write"));
+    throw std::runtime_error(io_error(dir_ + "/batches.jsonl", "write"));
   }
 }
 
 void NpySink::finish() {
   if (index_ != nullptr && std::fflush(index_) != 0) {
-    throw std::runtime_error(io_error(params_.dir + "/batches.jsonl", "write"));
+    throw std::runtime_error(io_error(dir_ + "/batches.jsonl", "write"));
   }
 }
 

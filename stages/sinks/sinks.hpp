@@ -35,6 +35,7 @@ class NpySink final : public SinkStage {
 
  private:
   Params params_;
+  std::string dir_;  // params_.dir, or its rank<k>/ sub-folder in a multi-process run
   std::FILE* index_ = nullptr;
   std::string line_;
 };
