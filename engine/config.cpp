@@ -117,6 +117,8 @@ std::string_view shape_name(StageShape shape) {
       return "transform";
     case StageShape::kBatch:
       return "batch";
+    case StageShape::kBatchTransform:
+      return "batch transform";
     case StageShape::kSink:
       return "sink";
   }
@@ -397,6 +399,10 @@ void check_structure(PipelinePlan& plan, const ConfigNode& stages_node, Diagnost
     if (shape == StageShape::kTransform && batch_index >= 0) {
       d.error(s.where, where + ": sample transforms come before the batch stage");
     }
+    if (shape == StageShape::kBatchTransform && batch_index < 0) {
+      d.error(s.where, where + ": a batch transform works on batches, so it comes after the batch "
+                               "stage");
+    }
     if (shape == StageShape::kSink && batch_index < 0) {
       d.error(s.where, where + ": a sink consumes batches, so it comes after the batch stage");
     }
@@ -502,6 +508,13 @@ PipelinePlan parse_pipeline(ConfigNode root, const std::vector<std::string>& ove
   // With a stage whose type is unknown the order cannot be judged: any structural error would be
   // an echo of the one already reported.
   if (all_types_known) check_structure(plan, *stages, d);
+  if (!d.has_errors()) {
+    std::vector<Stage*> upstream;
+    for (auto& s : plan.stages) {
+      s.stage->link(upstream, d);
+      upstream.push_back(s.stage.get());
+    }
+  }
   return plan;
 }
 

@@ -99,6 +99,9 @@ struct BatchData {
   std::vector<std::uint64_t> ids;
   std::vector<std::string> paths;
   Quantization quantization;
+  // What a batch transform computed for each row (a network's logits): rows x output_width.
+  std::vector<float> outputs;
+  int output_width = 0;
 
   void reset() {
     index = 0;
@@ -107,6 +110,7 @@ struct BatchData {
     rows = 0;
     pad = 0;
     label_width = 1;
+    output_width = 0;
     // ids, labels, paths and quantization keep their elements: the batch stage overwrites them
     // in place, so nothing is freed and reallocated per batch.
   }

@@ -108,6 +108,7 @@ std::string format_summary(const std::string& name, const RunStats& s) {
                   static_cast<unsigned long long>(st.errors));
     out << line;
   }
+  for (const auto& [key, value] : s.metrics) out << "  " << key << ": " << value << "\n";
   if (!s.skipped.empty()) {
     out << "skipped " << s.skipped.size() << " sample(s):\n";
     for (const auto& k : s.skipped) {
@@ -151,6 +152,9 @@ std::string summary_json(const std::string& name, const RunStats& s) {
   j.key("warnings").begin_array();
   for (const auto& w : s.warnings) j.value(w);
   j.end_array();
+  j.key("metrics").begin_object();
+  for (const auto& [key, value] : s.metrics) j.key(key).value(value);
+  j.end_object();
   j.key("stages").begin_array();
   for (const auto& st : s.stages) {
     j.begin_object().key("name").value(st.name).key("type").value(st.type);

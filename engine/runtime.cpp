@@ -6,6 +6,8 @@
 #include <oneapi/tbb/task_arena.h>
 
 #include <boost/lockfree/spsc_queue.hpp>
+#include <condition_variable>
+#include <deque>
 #include <map>
 #include <sstream>
 
@@ -29,7 +31,7 @@ void bump_peak(std::atomic<std::int64_t>& peak, std::int64_t value) {
   }
 }
 
-enum class StepKind { kLoad, kTransform, kBatch, kSink, kDeliver };
+enum class StepKind { kLoad, kTransform, kBatch, kBatchTransform, kSink, kDeliver };
 
 std::string_view step_kind_name(StepKind kind) {
   switch (kind) {
@@ -39,6 +41,8 @@ std::string_view step_kind_name(StepKind kind) {
       return "transform";
     case StepKind::kBatch:
       return "batch";
+    case StepKind::kBatchTransform:
+      return "batch transform (own thread)";
     case StepKind::kSink:
       return "sink";
     case StepKind::kDeliver:
@@ -58,10 +62,12 @@ BatchData* const kEndOfStream = &end_of_stream_marker;
 template <class Graph, class Emit>
 class StepEmitter final : public BatchEmitter {
  public:
-  StepEmitter(Graph& graph, Emit& emit) : graph_(graph), emit_(emit) {}
+  // `number`: the batch stage numbers the batches it makes; later steps keep their numbers.
+  StepEmitter(Graph& graph, Emit& emit, bool number)
+      : graph_(graph), emit_(emit), number_(number) {}
   BatchData& acquire() override { return *graph_.batches_->acquire(); }
   void emit(BatchData& b) override {
-    b.index = graph_.next_batch_index_++;
+    if (number_) b.index = graph_.next_batch_index_++;
     Msg out;
     out.kind = Msg::Kind::kBatch;
     out.batch = &b;
@@ -74,6 +80,52 @@ class StepEmitter final : public BatchEmitter {
  private:
   Graph& graph_;
   Emit& emit_;
+  bool number_;
+};
+
+// The hand-off to a batch-transform stage's own thread: a queue that TBB's async_node fills
+// without blocking (its length is bounded by the step's input tokens) and the thread drains.
+class StageThread {
+ public:
+  template <class Work>
+  void start(Work work) {
+    thread_ = std::thread([this, work]() mutable {
+      for (;;) {
+        Msg m;
+        {
+          std::unique_lock<std::mutex> lock(mutex_);
+          ready_.wait(lock, [&] { return closed_ || !items_.empty(); });
+          if (items_.empty()) return;
+          m = items_.front();
+          items_.pop_front();
+        }
+        work(m);
+      }
+    });
+  }
+  void push(const Msg& m) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      items_.push_back(m);
+    }
+    ready_.notify_one();
+  }
+  void close() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      closed_ = true;
+    }
+    ready_.notify_one();
+    if (thread_.joinable()) thread_.join();
+  }
+  ~StageThread() { close(); }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<Msg> items_;
+  bool closed_ = false;
+  std::thread thread_;
 };
 
 // The TBB side of a pipeline: one step per node that does work, each fed by a bounded edge.
@@ -96,6 +148,9 @@ class FlowGraph {
     std::unique_ptr<flow::buffer_node<Token>> tokens;
     std::unique_ptr<Join> join;
     std::unique_ptr<Body> body;
+    // A batch-transform step: an async_node instead of `body`, and the stage's own thread.
+    std::unique_ptr<flow::async_node<In, flow::continue_msg>> async_body;
+    std::unique_ptr<StageThread> thread;
     StepCounters counters;
   };
 
@@ -182,6 +237,9 @@ void FlowGraph::build() {
         batch_step = steps_.size();
         add(StepKind::kBatch, 1);
         break;
+      case StageShape::kBatchTransform:
+        add(StepKind::kBatchTransform, 1);
+        break;
       case StageShape::kSink:
         add(StepKind::kSink, 1);
         break;
@@ -219,13 +277,21 @@ void FlowGraph::build() {
     window_capacity_ = static_cast<int>(sample_tokens) + 1;
   }
   samples_ = std::make_unique<ObjectPool<Sample>>("sample", sample_tokens + 2);
+  std::size_t held = 0;  // batches that batch-transform stages may keep beyond their tokens
+  for (const auto& step : steps_) {
+    if (step->kind == StepKind::kBatchTransform) {
+      held += static_cast<std::size_t>(
+          static_cast<const BatchTransformStage&>(*step->stage->stage).max_held());
+    }
+  }
   batches_ = std::make_unique<ObjectPool<BatchData>>(
-      "batch", batch_tokens + static_cast<std::size_t>(plan_.prefetch) +
+      "batch", batch_tokens + held + static_cast<std::size_t>(plan_.prefetch) +
                    2 * (static_cast<std::size_t>(window_capacity_) + 3));
 
   // TBB caps its workers at the core count unless told otherwise; a pipeline asking for more
   // threads gets them (for I/O-bound sources, or to measure oversubscription) for its lifetime.
-  // TBB's default respects the process's CPU affinity (an MPI launcher may bind a rank to one core).
+  // TBB's default respects the process's CPU affinity (an MPI launcher may bind a rank to one
+  // core).
   if (plan_.threads > oneapi::tbb::info::default_concurrency()) {
     parallelism_ = std::make_unique<oneapi::tbb::global_control>(
         oneapi::tbb::global_control::max_allowed_parallelism,
@@ -251,15 +317,28 @@ void FlowGraph::build() {
     for (std::size_t i = 0; i < steps_.size(); ++i) {
       Step* step = steps_[i].get();
       Step* next = i + 1 < steps_.size() ? steps_[i + 1].get() : nullptr;
-      step->body = std::make_unique<Body>(g, static_cast<std::size_t>(step->concurrency),
-                                          [this, step, next](const In& in) {
-                                            run_step(*step, next, std::get<0>(in));
-                                            return flow::continue_msg();
-                                          });
       flow::make_edge(*step->queue, flow::input_port<0>(*step->join));
       flow::buffer_node<Token>& out_tokens = next != nullptr ? *next->tokens : *prefetch_tokens_;
       flow::make_edge(out_tokens, flow::input_port<1>(*step->join));
-      flow::make_edge(*step->join, *step->body);
+      if (step->kind == StepKind::kBatchTransform) {
+        // The async_node only hands the batch over; the graph stays alive (reserve_wait) until
+        // the stage's thread has finished with it.
+        step->thread = std::make_unique<StageThread>();
+        using Async = flow::async_node<In, flow::continue_msg>;
+        step->async_body = std::make_unique<Async>(
+            g, flow::serial, [step](const In& in, Async::gateway_type& gateway) {
+              gateway.reserve_wait();
+              step->thread->push(std::get<0>(in));
+            });
+        flow::make_edge(*step->join, *step->async_body);
+      } else {
+        step->body = std::make_unique<Body>(g, static_cast<std::size_t>(step->concurrency),
+                                            [this, step, next](const In& in) {
+                                              run_step(*step, next, std::get<0>(in));
+                                              return flow::continue_msg();
+                                            });
+        flow::make_edge(*step->join, *step->body);
+      }
     }
 
     source_ = std::make_unique<flow::input_node<Msg>>(
@@ -421,7 +500,7 @@ void FlowGraph::run_step(Step& step, Step* next, const Msg& msg) {
           break;
         case StepKind::kBatch: {
           auto& stage = static_cast<BatchStage&>(*step.stage->stage);
-          StepEmitter<FlowGraph, decltype(emit)> emitter(*this, emit);
+          StepEmitter<FlowGraph, decltype(emit)> emitter(*this, emit, true);
           ++batch_seen_;
           if (m.kind == Msg::Kind::kSample) {
             if (!m.sample->skipped) {
@@ -458,6 +537,21 @@ void FlowGraph::run_step(Step& step, Step* next, const Msg& msg) {
           }
           break;
         }
+        case StepKind::kBatchTransform: {
+          auto& stage = static_cast<BatchTransformStage&>(*step.stage->stage);
+          StepEmitter<FlowGraph, decltype(emit)> emitter(*this, emit, false);
+          if (m.kind == Msg::Kind::kBatch) {
+            stage.process(*m.batch, emitter);
+          } else if (m.kind == Msg::Kind::kEnd) {
+            stage.flush(emitter);
+            stage.finish();
+            step.finished = true;
+            emit(m);
+          } else {
+            emit(m);
+          }
+          break;
+        }
         case StepKind::kSink:
           if (m.kind == Msg::Kind::kBatch) {
             static_cast<SinkStage&>(*step.stage->stage).consume(*m.batch);
@@ -488,15 +582,36 @@ void FlowGraph::run_step(Step& step, Step* next, const Msg& msg) {
 }
 
 void FlowGraph::run() {
+  for (std::size_t i = 0; i < steps_.size(); ++i) {
+    Step* step = steps_[i].get();
+    if (step->kind != StepKind::kBatchTransform) continue;
+    Step* next = steps_[i + 1].get();  // a deliver step always follows
+    step->thread->start([this, step, next, first = true](const Msg& m) mutable {
+      if (first) {
+        first = false;
+        try {
+          static_cast<BatchTransformStage&>(*step->stage->stage).thread_start();
+        } catch (const std::exception& e) {
+          owner_.fail("stage '" + step->stage->name + "' failed to start: " + e.what());
+        }
+      }
+      run_step(*step, next, m);
+      graph_->release_wait();
+    });
+  }
   arena_->execute([&] {
     source_->activate();
     graph_->wait_for_all();
   });
+  for (auto& step : steps_) {
+    if (step->thread) step->thread->close();
+  }
   // Stages not finished by the end-of-stream marker (a cancelled or failed run) finish here, so
   // that sinks still close what they wrote.
   for (auto& step : steps_) {
     if (step->stage == nullptr || step->finished) continue;
-    if (step->kind == StepKind::kBatch || step->kind == StepKind::kSink) {
+    if (step->kind == StepKind::kBatch || step->kind == StepKind::kBatchTransform ||
+        step->kind == StepKind::kSink) {
       try {
         step->stage->stage->finish();
       } catch (const std::exception& e) {
@@ -782,6 +897,11 @@ RunStats Pipeline::Impl::build_stats(bool final) const {
                               : 0.0;
         st.queue_capacity = step->capacity;
         first_step = false;
+      }
+    }
+    if (p.factory->info().shape == StageShape::kBatchTransform) {
+      for (auto& [key, value] : static_cast<const BatchTransformStage&>(*p.stage).metrics()) {
+        s.metrics.emplace_back(p.name + "." + key, value);
       }
     }
     st.busy_seconds = static_cast<double>(busy) * 1e-9;

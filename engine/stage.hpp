@@ -18,6 +18,8 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "engine/config_node.hpp"
 #include "engine/item.hpp"
@@ -29,7 +31,7 @@ class SampleError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-enum class StageShape { kSource, kTransform, kBatch, kSink };
+enum class StageShape { kSource, kTransform, kBatch, kBatchTransform, kSink };
 std::string_view shape_name(StageShape);
 
 // What the engine knows about a configured stage instance, handed to its constructor.
@@ -65,6 +67,14 @@ class Stage {
   const StageContext& context() const { return context_; }
   const std::string& name() const { return context_.name; }
 
+  // Called once after every stage of the pipeline is constructed, with the stages before this
+  // one (source first): rules that span stages (a model's input shape against the crop size, its
+  // mean against normalize's) are reported here as config errors at this stage's place, and a
+  // stage may settle choices left to it (a layout of `auto`). No I/O beyond reading configs.
+  virtual void link(const std::vector<Stage*>& upstream, Diagnostics& diagnostics) {
+    (void)upstream;
+    (void)diagnostics;
+  }
   // Called once, after every stage is constructed and before any item flows, on the thread that
   // builds the pipeline. Slow start-up work (scanning a folder, loading a model) belongs here.
   virtual void prepare() {}
@@ -122,6 +132,26 @@ class BatchStage : public Stage {
   virtual void push(const Sample& sample, BatchEmitter& out) = 0;
   // Every sample of `epoch` has been pushed: emit what remains (at most one batch).
   virtual void finish_epoch(std::uint32_t epoch, BatchEmitter& out) = 0;
+};
+
+// Works on whole batches on a thread of its own (one per stage, created by the engine), for
+// long-running work that must not occupy a TBB worker and that keeps per-thread state, such as a
+// neural network whose OpenMP team belongs to the calling thread. TBB hands batches over through an
+// async_node; nothing blocks a worker. Every method below runs on that one thread.
+class BatchTransformStage : public Stage {
+ public:
+  using Stage::Stage;
+  // First call on the stage's thread, before any batch.
+  virtual void thread_start() {}
+  // Transforms a batch and emits it (the same buffer). It may instead keep it (emit nothing) and
+  // emit it with a later call, as long as it keeps at most max_held() batches: a calibrating
+  // network holds its first batches until it can run them.
+  virtual void process(BatchData& batch, BatchEmitter& out) = 0;
+  // The end of the stream: emit every batch still held.
+  virtual void flush(BatchEmitter& out) { (void)out; }
+  virtual int max_held() const { return 0; }
+  // Named figures for the run summary (e.g. accuracy); called from any thread.
+  virtual std::vector<std::pair<std::string, double>> metrics() const { return {}; }
 };
 
 class SinkStage : public Stage {

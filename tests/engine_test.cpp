@@ -107,12 +107,63 @@ class WorkStage final : public TransformStage {
   Params p_;
 };
 
+// A batch transform that keeps its first `hold` batches (as a calibrating network does), then
+// emits them in order before the current one; it adds 1 to every byte and records its thread.
+class HoldingTransform final : public BatchTransformStage {
+ public:
+  struct Params {
+    int hold = 2;
+  };
+  static StageInfo info() {
+    return {
+        "holding", "test batch transform", StageShape::kBatchTransform, "batches", "batches", false,
+        false};
+  }
+  static const Schema<Params>& schema() {
+    static const Schema<Params> s = [] {
+      Schema<Params> x;
+      x.integer("hold", &Params::hold, "batches held at first", 0, 100);
+      return x;
+    }();
+    return s;
+  }
+  HoldingTransform(StageContext c, Params p) : BatchTransformStage(std::move(c)), p_(p) {}
+  void thread_start() override { thread_ = std::this_thread::get_id(); }
+  void process(BatchData& b, BatchEmitter& out) override {
+    if (std::this_thread::get_id() != thread_) wrong_thread_ = true;
+    for (auto& byte : b.data.storage) ++byte;
+    if (static_cast<int>(held_.size()) < p_.hold && !released_) {
+      held_.push_back(&b);
+      return;
+    }
+    flush(out);
+    out.emit(b);
+  }
+  void flush(BatchEmitter& out) override {
+    released_ = true;
+    for (BatchData* h : held_) out.emit(*h);
+    held_.clear();
+  }
+  int max_held() const override { return p_.hold; }
+  std::vector<std::pair<std::string, double>> metrics() const override {
+    return {{"wrong_thread", wrong_thread_ ? 1.0 : 0.0}};
+  }
+
+ private:
+  Params p_;
+  std::vector<BatchData*> held_;
+  bool released_ = false;
+  std::thread::id thread_;
+  std::atomic<bool> wrong_thread_{false};
+};
+
 const Registry& test_registry() {
   static const Registry r = [] {
     Registry x;
     x.add<SyntheticSource>();
     x.add<WorkStage>();
     x.add<BatchAssembler>();
+    x.add<HoldingTransform>();
     x.add<DiscardSink>();
     return x;
   }();
@@ -300,6 +351,40 @@ TEST(Engine, BatchStreamIsIdenticalForAnyThreadCountAndQueueSize) {
       EXPECT_EQ(d.batches, 26U);  // 202 samples per epoch -> 13 batches, the last padded
       if (!reference) reference = d.hash;
       EXPECT_EQ(d.hash, *reference) << "threads " << threads << " queue " << queue;
+    }
+  }
+}
+
+TEST(Engine, ABatchTransformRunsOnItsOwnThreadAndMayHoldBatches) {
+  for (int hold : {0, 3, 30}) {
+    for (int queue : {1, 4}) {
+      std::string with = config(2, queue, true, ", spin: 100", 200, 8);
+      with.replace(with.find("  - {type: discard}"), 0,
+                   "  - {type: holding, hold: " + std::to_string(hold) + "}\n");
+      std::string without = config(2, queue, true, ", spin: 100", 200, 8);
+      Pipeline a = PipelineAccess::from_string(with, test_registry());
+      Pipeline b = PipelineAccess::from_string(without, test_registry());
+      std::vector<std::uint64_t> index_a;
+      std::vector<std::uint8_t> bytes_a;
+      std::vector<std::uint8_t> bytes_b;
+      while (auto x = a.next()) {
+        index_a.push_back(x->index());
+        auto v = x->values<std::uint8_t>();
+        bytes_a.insert(bytes_a.end(), v.begin(), v.end());
+      }
+      while (auto x = b.next()) {
+        auto v = x->values<std::uint8_t>();
+        bytes_b.insert(bytes_b.end(), v.begin(), v.end());
+      }
+      ASSERT_EQ(bytes_a.size(), bytes_b.size());
+      for (std::size_t i = 0; i < bytes_a.size(); ++i) {
+        ASSERT_EQ(bytes_a[i], static_cast<std::uint8_t>(bytes_b[i] + 1)) << i;
+      }
+      for (std::size_t i = 0; i < index_a.size(); ++i) EXPECT_EQ(index_a[i], i);  // order kept
+      const RunStats s = a.stats();
+      ASSERT_EQ(s.metrics.size(), 1U);
+      EXPECT_EQ(s.metrics[0].first, "holding.wrong_thread");
+      EXPECT_EQ(s.metrics[0].second, 0.0);
     }
   }
 }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace millrace {
@@ -42,6 +43,8 @@ struct RunStats {
   std::vector<SkippedSample> skipped;  // all skipped samples, in the order they were skipped
   std::vector<std::string> warnings;   // decoder warnings and the like, with their samples
   std::vector<StageStats> stages;
+  // Named figures that stages report (e.g. "infer.top1_accuracy"), in stage order.
+  std::vector<std::pair<std::string, double>> metrics;
   int threads = 0;
   int rank = 0;        // this process's MPI rank (0 without MPI)
   int part_index = 0;  // the dataset part the source read

@@ -35,6 +35,7 @@ class AugmentStage final : public TransformStage {
   AugmentStage(StageContext context, Params params);
   void prepare() override;
   void process(Sample& sample, RunReporter& reporter) const override;
+  const Params& params() const { return params_; }
 
  private:
   Params params_;

@@ -26,6 +26,7 @@ class BatchAssembler final : public BatchStage {
 
   void push(const Sample& sample, BatchEmitter& out) override;
   void finish_epoch(std::uint32_t epoch, BatchEmitter& out) override;
+  const Params& params() const { return params_; }
 
  private:
   struct Open {

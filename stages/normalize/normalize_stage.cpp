@@ -113,8 +113,12 @@ const Schema<NormalizeStage::Params>& NormalizeStage::schema() {
              1e-12, 1e12);
     s.number("zero_point", &Params::zero_point, "added after scaling (integer types: an integer)",
              -1e6, 1e6);
-    s.choice("layout", &Params::layout, "layout of each sample in the batch",
-             {{"NCHW", normalize::Layout::kNCHW}, {"NHWC", normalize::Layout::kNHWC}});
+    s.choice("layout", &Params::layout,
+             "layout of each sample in the batch; auto: what a following infer stage's first "
+             "layer reads (NHWC for oneDNN's int8 convolutions), else NCHW",
+             {{"auto", LayoutChoice::kAuto},
+              {"NCHW", LayoutChoice::kNCHW},
+              {"NHWC", LayoutChoice::kNHWC}});
     s.choice("order", &Params::order, "channel order of the output",
              {{"RGB", Order::kRgb}, {"BGR", Order::kBgr}});
     s.string("mean_image", &Params::mean_image,
@@ -171,6 +175,7 @@ NormalizeStage::NormalizeStage(StageContext context, Params params)
     quantization_.zero_point = info.zero_point;
   }
   quantization_.mxnet_compatible = info.mxnet_mode || !params_.mean_image.empty();
+  if (params_.layout == LayoutChoice::kNHWC) layout_ = normalize::Layout::kNHWC;
 }
 
 void NormalizeStage::prepare() {
@@ -194,7 +199,7 @@ void NormalizeStage::process(Sample& sample, RunReporter&) const {
   view.height = static_cast<int>(r.height);
   view.width = static_cast<int>(r.width);
   const bool mirror = (sample.deferred & kFlipLastSpatialAxis) != 0;
-  const bool chw = params_.layout == normalize::Layout::kNCHW;
+  const bool chw = layout_ == normalize::Layout::kNCHW;
   const DType out = engine_dtype(params_.dtype);
   if (chw) {
     sample.scratch.reshape(out, {3, r.height, r.width}, "CHW");
@@ -207,11 +212,11 @@ void NormalizeStage::process(Sample& sample, RunReporter&) const {
                         std::to_string(mean_image_shape_[2]) + " but the crop is " +
                         std::to_string(r.height) + "x" + std::to_string(r.width));
     }
-    normalize::apply_mean_image(view, mirror, params_.layout, mean_image_.data(),
+    normalize::apply_mean_image(view, mirror, layout_, mean_image_.data(),
                                 params_.order == Order::kBgr,
                                 reinterpret_cast<std::int8_t*>(sample.scratch.storage.data()));
   } else {
-    table_.apply(view, mirror, params_.layout, sample.scratch.storage.data());
+    table_.apply(view, mirror, layout_, sample.scratch.storage.data());
   }
   std::swap(sample.tensor, sample.scratch);
   sample.region = {};

@@ -21,13 +21,14 @@ std::vector<std::int64_t> read_npy_float32(const std::string& path, std::vector<
 class NormalizeStage final : public TransformStage {
  public:
   enum class Order { kRgb, kBgr };
+  enum class LayoutChoice { kAuto, kNCHW, kNHWC };
   struct Params {
     normalize::DType dtype = normalize::DType::kInt8;
     std::vector<double> mean;
     std::vector<double> std;
     double scale = 1.0;
     double zero_point = 0.0;
-    normalize::Layout layout = normalize::Layout::kNCHW;
+    LayoutChoice layout = LayoutChoice::kAuto;
     Order order = Order::kRgb;
     std::string mean_image;
   };
@@ -40,8 +41,18 @@ class NormalizeStage final : public TransformStage {
   void prepare() override;
   void process(Sample& sample, RunReporter& reporter) const override;
 
+  const Params& params() const { return params_; }
+  const Quantization& quantization() const { return quantization_; }
+  normalize::Layout layout() const { return layout_; }
+  // Settles `layout: auto` (a stage downstream, such as infer, knows what it wants); an explicit
+  // layout is kept. Call before the run starts.
+  void settle_layout(normalize::Layout wanted) {
+    if (params_.layout == LayoutChoice::kAuto) layout_ = wanted;
+  }
+
  private:
   Params params_;
+  normalize::Layout layout_ = normalize::Layout::kNCHW;
   normalize::Table table_;
   Quantization quantization_;
   std::vector<float> mean_image_;

@@ -1,6 +1,8 @@
 #include "stages/sinks/sinks.hpp"
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <system_error>
@@ -112,6 +114,11 @@ void NpySink::consume(const BatchData& b) {
   const std::string base = dir_ + stem;
   write_npy(base + "_data.npy", b.data.dtype, b.data.shape.data(), b.data.rank,
             b.data.storage.data(), b.data.bytes());
+  if (b.output_width > 0) {
+    const std::int64_t output_shape[2] = {static_cast<std::int64_t>(b.rows), b.output_width};
+    write_npy(base + "_logits.npy", DType::kFloat32, output_shape, 2, b.outputs.data(),
+              b.outputs.size() * sizeof(float));
+  }
   const std::int64_t label_shape[2] = {static_cast<std::int64_t>(b.rows), b.label_width};
   write_npy(base + "_label.npy", DType::kFloat32, label_shape, b.label_width == 1 ? 1 : 2,
             b.labels.data(), b.rows * static_cast<std::size_t>(b.label_width) * sizeof(float));
@@ -147,6 +154,103 @@ void NpySink::finish() {
   if (index_ != nullptr && std::fflush(index_) != 0) {
     throw std::runtime_error(io_error(dir_ + "/batches.jsonl", "write"));
   }
+}
+
+StageInfo PredictionsSink::info() {
+  return {"predictions",
+          "writes one JSON line per sample: id, path, label, top_k [[class, score], ...] (softmax "
+          "scores of the logits an infer stage attached)",
+          StageShape::kSink,
+          "batches with logits",
+          "the same batches, unchanged",
+          false,
+          false};
+}
+
+const Schema<PredictionsSink::Params>& PredictionsSink::schema() {
+  static const Schema<Params> schema = [] {
+    Schema<Params> s;
+    s.string("path", &Params::path,
+             "output .jsonl file (folders created); under MPI, rank<k>/ is inserted before the "
+             "file name")
+        .required();
+    s.integer("top_k", &Params::top_k, "classes per sample, best first", 1, 1000);
+    return s;
+  }();
+  return schema;
+}
+
+PredictionsSink::PredictionsSink(StageContext context, Params params)
+    : SinkStage(std::move(context)), params_(std::move(params)) {
+  const std::filesystem::path p(params_.path);
+  path_ = this->context().world > 1
+              ? (p.parent_path() / ("rank" + std::to_string(this->context().rank)) / p.filename())
+                    .string()
+              : params_.path;
+}
+
+PredictionsSink::~PredictionsSink() {
+  if (out_ != nullptr) std::fclose(out_);
+}
+
+void PredictionsSink::link(const std::vector<Stage*>& upstream, Diagnostics& d) {
+  for (const Stage* s : upstream) {
+    if (dynamic_cast<const BatchTransformStage*>(s) != nullptr) return;
+  }
+  d.error(context().where, "stage '" + name() +
+                               "' (predictions): needs an infer stage before it (it writes the "
+                               "model's predictions)");
+}
+
+void PredictionsSink::open() {
+  const auto parent = std::filesystem::path(path_).parent_path();
+  std::error_code ec;
+  if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+  out_ = std::fopen(path_.c_str(), "w");
+  if (out_ == nullptr) throw std::runtime_error(io_error(path_, "create"));
+}
+
+void PredictionsSink::consume(const BatchData& b) {
+  if (b.output_width <= 0) {
+    throw std::runtime_error("batch " + std::to_string(b.index) + " carries no model outputs");
+  }
+  const auto classes = static_cast<std::size_t>(b.output_width);
+  const std::size_t k = std::min(classes, static_cast<std::size_t>(params_.top_k));
+  order_.resize(classes);
+  scores_.resize(classes);
+  const std::size_t real = b.rows - static_cast<std::size_t>(b.pad);
+  for (std::size_t r = 0; r < real; ++r) {
+    const float* logits = b.outputs.data() + r * classes;
+    const double top = *std::max_element(logits, logits + classes);
+    double sum = 0;
+    for (std::size_t c = 0; c < classes; ++c) {
+      scores_[c] = std::exp(static_cast<double>(logits[c]) - top);
+      sum += scores_[c];
+    }
+    for (std::size_t c = 0; c < classes; ++c) order_[c] = static_cast<int>(c);
+    std::partial_sort(
+        order_.begin(), order_.begin() + static_cast<std::ptrdiff_t>(k), order_.end(),
+        [&](int x, int y) { return logits[x] > logits[y] || (logits[x] == logits[y] && x < y); });
+    JsonWriter json;
+    json.begin_object().key("id").value(b.ids[r]).key("path").value(b.paths[r]);
+    json.key("label").value(
+        static_cast<double>(b.labels[r * static_cast<std::size_t>(b.label_width)]));
+    json.key("top_k").begin_array();
+    for (std::size_t i = 0; i < k; ++i) {
+      const auto c = static_cast<std::size_t>(order_[i]);
+      json.begin_array().value(order_[i]).value(scores_[c] / sum).end_array();
+    }
+    json.end_array().end_object();
+    line_ = json.str();
+    line_ += '\n';
+    if (std::fwrite(line_.data(), 1, line_.size(), out_) != line_.size()) {
+      throw std::runtime_error(io_error(path_, "write"));
+    }
+  }
+}
+
+void PredictionsSink::finish() {
+  if (out_ != nullptr && std::fflush(out_) != 0) throw std::runtime_error(io_error(path_, "write"));
 }
 
 StageInfo DiscardSink::info() {

@@ -40,6 +40,34 @@ class NpySink final : public SinkStage {
   std::string line_;
 };
 
+// One JSON line per sample (pad rows excluded): id, path, label, and the top_k classes with their
+// softmax scores, from the logits a batch transform (infer) attached.
+class PredictionsSink final : public SinkStage {
+ public:
+  struct Params {
+    std::string path;
+    int top_k = 5;
+  };
+  static StageInfo info();
+  static const Schema<Params>& schema();
+
+  PredictionsSink(StageContext context, Params params);
+  ~PredictionsSink() override;
+
+  void link(const std::vector<Stage*>& upstream, Diagnostics& diagnostics) override;
+  void open() override;
+  void consume(const BatchData& batch) override;
+  void finish() override;
+
+ private:
+  Params params_;
+  std::string path_;
+  std::FILE* out_ = nullptr;
+  std::string line_;
+  std::vector<int> order_;
+  std::vector<double> scores_;
+};
+
 class DiscardSink final : public SinkStage {
  public:
   struct Params {};
