@@ -1,0 +1,346 @@
+#include "stages/infer/infer_stage.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+
+#include "stages/augment/augment_stage.hpp"
+#include "stages/batch/batch_stage.hpp"
+#include "stages/infer/onnx_import.hpp"
+#include "stages/normalize/normalize_stage.hpp"
+
+namespace millrace {
+
+namespace {
+
+// Reads a mapping's keys with a per-key handler; unknown keys are errors naming the known ones.
+template <class Handler>
+void read_map(const ConfigNode& n, const std::string& context,
+              const std::vector<std::string>& known, Diagnostics& d, Handler handle) {
+  if (!n.is_map()) {
+    d.error(n.where, context + " expects a mapping, got " + std::string(n.kind_name()));
+    return;
+  }
+  for (const auto& [key, value] : n.entries) {
+    if (std::find(known.begin(), known.end(), key.scalar) == known.end()) {
+      std::string list;
+      for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+      const std::string hint = nearest(key.scalar, known);
+      d.error(key.where, context + ": unknown key '" + key.scalar + "'" +
+                             (hint.empty() ? "" : " (did you mean '" + hint + "'?)") +
+                             "; known keys: " + list);
+      continue;
+    }
+    handle(key.scalar, value, context + "." + key.scalar);
+  }
+}
+
+bool read_three(const ConfigNode& n, const std::string& context, Diagnostics& d,
+                std::vector<double>& out) {
+  std::vector<double> values;
+  if (n.is_sequence()) {
+    for (const auto& item : n.items) {
+      double v = 0;
+      if (!read_number(item, v, context, d)) return false;
+      values.push_back(v);
+    }
+  } else {
+    double v = 0;
+    if (!read_number(n, v, context, d)) return false;
+    values.push_back(v);
+  }
+  if (values.size() != 1 && values.size() != 3) {
+    d.error(n.where, context + " expects 1 or 3 numbers, got " + std::to_string(values.size()));
+    return false;
+  }
+  if (values.size() == 1) values.assign(3, values.front());
+  out = values;
+  return true;
+}
+
+}  // namespace
+
+StageInfo InferStage::info() {
+  return {"infer",
+          "runs an ONNX model (Conv, BN, ReLU, pools, Add, Gemm, ...) as a oneDNN int8 or fp32 "
+          "network on each batch; int8 batches are its first layer's input as they are",
+          StageShape::kBatchTransform,
+          "batches (int8, uint8 or float32 NCHW/NHWC)",
+          "the same batches with the model's logits attached",
+          false,
+          false};
+}
+
+const Schema<InferStage::Params>& InferStage::schema() {
+  static const Schema<Params> schema = [] {
+    Schema<Params> s;
+    s.string("model", &Params::model, "fp32 ONNX model (opset 11-17)").required();
+    s.choice("precision", &Params::precision,
+             "int8 (calibrated post-training quantization) or fp32",
+             {{"int8", infer::Precision::kInt8}, {"fp32", infer::Precision::kFp32}});
+    s.custom("calibration", "{batches, mode, table}",
+             "int8: calibrate on the first `batches` batches (minmax | entropy); `table` (JSON) is "
+             "loaded when it exists, else written after calibrating",
+             "{batches: 8, mode: minmax}",
+             [](Params& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
+               read_map(n, c, {"batches", "mode", "table"}, d,
+                        [&](const std::string& key, const ConfigNode& v, const std::string& ctx) {
+                          if (key == "batches") {
+                            std::int64_t b = 0;
+                            if (read_int(v, b, ctx, d)) {
+                              if (b < 1 || b > 10000) {
+                                d.error(v.where, ctx + " is out of range: " + std::to_string(b) +
+                                                     " not in 1..10000");
+                              } else {
+                                p.calibration_batches = static_cast<int>(b);
+                              }
+                            }
+                          } else if (key == "mode") {
+                            std::string m;
+                            if (!read_string(v, m, ctx, d)) return;
+                            if (m == "minmax") {
+                              p.calibration_mode = infer::CalibrationMode::kMinMax;
+                            } else if (m == "entropy") {
+                              p.calibration_mode = infer::CalibrationMode::kEntropy;
+                            } else {
+                              d.error(v.where,
+                                      ctx + " expects one of minmax | entropy, got '" + m + "'");
+                            }
+                          } else {
+                            read_string(v, p.calibration_table, ctx, d);
+                          }
+                        });
+             });
+    s.integer("threads", &Params::threads,
+              "oneDNN (OpenMP) threads of the stage's own inference thread", 1, 1024);
+    s.custom("input", "{mean, std}",
+             "what the model was trained on, in pixel units (torchvision: mean [123.675, 116.28, "
+             "103.53], std [58.395, 57.12, 57.375]); checked against normalize, 1/std folded into "
+             "the first convolution",
+             "(none: the model sees the loader's real values)",
+             [](Params& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
+               read_map(n, c, {"mean", "std"}, d,
+                        [&](const std::string& key, const ConfigNode& v, const std::string& ctx) {
+                          std::vector<double> values;
+                          if (!read_three(v, ctx, d, values)) return;
+                          if (key == "std" && std::any_of(values.begin(), values.end(),
+                                                          [](double x) { return !(x > 0); })) {
+                            d.error(v.where, ctx + " must be positive");
+                            return;
+                          }
+                          (key == "mean" ? p.input_mean : p.input_std) = values;
+                        });
+             });
+    s.integer("top_k", &Params::top_k, "classes reported per sample by the predictions sink", 1,
+              1000);
+    return s;
+  }();
+  return schema;
+}
+
+void InferStage::check(const Params& p, const ConfigNode& node, const std::string& where,
+                       Diagnostics& d) {
+  const ConfigNode* model = node.find("model");
+  try {
+    (void)infer::import_onnx(p.model);
+  } catch (const infer::ModelError& e) {
+    d.error(model != nullptr ? model->where : node.where, where + ": " + e.what());
+  }
+}
+
+InferStage::InferStage(StageContext context, Params params)
+    : BatchTransformStage(std::move(context)), params_(std::move(params)) {
+  model_ = infer::import_onnx(params_.model);
+  options_.precision = params_.precision;
+  options_.threads = params_.threads;
+  options_.calibration = params_.calibration_mode;
+  if (!params_.input_std.empty()) {
+    for (int c = 0; c < 3; ++c) {
+      options_.input.model_std[static_cast<std::size_t>(c)] =
+          static_cast<float>(params_.input_std[static_cast<std::size_t>(c)]);
+    }
+  }
+}
+
+InferStage::~InferStage() = default;
+
+void InferStage::link(const std::vector<Stage*>& upstream, Diagnostics& d) {
+  const std::string where = "stage '" + name() + "' (infer)";
+  NormalizeStage* normalize = nullptr;
+  const AugmentStage* augment = nullptr;
+  const BatchAssembler* batch = nullptr;
+  for (Stage* s : upstream) {
+    if (auto* n = dynamic_cast<NormalizeStage*>(s)) normalize = n;
+    if (const auto* a = dynamic_cast<const AugmentStage*>(s)) augment = a;
+    if (const auto* b = dynamic_cast<const BatchAssembler*>(s)) batch = b;
+  }
+  if (normalize == nullptr || batch == nullptr) {
+    d.error(context().where, where + ": needs a normalize stage and a batch stage before it");
+    return;
+  }
+  batch_size_ = batch->params().size;
+  options_.batch = batch_size_;
+
+  // The batches' pixels must be what the model takes.
+  const auto& in = model_.input_shape;
+  if (in[1] != 3) {
+    d.error(context().where, where + ": model '" + params_.model + "' takes " +
+                                 std::to_string(in[1]) + " input channels; the loader gives 3");
+  }
+  if (augment != nullptr && augment->params().size[0] != 0 &&
+      (augment->params().size[0] != in[2] || augment->params().size[1] != in[3])) {
+    d.error(context().where, where + ": model '" + params_.model + "' takes " +
+                                 std::to_string(in[2]) + "x" + std::to_string(in[3]) +
+                                 " images but stage '" + augment->name() + "' crops " +
+                                 std::to_string(augment->params().size[0]) + "x" +
+                                 std::to_string(augment->params().size[1]));
+  }
+
+  // The loader's integers and the model's expectations must agree on the mean (int8-contract.md,
+  // section 3): with int8 a padded 0 then means "the mean pixel", as the float model sees it.
+  const auto& np = normalize->params();
+  const auto& q = normalize->quantization();
+  if (!params_.input_mean.empty()) {
+    for (std::size_t c = 0; c < 3; ++c) {
+      const double loader = np.mean.empty() ? 0.0 : np.mean[np.mean.size() == 1 ? 0 : c];
+      const double model = params_.input_mean[c];
+      // MXNet-compatible int8 rounds the mean, so agreement is to rounding.
+      const double tolerance = q.mxnet_compatible ? 0.5 + 1e-9 : 1e-3;
+      if (std::abs(std::round(loader) - model) > tolerance &&
+          std::abs(loader - model) > tolerance) {
+        d.error(context().where, where + ": the model expects mean " + format_number(model) +
+                                     " on channel " + std::to_string(c) + " but stage '" +
+                                     normalize->name() + "' subtracts " + format_number(loader) +
+                                     " (they must agree, to rounding)");
+        break;
+      }
+    }
+  }
+  switch (np.dtype) {
+    case normalize::DType::kInt8:
+      options_.input.type = infer::InputType::kS8;
+      break;
+    case normalize::DType::kUInt8:
+      options_.input.type = infer::InputType::kU8;
+      break;
+    case normalize::DType::kFloat32:
+      options_.input.type = infer::InputType::kF32;
+      break;
+  }
+  if (!q.unit.empty()) {
+    for (std::size_t c = 0; c < 3; ++c) options_.input.unit[c] = q.unit[c];
+    options_.input.zero_point = q.zero_point;
+  } else if (np.dtype == normalize::DType::kFloat32) {
+    // float32: x = (p - mean) / std * scale + zero_point, so one float unit is std / scale.
+    for (std::size_t c = 0; c < 3; ++c) {
+      const double s = np.std.empty() ? 1.0 : np.std[np.std.size() == 1 ? 0 : c];
+      options_.input.unit[c] = static_cast<float>(s / np.scale);
+    }
+    options_.input.zero_point = static_cast<float>(np.zero_point);
+  }
+  // Layout: `auto` takes what the first primitive reads; an explicit one is honoured (and costs a
+  // reorder per batch when it differs, which the metrics report).
+  const infer::InputLayout preferred = params_.precision == infer::Precision::kInt8
+                                           ? infer::InputLayout::kNHWC
+                                           : infer::InputLayout::kNCHW;
+  normalize->settle_layout(preferred == infer::InputLayout::kNHWC ? normalize::Layout::kNHWC
+                                                                  : normalize::Layout::kNCHW);
+  options_.input.layout = normalize->layout() == normalize::Layout::kNHWC
+                              ? infer::InputLayout::kNHWC
+                              : infer::InputLayout::kNCHW;
+}
+
+void InferStage::thread_start() {
+  network_ = std::make_unique<infer::Network>(model_, options_);
+  if (network_->needs_calibration() && !params_.calibration_table.empty() &&
+      std::filesystem::exists(params_.calibration_table)) {
+    network_->load_calibration(params_.calibration_table);
+  }
+  input_reorders_.store(network_->stats().input_reorders_per_batch);
+}
+
+void InferStage::run(BatchData& b) {
+  const int rows = static_cast<int>(b.rows);
+  const int classes = network_->classes();
+  b.output_width = classes;
+  b.outputs.resize(static_cast<std::size_t>(rows) * static_cast<std::size_t>(classes));
+  const auto t0 = std::chrono::steady_clock::now();
+  network_->run(b.data.storage.data(), rows, b.outputs.data());
+  infer_seconds_.store(
+      infer_seconds_.load() +
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  input_reorders_.store(network_->stats().input_reorders_per_batch);
+
+  // Accuracy against the labels (the first label of each row), pad rows excluded.
+  const std::size_t real = b.rows - static_cast<std::size_t>(b.pad);
+  const auto k = static_cast<std::size_t>(std::min(params_.top_k, classes));
+  std::uint64_t top1 = 0;
+  std::uint64_t topk = 0;
+  for (std::size_t r = 0; r < real; ++r) {
+    const float* row = b.outputs.data() + r * static_cast<std::size_t>(classes);
+    const auto label = static_cast<int>(b.labels[r * static_cast<std::size_t>(b.label_width)]);
+    if (label < 0 || label >= classes) continue;
+    int better = 0;  // classes that score above the label's
+    for (int c = 0; c < classes; ++c) better += row[c] > row[label] ? 1 : 0;
+    top1 += better == 0 ? 1 : 0;
+    topk += static_cast<std::size_t>(better) < k ? 1 : 0;
+  }
+  scored_.fetch_add(real);
+  top1_.fetch_add(top1);
+  topk_.fetch_add(topk);
+  images_.fetch_add(real);
+}
+
+void InferStage::finish_calibration(BatchEmitter& out) {
+  const auto t0 = std::chrono::steady_clock::now();
+  network_->finalize_calibration();
+  if (!params_.calibration_table.empty()) network_->save_calibration(params_.calibration_table);
+  calibration_seconds_.store(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  for (BatchData* h : held_) {
+    run(*h);
+    out.emit(*h);
+  }
+  held_.clear();
+}
+
+void InferStage::process(BatchData& b, BatchEmitter& out) {
+  if (network_->needs_calibration()) {
+    const auto t0 = std::chrono::steady_clock::now();
+    network_->observe(b.data.storage.data(), static_cast<int>(b.rows));
+    calibration_seconds_.store(
+        calibration_seconds_.load() +
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    held_.push_back(&b);
+    if (static_cast<int>(held_.size()) == params_.calibration_batches) finish_calibration(out);
+    return;
+  }
+  run(b);
+  out.emit(b);
+}
+
+void InferStage::flush(BatchEmitter& out) {
+  // A stream shorter than the calibration window: calibrate on what there is.
+  if (network_ && !held_.empty()) finish_calibration(out);
+}
+
+std::vector<std::pair<std::string, double>> InferStage::metrics() const {
+  std::vector<std::pair<std::string, double>> m;
+  const auto scored = scored_.load();
+  if (scored > 0) {
+    m.emplace_back("top1_accuracy",
+                   static_cast<double>(top1_.load()) / static_cast<double>(scored));
+    m.emplace_back("top" + std::to_string(params_.top_k) + "_accuracy",
+                   static_cast<double>(topk_.load()) / static_cast<double>(scored));
+  }
+  const double seconds = infer_seconds_.load();
+  if (seconds > 0) {
+    m.emplace_back("inference_images_per_second", static_cast<double>(images_.load()) / seconds);
+  }
+  m.emplace_back("calibration_seconds", calibration_seconds_.load());
+  m.emplace_back("input_reorders_per_batch", input_reorders_.load());
+  return m;
+}
+
+}  // namespace millrace

@@ -1,0 +1,71 @@
+// `infer`: runs an ONNX model on every batch, in int8 (fed the loader's int8 bytes as they are) or
+// fp32, on a thread of its own with its own oneDNN (OpenMP) thread budget.
+//
+// Contract: a batch-transform stage; every call after construction happens on the stage's thread
+// (see engine/stage.hpp). The model is imported and checked when the pipeline is built, so a
+// missing, corrupt or unsupported model, or one whose input does not match the batches, is a
+// config error before any data flows. With int8 precision and no calibration table on disk, the
+// first `calibration.batches` batches calibrate the network and are then inferred and delivered
+// like the rest: no sample is lost to calibration. The logits (outputs before any softmax) are
+// attached to each batch for the sinks after it.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/registry.hpp"
+#include "stages/infer/model.hpp"
+#include "stages/infer/network.hpp"
+
+namespace millrace {
+
+class InferStage final : public BatchTransformStage {
+ public:
+  struct Params {
+    std::string model;
+    infer::Precision precision = infer::Precision::kInt8;
+    int calibration_batches = 8;
+    infer::CalibrationMode calibration_mode = infer::CalibrationMode::kMinMax;
+    std::string calibration_table;
+    int threads = 1;
+    std::vector<double> input_mean;  // the model's expectations, pixel units (empty: none given)
+    std::vector<double> input_std;
+    int top_k = 5;
+  };
+  static StageInfo info();
+  static const Schema<Params>& schema();
+  static void check(const Params& p, const ConfigNode& node, const std::string& where,
+                    Diagnostics& d);
+
+  InferStage(StageContext context, Params params);
+  ~InferStage() override;
+
+  void link(const std::vector<Stage*>& upstream, Diagnostics& diagnostics) override;
+  void thread_start() override;
+  void process(BatchData& batch, BatchEmitter& out) override;
+  void flush(BatchEmitter& out) override;
+  int max_held() const override { return params_.calibration_batches; }
+  std::vector<std::pair<std::string, double>> metrics() const override;
+
+ private:
+  void run(BatchData& batch);
+  void finish_calibration(BatchEmitter& out);
+
+  Params params_;
+  infer::Model model_;
+  infer::NetworkOptions options_;
+  int batch_size_ = 0;
+  std::unique_ptr<infer::Network> network_;
+  std::vector<BatchData*> held_;
+  std::atomic<std::uint64_t> scored_{0};
+  std::atomic<std::uint64_t> top1_{0};
+  std::atomic<std::uint64_t> topk_{0};
+  std::atomic<std::uint64_t> images_{0};
+  std::atomic<double> infer_seconds_{0};
+  std::atomic<double> calibration_seconds_{0};
+  std::atomic<int> input_reorders_{0};
+};
+
+}  // namespace millrace

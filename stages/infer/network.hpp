@@ -1,0 +1,115 @@
+// A Model compiled to oneDNN primitives, in fp32 or int8, for one batch size.
+//
+// Contract: a Network is created, calibrated and run from ONE thread (the infer stage's own
+// inference thread): oneDNN here runs on OpenMP, whose thread team belongs to the calling
+// thread. Primitives are created once (at construction for fp32, at finalize_calibration() or
+// load_calibration() for int8); run() creates nothing and allocates nothing. The input is the
+// batch buffer as the loader wrote it (see InputFormat); on the int8 fast path it is handed to the
+// first convolution as its source memory, with no quantize or reorder pass.
+//
+// Threads: every call sets the calling thread's OpenMP team size to `threads`
+// (omp_set_num_threads), so oneDNN uses exactly that many threads for this Network. libgomp
+// keeps its team spinning after each parallel region unless the process runs with
+// OMP_WAIT_POLICY=passive (read once, when the OpenMP runtime starts, so it must be in the
+// environment before the process starts): that is the policy millrace expects, so that idle
+// oneDNN threads give the cores back to TBB's workers between batches.
+//
+// Quantization (int8): weights s8 per output channel (scale 127 / max|w|); activations per
+// tensor, u8 after a ReLU (or a Clip whose lower bound is >= 0), s8 otherwise, with ranges from
+// calibration; conv + bias + activation (+ the residual Add, as a sum post-op) run as one
+// primitive; the layer that produces the logits writes f32. With s8 / u8 input the loader's
+// bytes are the first convolution's source at scale 1, unit / model_std folded into its weights
+// per input channel and a zero point passed to oneDNN as the source zero point (so that the
+// convolution's zero padding means a real 0). An s8 byte of -128 is used as it is: real value
+// -128 * unit, one unit below the -127 that MXNet documented as the int8 floor; nothing clamps
+// it. float32 input (the baseline) is quantized to s8 by a reorder with a calibrated scale.
+// Ownership: the Network copies what it needs from the Model; the caller owns the input batch
+// and the logits buffer and keeps them alive for the duration of a call.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "stages/infer/model.hpp"
+
+namespace millrace::infer {
+
+enum class Precision { kFp32, kInt8 };
+enum class InputType { kS8, kU8, kF32 };
+enum class InputLayout { kNCHW, kNHWC };
+enum class CalibrationMode { kMinMax, kEntropy };
+
+// How the loader's batch relates to what the model was trained on, per channel c:
+//   loader: pixel_c - loader_mean_c = (q - zero_point) * unit_c      (int8-contract.md)
+//   model:  x_c = (pixel_c - model_mean_c) / model_std_c
+// The stage checks loader_mean == model_mean (to rounding) before building a Network, so
+//   x_c = (q - zero_point) * unit_c / model_std_c,
+// and unit_c / model_std_c is folded into the first convolution's weights per input channel.
+// Without a model `input` spec, model_std is 1 (the model sees the loader's real values).
+struct InputFormat {
+  InputType type = InputType::kS8;
+  InputLayout layout = InputLayout::kNHWC;
+  std::array<float, 3> unit{1.0F, 1.0F, 1.0F};
+  float zero_point = 0.0F;
+  std::array<float, 3> model_std{1.0F, 1.0F, 1.0F};
+};
+
+struct NetworkOptions {
+  Precision precision = Precision::kInt8;
+  InputFormat input;
+  int batch = 32;
+  int threads = 2;  // OpenMP threads of the calling thread's team
+  CalibrationMode calibration = CalibrationMode::kMinMax;
+};
+
+struct NetworkStats {
+  int input_reorders_per_batch = 0;  // 0 on the int8 fast path
+  int reorders_per_batch = 0;        // every reorder primitive run per batch
+  std::size_t primitives = 0;        // primitives run per batch, reorders included
+  int fused_adds = 0;                // residual Adds computed as a sum post-op of a convolution
+};
+
+class Network {
+ public:
+  Network(const Model& model, NetworkOptions options);
+  ~Network();
+  Network(const Network&) = delete;
+  Network& operator=(const Network&) = delete;
+
+  // int8: true until calibrated (observe + finalize, or load_calibration).
+  bool needs_calibration() const;
+  // int8 calibration: runs the batch in fp32 and records activation ranges.
+  void observe(const void* input, int batch);
+  void finalize_calibration();
+  // The calibration table (per-value ranges and the mode), as JSON; load builds the primitives.
+  void save_calibration(const std::string& path) const;
+  void load_calibration(const std::string& path);
+
+  // Runs one batch (batch <= options.batch; a smaller last batch is padded internally) and writes
+  // batch x classes() float32 logits (the outputs before any softmax).
+  void run(const void* input, int batch, float* logits);
+
+  int classes() const;
+  // The source layout the first primitive prefers for this input type (so that the loader can
+  // write batches in it and no reorder runs).
+  InputLayout preferred_layout() const;
+  NetworkStats stats() const;
+  // The data handle of the source memory of the first convolution that reads the network input,
+  // in the last run() (nullptr before any): equals the input pointer on the int8 fast path
+  // (tests prove no copy happened); a reorder's buffer when the layout or type had to change.
+  const void* last_source_handle() const;
+  // One line per primitive run per batch, in order: its kind, oneDNN implementation and the op
+  // it computes (for logs and for checking that no reference kernel was chosen). Empty until
+  // the primitives exist.
+  std::string describe() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace millrace::infer
