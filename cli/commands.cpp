@@ -16,6 +16,7 @@
 #include "millrace/distributed.hpp"
 #include "millrace/pipeline.hpp"
 #include "millrace/report.hpp"
+#include "stages/recordio/pack.hpp"
 
 namespace millrace::cli {
 
@@ -41,6 +42,9 @@ commands:
       repeated runs: median images/s and batch latency percentiles
   make-dataset DIR [--count N] [--seed S] [--classes K] [--size imagenet|large]
       write an ImageNet-like JPEG set with class folders and labels.lst
+  pack (--list LIST [--root DIR] | --folder DIR) OUT.rec [--resize N] [--quality Q]
+      write an MXNet RecordIO OUT.rec and OUT.idx (as im2rec does); the original file bytes
+      unless --resize (shorter side, INTER_AREA) or --quality (JPEG) re-encode them
 
 NAME is `pipeline` or a stage name (a stage's name defaults to its type).
 exit codes: 0 success, 1 run failed, 2 config or usage error, 130 interrupted
@@ -58,6 +62,11 @@ struct Args {
   int classes = 10;
   long long seed = 0;
   std::string size = "imagenet";
+  std::string list;
+  std::string root;
+  std::string folder;
+  int resize = -1;   // -1: not given
+  int quality = -1;  // -1: not given
 };
 
 class UsageError : public std::runtime_error {
@@ -106,6 +115,16 @@ Args parse_args(int argc, char** argv, int first) {
       a.seed = to_int(arg, value());
     } else if (arg == "--size") {
       a.size = value();
+    } else if (arg == "--list") {
+      a.list = value();
+    } else if (arg == "--root") {
+      a.root = value();
+    } else if (arg == "--folder") {
+      a.folder = value();
+    } else if (arg == "--resize") {
+      a.resize = to_int(arg, value());
+    } else if (arg == "--quality") {
+      a.quality = to_int(arg, value());
     } else if (arg.size() > 1 && arg[0] == '-') {
       throw UsageError("unknown option '" + arg + "'");
     } else {
@@ -253,6 +272,42 @@ int cmd_make_dataset(const Args& a) {
   return kOk;
 }
 
+int cmd_pack(const Args& a) {
+  if (a.positional.size() != 1) throw UsageError("pack takes one OUT.rec");
+  if (a.list.empty() == a.folder.empty()) {
+    throw UsageError("pack takes either --list LIST or --folder DIR");
+  }
+  if (!a.root.empty() && a.list.empty()) throw UsageError("--root goes with --list");
+  if (a.resize == 0) throw UsageError("--resize expects a positive integer, got '0'");
+  if (a.quality == 0 || a.quality > 100) {
+    throw UsageError("--quality expects 1..100, got '" + std::to_string(a.quality) + "'");
+  }
+  recordio::PackOptions options;
+  options.list = a.list;
+  options.root = a.root;
+  options.folder = a.folder;
+  options.output = a.positional.front();
+  options.resize = std::max(0, a.resize);
+  options.quality = std::max(0, a.quality);
+  const bool tty = isatty(STDERR_FILENO) == 1;
+  recordio::PackReport report;
+  try {
+    report = recordio::pack(options, [&](std::size_t done, std::size_t total) {
+      if (tty && (done % 20 == 0 || done == total)) {
+        std::fprintf(stderr, "\r\033[Kpack: %zu/%zu images", done, total);
+        if (done == total) std::fprintf(stderr, "\n");
+      }
+    });
+  } catch (const std::invalid_argument& e) {
+    throw UsageError(std::string("pack: ") + e.what());
+  }
+  std::printf("%s: %llu records, %.1f MB of images, %.1f MB file, index %s\n",
+              report.rec_path.c_str(), static_cast<unsigned long long>(report.records),
+              static_cast<double>(report.image_bytes) / 1e6,
+              static_cast<double>(report.file_bytes) / 1e6, report.idx_path.c_str());
+  return kOk;
+}
+
 }  // namespace
 
 // Every command; main() wraps it so that MPI, when a launcher started us, is finalised on return.
@@ -282,6 +337,7 @@ int run_command(int argc, char** argv) {
     if (command == "graph") return cmd_graph(args);
     if (command == "bench") return cmd_bench(args);
     if (command == "make-dataset") return cmd_make_dataset(args);
+    if (command == "pack") return cmd_pack(args);
     throw UsageError("unknown command '" + command + "'");
   } catch (const UsageError& e) {
     std::cerr << "millrace: " << e.what() << "\n\n" << kUsage;

@@ -47,6 +47,7 @@ class InferStage final : public BatchTransformStage {
   void process(BatchData& batch, BatchEmitter& out) override;
   void flush(BatchEmitter& out) override;
   int max_held() const override { return params_.calibration_batches; }
+  const Params& params() const { return params_; }
   std::vector<std::pair<std::string, double>> metrics() const override;
 
  private:

@@ -8,6 +8,7 @@
 #include <system_error>
 
 #include "engine/json.hpp"
+#include "stages/infer/infer_stage.hpp"
 
 namespace millrace {
 
@@ -174,7 +175,8 @@ const Schema<PredictionsSink::Params>& PredictionsSink::schema() {
              "output .jsonl file (folders created); under MPI, rank<k>/ is inserted before the "
              "file name")
         .required();
-    s.integer("top_k", &Params::top_k, "classes per sample, best first", 1, 1000);
+    s.integer("top_k", &Params::top_k,
+              "classes per sample, best first; 0: the top_k of the infer stage before it", 0, 1000);
     return s;
   }();
   return schema;
@@ -194,8 +196,11 @@ PredictionsSink::~PredictionsSink() {
 }
 
 void PredictionsSink::link(const std::vector<Stage*>& upstream, Diagnostics& d) {
-  for (const Stage* s : upstream) {
-    if (dynamic_cast<const BatchTransformStage*>(s) != nullptr) return;
+  for (auto it = upstream.rbegin(); it != upstream.rend(); ++it) {
+    if (const auto* infer = dynamic_cast<const InferStage*>(*it)) {
+      if (params_.top_k == 0) params_.top_k = infer->params().top_k;
+      return;
+    }
   }
   d.error(context().where, "stage '" + name() +
                                "' (predictions): needs an infer stage before it (it writes the "

@@ -46,7 +46,7 @@ class PredictionsSink final : public SinkStage {
  public:
   struct Params {
     std::string path;
-    int top_k = 5;
+    int top_k = 0;  // 0: the infer stage's top_k
   };
   static StageInfo info();
   static const Schema<Params>& schema();

@@ -1,0 +1,431 @@
+#include "stages/infer/calibration.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <memory>
+#include <sstream>
+
+namespace millrace::infer {
+
+const ValueRange* CalibrationTable::find(int id) const {
+  auto it = std::lower_bound(values.begin(), values.end(), id,
+                             [](const ValueRange& r, int key) { return r.id < key; });
+  return it != values.end() && it->id == id ? &*it : nullptr;
+}
+
+const char* calibration_mode_name(CalibrationMode mode) {
+  return mode == CalibrationMode::kEntropy ? "entropy" : "minmax";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics.
+
+void RangeObserver::add(const float* data, std::size_t count) {
+  float batch_min = std::numeric_limits<float>::infinity();
+  float batch_max = -std::numeric_limits<float>::infinity();
+  std::size_t seen = 0;
+  for (std::size_t i = 0; i < count; ++i) {
+    const float x = data[i];
+    if (std::isnan(x)) continue;
+    batch_min = std::min(batch_min, x);
+    batch_max = std::max(batch_max, x);
+    ++seen;
+  }
+  if (seen == 0) return;
+  min_ = count_ == 0 ? batch_min : std::min(min_, batch_min);
+  max_ = count_ == 0 ? batch_max : std::max(max_, batch_max);
+  count_ += seen;
+  if (mode_ != CalibrationMode::kEntropy) return;
+
+  // Exact zeros stay out of the histogram: every scale quantizes them exactly, so they say
+  // nothing about the threshold, and the half of a ReLU's outputs that are 0 would otherwise
+  // dominate the divergence of every candidate that merges the first bin with its neighbours.
+  if (histogram_.empty()) histogram_.assign(kHistogramBins, 0.0);
+  const float batch_abs = std::max(std::fabs(batch_min), std::fabs(batch_max));
+  if (batch_abs > limit_) grow_histogram(batch_abs);
+  if (limit_ <= 0.0F) return;  // everything so far is exactly zero
+  const double per_unit = kHistogramBins / static_cast<double>(limit_);
+  for (std::size_t i = 0; i < count; ++i) {
+    const float x = data[i];
+    if (std::isnan(x) || x == 0.0F) continue;
+    const auto bin = static_cast<std::size_t>(std::fabs(x) * per_unit);
+    histogram_[std::min<std::size_t>(bin, kHistogramBins - 1)] += 1.0;
+  }
+}
+
+// A later batch reached beyond the histogram: the bins are widened and each old bin's count
+// moves to the new bin holding its centre (the approximation MXNet's collector makes as well).
+void RangeObserver::grow_histogram(float new_limit) {
+  std::vector<double> grown(kHistogramBins, 0.0);
+  const double old_width = static_cast<double>(limit_) / kHistogramBins;
+  const double new_width = static_cast<double>(new_limit) / kHistogramBins;
+  for (int j = 0; j < kHistogramBins; ++j) {
+    if (histogram_[j] == 0.0) continue;
+    const double centre = (j + 0.5) * old_width;
+    const auto bin = static_cast<int>(centre / new_width);
+    grown[std::min(bin, kHistogramBins - 1)] += histogram_[j];
+  }
+  histogram_.swap(grown);
+  limit_ = new_limit;
+}
+
+ValueRange RangeObserver::finish(int id, int levels) const {
+  if (count_ == 0) return {id, 0.0F, 0.0F};
+  double counted = 0.0;
+  for (double c : histogram_) counted += c;
+  if (mode_ != CalibrationMode::kEntropy || limit_ <= 0.0F || counted == 0.0) {
+    return {id, min_, max_};
+  }
+  const float threshold =
+      std::min(entropy_threshold(histogram_, limit_ / kHistogramBins, levels), limit_);
+  return {id, std::max(min_, -threshold), std::min(max_, threshold)};
+}
+
+namespace {
+
+// KL(p || q) of two histograms, each normalised to 1. Where q has no mass but p has, the term
+// is p itself (a bounded penalty, as ncnn's implementation of the search uses) rather than
+// infinity, so that a candidate is ranked by how much mass it misplaces.
+double kl_divergence(const std::vector<double>& p, const std::vector<double>& q) {
+  double sum_p = 0.0;
+  double sum_q = 0.0;
+  for (std::size_t k = 0; k < p.size(); ++k) {
+    sum_p += p[k];
+    sum_q += q[k];
+  }
+  if (sum_p <= 0.0 || sum_q <= 0.0) return std::numeric_limits<double>::infinity();
+  double kl = 0.0;
+  for (std::size_t k = 0; k < p.size(); ++k) {
+    if (p[k] == 0.0) continue;
+    const double pk = p[k] / sum_p;
+    const double qk = q[k] / sum_q;
+    kl += qk == 0.0 ? pk : pk * std::log(pk / qk);
+  }
+  return kl;
+}
+
+}  // namespace
+
+float entropy_threshold(const std::vector<double>& histogram, float bin_width, int levels) {
+  const int bins = static_cast<int>(histogram.size());
+  double total = 0.0;
+  for (double c : histogram) total += c;
+  if (bins == 0 || total == 0.0 || levels <= 0 || bins <= levels) {
+    return static_cast<float>(bins) * bin_width;
+  }
+  std::vector<double> suffix(bins + 1, 0.0);
+  for (int k = bins - 1; k >= 0; --k) suffix[k] = suffix[k + 1] + histogram[k];
+
+  int best = bins;
+  double best_kl = std::numeric_limits<double>::infinity();
+  std::vector<double> p;
+  std::vector<double> q;
+  std::vector<double> level_mass(levels);
+  for (int i = levels; i <= bins; ++i) {
+    // Reference: the histogram clipped at bin i, the clipped mass piled into its last bin.
+    p.assign(histogram.begin(), histogram.begin() + i);
+    p[i - 1] += suffix[i];
+    // Candidate: bins 0..i-1 quantized to `levels` levels of i / levels bins each (a bin that
+    // straddles two levels is split between them by the fraction it lies in each), every level
+    // spread back evenly over the bins that hold data. Fractional levels avoid the one oversized
+    // remainder level that integer merging leaves at the top, which biases the search.
+    const double per_level = static_cast<double>(i) / levels;
+    q.assign(i, 0.0);
+    for (int j = 0; j < levels; ++j) {
+      const double start = j * per_level;
+      const double end = std::min(start + per_level, static_cast<double>(i));
+      double mass = 0.0;
+      double support = 0.0;
+      for (int k = static_cast<int>(start); k < i && k < end; ++k) {
+        const double overlap = std::min(end, k + 1.0) - std::max(start, static_cast<double>(k));
+        if (overlap <= 0.0) continue;
+        mass += overlap * histogram[k];
+        support += p[k] != 0.0 ? overlap : 0.0;
+      }
+      level_mass[j] = support > 0.0 ? mass / support : 0.0;
+    }
+    for (int j = 0; j < levels; ++j) {
+      if (level_mass[j] == 0.0) continue;
+      const double start = j * per_level;
+      const double end = std::min(start + per_level, static_cast<double>(i));
+      for (int k = static_cast<int>(start); k < i && k < end; ++k) {
+        const double overlap = std::min(end, k + 1.0) - std::max(start, static_cast<double>(k));
+        if (overlap > 0.0 && p[k] != 0.0) q[k] += overlap * level_mass[j];
+      }
+    }
+    const double kl = kl_divergence(p, q);
+    if (kl < best_kl) {
+      best_kl = kl;
+      best = i;
+    }
+  }
+  // The clipped range covers bins 0..best-1 entirely: its upper edge.
+  return static_cast<float>(best) * bin_width;
+}
+
+// ---------------------------------------------------------------------------------------------
+// JSON.
+
+std::string calibration_to_json(const CalibrationTable& table) {
+  std::string out = "{\"mode\": \"";
+  out += calibration_mode_name(table.mode);
+  out += "\", \"values\": [";
+  char buffer[96];
+  for (std::size_t i = 0; i < table.values.size(); ++i) {
+    const ValueRange& r = table.values[i];
+    std::snprintf(buffer, sizeof buffer, "%s\n  {\"id\": %d, \"min\": %.9g, \"max\": %.9g}",
+                  i == 0 ? "" : ",", r.id, static_cast<double>(r.min), static_cast<double>(r.max));
+    out += buffer;
+  }
+  out += table.values.empty() ? "]}\n" : "\n]}\n";
+  return out;
+}
+
+namespace {
+
+// Just enough of JSON for the table: objects, arrays, strings, numbers, literals.
+struct JsonValue {
+  enum class Kind { kNull, kBool, kNumber, kString, kArray, kObject } kind = Kind::kNull;
+  double number = 0.0;
+  std::string text;
+  std::vector<JsonValue> items;
+  std::vector<std::string> keys;  // an object's members: keys[i] names items[i]
+
+  const JsonValue* member(std::string_view name) const {
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      if (keys[i] == name) return &items[i];
+    }
+    return nullptr;
+  }
+};
+
+class JsonReader {
+ public:
+  JsonReader(std::string_view text, const std::string& origin) : text_(text), origin_(origin) {}
+
+  JsonValue document() {
+    JsonValue v = value(0);
+    skip_space();
+    if (pos_ != text_.size()) fail("unexpected text after the JSON value");
+    return v;
+  }
+
+  [[noreturn]] void fail(const std::string& what) const {
+    int line = 1;
+    for (std::size_t i = 0; i < pos_ && i < text_.size(); ++i) line += text_[i] == '\n' ? 1 : 0;
+    throw CalibrationError(origin_ + ":" + std::to_string(line) +
+                           ": error: calibration table: " + what);
+  }
+
+ private:
+  static constexpr int kMaxDepth = 32;
+
+  void skip_space() {
+    while (pos_ < text_.size() && (text_[pos_] == ' ' || text_[pos_] == '\n' ||
+                                   text_[pos_] == '\r' || text_[pos_] == '\t')) {
+      ++pos_;
+    }
+  }
+
+  bool consume(char c) {
+    skip_space();
+    if (pos_ < text_.size() && text_[pos_] == c) {
+      ++pos_;
+      return true;
+    }
+    return false;
+  }
+
+  void expect(char c) {
+    if (!consume(c)) fail(std::string("expected '") + c + "'");
+  }
+
+  JsonValue value(int depth) {
+    if (depth > kMaxDepth) fail("nesting too deep");
+    skip_space();
+    if (pos_ >= text_.size()) fail("unexpected end of text");
+    const char c = text_[pos_];
+    JsonValue v;
+    if (c == '{') {
+      ++pos_;
+      v.kind = JsonValue::Kind::kObject;
+      if (consume('}')) return v;
+      do {
+        skip_space();
+        v.keys.push_back(string());
+        expect(':');
+        v.items.push_back(value(depth + 1));
+      } while (consume(','));
+      expect('}');
+    } else if (c == '[') {
+      ++pos_;
+      v.kind = JsonValue::Kind::kArray;
+      if (consume(']')) return v;
+      do {
+        v.items.push_back(value(depth + 1));
+      } while (consume(','));
+      expect(']');
+    } else if (c == '"') {
+      v.kind = JsonValue::Kind::kString;
+      v.text = string();
+    } else if (literal("true")) {
+      v.kind = JsonValue::Kind::kBool;
+      v.number = 1.0;
+    } else if (literal("false")) {
+      v.kind = JsonValue::Kind::kBool;
+    } else if (literal("null")) {
+      v.kind = JsonValue::Kind::kNull;
+    } else {
+      v.kind = JsonValue::Kind::kNumber;
+      v.number = number();
+    }
+    return v;
+  }
+
+  bool literal(std::string_view word) {
+    if (text_.substr(pos_, word.size()) != word) return false;
+    pos_ += word.size();
+    return true;
+  }
+
+  std::string string() {
+    if (pos_ >= text_.size() || text_[pos_] != '"') fail("expected a string");
+    ++pos_;
+    std::string out;
+    while (pos_ < text_.size() && text_[pos_] != '"') {
+      char c = text_[pos_++];
+      if (c == '\\') {
+        if (pos_ >= text_.size()) break;
+        c = text_[pos_++];
+        switch (c) {
+          case 'n':
+            c = '\n';
+            break;
+          case 't':
+            c = '\t';
+            break;
+          case 'r':
+            c = '\r';
+            break;
+          case 'b':
+            c = '\b';
+            break;
+          case 'f':
+            c = '\f';
+            break;
+          case 'u':
+            fail("\\u escapes are not supported in a calibration table");
+          default:
+            break;  // '"', '\\', '/'
+        }
+      }
+      out += c;
+    }
+    if (pos_ >= text_.size()) fail("unterminated string");
+    ++pos_;
+    return out;
+  }
+
+  double number() {
+    const std::size_t start = pos_;
+    while (pos_ < text_.size() && std::strchr("+-0123456789.eE", text_[pos_]) != nullptr) ++pos_;
+    const std::string token(text_.substr(start, pos_ - start));
+    if (token.empty()) fail("expected a value");
+    char* end = nullptr;
+    errno = 0;
+    const double v = std::strtod(token.c_str(), &end);
+    if (end != token.c_str() + token.size()) fail("malformed number '" + token + "'");
+    return v;
+  }
+
+  std::string_view text_;
+  const std::string& origin_;
+  std::size_t pos_ = 0;
+};
+
+float table_number(const JsonReader& reader, const JsonValue& entry, std::string_view name,
+                   std::size_t index) {
+  const JsonValue* v = entry.member(name);
+  const std::string where = "values[" + std::to_string(index) + "]";
+  if (v == nullptr) reader.fail(where + " has no '" + std::string(name) + "'");
+  if (v->kind != JsonValue::Kind::kNumber || !std::isfinite(v->number) ||
+      std::fabs(v->number) > std::numeric_limits<float>::max()) {
+    reader.fail(where + "." + std::string(name) + " must be a finite number");
+  }
+  return static_cast<float>(v->number);
+}
+
+}  // namespace
+
+CalibrationTable calibration_from_json(std::string_view text, const std::string& origin) {
+  JsonReader reader(text, origin);
+  const JsonValue doc = reader.document();
+  if (doc.kind != JsonValue::Kind::kObject) reader.fail("the table must be a JSON object");
+
+  CalibrationTable table;
+  const JsonValue* mode = doc.member("mode");
+  if (mode == nullptr || mode->kind != JsonValue::Kind::kString) {
+    reader.fail("'mode' must be the string \"minmax\" or \"entropy\"");
+  }
+  if (mode->text == "minmax") {
+    table.mode = CalibrationMode::kMinMax;
+  } else if (mode->text == "entropy") {
+    table.mode = CalibrationMode::kEntropy;
+  } else {
+    reader.fail("unknown mode '" + mode->text + "' (expected minmax or entropy)");
+  }
+
+  const JsonValue* values = doc.member("values");
+  if (values == nullptr || values->kind != JsonValue::Kind::kArray) {
+    reader.fail("'values' must be an array");
+  }
+  for (std::size_t i = 0; i < values->items.size(); ++i) {
+    const JsonValue& entry = values->items[i];
+    const std::string where = "values[" + std::to_string(i) + "]";
+    if (entry.kind != JsonValue::Kind::kObject) reader.fail(where + " must be an object");
+    const JsonValue* id = entry.member("id");
+    if (id == nullptr || id->kind != JsonValue::Kind::kNumber || id->number < 0 ||
+        id->number > std::numeric_limits<int>::max() || std::floor(id->number) != id->number) {
+      reader.fail(where + ".id must be a non-negative integer");
+    }
+    ValueRange r;
+    r.id = static_cast<int>(id->number);
+    r.min = table_number(reader, entry, "min", i);
+    r.max = table_number(reader, entry, "max", i);
+    if (r.min > r.max) reader.fail(where + " has min > max");
+    table.values.push_back(r);
+  }
+  std::sort(table.values.begin(), table.values.end(),
+            [](const ValueRange& a, const ValueRange& b) { return a.id < b.id; });
+  for (std::size_t i = 1; i < table.values.size(); ++i) {
+    if (table.values[i].id == table.values[i - 1].id) {
+      reader.fail("value " + std::to_string(table.values[i].id) + " is listed twice");
+    }
+  }
+  return table;
+}
+
+void save_calibration_table(const CalibrationTable& table, const std::string& path) {
+  const std::string text = calibration_to_json(table);
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  out.close();
+  if (!out) throw CalibrationError(path + ": error: cannot write the calibration table");
+}
+
+CalibrationTable load_calibration_table(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw CalibrationError(path + ": error: cannot read the calibration table");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return calibration_from_json(text.str(), path);
+}
+
+}  // namespace millrace::infer

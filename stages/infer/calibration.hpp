@@ -1,0 +1,97 @@
+// Activation ranges for post-training static quantization: how they are collected from fp32
+// calibration batches (min/max, or a histogram searched for the KL-optimal threshold), and the
+// JSON table they are saved to so that a later run quantizes identically without calibrating.
+//
+// Contract: plain values and functions with no oneDNN dependency. A RangeObserver belongs to one
+// thread (the inference thread that runs calibration); CalibrationTable is a value that may be
+// copied and read anywhere. The JSON form is
+//   {"mode": "minmax", "values": [{"id": 3, "min": -1.25, "max": 4.5}, ...]}
+// with every number written with enough digits (%.9g) to read back the identical float, so a
+// loaded table reproduces the calibrated network bit for bit. Reading rejects anything else with
+// CalibrationError naming the file and what is wrong.
+#pragma once
+
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "stages/infer/network.hpp"
+
+namespace millrace::infer {
+
+class CalibrationError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// The real-valued range a value is quantized over: s8 values use max(|min|, |max|), u8 values
+// use max (their min is 0 by construction).
+struct ValueRange {
+  int id = -1;  // the Model's value id
+  float min = 0.0F;
+  float max = 0.0F;
+  bool operator==(const ValueRange&) const = default;
+};
+
+struct CalibrationTable {
+  CalibrationMode mode = CalibrationMode::kMinMax;
+  std::vector<ValueRange> values;  // sorted by id, ids unique
+
+  const ValueRange* find(int id) const;
+  bool operator==(const CalibrationTable&) const = default;
+};
+
+const char* calibration_mode_name(CalibrationMode mode);
+
+std::string calibration_to_json(const CalibrationTable& table);
+// `origin` names the text's source in error messages (a file path, or "<string>").
+CalibrationTable calibration_from_json(std::string_view text, const std::string& origin);
+void save_calibration_table(const CalibrationTable& table, const std::string& path);
+CalibrationTable load_calibration_table(const std::string& path);
+
+// Histogram resolution and the KL search of the entropy mode, as TensorRT describes it: 2048
+// bins over [0, max|x|], candidate thresholds from `levels` bins up to all 2048.
+inline constexpr int kHistogramBins = 2048;
+// Quantized levels on one side of zero: an s8 value has 128 (0..127 in magnitude); a u8 value,
+// non-negative by construction, has its whole 0..255 range on that side, so its search merges
+// into 255 levels (searching it with 128 would clip more than the u8 grid needs).
+inline constexpr int kS8Levels = 128;
+inline constexpr int kU8Levels = 255;
+
+// Collects one value's statistics over any number of calibration batches.
+class RangeObserver {
+ public:
+  explicit RangeObserver(CalibrationMode mode = CalibrationMode::kMinMax) : mode_(mode) {}
+
+  // Adds `count` real values (NaNs are ignored).
+  void add(const float* data, std::size_t count);
+  bool empty() const { return count_ == 0; }
+  float min() const { return min_; }
+  float max() const { return max_; }
+  // The histogram of |x| over [0, histogram_limit()] (entropy mode only).
+  const std::vector<double>& histogram() const { return histogram_; }
+  float histogram_limit() const { return limit_; }
+
+  // The range to quantize over: what was seen (minmax), or [-T, T] clipped to what was seen,
+  // T the KL-optimal threshold for `levels` quantized levels (entropy).
+  ValueRange finish(int id, int levels) const;
+
+ private:
+  void grow_histogram(float new_limit);
+
+  CalibrationMode mode_;
+  std::size_t count_ = 0;
+  float min_ = 0.0F;
+  float max_ = 0.0F;
+  float limit_ = 0.0F;  // upper edge of the histogram's last bin
+  std::vector<double> histogram_;
+};
+
+// The threshold (in the histogram's units, bin width `bin_width`) that minimises the KL
+// divergence between the histogram clipped at it and its quantization to `levels` levels.
+// Falls back to the histogram's full range when it holds fewer non-empty bins than levels.
+float entropy_threshold(const std::vector<double>& histogram, float bin_width, int levels);
+
+}  // namespace millrace::infer
