@@ -90,6 +90,19 @@ class CliCase(unittest.TestCase):
         npy_dir = os.path.join(out, "npy") if npy else None
         if npy:
             extra.append(f"{npy['name']}.dir={npy_dir}")
+        infer = cfg.stage_of_type("infer")
+        if infer:
+            # The shipped configs name full-size exported models; CI runs them with the tiny
+            # model the export script commits (32x32 input), calibrating on two batches.
+            augment = cfg.stage_of_type("augment")
+            tiny = e2e.source_path("tests", "data", "models", "tiny.onnx")
+            calib = os.path.join(out, "calib.json")
+            extra += [f"{infer['name']}.model={tiny}", f"{augment['name']}.resize=36",
+                      f"{augment['name']}.size=32",
+                      f"{infer['name']}.calibration={{batches: 2, table: {calib}}}"]
+        predictions = cfg.stage_of_type("predictions")
+        if predictions:
+            extra.append(f"{predictions['name']}.path={os.path.join(out, 'predictions.jsonl')}")
         json_path = os.path.join(out, "summary.json")
         args = ["run", config, *sets(*extra, *overrides), "--json", json_path]
         if quiet:
@@ -152,6 +165,10 @@ class RunConfigsTest(CliCase):
         augment = cfg.stage_of_type("augment")
         crop = augment["size"] if isinstance(augment["size"], list) else [augment["size"]] * 2
         layout = cfg.stage_of_type("normalize").get("layout", "NCHW")
+        if cfg.stage_of_type("infer"):
+            crop = [32, 32]  # run_config's tiny model
+            if layout == "NCHW" and "layout" not in cfg.stage_of_type("normalize"):
+                layout = "NHWC"  # `auto` before an int8 infer stage
         delivered = 0
         for record in records:
             data = np.load(os.path.join(npy_dir, f"batch_{record['index']:06d}_data.npy"))
