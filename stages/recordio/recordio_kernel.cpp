@@ -25,8 +25,8 @@ std::uint32_t load_le32(const std::uint8_t* p) {
 }
 
 std::uint64_t load_le64(const std::uint8_t* p) {
-  return static_cast<std::uint64_t>(load_le32(p)) |
-         static_cast<std::uint64_t>(load_le32(p + 4)) << 32U;
+  return static_cast<std::uint64_t>(load_le32(p)) | static_cast<std::uint64_t>(load_le32(p + 4))
+                                                        << 32U;
 }
 
 void append_le32(std::vector<std::uint8_t>& out, std::uint32_t v) {
@@ -249,7 +249,7 @@ FrameInfo unframe_in_place(std::vector<std::uint8_t>& bytes, std::uint64_t offse
 RecordWriter::RecordWriter(const std::string& path) : path_(path) {
   fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) throw std::runtime_error(path + ": cannot create: " + errno_text());
-  buffer_.reserve(kDefaultChunkBytes + 64 * 1024);
+  buffer_.reserve(kDefaultChunkBytes + std::size_t{64} * 1024);
 }
 
 RecordWriter::~RecordWriter() {
@@ -361,10 +361,11 @@ std::uint64_t RecordReader::find_head(std::uint64_t from) {
 }
 
 void RecordReader::copy_out(std::uint64_t pos, std::size_t length, std::uint8_t* dest) {
+  if (length == 0) return;  // dest may be the null data() of an empty buffer
   std::size_t done = 0;
   if (pos >= buffer_pos_ && pos < buffer_pos_ + buffer_len_) {
-    done = static_cast<std::size_t>(
-        std::min<std::uint64_t>(length, buffer_pos_ + buffer_len_ - pos));
+    done =
+        static_cast<std::size_t>(std::min<std::uint64_t>(length, buffer_pos_ + buffer_len_ - pos));
     std::memcpy(dest, buffer_.data() + (pos - buffer_pos_), done);
   }
   if (done == length) return;
@@ -404,8 +405,8 @@ ReadResult RecordReader::next(std::vector<std::uint8_t>& payload) {
     const std::uint64_t at = pos_;
     pos_ = size_;
     return {ReadStatus::kCorrupt, at,
-            "truncated data at " + at_offset(at) + ": the file ends " +
-                std::to_string(size_ - at) + " byte(s) later, before a part header's 8"};
+            "truncated data at " + at_offset(at) + ": the file ends " + std::to_string(size_ - at) +
+                " byte(s) later, before a part header's 8"};
   }
   if (word(pos_) != kMagic) {
     return corrupt(pos_, pos_ + 4,
@@ -433,8 +434,7 @@ ReadResult RecordReader::next(std::vector<std::uint8_t>& payload) {
     if (data + length > size_) {
       return corrupt(head, head + 4,
                      record + ": part at " + at_offset(p) + " claims " + std::to_string(length) +
-                         " bytes, past the end of the file (" + std::to_string(size_) +
-                         " bytes)");
+                         " bytes, past the end of the file (" + std::to_string(size_) + " bytes)");
     }
     const std::size_t old = payload.size();
     payload.resize(old + length);
@@ -442,8 +442,7 @@ ReadResult RecordReader::next(std::vector<std::uint8_t>& payload) {
     p = data + align4(length);
     if (cflag == 0 || cflag == 3) break;
     if (!fill(p, 8)) {
-      return corrupt(head, head + 4,
-                     record + " is truncated: the file ends before its last part");
+      return corrupt(head, head + 4, record + " is truncated: the file ends before its last part");
     }
     if (word(p) != kMagic) {
       return corrupt(head, head + 4,
@@ -498,12 +497,11 @@ std::size_t parse_image_payload(std::span<const std::uint8_t> payload, int label
   } else {
     const std::uint64_t label_bytes = std::uint64_t{4} * header.flag;
     if (kImageHeaderBytes + label_bytes > payload.size()) {
-      throw FormatError(record_offset, record + " (id " + std::to_string(header.id) + "): flag " +
-                                           std::to_string(header.flag) + " announces " +
-                                           std::to_string(label_bytes) +
-                                           " bytes of labels, the payload has " +
-                                           std::to_string(payload.size() - kImageHeaderBytes) +
-                                           " after its header");
+      throw FormatError(
+          record_offset,
+          record + " (id " + std::to_string(header.id) + "): flag " + std::to_string(header.flag) +
+              " announces " + std::to_string(label_bytes) + " bytes of labels, the payload has " +
+              std::to_string(payload.size() - kImageHeaderBytes) + " after its header");
     }
     labels.resize(header.flag);
     for (std::uint32_t i = 0; i < header.flag; ++i) {
@@ -512,10 +510,10 @@ std::size_t parse_image_payload(std::span<const std::uint8_t> payload, int label
     image += static_cast<std::size_t>(label_bytes);
   }
   if (label_width > 0 && labels.size() != static_cast<std::size_t>(label_width)) {
-    throw FormatError(record_offset, record + " (id " + std::to_string(header.id) +
-                                         ") carries " + std::to_string(labels.size()) +
-                                         " label(s) (flag " + std::to_string(header.flag) +
-                                         ") but label_width is " + std::to_string(label_width));
+    throw FormatError(record_offset, record + " (id " + std::to_string(header.id) + ") carries " +
+                                         std::to_string(labels.size()) + " label(s) (flag " +
+                                         std::to_string(header.flag) + ") but label_width is " +
+                                         std::to_string(label_width));
   }
   return image;
 }
@@ -536,8 +534,10 @@ std::vector<IndexEntry> read_index(const std::string& path, std::uint64_t rec_si
     const std::string where = path + ":" + std::to_string(line_number) + ": ";
     IndexEntry e;
     if (fields.size() != 2 || !parse_index(fields[0], e.key) || !parse_u64(fields[1], e.offset)) {
-      throw std::runtime_error(where + "expected 'key<TAB>offset' with non-negative integers, "
-                                       "found '" + line + "'");
+      throw std::runtime_error(where +
+                               "expected 'key<TAB>offset' with non-negative integers, "
+                               "found '" +
+                               line + "'");
     }
     if (e.offset % 4 != 0 || e.offset >= rec_size) {
       throw std::runtime_error(where + "offset " + std::to_string(e.offset) +
@@ -589,8 +589,10 @@ std::vector<ListEntry> read_list(const std::string& path) {
     const std::string where = path + ":" + std::to_string(line_number) + ": ";
     const auto fields = split_fields(line, false);
     if (fields.size() < 3) {
-      throw std::runtime_error(where + "expected index, label(s) and a path separated by tabs, "
-                                       "found " + std::to_string(fields.size()) + " field(s)");
+      throw std::runtime_error(where +
+                               "expected index, label(s) and a path separated by tabs, "
+                               "found " +
+                               std::to_string(fields.size()) + " field(s)");
     }
     if (width == 0) {
       width = fields.size() - 2;

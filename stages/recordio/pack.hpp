@@ -1,0 +1,52 @@
+// `millrace pack`: writes a .rec and its .idx from image files, as MXNet's im2rec does, so that a
+// dataset can be read by the `recordio` source (or by MXNet itself).
+//
+// Contract:
+// - pack() runs on the calling thread, reads the images one after another and writes OUT.rec and
+//   OUT.idx (the .rec path with its extension replaced). It blocks on file I/O and, when
+//   re-encoding, on the CPU. It owns nothing after it returns. `progress` is called on the same
+//   thread after every record.
+// - Records: header id = the .lst index (folder mode: the position in the sorted file list, as
+//   the `files` source numbers them); one label gives flag 0 with the label in the header; several
+//   give flag = their number and header label 0 (MXNet's recordio.pack). The .idx lists
+//   `id<TAB>offset` in the order written.
+// - By default the original file bytes are stored unchanged; with `resize` or `quality` the image
+//   is decoded (OpenCV, BGR as MXNet stores it) and re-encoded as JPEG.
+// - Errors: std::invalid_argument for contradictory options; std::runtime_error naming the file
+//   for a missing or unreadable image, an image that does not decode when re-encoding, or an
+//   output that cannot be written. On any error the partial OUT.rec and OUT.idx are removed.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+
+namespace millrace::recordio {
+
+struct PackOptions {
+  std::string list;    // an im2rec .lst (index, labels, relative path); or
+  std::string folder;  // a folder scanned like the `files` source (label = sorted class folder)
+  std::string root;    // list mode: the folder the list's paths are relative to (default: the
+                       // list's own folder)
+  std::string output;  // OUT.rec
+  int resize = 0;      // > 0: re-encode with the shorter side scaled to this (cv::INTER_AREA)
+  int quality = 0;     // JPEG quality 1..100 when re-encoding (0: 95); alone it re-encodes too
+};
+
+struct PackReport {
+  std::string rec_path;
+  std::string idx_path;
+  std::uint64_t records = 0;
+  std::uint64_t image_bytes = 0;  // encoded image bytes stored
+  std::uint64_t file_bytes = 0;   // size of OUT.rec
+};
+
+using PackProgress = std::function<void(std::size_t done, std::size_t total)>;
+
+PackReport pack(const PackOptions& options, const PackProgress& progress = {});
+
+// OUT.idx for OUT.rec (the extension replaced, as im2rec names them).
+std::string index_path_for(const std::string& rec_path);
+
+}  // namespace millrace::recordio
