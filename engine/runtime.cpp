@@ -161,6 +161,9 @@ class FlowGraph {
   };
 
   explicit FlowGraph(Pipeline::Impl& owner);
+  ~FlowGraph();
+  FlowGraph(const FlowGraph&) = delete;
+  FlowGraph& operator=(const FlowGraph&) = delete;
 
   void build();
   void run();
@@ -209,6 +212,14 @@ FlowGraph::FlowGraph(Pipeline::Impl& owner)
     : owner_(owner),
       plan_(owner.plan_),
       ready_(static_cast<std::size_t>(owner.plan_.prefetch) + 1) {}
+
+FlowGraph::~FlowGraph() {
+  // The nodes are members declared after the graph, so they would be destroyed before the
+  // graph's own destructor waits. A cancelled graph's wait_for_all() may return while tasks it
+  // spawned are still finishing; wait again (the cancellation is reset by then) so that no task
+  // touches a node being destroyed.
+  if (graph_) arena_->execute([&] { graph_->wait_for_all(); });
+}
 
 void FlowGraph::build() {
   // One step per node that does work. The source's concurrent load step comes first when the

@@ -52,7 +52,8 @@ void save_calibration_table(const CalibrationTable& table, const std::string& pa
 CalibrationTable load_calibration_table(const std::string& path);
 
 // Histogram resolution and the KL search of the entropy mode, as TensorRT describes it: 2048
-// bins over [0, max|x|], candidate thresholds from `levels` bins up to all 2048.
+// bins over [0, max|x|] (exact zeros left out: every scale represents them exactly), candidate
+// thresholds from `levels` bins up to all 2048.
 inline constexpr int kHistogramBins = 2048;
 // Quantized levels on one side of zero: an s8 value has 128 (0..127 in magnitude); a u8 value,
 // non-negative by construction, has its whole 0..255 range on that side, so its search merges
@@ -90,8 +91,9 @@ class RangeObserver {
 };
 
 // The threshold (in the histogram's units, bin width `bin_width`) that minimises the KL
-// divergence between the histogram clipped at it and its quantization to `levels` levels.
-// Falls back to the histogram's full range when it holds fewer non-empty bins than levels.
+// divergence between the histogram clipped at it and its quantization to `levels` levels (of
+// i / levels bins each, a bin straddling two levels split between them). An empty histogram, or
+// one with no more bins than levels, keeps its full range.
 float entropy_threshold(const std::vector<double>& histogram, float bin_width, int levels);
 
 }  // namespace millrace::infer

@@ -775,6 +775,13 @@ class Builder {
       const auto extent = (kernel[d] - 1) * (dilation[d] + 1) + 1;
       if ((in_dims[2 + d] + pad_l[d] + pad_r[d] - extent) / strides[d] + 1 != out_dims[2 + d]) {
         pad_r[d] = (out_dims[2 + d] - 1) * strides[d] + extent - in_dims[2 + d] - pad_l[d];
+        // Counting padding, oneDNN would divide the last window by the whole kernel where
+        // PyTorch divides by the part inside the declared padding: refuse rather than differ.
+        if (alg == dnnl::algorithm::pooling_avg_include_padding) {
+          throw ModelError(model_where(model_, op) +
+                           ": AveragePool with ceil_mode and count_include_pad whose last window "
+                           "passes the padding is not supported");
+        }
       }
     }
     const memory::desc dst_md(out_dims, src.md.data_type(), Tag::any);
@@ -1080,6 +1087,20 @@ class Builder {
     return memory(v.md, engine_, program_->buffers[t.buffer].get_data_handle());
   }
 
+  // Ranges do not depend on the order of the elements: a layout without padding whose batch
+  // dimension is outermost (nhwc, or nChw16c with C a multiple of 16) is scanned as it is.
+  static bool samples_first_and_dense(const memory::desc& md) {
+    const dnnl_memory_desc_t& d = md.data;
+    if (d.format_kind != dnnl_blocked || d.offset0 != 0) return false;
+    std::int64_t elements = 1;
+    for (int i = 0; i < d.ndims; ++i) {
+      if (d.padded_dims[i] != d.dims[i]) return false;
+      elements *= d.dims[i];
+    }
+    return md.get_size() == static_cast<std::size_t>(elements) * sizeof(float) &&
+           d.format_desc.blocking.strides[0] == elements / d.dims[0];
+  }
+
   void prepare_observations() {
     Program& p = *program_;
     std::size_t largest = 0;
@@ -1101,7 +1122,7 @@ class Builder {
       const memory::desc plain = plain_f32(o.source.get_desc().dims());
       o.sample_elements =
           plain.get_size() / sizeof(float) / static_cast<std::size_t>(options_.batch);
-      if (o.source.get_desc() == plain) {
+      if (o.source.get_desc() == plain || samples_first_and_dense(o.source.get_desc())) {
         o.plain = o.source;
       } else {
         o.plain = memory(plain, engine_, scratch.get_data_handle());

@@ -80,17 +80,28 @@ class Network {
   Network(const Network&) = delete;
   Network& operator=(const Network&) = delete;
 
+  // Checks the model (ModelError) and the input format (std::invalid_argument); an fp32
+  // network's primitives are created here.
+
   // int8: true until calibrated (observe + finalize, or load_calibration).
   bool needs_calibration() const;
-  // int8 calibration: runs the batch in fp32 and records activation ranges.
+  // int8 calibration: runs the batch in fp32 (the same graph, the same folding of the input) and
+  // records the range of every value (min/max, or a histogram for kEntropy). std::logic_error
+  // on an fp32 network or one already calibrated.
   void observe(const void* input, int batch);
+  // Turns the ranges into the table and builds the int8 primitives; std::logic_error before any
+  // observe().
   void finalize_calibration();
-  // The calibration table (per-value ranges and the mode), as JSON; load builds the primitives.
+  // The calibration table (per-value ranges and the mode), as JSON (calibration.hpp); load builds
+  // the primitives, which then compute exactly what the calibrated network computed. A table
+  // that cannot be read or lacks a range the network needs throws CalibrationError and leaves
+  // the network uncalibrated.
   void save_calibration(const std::string& path) const;
   void load_calibration(const std::string& path);
 
-  // Runs one batch (batch <= options.batch; a smaller last batch is padded internally) and writes
-  // batch x classes() float32 logits (the outputs before any softmax).
+  // Runs one batch (batch <= options.batch; a smaller last batch is copied into a padded buffer
+  // first) and writes batch x classes() float32 logits (the outputs before any softmax).
+  // std::logic_error while the int8 network needs calibration.
   void run(const void* input, int batch, float* logits);
 
   int classes() const;

@@ -810,6 +810,24 @@ TEST(Network, MisuseIsReported) {
   EXPECT_THROW(Network(m, bad), std::invalid_argument);
 }
 
+TEST(Network, AvgPoolCountingPaddingPastACeilEdgeIsRefused) {
+  ModelBuilder b(3, 8, 8, 3);
+  const int c = b.conv(0, 8, 3, 1, 1);
+  const int p = b.pool(OpKind::kAvgPool, c, 3, 2, 0, true, true);  // 8 -> 4: last window overhangs
+  const Model m = b.finish(b.gemm(b.flatten(p), 4));
+  EXPECT_THROW(Network(m, options_for(Precision::kFp32, InputType::kS8, InputLayout::kNHWC, 1)),
+               ModelError);
+  ModelBuilder e(3, 8, 8, 3);
+  const int c2 = e.conv(0, 8, 3, 1, 1);
+  const int p2 = e.pool(OpKind::kAvgPool, c2, 3, 2, 0, true, false);  // excluding padding: fine
+  const Model ok = e.finish(e.gemm(e.flatten(p2), 4));
+  const Images im = make_images(ok, 2, 86);
+  Network net(ok, options_for(Precision::kFp32, InputType::kF32, InputLayout::kNCHW, 2));
+  EXPECT_LE(relative_error(run_network(net, im, InputType::kF32, InputLayout::kNCHW),
+                           reference_logits(ok, im.model_input(), 2)),
+            1e-4);
+}
+
 TEST(Network, MalformedModelsAreRejected) {
   Model m = tiny_resnet();
   m.ops[1].inputs[0] = 50;  // reads a value produced later

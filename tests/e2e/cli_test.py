@@ -85,24 +85,9 @@ class CliCase(unittest.TestCase):
         (CompletedProcess, summary JSON or None, npy folder or None)."""
         cfg = e2e.Config(config)
         out = e2e.new_dir("run")
-        extra = [f"{cfg.stage_of_type('files')['name']}.root={e2e.dataset()}"]
+        extra = shipped_overrides(cfg, out)
         npy = cfg.stage_of_type("npy")
         npy_dir = os.path.join(out, "npy") if npy else None
-        if npy:
-            extra.append(f"{npy['name']}.dir={npy_dir}")
-        infer = cfg.stage_of_type("infer")
-        if infer:
-            # The shipped configs name full-size exported models; CI runs them with the tiny
-            # model the export script commits (32x32 input), calibrating on two batches.
-            augment = cfg.stage_of_type("augment")
-            tiny = e2e.source_path("tests", "data", "models", "tiny.onnx")
-            calib = os.path.join(out, "calib.json")
-            extra += [f"{infer['name']}.model={tiny}", f"{augment['name']}.resize=36",
-                      f"{augment['name']}.size=32",
-                      f"{infer['name']}.calibration={{batches: 2, table: {calib}}}"]
-        predictions = cfg.stage_of_type("predictions")
-        if predictions:
-            extra.append(f"{predictions['name']}.path={os.path.join(out, 'predictions.jsonl')}")
         json_path = os.path.join(out, "summary.json")
         args = ["run", config, *sets(*extra, *overrides), "--json", json_path]
         if quiet:
@@ -110,6 +95,28 @@ class CliCase(unittest.TestCase):
         result = self.millrace(*args, expect=expect)
         summary = load_json(json_path) if os.path.exists(json_path) else None
         return result, summary, npy_dir
+
+
+def shipped_overrides(cfg, out):
+    """The overrides that point a shipped config at the small dataset and at `out`: the files
+    root, npy and predictions outputs and, for inference configs (which name full-size exported
+    models), the tiny model the export script commits (32x32 input), calibrating on two batches."""
+    extra = [f"{cfg.stage_of_type('files')['name']}.root={e2e.dataset()}"]
+    npy = cfg.stage_of_type("npy")
+    if npy:
+        extra.append(f"{npy['name']}.dir={os.path.join(out, 'npy')}")
+    infer = cfg.stage_of_type("infer")
+    if infer:
+        augment = cfg.stage_of_type("augment")
+        tiny = e2e.source_path("tests", "data", "models", "tiny.onnx")
+        calib = os.path.join(out, "calib.json")
+        extra += [f"{infer['name']}.model={tiny}", f"{augment['name']}.resize=36",
+                  f"{augment['name']}.size=32",
+                  f"{infer['name']}.calibration={{batches: 2, table: {calib}}}"]
+    predictions = cfg.stage_of_type("predictions")
+    if predictions:
+        extra.append(f"{predictions['name']}.path={os.path.join(out, 'predictions.jsonl')}")
+    return extra
 
 
 class RunConfigsTest(CliCase):
@@ -548,11 +555,11 @@ stages:
     def test_graph_has_a_sequencer_only_when_ordered(self):
         for path in shipped_configs():
             cfg = e2e.Config(path)
-            root = f"{cfg.stage_of_type('files')['name']}.root={e2e.dataset()}"
+            extra = shipped_overrides(cfg, e2e.new_dir("graph"))
             with self.subTest(config=os.path.basename(path)):
-                ordered = self.millrace("graph", path, *sets(root, "pipeline.ordered=true"),
+                ordered = self.millrace("graph", path, *sets(*extra, "pipeline.ordered=true"),
                                         expect=0).stdout
-                unordered = self.millrace("graph", path, *sets(root, "pipeline.ordered=false"),
+                unordered = self.millrace("graph", path, *sets(*extra, "pipeline.ordered=false"),
                                           expect=0).stdout
                 self.check_dot(ordered)
                 self.check_dot(unordered)

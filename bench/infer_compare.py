@@ -1,0 +1,295 @@
+#!/usr/bin/python3
+"""millrace's int8 inference against PyTorch's, side by side, in one command.
+
+  /usr/bin/python3 bench/infer_compare.py [--millrace build/millrace] [--models resnet18,resnet50]
+      [--images 192] [--json out/infer_compare.json] [--keep DIR]
+
+For each model, the repository's config configs/<model>_int8.yaml runs through
+`millrace run CONFIG --set files.limit=N --json F --quiet` in four variants:
+
+  int8          as configured: int8 loader (s8 straight into the first convolution), int8 network
+  fp32          --set infer.precision=fp32 (same int8 batches, fp32 network)
+  f32-loader    --set normalize.dtype=float32 --set normalize.std=[58.395,57.12,57.375]: the
+                float32 loader, whose batches take the network's calibrated quantize path
+  (int8 variants first run once on --calibration-images images to write their calibration table,
+   so that the timed run loads it and no batch is held back for calibration)
+
+From each timed run's JSON it takes `metrics["infer.inference_images_per_second"]` (time spent in
+the network only) and the end-to-end `images_per_second` (steady state, JPEG files to logits).
+Then bench/peers/torch_int8.py times PyTorch's eager int8 (and fp32) on the same models, batch and
+thread count, and a table gives the ratios. Runs are short (a few hundred images), so absolute
+rates move with the machine's load: compare the ratios of one run.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+PEER = os.path.join(HERE, "peers", "torch_int8.py")
+MODEL_STD = "[58.395,57.12,57.375]"  # torchvision's std in pixel units, as the configs give it
+IMAGE_ELEMENTS = 224 * 224 * 3
+BYTES_PER_ELEMENT = {"int8": 1, "uint8": 1, "float32": 4}
+
+
+class RunFailed(Exception):
+    pass
+
+
+def run(cmd, timeout, what):
+    started = time.perf_counter()
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    except subprocess.TimeoutExpired:
+        raise RunFailed(f"{what} did not finish within {timeout} s: {' '.join(cmd)}")
+    except OSError as e:
+        raise RunFailed(f"{what} could not start: {e}")
+    if result.returncode != 0:
+        raise RunFailed(f"{what} failed with status {result.returncode}: {' '.join(cmd)}\n"
+                        f"{result.stdout}{result.stderr}")
+    return result, time.perf_counter() - started
+
+
+def millrace_run(args, model, variant, work, images, calibrate):
+    """One `millrace run` of configs/<model>_int8.yaml; returns its JSON report."""
+    config = os.path.join(REPO, "configs", f"{model}_int8.yaml")
+    stem = f"{model}_{variant}" + ("_calibration" if calibrate else "")
+    result_json = os.path.join(work, stem + ".json")
+    table = os.path.join(work, f"{model}_{variant}.calib.json")
+    sets = [f"files.limit={images}", f"predictions.path={os.path.join(work, stem + '.jsonl')}",
+            f"infer.threads={args.infer_threads}", f"pipeline.threads={args.threads}"]
+    if variant == "fp32":
+        sets.append("infer.precision=fp32")
+    else:
+        batches = args.calibration_batches
+        sets.append(f"infer.calibration={{batches: {batches}, mode: minmax, table: {table}}}")
+    if variant == "f32-loader":
+        sets += ["normalize.dtype=float32", f"normalize.std={MODEL_STD}"]
+    cmd = [args.millrace, "run", config, "--json", result_json, "--quiet"]
+    for s in sets:
+        cmd += ["--set", s]
+    _, seconds = run(cmd, args.timeout, f"millrace ({model}, {variant})")
+    try:
+        with open(result_json) as f:
+            report = json.load(f)
+    except (OSError, ValueError) as e:
+        raise RunFailed(f"millrace ({model}, {variant}) wrote no usable JSON at {result_json}: {e}")
+    if not report.get("finished") or report.get("error"):
+        raise RunFailed(f"millrace ({model}, {variant}) did not finish: {report.get('error')}")
+    if report.get("images") != images:
+        raise RunFailed(f"millrace ({model}, {variant}) delivered {report.get('images')} images, "
+                        f"{images} expected")
+    report["command"] = cmd
+    report["wall_seconds"] = seconds
+    return report
+
+
+def metric(report, key, what):
+    try:
+        value = float(report["metrics"][key])
+    except (KeyError, TypeError, ValueError):
+        raise RunFailed(f"{what}: no metric '{key}' in millrace's JSON")
+    return value
+
+
+def measure_millrace(args, model, work):
+    rows = {}
+    for variant in ("int8", "fp32", "f32-loader"):
+        if variant != "fp32":
+            millrace_run(args, model, variant, work, args.calibration_images, calibrate=True)
+        report = millrace_run(args, model, variant, work, args.images, calibrate=False)
+        what = f"millrace ({model}, {variant})"
+        dtype = "float32" if variant == "f32-loader" else "int8"
+        rows[variant] = {
+            "inference_images_per_second": metric(report, "infer.inference_images_per_second",
+                                                  what),
+            "end_to_end_images_per_second": float(report["images_per_second"]),
+            "input_reorders_per_batch": metric(report, "infer.input_reorders_per_batch", what),
+            "loader_dtype": dtype,
+            "batch_bytes_per_image": IMAGE_ELEMENTS * BYTES_PER_ELEMENT[dtype],
+            "report": report,
+        }
+        r = rows[variant]
+        print(f"[{model}] millrace {variant}: inference {r['inference_images_per_second']:.1f} "
+              f"images/s, end-to-end {r['end_to_end_images_per_second']:.1f} images/s, "
+              f"input reorders/batch {r['input_reorders_per_batch']:g} "
+              f"({report['wall_seconds']:.1f} s wall)", flush=True)
+    return rows
+
+
+def measure_peer(args, work):
+    peer_json = os.path.join(work, "peer.json")
+    cmd = [args.peer_python, PEER, "--models", ",".join(args.models), "--batch", "32",
+           "--threads", str(args.infer_threads), "--batches", str(args.peer_batches),
+           "--repeats", str(args.peer_repeats), "--json", peer_json]
+    print(f"[peer] {' '.join(cmd)}", flush=True)
+    result, _ = run(cmd, args.timeout, "the PyTorch peer")
+    for line in result.stdout.strip().splitlines():
+        print(f"[peer] {line}", flush=True)
+    with open(peer_json) as f:
+        peer = json.load(f)
+    rates = {(r["model"], r["precision"]): r["images_per_second"] for r in peer["results"]}
+    return peer, rates
+
+
+def print_table(header, lines):
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+
+    def fmt(cells):
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths)))
+
+    print(fmt(header))
+    for line in lines:
+        print(fmt(line))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--millrace", default=os.path.join(REPO, "build", "millrace"),
+                        help="the millrace executable (default %(default)s)")
+    parser.add_argument("--models", default="resnet18,resnet50",
+                        help="comma-separated: resnet18, resnet50 (default %(default)s)")
+    parser.add_argument("--images", type=int, default=192,
+                        help="images per timed millrace run, a multiple of 32 "
+                             "(default %(default)s)")
+    parser.add_argument("--calibration-images", type=int, default=64,
+                        help="images of the run that writes an int8 variant's calibration table "
+                             "(default %(default)s)")
+    parser.add_argument("--calibration-batches", type=int, default=2,
+                        help="batches calibrated on in that run (default %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="millrace pipeline threads")
+    parser.add_argument("--infer-threads", type=int, default=2,
+                        help="millrace infer.threads and the peer's torch.set_num_threads")
+    parser.add_argument("--peer-batches", type=int, default=4,
+                        help="batches of 32 per timed peer repeat (default %(default)s)")
+    parser.add_argument("--peer-repeats", type=int, default=3,
+                        help="timed peer repeats, median reported (default %(default)s)")
+    parser.add_argument("--peer-python", default="/usr/bin/python3",
+                        help="interpreter with Debian's torch (default %(default)s)")
+    parser.add_argument("--json", help="write the table and both sides' results here")
+    parser.add_argument("--keep", help="keep configs' outputs, tables and raw JSON in this folder")
+    parser.add_argument("--timeout", type=int, default=1200, help="seconds per run")
+    args = parser.parse_args()
+
+    args.models = [m for m in args.models.split(",") if m]
+    if not args.models or any(m not in ("resnet18", "resnet50") for m in args.models):
+        parser.error("--models: resnet18, resnet50 or both")
+    if args.images < 64 or args.images % 32 or args.calibration_images < 32:
+        parser.error("--images must be a multiple of 32 and >= 64, --calibration-images >= 32")
+    args.millrace = os.path.abspath(args.millrace)
+    if not (os.path.isfile(args.millrace) and os.access(args.millrace, os.X_OK)):
+        parser.error(f"{args.millrace} is not an executable file (build it: "
+                     f"`cd build && ninja millrace_cli`)")
+    for m in args.models:
+        if not os.path.isfile(os.path.join(REPO, "data", "models", f"{m}.onnx")):
+            parser.error(f"data/models/{m}.onnx is missing (make it with bench/models/export.py)")
+
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
+        work_context, work = None, os.path.abspath(args.keep)
+    else:
+        work_context = tempfile.TemporaryDirectory(prefix="millrace_infer_compare_")
+        work = work_context.name
+    try:
+        millrace = {m: measure_millrace(args, m, work) for m in args.models}
+        peer, peer_rates = measure_peer(args, work)
+    except RunFailed as e:
+        print(f"infer_compare: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if work_context is not None:
+            work_context.cleanup()
+
+    rows = []
+    for m in args.models:
+        mr = millrace[m]
+        row = {
+            "model": m,
+            "millrace_int8": mr["int8"]["inference_images_per_second"],
+            "torch_int8": peer_rates[(m, "int8")],
+            "millrace_fp32": mr["fp32"]["inference_images_per_second"],
+            "torch_fp32": peer_rates[(m, "fp32")],
+            "millrace_int8_end_to_end": mr["int8"]["end_to_end_images_per_second"],
+            "millrace_fp32_end_to_end": mr["fp32"]["end_to_end_images_per_second"],
+            "f32_loader_inference": mr["f32-loader"]["inference_images_per_second"],
+            "f32_loader_end_to_end": mr["f32-loader"]["end_to_end_images_per_second"],
+            "int8_input_reorders_per_batch": mr["int8"]["input_reorders_per_batch"],
+            "f32_loader_input_reorders_per_batch": mr["f32-loader"]["input_reorders_per_batch"],
+            "int8_batch_bytes_per_image": mr["int8"]["batch_bytes_per_image"],
+            "f32_batch_bytes_per_image": mr["f32-loader"]["batch_bytes_per_image"],
+        }
+        row["int8_ratio_vs_torch"] = row["millrace_int8"] / row["torch_int8"]
+        row["fp32_ratio_vs_torch"] = row["millrace_fp32"] / row["torch_fp32"]
+        row["millrace_int8_over_fp32"] = row["millrace_int8"] / row["millrace_fp32"]
+        row["torch_int8_over_fp32"] = row["torch_int8"] / row["torch_fp32"]
+        row["end_to_end_over_inference"] = row["millrace_int8_end_to_end"] / row["millrace_int8"]
+        row["int8_loader_over_f32_loader_inference"] = (row["millrace_int8"] /
+                                                         row["f32_loader_inference"])
+        row["int8_loader_over_f32_loader_end_to_end"] = (row["millrace_int8_end_to_end"] /
+                                                          row["f32_loader_end_to_end"])
+        rows.append(row)
+
+    print()
+    print("inference only, images/s (batch 32, "
+          f"{args.infer_threads} inference threads; millrace over {args.images} images)")
+    print_table(("model", "millrace int8", "torch int8", "ratio", "millrace fp32", "torch fp32",
+                 "int8/fp32 millrace", "int8/fp32 torch", "e2e int8", "e2e / inference"),
+                [(r["model"], f"{r['millrace_int8']:.1f}", f"{r['torch_int8']:.1f}",
+                  f"{r['int8_ratio_vs_torch']:.2f}x", f"{r['millrace_fp32']:.1f}",
+                  f"{r['torch_fp32']:.1f}", f"{r['millrace_int8_over_fp32']:.2f}x",
+                  f"{r['torch_int8_over_fp32']:.2f}x", f"{r['millrace_int8_end_to_end']:.1f}",
+                  f"{r['end_to_end_over_inference']:.2f}") for r in rows])
+    print()
+    print("int8 loader (s8 straight in) vs float32 loader + quantize, int8 network")
+    print_table(("model", "s8 inference", "f32 inference", "ratio", "s8 e2e", "f32 e2e", "ratio",
+                 "bytes/image s8", "bytes/image f32", "input reorders s8/f32"),
+                [(r["model"], f"{r['millrace_int8']:.1f}", f"{r['f32_loader_inference']:.1f}",
+                  f"{r['int8_loader_over_f32_loader_inference']:.2f}x",
+                  f"{r['millrace_int8_end_to_end']:.1f}", f"{r['f32_loader_end_to_end']:.1f}",
+                  f"{r['int8_loader_over_f32_loader_end_to_end']:.2f}x",
+                  str(r["int8_batch_bytes_per_image"]), str(r["f32_batch_bytes_per_image"]),
+                  f"{r['int8_input_reorders_per_batch']:g}/"
+                  f"{r['f32_loader_input_reorders_per_batch']:g}") for r in rows])
+
+    # The speed targets of the infer stage's specification, reported, not enforced: absolute
+    # rates on a shared 2-core machine move too much for a benchmark to fail a build.
+    targets = []
+    for r in rows:
+        targets.append((f"{r['model']}: millrace int8 / torch int8 >= 1.3",
+                        r["int8_ratio_vs_torch"] >= 1.3))
+        if r["model"] == "resnet50":
+            targets.append((f"{r['model']}: end-to-end / inference-only >= 0.9",
+                            r["end_to_end_over_inference"] >= 0.9))
+    print()
+    for text, met in targets:
+        print(f"target {text}: {'met' if met else 'NOT met'}")
+
+    if args.json:
+        report = {
+            "targets": [{"target": text, "met": met} for text, met in targets],
+            "images": args.images,
+            "threads": args.threads,
+            "infer_threads": args.infer_threads,
+            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                        "load_average": os.getloadavg()},
+            "rows": rows,
+            "millrace": millrace,
+            "peer": peer,
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
