@@ -78,7 +78,8 @@ def write_list(path, lines):
         f.writelines(lines)
 
 
-def make_config(model, work, list_path, out_dir, precision, loader, table, calibration_batches):
+def make_config(model, list_path, out_dir, precision, loader, table, calibration_batches,
+                calibration_mode):
     """configs/<model>_int8.yaml with absolute paths, the given slice, and an npy sink."""
     source = "resnet18" if model == "mobilenet_v2" else model
     with open(os.path.join(REPO, "configs", f"{source}_int8.yaml")) as f:
@@ -95,7 +96,7 @@ def make_config(model, work, list_path, out_dir, precision, loader, table, calib
         elif kind == "infer":
             stage["model"] = os.path.join(REPO, "data", "models", f"{model}.onnx")
             stage["precision"] = precision
-            stage["calibration"] = {"batches": calibration_batches, "mode": "minmax",
+            stage["calibration"] = {"batches": calibration_batches, "mode": calibration_mode,
                                     "table": table}
             stages.append(stage)
             stages.append({"type": "npy", "dir": out_dir})
@@ -109,8 +110,8 @@ def make_config(model, work, list_path, out_dir, precision, loader, table, calib
 
 def millrace_run(args, model, work, name, list_path, images, precision, loader, table):
     out_dir = os.path.join(work, f"{model}_{name}")
-    config = make_config(model, work, list_path, out_dir, precision, loader, table,
-                         args.calibration_batches)
+    config = make_config(model, list_path, out_dir, precision, loader, table,
+                         args.calibration_batches, args.calibration_mode)
     config_path = os.path.join(work, f"{model}_{name}.yaml")
     with open(config_path, "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
@@ -276,7 +277,7 @@ def check_model(args, model, work, lines):
     else:
         references["opencv"] = {"error": relative_error(np.concatenate(fp32["logits"]),
                                                         np.concatenate(cv_out))}
-    float_model, weights = torch_int8.build_float(model, onnx_path)
+    float_model, weights = torch_int8.build_float(model, onnx_path, quantizable_model=False)
     if not weights.startswith("from "):
         raise CheckError(f"{onnx_path}: cannot load the ONNX weights into PyTorch")
     torch_fp32 = torch_logits(float_model, fp32["x"])
@@ -301,11 +302,14 @@ def check_model(args, model, work, lines):
         if not b["centred_cosine_mean"] >= CENTRED_LIMIT:
             failures.append(f"(b) int8 vs fp32 centred cosine {b['centred_cosine_mean']:.4f} < "
                             f"{CENTRED_LIMIT}")
+    # PyTorch's int8 is compared with the fp32 of the model it quantizes: for MobileNetV2 that
+    # is torchvision's quantizable variant (ReLU for ReLU6), not the exported network.
     engine = torch_int8.choose_engine()
     quantized, _ = torch_int8.build_float(model, onnx_path)
+    torch_fp32_q = torch_fp32 if model.startswith("resnet") else torch_logits(quantized, fp32["x"])
     torch_int8.quantize(quantized, [torch.from_numpy(x) for x in calib["x"]], engine)
     result["pytorch_int8_vs_fp32"] = dict(agreement(torch_logits(quantized, fp32["x"]),
-                                                    torch_fp32), engine=engine)
+                                                    torch_fp32_q), engine=engine)
 
     # (c) float32 loader + quantize against the int8 loader.
     if f32_loader is not None:
@@ -350,6 +354,8 @@ def main():
     parser.add_argument("--calibration-batches", type=int, default=8,
                         help="batches of 32 to calibrate on, as the configs do (default "
                              "%(default)s)")
+    parser.add_argument("--calibration-mode", choices=["minmax", "entropy"], default="minmax",
+                        help="millrace's calibration mode (default %(default)s, as the configs)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the permutation of labels.lst that the calibration and "
                              "evaluation slices are taken from (default %(default)s)")
@@ -446,6 +452,7 @@ def main():
     print("infer_accuracy: " + ("FAILED" if failures else "all checks passed"))
     if args.json:
         report = {"images": args.images, "calibration_batches": args.calibration_batches,
+                  "calibration_mode": args.calibration_mode, "seed": args.seed,
                   "limits": {"fp32_relative_error": FP32_LIMIT, "cosine": COSINE_LIMIT,
                              "centred_cosine": CENTRED_LIMIT, "gated_models": list(GATED)},
                   "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},

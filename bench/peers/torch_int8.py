@@ -112,10 +112,18 @@ def load_onnx_weights(model, onnx_path):
     model.load_state_dict({k: weights[k] for k in wanted}, strict=False)
 
 
-def build_float(name, onnx_path=None, seed=EXPORT_SEED):
-    """torchvision's quantizable model in fp32 eval mode; (model, description of its weights)."""
+def build_float(name, onnx_path=None, seed=EXPORT_SEED, quantizable_model=True):
+    """A torchvision model in fp32 eval mode; (model, description of its weights).
+
+    quantizable_model=False builds the plain model that export.py exported. The quantizable
+    ResNets compute the same function; the quantizable MobileNetV2 does not: torchvision replaces
+    its ReLU6 activations with ReLU (so that they fuse), whatever `quantize` says.
+    """
     torch.manual_seed(seed)
-    model = getattr(quantizable, name)(weights=None, quantize=False)
+    if quantizable_model:
+        model = getattr(quantizable, name)(weights=None, quantize=False)
+    else:
+        model = getattr(torchvision.models, name)(weights=None)
     if onnx_path and os.path.isfile(onnx_path):
         load_onnx_weights(model, onnx_path)
         weights = f"from {onnx_path}"
