@@ -299,9 +299,8 @@ class ValidateTest(CliCase):
         for path in shipped_configs():
             relative = os.path.relpath(path, Env.source)
             with self.subTest(config=relative):
-                files = e2e.Config(path).stage_of_type("files")["name"]
-                result = self.millrace("validate", relative,
-                                       *sets(f"{files}.root={e2e.dataset()}"), cwd=Env.source,
+                extra = shipped_overrides(e2e.Config(path), e2e.new_dir("validate"))
+                result = self.millrace("validate", relative, *sets(*extra), cwd=Env.source,
                                        expect=0)
                 self.assertNotIn("error:", result.stderr)
                 self.assertIn(f"{relative}: ok", result.stdout)
