@@ -433,6 +433,8 @@ def main():
                          f"{a['centred_cosine_mean']:.4f} / {a['centred_cosine_min']:.4f}",
                          f"{a['top1_agreement']:.3f}"))
     print_table(("model", "cosine", "centred cosine", "top-1 agreement"), rows)
+    print("  pytorch: PyTorch's eager int8 against its own fp32 on the same input (MobileNetV2: "
+          "torchvision's quantizable variant, ReLU for ReLU6)")
     if any("f32_loader_vs_int8_loader" in r for r in results):
         print()
         print("(c) float32 loader + quantize vs int8 loader, both int8 networks")
