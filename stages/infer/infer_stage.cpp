@@ -294,7 +294,6 @@ void InferStage::run(BatchData& b) {
   scored_.fetch_add(real);
   top1_.fetch_add(top1);
   topk_.fetch_add(topk);
-  images_.fetch_add(real);
 }
 
 void InferStage::finish_calibration(BatchEmitter& out) {

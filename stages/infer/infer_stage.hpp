@@ -63,7 +63,6 @@ class InferStage final : public BatchTransformStage {
   std::atomic<std::uint64_t> scored_{0};
   std::atomic<std::uint64_t> top1_{0};
   std::atomic<std::uint64_t> topk_{0};
-  std::atomic<std::uint64_t> images_{0};
   std::atomic<std::uint64_t> timed_images_{0};  // images of the batches after the first
   bool warm_ = false;                           // a batch has run (stage thread only)
   std::atomic<double> infer_seconds_{0};
