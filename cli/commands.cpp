@@ -173,9 +173,9 @@ int cmd_run(const Args& a) {
   if (group.world > 1) {
     const std::vector<RunStats> ranks = gather_run_stats(stats);
     if (leader) {
-      std::cout << format_summary(p.name() + " (" + std::to_string(group.world) +
-                                      " ranks; the stage table is rank 0's)",
-                                  combine_run_stats(ranks));
+      std::cout << format_summary(
+          p.name() + " (" + std::to_string(group.world) + " ranks; the stage table is rank 0's)",
+          combine_run_stats(ranks));
       for (const auto& r : ranks) {
         std::printf("  rank %d: part %d/%d, %llu images, %.1f images/s%s%s\n", r.rank, r.part_index,
                     r.num_parts, static_cast<unsigned long long>(r.images), r.images_per_second,

@@ -400,8 +400,9 @@ void check_structure(PipelinePlan& plan, const ConfigNode& stages_node, Diagnost
       d.error(s.where, where + ": sample transforms come before the batch stage");
     }
     if (shape == StageShape::kBatchTransform && batch_index < 0) {
-      d.error(s.where, where + ": a batch transform works on batches, so it comes after the batch "
-                               "stage");
+      d.error(s.where, where +
+                           ": a batch transform works on batches, so it comes after the batch "
+                           "stage");
     }
     if (shape == StageShape::kSink && batch_index < 0) {
       d.error(s.where, where + ": a sink consumes batches, so it comes after the batch stage");

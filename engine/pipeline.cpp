@@ -1,4 +1,3 @@
-#include "millrace/distributed.hpp"
 #include "millrace/pipeline.hpp"
 
 #include <fstream>
@@ -7,6 +6,7 @@
 #include "engine/config.hpp"
 #include "engine/pipeline_access.hpp"
 #include "engine/runtime.hpp"
+#include "millrace/distributed.hpp"
 
 namespace millrace {
 
@@ -79,8 +79,8 @@ std::unique_ptr<Pipeline::Impl> build(std::string_view yaml, const std::string& 
   PipelinePlan plan;
   if (!diagnostics.has_errors()) {
     const ProcessGroup& group = process_group();
-    plan = parse_pipeline(std::move(root), overrides, registry, diagnostics, group.rank,
-                          group.world);
+    plan =
+        parse_pipeline(std::move(root), overrides, registry, diagnostics, group.rank, group.world);
   }
   diagnostics.throw_if_errors();
   return std::make_unique<Pipeline::Impl>(std::move(plan), diagnostics.warnings(), created);

@@ -123,7 +123,8 @@ class Pipeline::Impl final : public detail::BatchOwner, public RunReporter {
   std::atomic<std::int64_t> last_batch_ns_{-1};
   std::atomic<std::int64_t> end_ns_{-1};
   std::int64_t built_ns_ = 0;  // construction time (scanning, preparing), part of start-up
-  std::atomic<std::int64_t> idle_ns_{0};  // between construction and start(): not the pipeline's time
+  std::atomic<std::int64_t> idle_ns_{
+      0};  // between construction and start(): not the pipeline's time
 };
 
 }  // namespace millrace

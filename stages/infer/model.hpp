@@ -26,33 +26,33 @@ struct FloatTensor {
 };
 
 enum class OpKind {
-  kConv,           // weight OIHW (I = input channels / groups), optional bias [O]
+  kConv,  // weight OIHW (I = input channels / groups), optional bias [O]
   kMaxPool,
   kAvgPool,
   kGlobalAvgPool,  // NCHW -> NC11
   kAdd,            // elementwise, two inputs of the same shape (the residual add)
   kRelu,           // a ReLU or Clip that could not be fused into its producer
   kClip,
-  kGemm,           // inner product: input flattened to [N, K]; weight [O, K]; bias [O]
-  kConcat,         // along `axis` (channels)
-  kFlatten,        // NCHW -> [N, C*H*W]; a no-op on the data when it follows a 1x1 spatial map
+  kGemm,     // inner product: input flattened to [N, K]; weight [O, K]; bias [O]
+  kConcat,   // along `axis` (channels)
+  kFlatten,  // NCHW -> [N, C*H*W]; a no-op on the data when it follows a 1x1 spatial map
 };
 
 enum class Activation { kNone, kRelu, kClip };
 
 struct Op {
   OpKind kind = OpKind::kConv;
-  std::string name;             // the ONNX node's name (or "<op_type>_<index>" when it had none)
-  std::vector<int> inputs;      // value ids
-  int output = -1;              // value id
+  std::string name;         // the ONNX node's name (or "<op_type>_<index>" when it had none)
+  std::vector<int> inputs;  // value ids
+  int output = -1;          // value id
   // Conv and pooling.
   std::array<int, 2> kernel{1, 1};
   std::array<int, 2> stride{1, 1};
   std::array<int, 2> dilation{1, 1};
   std::array<int, 4> pads{0, 0, 0, 0};  // top, left, bottom, right
   int groups = 1;
-  bool count_include_pad = false;       // AvgPool
-  bool ceil_mode = false;               // pooling
+  bool count_include_pad = false;  // AvgPool
+  bool ceil_mode = false;          // pooling
   // Conv and Gemm: weights with any BatchNormalization folded in.
   FloatTensor weight;
   FloatTensor bias;  // empty shape when the op has none
@@ -66,12 +66,12 @@ struct Op {
 
 struct Model {
   std::string path;
-  int input = 0;                            // value id of the network input
+  int input = 0;  // value id of the network input
   std::string input_name;
   std::array<std::int64_t, 4> input_shape{1, 3, 224, 224};  // NCHW, batch 1
   std::vector<Op> ops;
-  int output = -1;                          // value id of the logits: the outputs before a softmax
-  bool ends_with_softmax = false;           // the ONNX graph applied a softmax to the logits
+  int output = -1;                 // value id of the logits: the outputs before a softmax
+  bool ends_with_softmax = false;  // the ONNX graph applied a softmax to the logits
   std::vector<std::vector<std::int64_t>> value_shapes;  // per value id, batch 1
   int value_count() const { return static_cast<int>(value_shapes.size()); }
 };
