@@ -126,7 +126,7 @@ class Schema : public SchemaBase {
   }
   // A list of numbers whose length is one of `sizes` (empty: any length >= 1).
   Schema& numbers(const char* key, std::vector<double> P::*member, std::string doc,
-                  std::vector<std::size_t> sizes,
+                  const std::vector<std::size_t>& sizes,
                   double lo = -std::numeric_limits<double>::infinity(),
                   double hi = std::numeric_limits<double>::infinity()) {
     std::string type = "list of numbers";
@@ -299,11 +299,12 @@ class Schema : public SchemaBase {
   }
 
   template <class Show>
-  Schema& add(const char* key, std::string type, std::string doc, Show show, Parser parser) {
+  Schema& add(const char* key, const std::string& type, const std::string& doc, Show show,
+              Parser parser) {
     Field f;
     f.doc.key = key;
-    f.doc.type = std::move(type);
-    f.doc.doc = std::move(doc);
+    f.doc.type = type;
+    f.doc.doc = doc;
     f.doc.default_value = show(P{});
     f.parse = std::move(parser);
     fields_.push_back(std::move(f));
