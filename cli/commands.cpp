@@ -221,21 +221,14 @@ int cmd_bench(const Args& a) {
   BenchResult r = bench(path, a.overrides, a.repeats, a.warmup);
   const std::string name = std::filesystem::path(path).stem().string();
   std::cout << format_summary(name, r.last);
-  std::vector<double> lat = r.batch_latency_ms;
-  std::sort(lat.begin(), lat.end());
-  auto pct = [&](double q) {
-    return lat.empty()
-               ? 0.0
-               : lat[std::min(lat.size() - 1,
-                              static_cast<std::size_t>(q * static_cast<double>(lat.size())))];
-  };
+  const auto& lat = r.batch_latency_ms;
   std::printf("bench %s: median %.1f images/s over %zu runs (", name.c_str(),
               r.median_images_per_second, r.images_per_second.size());
   for (std::size_t i = 0; i < r.images_per_second.size(); ++i) {
     std::printf("%s%.1f", i > 0 ? ", " : "", r.images_per_second[i]);
   }
-  std::printf("); batch latency p50 %.2f ms, p90 %.2f ms, p99 %.2f ms\n", pct(0.5), pct(0.9),
-              pct(0.99));
+  std::printf("); batch latency p50 %.2f ms, p90 %.2f ms, p99 %.2f ms\n", percentile(lat, 0.5),
+              percentile(lat, 0.9), percentile(lat, 0.99));
   if (!a.json.empty()) write_file(a.json, bench_json(name, r));
   return r.last.error.empty() ? kOk : kRunFailed;
 }

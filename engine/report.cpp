@@ -168,6 +168,15 @@ std::string summary_json(const std::string& name, const RunStats& s) {
   return j.str() + "\n";
 }
 
+double percentile(std::vector<double> values, double q) {
+  if (values.empty()) return 0.0;
+  const auto rank =
+      std::min(values.size() - 1, static_cast<std::size_t>(q * static_cast<double>(values.size())));
+  std::nth_element(values.begin(), values.begin() + static_cast<std::ptrdiff_t>(rank),
+                   values.end());
+  return values[rank];
+}
+
 BenchResult bench(const std::string& config_path, const std::vector<std::string>& overrides,
                   int repeats, int warmup) {
   BenchResult result;
@@ -204,15 +213,10 @@ std::string bench_json(const std::string& name, const BenchResult& r) {
   j.key("runs").begin_array();
   for (double v : r.images_per_second) j.value(v);
   j.end_array();
-  std::vector<double> lat = r.batch_latency_ms;
-  std::sort(lat.begin(), lat.end());
-  auto pct = [&](double q) {
-    if (lat.empty()) return 0.0;
-    return lat[std::min(lat.size() - 1,
-                        static_cast<std::size_t>(q * static_cast<double>(lat.size())))];
-  };
+  const auto& lat = r.batch_latency_ms;
   j.key("batch_latency_ms").begin_object();
-  j.key("p50").value(pct(0.50)).key("p90").value(pct(0.90)).key("p99").value(pct(0.99));
+  j.key("p50").value(percentile(lat, 0.50)).key("p90").value(percentile(lat, 0.90));
+  j.key("p99").value(percentile(lat, 0.99));
   j.end_object();
   j.key("images").value(r.last.images).key("startup_seconds").value(r.last.startup_seconds);
   j.end_object();

@@ -471,7 +471,6 @@ void FlowGraph::run_step(Step& step, Step* next, const Msg& msg) {
     if (m.sample != nullptr) samples_->release(m.sample);
     if (m.batch != nullptr) batches_->release(m.batch);
   } else {
-    const std::string* stage_name = step.stage != nullptr ? &step.stage->name : nullptr;
     auto sample_failure = [&](const std::exception& e, bool data_error) {
       const StagePlan& s = *step.stage;
       std::string what =
@@ -581,7 +580,6 @@ void FlowGraph::run_step(Step& step, Step* next, const Msg& msg) {
       if (!emitted && m.sample != nullptr) samples_->release(m.sample);
       if (!emitted && m.batch != nullptr) batches_->release(m.batch);
     }
-    (void)stage_name;
   }
   if (!emitted) {
     if (out_counters != nullptr) out_counters->occupancy.fetch_sub(1, std::memory_order_relaxed);

@@ -33,6 +33,8 @@ struct BenchResult {
   std::vector<double> batch_latency_ms;  // per-batch gaps at the consumer, all measured runs
   RunStats last;                         // statistics of the last measured run
 };
+// The q-quantile (0..1) of `values` by nearest rank; 0 for no values.
+double percentile(std::vector<double> values, double q);
 // Runs the pipeline `warmup` times unmeasured, then `repeats` times measured.
 BenchResult bench(const std::string& config_path, const std::vector<std::string>& overrides,
                   int repeats, int warmup);
