@@ -2,13 +2,14 @@
 """Runs millrace and the PyTorch DataLoader peer on the same files and prints the ratio.
 
   python3 bench/compare.py --millrace build/millrace --root data/imagenet-like \\
-      --recipe train|val|both --images 1000 [--json out/compare.json]
+      --recipe train|val|both --images 1000 [--reduce off|auto|both] [--json out/compare.json]
 
 For each recipe a millrace config is written to a temporary folder and run with
 `MILLRACE bench CONFIG --json RESULT.json` (warm-up and repeats are millrace's; its JSON gives the
 median "images_per_second"), then bench/peers/torch_dataloader.py runs on the same first N images
 of ROOT/labels.lst with the same worker count and batch size, --peer-repeats times (median). Both
-sides deliver full batches only. Absolute rates drift on shared machines; the ratio of two runs
+sides deliver full batches only. --reduce picks millrace's `decode.reduce` (both: each, against the
+same peer runs). Absolute rates drift on shared machines; the ratio of two runs
 made back to back is the number to quote.
 """
 
@@ -27,7 +28,7 @@ PEER = os.path.join(HERE, "peers", "torch_dataloader.py")
 IMAGENET_MEAN_PIXELS = "[123.68, 116.779, 103.939]"
 
 
-def millrace_config(recipe, root, images, threads, batch):
+def millrace_config(recipe, root, images, threads, batch, reduce="off"):
     """The config of one recipe; `root` goes in as a JSON string, which YAML reads verbatim."""
     root_text = json.dumps(os.path.abspath(root))
     if recipe == "train":
@@ -41,7 +42,7 @@ def millrace_config(recipe, root, images, threads, batch):
     return (f"pipeline: {{name: {recipe}-int8, threads: {threads}, queue: 8, ordered: true}}\n"
             "stages:\n"
             f"  - {files}\n"
-            "  - {type: decode}\n"
+            f"  - {{type: decode, reduce: {reduce}}}\n"
             f"  - {augment}\n"
             f"  - {{type: normalize, dtype: int8, mean: {IMAGENET_MEAN_PIXELS}, layout: NCHW}}\n"
             f"  - {{type: batch, size: {batch}, last: drop}}\n"
@@ -78,16 +79,24 @@ def read_rate(path, what):
     return rate, data
 
 
-def compare_recipe(args, recipe, work):
-    config = os.path.join(work, f"millrace_{recipe}.yaml")
+def run_millrace(args, recipe, reduce, work):
+    label = recipe if reduce == "off" else f"{recipe}, reduce: {reduce}"
+    text = millrace_config(recipe, args.root, args.images, args.threads, args.batch, reduce)
+    config = os.path.join(work, f"millrace_{recipe}_{reduce}.yaml")
     with open(config, "w") as f:
-        f.write(millrace_config(recipe, args.root, args.images, args.threads, args.batch))
-    millrace_json = os.path.join(work, f"millrace_{recipe}.json")
-    print(f"[{recipe}] millrace bench {config}", flush=True)
+        f.write(text)
+    millrace_json = os.path.join(work, f"millrace_{recipe}_{reduce}.json")
+    print(f"[{label}] millrace bench {config}", flush=True)
     _, seconds = run([args.millrace, "bench", config, "--json", millrace_json], args.timeout,
                      "millrace")
-    millrace_rate, millrace_data = read_rate(millrace_json, "millrace")
-    print(f"[{recipe}] millrace: {millrace_rate:.1f} images/s ({seconds:.1f} s wall)", flush=True)
+    rate, data = read_rate(millrace_json, "millrace")
+    print(f"[{label}] millrace: {rate:.1f} images/s ({seconds:.1f} s wall)", flush=True)
+    return label, rate, data, text
+
+
+def compare_recipe(args, recipe, work):
+    reduces = ["off", "auto"] if args.reduce == "both" else [args.reduce]
+    millrace_runs = [run_millrace(args, recipe, reduce, work) for reduce in reduces]
 
     peer_runs = []
     for repeat in range(args.peer_repeats):
@@ -99,15 +108,15 @@ def compare_recipe(args, recipe, work):
         peer_runs.append(read_rate(peer_json, "the peer")[1])
     peer_rate = statistics.median(r["images_per_second"] for r in peer_runs)
 
-    return {
-        "recipe": recipe,
-        "millrace_images_per_second": millrace_rate,
+    return [{
+        "recipe": label,
+        "millrace_images_per_second": rate,
         "peer_images_per_second": peer_rate,
-        "ratio": millrace_rate / peer_rate,
-        "millrace": millrace_data,
+        "ratio": rate / peer_rate,
+        "millrace": data,
         "peer_runs": peer_runs,
-        "config": millrace_config(recipe, args.root, args.images, args.threads, args.batch),
-    }
+        "config": text,
+    } for label, rate, data, text in millrace_runs]
 
 
 def print_table(rows):
@@ -128,6 +137,8 @@ def main():
     parser.add_argument("--root", required=True, help="dataset folder holding labels.lst")
     parser.add_argument("--recipe", choices=["train", "val", "both"], default="both")
     parser.add_argument("--images", type=int, default=1000, help="first N images of the list")
+    parser.add_argument("--reduce", choices=["off", "auto", "both"], default="off",
+                        help="millrace's decode.reduce (both: each, against the same peer runs)")
     parser.add_argument("--json", help="write the table and both sides' results here")
     parser.add_argument("--threads", type=int, default=2, help="millrace pipeline threads")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
@@ -157,7 +168,7 @@ def main():
         work_context = tempfile.TemporaryDirectory(prefix="millrace_compare_")
         work = work_context.name
     try:
-        rows = [compare_recipe(args, recipe, work) for recipe in recipes]
+        rows = [row for recipe in recipes for row in compare_recipe(args, recipe, work)]
     except RunFailed as e:
         print(f"compare: {e}", file=sys.stderr)
         if not args.keep:
@@ -176,6 +187,7 @@ def main():
             "threads": args.threads,
             "workers": args.workers,
             "batch": args.batch,
+            "reduce": args.reduce,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "processor": platform.processor()},
             "results": rows,

@@ -16,9 +16,13 @@ The int8 variants first run once on --calibration-images images to write their c
 table, so that the timed runs load it and no batch is held back for calibration. Then --repeats
 rounds: each runs every variant of every model once and then bench/peers/torch_int8.py, which
 times PyTorch's eager int8 and fp32 on the same models, batch and thread count; taking turns lets
-a change in the machine's load touch both sides alike. From each millrace run's JSON it takes
-`metrics["infer.inference_images_per_second"]` (time spent in the network only) and the
-end-to-end `images_per_second` (steady state, JPEG files to logits). Medians over the rounds go
+a change in the machine's load touch both sides alike. Each timed millrace run also sets
+`infer.alone=<--peer-batches>`: after its stream ends, the infer stage times that many more runs
+of the network on one batch while the data stages are idle, as the peer times its model on
+ready tensors. From each run's JSON it takes `metrics["infer.alone_images_per_second"]`
+(inference alone: the figure held against the peer), `metrics["infer.inference_images_per_second"]`
+(time in the network during the run, while the data stages share the cores) and the end-to-end
+`images_per_second` (steady state, JPEG files to logits). Medians over the rounds go
 into two tables with the ratios. Runs are short (a few hundred images), so absolute rates move
 with the machine's load: compare the ratios of one run.
 """
@@ -67,6 +71,8 @@ def millrace_run(args, model, variant, work, images, calibrate):
     table = os.path.join(work, f"{model}_{variant}.calib.json")
     sets = [f"files.limit={images}", f"predictions.path={os.path.join(work, stem + '.jsonl')}",
             f"infer.threads={args.infer_threads}", f"pipeline.threads={args.threads}"]
+    if not calibrate:
+        sets.append(f"infer.alone={args.peer_batches}")
     if variant == "fp32":
         sets.append("infer.precision=fp32")
     else:
@@ -108,14 +114,16 @@ def summarise_millrace(model, reports):
     rows = {}
     for variant in VARIANTS:
         what = f"millrace ({model}, {variant})"
-        inference = [metric(r, "infer.inference_images_per_second", what)
-                     for r in reports[variant]]
+        inference = [metric(r, "infer.alone_images_per_second", what) for r in reports[variant]]
+        in_pipeline = [metric(r, "infer.inference_images_per_second", what)
+                       for r in reports[variant]]
         end_to_end = [float(r["images_per_second"]) for r in reports[variant]]
         dtype = "float32" if variant == "f32-loader" else "int8"
         rows[variant] = {
             "inference_images_per_second": statistics.median(inference),
             "end_to_end_images_per_second": statistics.median(end_to_end),
             "round_inference_images_per_second": inference,
+            "in_pipeline_images_per_second": statistics.median(in_pipeline),
             "round_end_to_end_images_per_second": end_to_end,
             "input_reorders_per_batch": max(
                 metric(r, "infer.input_reorders_per_batch", what) for r in reports[variant]),
@@ -157,7 +165,9 @@ def measure(args, work):
             for variant in VARIANTS:
                 report = millrace_run(args, model, variant, work, args.images, calibrate=False)
                 reports[model][variant].append(report)
-                print(f"[round {number + 1}] millrace {model} {variant}: inference "
+                print(f"[round {number + 1}] millrace {model} {variant}: inference alone "
+                      f"{metric(report, 'infer.alone_images_per_second', 'millrace'):.1f}, "
+                      f"in the pipeline "
                       f"{metric(report, 'infer.inference_images_per_second', 'millrace'):.1f} "
                       f"images/s, end-to-end {report['images_per_second']:.1f} images/s, input "
                       f"reorders/batch "

@@ -30,16 +30,19 @@ constexpr int kInterrupted = 130;
 const char* const kUsage = R"(usage: millrace <command> [options]
 
 commands:
-  run CONFIG [--set NAME.key=value]... [--json FILE] [--quiet]
-      run a pipeline: live progress on stderr, then a summary
+  run CONFIG [--set NAME.key=value]... [--json FILE] [--trace FILE] [--quiet]
+      run a pipeline: live progress on stderr, then a summary (per stage: busy time, time
+      waiting for input, blocked on output, queue occupancy); --trace writes a Chrome trace
+      (Perfetto, chrome://tracing): a span per stage invocation, queue occupancy counters
   validate CONFIG [--set ...]
       check a config without running it; errors as file:line:col (exit 2)
   stages [--markdown]
       every stage type with its keys, types, defaults and docs
   graph CONFIG [--set ...]
       the lowered oneTBB flow graph as Graphviz DOT
-  bench CONFIG [--set ...] [--repeats N] [--warmup N] [--json FILE]
-      repeated runs: median images/s and batch latency percentiles
+  bench CONFIG [--set ...] [--repeats N] [--warmup N] [--json FILE] [--trace FILE]
+      repeated runs: median images/s, batch latency percentiles and which stage limits
+      throughput, with what to change; --trace: of the last run
   make-dataset DIR [--count N] [--seed S] [--classes K] [--size imagenet|large]
       write an ImageNet-like JPEG set with class folders and labels.lst
   pack (--list LIST [--root DIR] | --folder DIR) OUT.rec [--resize N] [--quality Q]
@@ -54,6 +57,7 @@ struct Args {
   std::vector<std::string> positional;
   std::vector<std::string> overrides;
   std::string json;
+  std::string trace;
   bool quiet = false;
   bool markdown = false;
   int repeats = 3;
@@ -99,6 +103,8 @@ Args parse_args(int argc, char** argv, int first) {
       a.overrides.push_back(arg.substr(6));
     } else if (arg == "--json") {
       a.json = value();
+    } else if (arg == "--trace") {
+      a.trace = value();
     } else if (arg == "--quiet" || arg == "-q") {
       a.quiet = true;
     } else if (arg == "--markdown") {
@@ -153,10 +159,21 @@ void print_diagnostics(const std::vector<Diagnostic>& diagnostics) {
   for (const auto& d : diagnostics) std::cerr << d.to_string() << "\n";
 }
 
+// `--trace FILE` as the override it stands for; under MPI each rank writes FILE.rank<k>.
+std::string trace_override(const std::string& path, const ProcessGroup& group) {
+  std::string file = group.world > 1 ? path + ".rank" + std::to_string(group.rank) : path;
+  for (std::size_t i = file.find('\''); i != std::string::npos; i = file.find('\'', i + 2)) {
+    file.insert(i, "'");
+  }
+  return "pipeline.trace='" + file + "'";
+}
+
 int cmd_run(const Args& a) {
   const ProcessGroup& group = process_group();
   const bool leader = group.rank == 0;
-  Pipeline p = Pipeline::from_file(config_arg(a, "run"), a.overrides);
+  std::vector<std::string> overrides = a.overrides;
+  if (!a.trace.empty()) overrides.push_back(trace_override(a.trace, group));
+  Pipeline p = Pipeline::from_file(config_arg(a, "run"), overrides);
   if (leader) print_diagnostics(p.warnings());
   std::string failure;
   {
@@ -218,7 +235,7 @@ int cmd_graph(const Args& a) {
 
 int cmd_bench(const Args& a) {
   const std::string& path = config_arg(a, "bench");
-  BenchResult r = bench(path, a.overrides, a.repeats, a.warmup);
+  BenchResult r = bench(path, a.overrides, a.repeats, a.warmup, a.trace);
   const std::string name = std::filesystem::path(path).stem().string();
   std::cout << format_summary(name, r.last);
   const auto& lat = r.batch_latency_ms;
@@ -229,6 +246,7 @@ int cmd_bench(const Args& a) {
   }
   std::printf("); batch latency p50 %.2f ms, p90 %.2f ms, p99 %.2f ms\n", percentile(lat, 0.5),
               percentile(lat, 0.9), percentile(lat, 0.99));
+  std::printf("bottleneck: %s\n", find_bottleneck(r.last).report.c_str());
   if (!a.json.empty()) write_file(a.json, bench_json(name, r));
   return r.last.error.empty() ? kOk : kRunFailed;
 }

@@ -139,6 +139,14 @@ std::vector<ParamDoc> pipeline_key_docs() {
        "fail the run when more samples than this are skipped (a count, or a fraction of the "
        "samples read)",
        false},
+      {"trace", "string", "none",
+       "write a Chrome trace event file of the run here (open it in Perfetto or chrome://tracing): "
+       "a span per stage invocation on a track per worker thread, queue occupancy counters",
+       false},
+      {"trace_events", "integer", "100000",
+       "trace events kept per thread; a longer run keeps each thread's latest ones and counts the "
+       "older ones as dropped",
+       false},
   };
 }
 
@@ -146,8 +154,11 @@ std::vector<ParamDoc> common_stage_key_docs() {
   return {
       {"type", "string", "(required)", "the stage type", true},
       {"name", "string", "the type", "unique name; `--set NAME.key=value` addresses it", false},
-      {"concurrency", "integer | serial", "pipeline.threads for concurrent stages, else serial",
-       "samples processed at once", false},
+      {"concurrency", "integer | serial | auto",
+       "pipeline.threads for concurrent stages, else serial",
+       "samples processed at once; auto (concurrent stages): measure each auto stage's cost per "
+       "item over the first items, then split pipeline.threads between them in proportion",
+       false},
       {"queue", "integer", "pipeline.queue",
        "capacity of the edge into this stage, in items (ordered mode: the batch stage's edge "
        "defaults to the sum of the edges before it, its reordering window)",
@@ -198,6 +209,32 @@ void set_key(ConfigNode& map, const std::string& key, ConfigNode value, const Lo
   map.entries.emplace_back(std::move(k), std::move(value));
 }
 
+// Sets a dotted key path ("calibration.table") inside `map`, creating the mappings on the way;
+// a step that exists but is not a mapping is an error, never silently replaced.
+void set_path(ConfigNode& map, const std::string& path, ConfigNode value, const Location& where,
+              Diagnostics& d) {
+  ConfigNode* node = &map;
+  std::size_t start = 0;
+  for (std::size_t dot = path.find('.'); dot != std::string::npos;
+       start = dot + 1, dot = path.find('.', start)) {
+    const std::string step = path.substr(start, dot - start);
+    ConfigNode* next = node->find(step);
+    if (next == nullptr) {
+      ConfigNode empty;
+      empty.kind = ConfigNode::Kind::kMap;
+      empty.where = where;
+      set_key(*node, step, std::move(empty), where);
+      next = node->find(step);
+    } else if (!next->is_map()) {
+      d.error(where, "'" + path.substr(0, dot) + "' is " + std::string(next->kind_name()) +
+                         ", not a mapping, so it has no key '" + path.substr(dot + 1) + "'");
+      return;
+    }
+    node = next;
+  }
+  set_key(*node, path.substr(start), std::move(value), where);
+}
+
 void apply_override(ConfigNode& root, const std::string& assignment, Diagnostics& d) {
   const Location where{"--set " + assignment, 0, 0};
   const auto eq = assignment.find('=');
@@ -208,6 +245,11 @@ void apply_override(ConfigNode& root, const std::string& assignment, Diagnostics
   }
   const std::string target = assignment.substr(0, dot);
   const std::string key = assignment.substr(dot + 1, eq - dot - 1);
+  if (key.empty() || key.front() == '.' || key.back() == '.' ||
+      key.find("..") != std::string::npos) {
+    d.error(where, "expected NAME.key=value or NAME.key.subkey=value, got an empty key");
+    return;
+  }
   const std::size_t errors_before = d.error_count();
   ConfigNode value = parse_inline_value(assignment.substr(eq + 1), where, d);
   // A value that did not parse has been reported; applying its empty stand-in would only add a
@@ -223,7 +265,7 @@ void apply_override(ConfigNode& root, const std::string& assignment, Diagnostics
       set_key(root, "pipeline", std::move(empty), where);
       section = root.find("pipeline");
     }
-    set_key(*section, key, std::move(value), where);
+    set_path(*section, key, std::move(value), where, d);
     return;
   }
   ConfigNode* stages = root.find("stages");
@@ -233,7 +275,7 @@ void apply_override(ConfigNode& root, const std::string& assignment, Diagnostics
       if (!stage.is_map()) continue;
       const std::string name = stage_name_of(stage);
       if (name == target) {
-        set_key(stage, key, std::move(value), where);
+        set_path(stage, key, std::move(value), where, d);
         return;
       }
       names.push_back(name);
@@ -289,7 +331,12 @@ void parse_pipeline_section(const ConfigNode& section, PipelinePlan& plan, Diagn
     std::int64_t i = 0;
     if (key.scalar == "name") {
       read_string(value, plan.name, context, d);
-    } else if (key.scalar == "threads" || key.scalar == "queue" || key.scalar == "prefetch") {
+    } else if (key.scalar == "trace") {
+      if (read_string(value, plan.trace, context, d) && plan.trace.empty()) {
+        d.error(value.where, context + " expects a file path, got an empty string");
+      }
+    } else if (key.scalar == "threads" || key.scalar == "queue" || key.scalar == "prefetch" ||
+               key.scalar == "trace_events") {
       if (!read_int(value, i, context, d)) continue;
       const std::int64_t hi = key.scalar == "threads" ? 1024 : 1 << 20;
       if (i < 1 || i > hi) {
@@ -297,9 +344,10 @@ void parse_pipeline_section(const ConfigNode& section, PipelinePlan& plan, Diagn
                                  std::to_string(hi));
         continue;
       }
-      (key.scalar == "threads" ? plan.threads
-       : key.scalar == "queue" ? plan.queue
-                               : plan.prefetch) = static_cast<int>(i);
+      (key.scalar == "threads"    ? plan.threads
+       : key.scalar == "queue"    ? plan.queue
+       : key.scalar == "prefetch" ? plan.prefetch
+                                  : plan.trace_events) = static_cast<int>(i);
     } else if (key.scalar == "ordered") {
       read_bool(value, plan.ordered, context, d);
     } else if (key.scalar == "seed") {
@@ -334,6 +382,14 @@ void parse_common_keys(const ConfigNode& stage, StagePlan& plan, const PipelineP
     std::int64_t c = 0;
     if (n->is_scalar() && n->scalar == "serial") {
       plan.concurrency = 1;
+    } else if (n->is_scalar() && n->scalar == "auto") {
+      if (!info.concurrent) {
+        d.error(n->where, where + ": 'concurrency: auto' balances concurrent stages; a " +
+                              std::string(shape_name(info.shape)) + " stage of type '" + plan.type +
+                              "' runs serially");
+      } else {
+        plan.concurrency_auto = true;
+      }
     } else if (read_int(*n, c, where + ": 'concurrency'", d)) {
       if (c < 1 || c > 1024) {
         d.error(n->where, where + ": 'concurrency' is out of range: " + std::to_string(c) +

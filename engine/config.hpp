@@ -23,7 +23,8 @@ struct StagePlan {
   Location where;
   const StageFactory* factory = nullptr;
   int concurrency = 1;
-  int queue = 8;           // capacity of the edge into this stage
+  bool concurrency_auto = false;  // `concurrency: auto`: starts at pipeline.threads, then balanced
+  int queue = 8;                  // capacity of the edge into this stage
   bool queue_set = false;  // `queue` was given for this stage (not inherited from the pipeline)
   OnError on_error = OnError::kSkip;
   std::unique_ptr<Stage> stage;
@@ -41,6 +42,8 @@ struct PipelinePlan {
   // samples read (fraction >= 0); negative values mean no limit.
   std::int64_t max_error_count = -1;
   double max_error_fraction = -1;
+  std::string trace;          // a Chrome trace of the run is written here (empty: no trace)
+  int trace_events = 100000;  // events kept per thread in the trace: the latest ones
   std::vector<StagePlan> stages;
 };
 

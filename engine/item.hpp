@@ -5,17 +5,85 @@
 // holds an item it is the only one touching it, so items need no locks. The engine knows nothing
 // about images: a Sample carries encoded bytes, a current tensor and a scratch tensor that image
 // stages swap between, and an optional region of interest that later stages read through.
+//
+// A tensor's storage is either its own or borrowed from a BufferPool (Tensor::borrow): stages put
+// large intermediate data that a sample needs only for a while in borrowed storage and give it
+// back as soon as they have read it, so that a sample waiting for its turn further down the
+// pipeline holds only its own, small, output. Sample::reset() gives back whatever is still
+// borrowed (a sample dropped on an error or a cancellation), so a buffer always returns to its
+// pool when its sample is recycled.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "engine/pool.hpp"
 #include "millrace/batch.hpp"
 
 namespace millrace {
+
+// Sizes a reused buffer. When it must grow it reserves twice what is needed (at most 32 MiB more),
+// so a pooled buffer that meets items of varying sizes reallocates a few times at first and then
+// not at all.
+inline void resize_reusing(std::vector<std::uint8_t>& buffer, std::size_t bytes) {
+  constexpr std::size_t kMaxHeadroom = std::size_t{32} << 20;
+  if (bytes > buffer.capacity()) buffer.reserve(bytes + std::min(bytes, kMaxHeadroom));
+  buffer.resize(bytes);
+}
+
+// A buffer of a BufferPool, held for one tensor. While held, the tensor's `storage` is the pool
+// buffer's memory and the tensor's own memory waits in the pool buffer's object, so that lending
+// and giving back are two vector swaps: no copy, no allocation. A lease moves with its tensor
+// (std::swap of two tensors keeps each storage with its lease). A copy of a tensor copies the
+// bytes into memory of its own and holds no lease; copying onto a tensor keeps its lease.
+class BufferLease {
+ public:
+  BufferLease() = default;
+  BufferLease(const BufferLease&) noexcept {}
+  BufferLease& operator=(const BufferLease&) noexcept { return *this; }
+  BufferLease(BufferLease&& other) noexcept
+      : pool_(std::move(other.pool_)), buffer_(std::exchange(other.buffer_, nullptr)) {}
+  BufferLease& operator=(BufferLease&& other) noexcept {
+    if (this != &other) {
+      drop();
+      pool_ = std::move(other.pool_);
+      buffer_ = std::exchange(other.buffer_, nullptr);
+    }
+    return *this;
+  }
+  // Only a tensor destroyed while it still borrows gets here: its own memory, parked in the pool
+  // buffer, is what goes back (the borrowed memory leaves with the tensor's storage).
+  ~BufferLease() { drop(); }
+
+  explicit operator bool() const { return buffer_ != nullptr; }
+
+  // Swaps `storage` with a buffer of `pool`.
+  void take(std::shared_ptr<BufferPool> pool, std::vector<std::uint8_t>& storage) {
+    buffer_ = pool->acquire();
+    pool_ = std::move(pool);
+    std::swap(storage, buffer_->bytes);
+  }
+  // Swaps the pool's memory back out of `storage` and returns the buffer to its pool.
+  void restore(std::vector<std::uint8_t>& storage) {
+    if (buffer_ == nullptr) return;
+    std::swap(storage, buffer_->bytes);
+    drop();
+  }
+
+ private:
+  void drop() noexcept {
+    if (buffer_ != nullptr) pool_->release(std::exchange(buffer_, nullptr));
+    pool_.reset();
+  }
+
+  std::shared_ptr<BufferPool> pool_;
+  PooledBuffer* buffer_ = nullptr;
+};
 
 // A dense tensor in a reusable buffer. `shape` has `rank` leading entries in use.
 struct Tensor {
@@ -24,6 +92,7 @@ struct Tensor {
   std::array<std::int64_t, 4> shape{};
   std::string layout;  // e.g. "HWC", "CHW"
   std::vector<std::uint8_t> storage;
+  BufferLease lease;  // set while `storage` is borrowed from a BufferPool
 
   std::int64_t elements() const {
     std::int64_t n = rank > 0 ? 1 : 0;
@@ -38,7 +107,20 @@ struct Tensor {
     std::size_t i = 0;
     for (auto d : dims) shape[i++] = d;
     layout = layout_name;
-    storage.resize(bytes());
+    resize_reusing(storage, bytes());
+  }
+  // Makes `storage` a buffer of `pool` (its content is then undefined) until give_back(). A
+  // tensor that already borrows keeps its buffer.
+  void borrow(std::shared_ptr<BufferPool> pool) {
+    if (!lease && pool != nullptr) lease.take(std::move(pool), storage);
+  }
+  bool borrowed() const { return static_cast<bool>(lease); }
+  // Returns borrowed storage to its pool and takes the tensor's own memory back; the tensor is
+  // then empty (rank 0). Nothing happens to storage of its own.
+  void give_back() {
+    if (!lease) return;
+    lease.restore(storage);
+    rank = 0;
   }
 };
 
@@ -55,6 +137,17 @@ enum DeferredTransform : std::uint32_t {
   kFlipLastSpatialAxis = 1U << 0,  // mirror: reverse the second spatial dimension
 };
 
+// What a decoder delivered in `tensor` when it decoded less than the whole image at full size,
+// because the stage after it said which window it would read: that stage maps its window through
+// this record instead of decoding anew.
+struct DecodedPart {
+  int scale = 0;  // 0: the whole image at full size; s > 0: a window of the image scaled by 1/s
+  std::int64_t x = 0;  // the window's first column and row in the scaled image
+  std::int64_t y = 0;
+  std::int64_t full_width = 0;  // the whole image's size at full scale
+  std::int64_t full_height = 0;
+};
+
 struct Sample {
   std::uint64_t seq = 0;  // dense position in the stream, assigned by the engine
   std::uint64_t id = 0;   // the dataset's id for this sample
@@ -66,6 +159,7 @@ struct Sample {
   Tensor scratch;                              // a second buffer a stage may fill and then swap in
   Region region;                               // part of `tensor` that later stages read
   std::uint32_t deferred = 0;                  // DeferredTransform bits
+  DecodedPart decoded;                         // set by a reducing decoder, read by the next stage
   const Quantization* quantization = nullptr;  // owned by the stage that quantized the data
   bool skipped = false;                        // a tombstone: an error made the sample unusable
   std::string error;                           // why it was skipped
@@ -77,9 +171,12 @@ struct Sample {
     path.clear();
     labels.clear();
     bytes.clear();
+    tensor.give_back();
+    scratch.give_back();
     tensor.rank = scratch.rank = 0;
     region = {};
     deferred = 0;
+    decoded = {};
     quantization = nullptr;
     skipped = false;
     error.clear();

@@ -97,18 +97,35 @@ std::string format_summary(const std::string& name, const RunStats& s) {
       << fixed(s.images_per_second, 1) << " images/s steady state, " << s.threads << " threads"
       << (s.cancelled ? " [cancelled]" : "") << "\n";
   char line[256];
-  std::snprintf(line, sizeof line, "  %-14s %-10s %5s %9s %9s %6s %11s %6s %7s\n", "stage", "type",
-                "conc", "items", "busy s", "share", "queue peak", "mean", "errors");
+  // Busy, waiting for input and blocked on output are slot-seconds (see millrace/stats.hpp).
+  std::snprintf(line, sizeof line, "  %-14s %-10s %6s %9s %8s %6s %8s %8s %11s %6s %6s\n", "stage",
+                "type", "conc", "items", "busy s", "share", "wait in", "blocked", "queue peak",
+                "mean", "errors");
   out << line;
   for (const auto& st : s.stages) {
-    std::snprintf(line, sizeof line, "  %-14s %-10s %5d %9llu %9.2f %5.1f%% %6d/%-4d %6.1f %7llu\n",
-                  st.name.c_str(), st.type.c_str(), st.concurrency,
+    const std::string conc = (st.concurrency_auto ? "auto:" : "") + std::to_string(st.concurrency);
+    std::snprintf(line, sizeof line,
+                  "  %-14s %-10s %6s %9llu %8.2f %5.1f%% %8.2f %8.2f %6d/%-4d %6.1f %6llu\n",
+                  st.name.c_str(), st.type.c_str(), conc.c_str(),
                   static_cast<unsigned long long>(st.items), st.busy_seconds, 100.0 * st.busy_share,
-                  st.queue_peak, st.queue_capacity, st.queue_mean,
-                  static_cast<unsigned long long>(st.errors));
+                  st.wait_input_seconds, st.blocked_output_seconds, st.queue_peak,
+                  st.queue_capacity, st.queue_mean, static_cast<unsigned long long>(st.errors));
     out << line;
   }
+  if (s.run_wall_seconds > 0 && s.consumer_wait_seconds > 0.01 * s.run_wall_seconds) {
+    out << "  finished batches waited " << fixed(s.consumer_wait_seconds, 2)
+        << " s for the consumer (prefetch full)\n";
+  }
+  if (!s.concurrency_note.empty()) out << "  " << s.concurrency_note << "\n";
   for (const auto& [key, value] : s.metrics) out << "  " << key << ": " << value << "\n";
+  if (!s.trace.path.empty() && s.trace.written) {
+    out << "trace: " << s.trace.path << ", " << s.trace.events << " events";
+    if (s.trace.dropped > 0) {
+      out << " (each thread's latest " << s.trace.events_per_thread << " kept; " << s.trace.dropped
+          << " older events dropped)";
+    }
+    out << "\n";
+  }
   if (!s.skipped.empty()) {
     out << "skipped " << s.skipped.size() << " sample(s):\n";
     for (const auto& k : s.skipped) {
@@ -121,6 +138,158 @@ std::string format_summary(const std::string& name, const RunStats& s) {
   }
   if (!s.error.empty()) out << "error: " << s.error << "\n";
   return out.str();
+}
+
+namespace {
+
+std::string percent(double share) { return fixed(100.0 * share, 0) + "%"; }
+
+std::string quoted(const std::string& stage) { return "'" + stage + "'"; }
+
+}  // namespace
+
+Bottleneck find_bottleneck(const RunStats& s) {
+  // Thresholds: a stage busy on at least kSaturated of its slot time runs flat out; the threads
+  // are all taken at kAllThreads of their time; a share of kNotable of a stage's slot time is
+  // worth naming as evidence.
+  constexpr double kSaturated = 0.7;
+  constexpr double kAllThreads = 0.85;
+  constexpr double kNotable = 0.2;
+  constexpr double kConsumer = 0.5;
+  Bottleneck b;
+  const double wall = std::max(1e-9, s.run_wall_seconds);
+  const std::size_t n = s.stages.size();
+  if (n == 0 || s.run_wall_seconds <= 0) {
+    b.report = "No stage figures to judge (the run did not start).";
+    return b;
+  }
+  auto slots = [&](const StageStats& st) { return std::max(1, st.concurrency) * wall; };
+  auto busy = [&](const StageStats& st) { return std::min(1.0, st.busy_seconds / slots(st)); };
+  auto waits = [&](const StageStats& st) { return st.wait_input_seconds / slots(st); };
+  auto blocked = [&](const StageStats& st) { return st.blocked_output_seconds / slots(st); };
+  auto worker = [&](const StageStats& st) { return st.wait_worker_seconds / slots(st); };
+  double all_busy = 0;
+  const StageStats* infer = nullptr;
+  for (const auto& st : s.stages) {
+    if (st.type == "infer") {
+      infer = &st;  // runs on its own thread, beside the TBB workers
+    } else {
+      all_busy += st.busy_seconds;
+    }
+  }
+  const double cpu = all_busy / (std::max(1, s.threads) * wall);
+
+  std::ostringstream r;
+  const double consumer = s.consumer_wait_seconds / wall;
+  if (consumer >= kConsumer) {
+    b.stage = "consumer";
+    r << "The consumer limits throughput: finished batches waited for it " << percent(consumer)
+      << " of the run with every prefetch slot taken, so the stages are faster than the code "
+         "that takes the batches. Speed up the consumer; a larger pipeline.prefetch only absorbs "
+         "its bursts.";
+    b.changes.push_back("a faster consumer");
+    b.report = r.str();
+    return b;
+  }
+
+  std::size_t limit = 0;
+  for (std::size_t i = 1; i < n; ++i) {
+    if (busy(s.stages[i]) > busy(s.stages[limit])) limit = i;
+  }
+  const StageStats& st = s.stages[limit];
+  if (busy(st) < kSaturated) {
+    r << "No stage runs flat out: the busiest, " << quoted(st.name) << ", is busy "
+      << percent(busy(st)) << " of its " << st.concurrency << " slot(s) and the threads "
+      << percent(std::min(1.0, cpu)) << " of the time. ";
+    if (blocked(s.stages.front()) < kNotable &&
+        waits(s.stages[std::min<std::size_t>(1, n - 1)]) >= kNotable) {
+      r << "The stages after the source " << quoted(s.stages.front().name)
+        << " wait for it: reading is the limit (more `" << s.stages.front().name
+        << ".concurrency` for its loads, or faster storage).";
+      b.stage = s.stages.front().name;
+      b.changes.push_back(s.stages.front().name + ".concurrency");
+    } else {
+      r << "The run may be too short to reach a steady state, or it waits on I/O.";
+    }
+    b.report = r.str();
+    return b;
+  }
+
+  b.stage = st.name;
+  r << quoted(st.name) << " (" << st.type << ") limits throughput: it is busy " << percent(busy(st))
+    << " of its " << st.concurrency << " slot(s)";
+  if (st.queue_capacity > 0) {
+    r << ", its input queue holds " << fixed(st.queue_mean, 1) << " of " << st.queue_capacity
+      << " items on average";
+  }
+  if (limit > 0 && blocked(s.stages[limit - 1]) >= kNotable) {
+    r << ", " << quoted(s.stages[limit - 1].name) << " is blocked on it "
+      << percent(blocked(s.stages[limit - 1])) << " of the time";
+  }
+  if (limit + 1 < n && waits(s.stages[limit + 1]) >= kNotable) {
+    r << ", " << quoted(s.stages[limit + 1].name) << " waits for its output "
+      << percent(waits(s.stages[limit + 1])) << " of the time";
+  }
+  r << "; the pipeline's " << s.threads << " threads are busy " << percent(std::min(1.0, cpu))
+    << " of the time. ";
+
+  if (&st == infer) {
+    r << "The network is the limit and the data stages keep up";
+    if (cpu < kAllThreads) {
+      r << "; with cores to spare, give oneDNN more threads (`" << st.name << ".threads`).";
+      b.changes.push_back(st.name + ".threads (more)");
+    } else {
+      r << "; the data stages take the cores oneDNN would use: fewer pipeline.threads leave it "
+           "more (`"
+        << st.name << ".threads` to match).";
+      b.changes.push_back("pipeline.threads (fewer)");
+    }
+  } else if (cpu >= kAllThreads) {
+    r << "Every thread is busy, so more concurrency cannot help: make " << quoted(st.name)
+      << " cheaper";
+    if (st.type == "decode") {
+      r << " (`" << st.name << ".reduce: auto` decodes JPEGs at a reduced scale when the resize "
+        << "allows it)";
+      b.changes.push_back(st.name + ".reduce: auto");
+    } else if (st.type == "augment") {
+      r << " (a smaller `resize`)";
+      b.changes.push_back(st.name + ".resize (smaller)");
+    }
+    if (infer != nullptr) {
+      r << ", or give oneDNN fewer threads (`" << infer->name
+        << ".threads`) to leave the data stages more cores";
+      b.changes.push_back(infer->name + ".threads (fewer)");
+    }
+    r << ", or run on more cores (pipeline.threads).";
+    b.changes.push_back("pipeline.threads (more cores)");
+  } else if (st.concurrency < s.threads) {
+    r << "Threads are idle: raise `" << st.name << ".concurrency` from " << st.concurrency << " to "
+      << s.threads << " (or `concurrency: auto`).";
+    b.changes.push_back(st.name + ".concurrency: " + std::to_string(s.threads));
+  } else {
+    r << "Threads are idle while it runs flat out: raise pipeline.threads and `" << st.name
+      << ".concurrency`.";
+    b.changes.push_back("pipeline.threads (more)");
+  }
+  if (worker(st) >= kNotable) {
+    r << " Its slots also wait for a free worker " << percent(worker(st))
+      << " of the time: other stages hold the threads.";
+  }
+  // A queue that is full at times and empty at others smooths nothing: the stages on either side
+  // take turns waiting. A deeper queue lets them overlap.
+  for (std::size_t i = 1; i < n; ++i) {
+    const StageStats& up = s.stages[i - 1];
+    const StageStats& down = s.stages[i];
+    if (down.queue_capacity > 0 && blocked(up) >= kNotable && waits(down) >= kNotable) {
+      r << " The queue into " << quoted(down.name) << " is bursty (" << quoted(up.name)
+        << " blocked " << percent(blocked(up)) << ", " << quoted(down.name) << " waiting "
+        << percent(waits(down)) << "): a larger `" << down.name << ".queue` (e.g. "
+        << 2 * down.queue_capacity << ") lets them overlap.";
+      b.changes.push_back(down.name + ".queue: " + std::to_string(2 * down.queue_capacity));
+    }
+  }
+  b.report = r.str();
+  return b;
 }
 
 std::string summary_json(const std::string& name, const RunStats& s) {
@@ -161,9 +330,29 @@ std::string summary_json(const std::string& name, const RunStats& s) {
     j.key("concurrency").value(st.concurrency).key("items").value(st.items);
     j.key("busy_seconds").value(st.busy_seconds).key("busy_share").value(st.busy_share);
     j.key("queue_capacity").value(st.queue_capacity).key("queue_peak").value(st.queue_peak);
-    j.key("queue_mean").value(st.queue_mean).key("errors").value(st.errors).end_object();
+    j.key("queue_mean").value(st.queue_mean).key("errors").value(st.errors);
+    j.key("wait_input_seconds").value(st.wait_input_seconds);
+    j.key("blocked_output_seconds").value(st.blocked_output_seconds);
+    j.key("wait_worker_seconds").value(st.wait_worker_seconds);
+    j.key("concurrency_auto").value(st.concurrency_auto).end_object();
   }
   j.end_array();
+  j.key("run_wall_seconds").value(s.run_wall_seconds);
+  j.key("consumer_wait_seconds").value(s.consumer_wait_seconds);
+  j.key("concurrency_note").value(s.concurrency_note);
+  const Bottleneck b = find_bottleneck(s);
+  j.key("bottleneck").begin_object().key("stage").value(b.stage);
+  j.key("changes").begin_array();
+  for (const auto& c : b.changes) j.value(c);
+  j.end_array().key("report").value(b.report).end_object();
+  j.key("trace");
+  if (s.trace.path.empty()) {
+    j.null();
+  } else {
+    j.begin_object().key("path").value(s.trace.path).key("written").value(s.trace.written);
+    j.key("events").value(s.trace.events).key("dropped_events").value(s.trace.dropped);
+    j.key("events_per_thread").value(s.trace.events_per_thread).end_object();
+  }
   j.end_object();
   return j.str() + "\n";
 }
@@ -178,10 +367,18 @@ double percentile(std::vector<double> values, double q) {
 }
 
 BenchResult bench(const std::string& config_path, const std::vector<std::string>& overrides,
-                  int repeats, int warmup) {
+                  int repeats, int warmup, const std::string& trace) {
   BenchResult result;
   for (int run = 0; run < warmup + repeats; ++run) {
-    Pipeline p = Pipeline::from_file(config_path, overrides);
+    std::vector<std::string> with = overrides;
+    if (!trace.empty() && run == warmup + repeats - 1) {
+      std::string path = trace;  // a YAML single-quoted scalar: any path, quotes doubled
+      for (std::size_t i = path.find('\''); i != std::string::npos; i = path.find('\'', i + 2)) {
+        path.insert(i, "'");
+      }
+      with.push_back("pipeline.trace='" + path + "'");
+    }
+    Pipeline p = Pipeline::from_file(config_path, with);
     const bool measured = run >= warmup;
     auto last = std::chrono::steady_clock::now();
     bool first = true;
@@ -219,6 +416,11 @@ std::string bench_json(const std::string& name, const BenchResult& r) {
   j.key("p99").value(percentile(lat, 0.99));
   j.end_object();
   j.key("images").value(r.last.images).key("startup_seconds").value(r.last.startup_seconds);
+  const Bottleneck b = find_bottleneck(r.last);
+  j.key("bottleneck").begin_object().key("stage").value(b.stage);
+  j.key("changes").begin_array();
+  for (const auto& c : b.changes) j.value(c);
+  j.end_array().key("report").value(b.report).end_object();
   j.end_object();
   return j.str() + "\n";
 }

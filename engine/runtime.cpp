@@ -6,10 +6,15 @@
 #include <oneapi/tbb/task_arena.h>
 
 #include <boost/lockfree/spsc_queue.hpp>
+#include <cmath>
 #include <condition_variable>
 #include <deque>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <sstream>
+
+#include "engine/json.hpp"
 
 namespace millrace {
 
@@ -25,11 +30,45 @@ std::int64_t nanos_since(Clock::time_point origin) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - origin).count();
 }
 
-void bump_peak(std::atomic<std::int64_t>& peak, std::int64_t value) {
-  std::int64_t seen = peak.load(std::memory_order_relaxed);
-  while (value > seen && !peak.compare_exchange_weak(seen, value, std::memory_order_relaxed)) {
+// One event of the trace: a span (a stage invocation) or a counter sample (an edge's occupancy).
+struct TraceEvent {
+  std::int64_t ts = 0;     // ns since the run's origin
+  std::int64_t value = 0;  // span: duration in ns; counter: items on the edge
+  std::uint32_t id = 0;    // span: the step (0 = the source's next); counter: the edge
+  bool counter = false;
+};
+
+// The trace events of one thread: preallocated, overwritten oldest first, so a long run keeps
+// each thread's latest events. One writer (the thread in that arena slot); read after the run.
+class alignas(64) TraceRing {
+ public:
+  void reserve(std::size_t capacity) {
+    events_ = std::make_unique<TraceEvent[]>(capacity);
+    capacity_ = capacity;
   }
-}
+  void add(const TraceEvent& e) {
+    const std::uint64_t n = written_.load(std::memory_order_relaxed);
+    events_[n % capacity_] = e;
+    written_.store(n + 1, std::memory_order_release);
+  }
+  std::uint64_t written() const { return written_.load(std::memory_order_acquire); }
+  // The kept events, oldest first.
+  template <class F>
+  void for_each(F f) const {
+    const std::uint64_t n = written();
+    const std::uint64_t first = n > capacity_ ? n - capacity_ : 0;
+    for (std::uint64_t i = first; i < n; ++i) f(events_[i % capacity_]);
+  }
+  std::uint64_t dropped() const {
+    const std::uint64_t n = written();
+    return n > capacity_ ? n - capacity_ : 0;
+  }
+
+ private:
+  std::unique_ptr<TraceEvent[]> events_;
+  std::size_t capacity_ = 0;
+  std::atomic<std::uint64_t> written_{0};
+};
 
 enum class StepKind { kLoad, kTransform, kBatch, kBatchTransform, kSink, kDeliver };
 
@@ -131,7 +170,9 @@ class StageThread {
 // The TBB side of a pipeline: one step per node that does work, each fed by a bounded edge.
 class FlowGraph {
  public:
-  using In = std::tuple<Msg, Token>;
+  // A step starts an item when it holds the item, a token of its output edge and a slot token:
+  // the slot tokens are its concurrency, which `concurrency: auto` changes while the graph runs.
+  using In = std::tuple<Msg, Token, Token>;
   using Join = flow::join_node<In, flow::reserving>;
   using Body = flow::function_node<In, flow::continue_msg, flow::rejecting>;
 
@@ -139,19 +180,26 @@ class FlowGraph {
     StepKind kind = StepKind::kTransform;
     StagePlan* stage = nullptr;  // nullptr for the deliver step
     std::size_t stage_index = 0;
-    int concurrency = 1;
-    int capacity = 1;  // tokens of the edge into this step
+    std::size_t index = 0;  // in steps_
+    int concurrency = 1;    // slot tokens at the start (the most it ever has)
+    bool concurrency_auto = false;
+    std::atomic<int> chosen{0};     // `concurrency: auto`: the balanced concurrency, 0 before
+    std::atomic<int> slot_debt{0};  // slot tokens to drop as bodies finish (auto lowering it)
+    int capacity = 1;               // tokens of the edge into this step
+    std::size_t own_slot = 0;       // the counter slot and trace ring of the stage's own thread
     bool sequenced = false;
     bool window_end = false;            // returns the source's window tokens (the batch step)
     std::atomic<bool> finished{false};  // set by the step's last body, read after the run
     std::unique_ptr<flow::queue_node<Msg>> queue;  // a sequencer_node when sequenced
     std::unique_ptr<flow::buffer_node<Token>> tokens;
+    std::unique_ptr<flow::buffer_node<Token>> slots;
     std::unique_ptr<Join> join;
     std::unique_ptr<Body> body;
     // A batch-transform step: an async_node instead of `body`, and the stage's own thread.
     std::unique_ptr<flow::async_node<In, flow::continue_msg>> async_body;
     std::unique_ptr<StageThread> thread;
-    StepCounters counters;
+    StepState state;
+    std::unique_ptr<SlotCounters[]> counters;  // one per slot (see slot())
   };
 
   struct EpochProgress {
@@ -169,6 +217,36 @@ class FlowGraph {
   void run();
   std::string dot() const;
 
+  // Nanoseconds since the run's origin (0 before the run starts).
+  std::int64_t now_ns() const {
+    const std::int64_t origin = origin_ns_.load(std::memory_order_relaxed);
+    return origin < 0 ? 0 : nanos_since(owner_created_) - origin;
+  }
+  // The end of the run, or now while it goes on.
+  std::int64_t end_or_now_ns() const {
+    const std::int64_t end = end_ns_.load(std::memory_order_acquire);
+    return end >= 0 ? end : now_ns();
+  }
+  // The counter slot (and trace ring) of the calling thread: its slot in the pipeline's arena, or
+  // for a stage's own thread, that step's.
+  std::size_t slot(const Step* own_thread_step = nullptr) const {
+    if (own_thread_step != nullptr) return own_thread_step->own_slot;
+    const int index = oneapi::tbb::this_task_arena::current_thread_index();
+    if (index >= 0 && index < plan_.threads) return static_cast<std::size_t>(index);
+    return slot_count_ - 1;
+  }
+  void trace(std::size_t slot, const TraceEvent& e) {
+    if (rings_) rings_[slot].add(e);
+  }
+  void trace_edge(std::size_t slot, std::size_t edge, std::int64_t t, std::int64_t items) {
+    if (rings_) rings_[slot].add({t, items, static_cast<std::uint32_t>(edge), true});
+  }
+  // A prefetch token back from the consumer (or for a marker that reached the end).
+  void return_prefetch_token();
+  void write_trace(const std::string& path, const std::string& name) const;
+  std::uint64_t trace_events() const;
+  std::uint64_t trace_dropped() const;
+
   Pipeline::Impl& owner_;
   PipelinePlan& plan_;
   std::unique_ptr<oneapi::tbb::global_control> parallelism_;
@@ -182,8 +260,21 @@ class FlowGraph {
   std::unique_ptr<flow::buffer_node<Token>> window_;
   std::unique_ptr<flow::buffer_node<Token>> prefetch_tokens_;
   std::vector<std::unique_ptr<Step>> steps_;
-  StepCounters source_counters_;
+  // The source's next() and its forward to the first edge: a step of their own, serial.
+  StepState source_state_;
+  std::unique_ptr<SlotCounters[]> source_counters_;
   int window_capacity_ = 0;
+  std::size_t slot_count_ = 0;  // arena slots, one per stage thread, one for any other thread
+  std::chrono::steady_clock::time_point owner_created_;
+  std::atomic<std::int64_t> origin_ns_{-1};  // the run's origin, in ns after owner_created_
+  std::atomic<std::int64_t> end_ns_{-1};     // the run's end, in ns after the origin
+
+  // `concurrency: auto`: measured over the first items, then balanced once.
+  std::atomic<bool> auto_pending_{false};
+  std::atomic<std::uint64_t> auto_items_{0};
+  std::uint64_t auto_target_ = 0;
+
+  std::unique_ptr<TraceRing[]> rings_;  // one per slot when tracing, else none
 
   std::unique_ptr<ObjectPool<Sample>> samples_;
   std::unique_ptr<ObjectPool<BatchData>> batches_;
@@ -204,13 +295,15 @@ class FlowGraph {
 
  private:
   Msg source_next(oneapi::tbb::flow_control& control);
-  void run_step(Step& step, Step* next, const Msg& msg);
-  void finish_step(Step& step);
+  // `own_thread`: called on the step's own thread (a batch transform), not by a TBB worker.
+  void run_step(Step& step, Step* prev, Step* next, const Msg& msg, bool own_thread);
+  void balance_concurrency();
 };
 
 FlowGraph::FlowGraph(Pipeline::Impl& owner)
     : owner_(owner),
       plan_(owner.plan_),
+      owner_created_(owner.created_),
       ready_(static_cast<std::size_t>(owner.plan_.prefetch) + 1) {}
 
 FlowGraph::~FlowGraph() {
@@ -233,6 +326,7 @@ void FlowGraph::build() {
       step->stage = &s;
       step->stage_index = i;
       step->concurrency = concurrency;
+      step->concurrency_auto = s.concurrency_auto && concurrency > 1;
       step->capacity = s.queue;
       steps_.push_back(std::move(step));
     };
@@ -256,10 +350,12 @@ void FlowGraph::build() {
         break;
     }
   }
+  for (std::size_t i = 0; i < steps_.size(); ++i) steps_[i]->index = i;
   {
     auto deliver = std::make_unique<Step>();
     deliver->kind = StepKind::kDeliver;
     deliver->capacity = plan_.queue;
+    deliver->index = steps_.size();
     steps_.push_back(std::move(deliver));
   }
 
@@ -308,6 +404,35 @@ void FlowGraph::build() {
         oneapi::tbb::global_control::max_allowed_parallelism,
         static_cast<std::size_t>(plan_.threads));
   }
+  // Counter slots: one per arena slot, one per stage thread, one for any other thread.
+  slot_count_ = static_cast<std::size_t>(plan_.threads) + 1;
+  std::size_t auto_steps = 0;
+  for (auto& step : steps_) {
+    if (step->kind == StepKind::kBatchTransform) step->own_slot = slot_count_++ - 1;
+    auto_steps += step->concurrency_auto ? 1 : 0;
+  }
+  for (auto& step : steps_) {
+    if (step->kind != StepKind::kBatchTransform) step->own_slot = slot_count_ - 1;
+    step->counters = std::make_unique<SlotCounters[]>(slot_count_);
+  }
+  source_counters_ = std::make_unique<SlotCounters[]>(slot_count_);
+  if (!plan_.trace.empty()) {
+    rings_ = std::make_unique<TraceRing[]>(slot_count_);
+    for (std::size_t i = 0; i < slot_count_; ++i) {
+      rings_[i].reserve(static_cast<std::size_t>(plan_.trace_events));
+    }
+  }
+  // Enough items for every auto stage's cost per item to settle past its first, cold ones.
+  constexpr std::uint64_t kAutoItemsPerStage = 128;
+  auto_target_ = kAutoItemsPerStage * auto_steps;
+  auto_pending_.store(auto_steps > 0, std::memory_order_relaxed);
+  source_state_.init(steps_.front()->capacity, 1);
+  for (std::size_t i = 0; i < steps_.size(); ++i) {
+    Step& step = *steps_[i];
+    step.state.init(i + 1 < steps_.size() ? steps_[i + 1]->capacity : plan_.prefetch,
+                    step.concurrency);
+  }
+
   arena_ = std::make_unique<oneapi::tbb::task_arena>(plan_.threads);
   arena_->execute([&] {
     graph_ = std::make_unique<flow::graph>();
@@ -320,6 +445,7 @@ void FlowGraph::build() {
         step->queue = std::make_unique<flow::queue_node<Msg>>(g);
       }
       step->tokens = std::make_unique<flow::buffer_node<Token>>(g);
+      step->slots = std::make_unique<flow::buffer_node<Token>>(g);
       step->join = std::make_unique<Join>(g);
     }
     prefetch_tokens_ = std::make_unique<flow::buffer_node<Token>>(g);
@@ -327,10 +453,12 @@ void FlowGraph::build() {
 
     for (std::size_t i = 0; i < steps_.size(); ++i) {
       Step* step = steps_[i].get();
+      Step* prev = i > 0 ? steps_[i - 1].get() : nullptr;
       Step* next = i + 1 < steps_.size() ? steps_[i + 1].get() : nullptr;
       flow::make_edge(*step->queue, flow::input_port<0>(*step->join));
       flow::buffer_node<Token>& out_tokens = next != nullptr ? *next->tokens : *prefetch_tokens_;
       flow::make_edge(out_tokens, flow::input_port<1>(*step->join));
+      flow::make_edge(*step->slots, flow::input_port<2>(*step->join));
       if (step->kind == StepKind::kBatchTransform) {
         // The async_node only hands the batch over; the graph stays alive (reserve_wait) until
         // the stage's thread has finished with it.
@@ -344,8 +472,8 @@ void FlowGraph::build() {
         flow::make_edge(*step->join, *step->async_body);
       } else {
         step->body = std::make_unique<Body>(g, static_cast<std::size_t>(step->concurrency),
-                                            [this, step, next](const In& in) {
-                                              run_step(*step, next, std::get<0>(in));
+                                            [this, step, prev, next](const In& in) {
+                                              run_step(*step, prev, next, std::get<0>(in), false);
                                               return flow::continue_msg();
                                             });
         flow::make_edge(*step->join, *step->body);
@@ -360,13 +488,16 @@ void FlowGraph::build() {
     source_forward_ = std::make_unique<
         flow::function_node<std::tuple<Msg, Token, Token>, flow::continue_msg, flow::rejecting>>(
         g, flow::serial, [this, first](const std::tuple<Msg, Token, Token>& in) {
-          Msg m = std::get<0>(in);
-          const auto occupied =
-              first->counters.occupancy.fetch_add(1, std::memory_order_relaxed) + 1;
-          bump_peak(first->counters.occupancy_peak, occupied);
-          first->counters.occupancy_sum.fetch_add(static_cast<std::uint64_t>(occupied),
-                                                  std::memory_order_relaxed);
-          first->counters.occupancy_samples.fetch_add(1, std::memory_order_relaxed);
+          const Msg& m = std::get<0>(in);
+          const std::size_t at = slot(nullptr);
+          std::int64_t t = -1;
+          auto now = [&] { return t < 0 ? (t = now_ns()) : t; };
+          SlotCounters& c = source_counters_[at];
+          const auto after = source_state_.change(-1, -1, 0, now);
+          const std::int64_t occupied = source_state_.out_capacity - after.tokens;
+          c.raise_peak(occupied);
+          trace_edge(at, 0, now(), occupied);
+          first->state.change(+1, 0, 0, now);
           first->queue->try_put(m);
           return flow::continue_msg();
         });
@@ -377,6 +508,7 @@ void FlowGraph::build() {
 
     for (auto& step : steps_) {
       for (int t = 0; t < step->capacity; ++t) step->tokens->try_put(Token{});
+      for (int t = 0; t < step->concurrency; ++t) step->slots->try_put(Token{});
     }
     for (int t = 0; t < plan_.prefetch; ++t) prefetch_tokens_->try_put(Token{});
     for (int t = 0; t < window_capacity_; ++t) window_->try_put(Token{});
@@ -395,7 +527,8 @@ Msg FlowGraph::source_next(oneapi::tbb::flow_control& control) {
   }
   auto& source = static_cast<SourceStage&>(*plan_.stages.front().stage);
   Sample* sample = samples_->acquire();
-  const auto t0 = Clock::now();
+  const std::int64_t t0 = now_ns();
+  SlotCounters& counters = source_counters_[slot(nullptr)];
   try {
     switch (source.next(*sample)) {
       case SourceStatus::kSample:
@@ -405,7 +538,7 @@ Msg FlowGraph::source_next(oneapi::tbb::flow_control& control) {
         m.epoch = sample->epoch;
         ++epoch_samples_;
         owner_.samples_read_.fetch_add(1, std::memory_order_relaxed);
-        source_counters_.items.fetch_add(1, std::memory_order_relaxed);
+        SlotCounters::add(counters.items, 1);
         break;
       case SourceStatus::kEpochEnd:
         samples_->release(sample);
@@ -429,41 +562,53 @@ Msg FlowGraph::source_next(oneapi::tbb::flow_control& control) {
     control.stop();
     return m;
   }
-  source_counters_.busy_ns.fetch_add(static_cast<std::uint64_t>(nanos_since(t0)),
-                                     std::memory_order_relaxed);
+  const std::int64_t t1 = now_ns();
+  SlotCounters::add(counters.busy_ns, static_cast<std::uint64_t>(t1 - t0));
+  trace(slot(nullptr), {t0, t1 - t0, 0, false});
+  // The message waits in the input node until the first edge has a token (and the window one).
+  source_state_.change(+1, 0, 0, [t1] { return t1; });
   m.seq = next_seq_++;
   if (m.seq == 0) owner_.note_first_item();
   return m;
 }
 
-void FlowGraph::run_step(Step& step, Step* next, const Msg& msg) {
-  // The item has left our input edge: give its slot back to the producer.
+void FlowGraph::run_step(Step& step, Step* prev, Step* next, const Msg& msg, bool own_thread) {
+  const std::size_t at = slot(own_thread ? &step : nullptr);
+  SlotCounters& counters = step.counters[at];
+  const std::size_t index = step.index;
+  std::int64_t t = -1;  // read the clock once per moment, and only when it is needed
+  auto now = [&] { return t < 0 ? (t = now_ns()) : t; };
+  const std::int64_t t0 = now_ns();
+  t = t0;
+  // The item, an output token and a slot token have left their buffers.
+  {
+    const auto after = step.state.change(-1, -1, -1, now);
+    const std::int64_t occupied = step.state.out_capacity - after.tokens;
+    counters.raise_peak(occupied);
+    if (next != nullptr) trace_edge(at, index + 1, t0, occupied);
+  }
+  // The item has left our input edge: give its token back to the producer.
   if (msg.holds_token) {
-    step.counters.occupancy.fetch_sub(1, std::memory_order_relaxed);
+    StepState& producer = prev != nullptr ? prev->state : source_state_;
+    const auto after = producer.change(0, +1, 0, now);
+    trace_edge(at, index, t0, producer.out_capacity - after.tokens);
     step.tokens->try_put(Token{});
   }
   if (step.window_end) window_->try_put(Token{});
 
-  StepCounters* out_counters = next != nullptr ? &next->counters : nullptr;
-  if (out_counters != nullptr) {
-    const auto occupied = out_counters->occupancy.fetch_add(1, std::memory_order_relaxed) + 1;
-    bump_peak(out_counters->occupancy_peak, occupied);
-    out_counters->occupancy_sum.fetch_add(static_cast<std::uint64_t>(occupied),
-                                          std::memory_order_relaxed);
-    out_counters->occupancy_samples.fetch_add(1, std::memory_order_relaxed);
-  }
   bool emitted = false;
   auto emit = [&](Msg out) {
     out.holds_token = !emitted;
     emitted = true;
     if (next != nullptr) {
+      t = -1;
+      next->state.change(+1, 0, 0, now);
       next->queue->try_put(out);
     } else {
       owner_.deliver(out);
     }
   };
 
-  const auto t0 = Clock::now();
   Msg m = msg;
   const bool is_data = m.kind == Msg::Kind::kSample || m.kind == Msg::Kind::kBatch;
   if (owner_.stopping()) {
@@ -482,7 +627,7 @@ void FlowGraph::run_step(Step& step, Step* next, const Msg& msg) {
       } else {
         what += " failed";
       }
-      step.counters.errors.fetch_add(1, std::memory_order_relaxed);
+      SlotCounters::add(counters.errors, 1);
       if (data_error && s.on_error == OnError::kSkip && m.sample != nullptr) {
         m.sample->skipped = true;
         m.sample->error = e.what();
@@ -581,21 +726,38 @@ void FlowGraph::run_step(Step& step, Step* next, const Msg& msg) {
       if (!emitted && m.batch != nullptr) batches_->release(m.batch);
     }
   }
+  const std::int64_t t1 = now_ns();
+  t = t1;
+  if (is_data) SlotCounters::add(counters.items, 1);
+  SlotCounters::add(counters.busy_ns, static_cast<std::uint64_t>(t1 - t0));
+  trace(at, {t0, t1 - t0, static_cast<std::uint32_t>(index + 1), false});
+
+  // Give back the output token when nothing used it, and the slot unless `concurrency: auto`
+  // has lowered the step's concurrency and this slot is one to drop.
+  int debt = step.slot_debt.load(std::memory_order_relaxed);
+  while (debt > 0 &&
+         !step.slot_debt.compare_exchange_weak(debt, debt - 1, std::memory_order_relaxed)) {
+  }
+  const bool keep_slot = debt <= 0;
+  const auto after = step.state.change(0, emitted ? 0 : 1, keep_slot ? 1 : 0, now);
   if (!emitted) {
-    if (out_counters != nullptr) out_counters->occupancy.fetch_sub(1, std::memory_order_relaxed);
+    if (next != nullptr) trace_edge(at, index + 1, t1, step.state.out_capacity - after.tokens);
     (next != nullptr ? *next->tokens : *prefetch_tokens_).try_put(Token{});
   }
-  if (is_data) step.counters.items.fetch_add(1, std::memory_order_relaxed);
-  step.counters.busy_ns.fetch_add(static_cast<std::uint64_t>(nanos_since(t0)),
-                                  std::memory_order_relaxed);
+  if (keep_slot) step.slots->try_put(Token{});
+  if (is_data && step.concurrency_auto && auto_pending_.load(std::memory_order_relaxed) &&
+      auto_items_.fetch_add(1, std::memory_order_relaxed) + 1 == auto_target_) {
+    balance_concurrency();
+  }
 }
 
 void FlowGraph::run() {
   for (std::size_t i = 0; i < steps_.size(); ++i) {
     Step* step = steps_[i].get();
     if (step->kind != StepKind::kBatchTransform) continue;
+    Step* prev = i > 0 ? steps_[i - 1].get() : nullptr;
     Step* next = steps_[i + 1].get();  // a deliver step always follows
-    step->thread->start([this, step, next, first = true](const Msg& m) mutable {
+    step->thread->start([this, step, prev, next, first = true](const Msg& m) mutable {
       if (first) {
         first = false;
         try {
@@ -604,14 +766,16 @@ void FlowGraph::run() {
           owner_.fail("stage '" + step->stage->name + "' failed to start: " + e.what());
         }
       }
-      run_step(*step, next, m);
+      run_step(*step, prev, next, m, true);
       graph_->release_wait();
     });
   }
+  origin_ns_.store(nanos_since(owner_created_), std::memory_order_relaxed);
   arena_->execute([&] {
     source_->activate();
     graph_->wait_for_all();
   });
+  end_ns_.store(now_ns(), std::memory_order_release);
   for (auto& step : steps_) {
     if (step->thread) step->thread->close();
   }
@@ -634,6 +798,161 @@ void FlowGraph::run() {
   } catch (const std::exception& e) {
     owner_.fail("stage '" + plan_.stages.front().name + "' failed to finish: " + e.what());
   }
+}
+
+void FlowGraph::balance_concurrency() {
+  auto_pending_.store(false, std::memory_order_relaxed);
+  // Each auto step's cost per item so far; the threads are split in proportion to the costs, the
+  // costliest stage first in line: a stage whose share is a fraction of a thread keeps one slot.
+  std::vector<std::pair<Step*, double>> costs;
+  double total = 0;
+  for (auto& step : steps_) {
+    if (!step->concurrency_auto) continue;
+    std::uint64_t items = 0;
+    std::uint64_t busy = 0;
+    for (std::size_t k = 0; k < slot_count_; ++k) {
+      items += step->counters[k].items.load(std::memory_order_relaxed);
+      busy += step->counters[k].busy_ns.load(std::memory_order_relaxed);
+    }
+    const double cost = items > 0 ? static_cast<double>(busy) / static_cast<double>(items) : 0.0;
+    costs.emplace_back(step.get(), cost);
+    total += cost;
+  }
+  std::ostringstream note;
+  note << "concurrency auto, after " << auto_target_ << " items (" << plan_.threads << " threads):";
+  for (auto& [step, cost] : costs) {
+    const double share = total > 0 ? cost / total : 1.0 / static_cast<double>(costs.size());
+    const int chosen =
+        std::clamp(static_cast<int>(std::ceil(share * static_cast<double>(plan_.threads) - 1e-9)),
+                   1, step->concurrency);
+    step->slot_debt.fetch_add(step->concurrency - chosen, std::memory_order_relaxed);
+    step->chosen.store(chosen, std::memory_order_relaxed);
+    char line[160];
+    std::snprintf(line, sizeof line, " %s %d (%.0f us/item, %.0f%%)", step->stage->name.c_str(),
+                  chosen, cost * 1e-3, 100.0 * share);
+    note << line;
+  }
+  owner_.note_concurrency(note.str());
+}
+
+void FlowGraph::return_prefetch_token() {
+  steps_.back()->state.change(0, +1, 0, [this] { return now_ns(); });
+  prefetch_tokens_->try_put(Token{});
+}
+
+std::uint64_t FlowGraph::trace_events() const {
+  std::uint64_t n = 0;
+  for (std::size_t i = 0; rings_ && i < slot_count_; ++i) n += rings_[i].written();
+  return n - trace_dropped();
+}
+
+std::uint64_t FlowGraph::trace_dropped() const {
+  std::uint64_t n = 0;
+  for (std::size_t i = 0; rings_ && i < slot_count_; ++i) n += rings_[i].dropped();
+  return n;
+}
+
+void FlowGraph::write_trace(const std::string& path, const std::string& name) const {
+  // Span names: the source's next(), then every step; counter names: the edge into every step.
+  std::vector<std::string> spans{plan_.stages.front().name + " next"};
+  std::vector<std::string> edges;
+  for (const auto& step : steps_) {
+    std::string n = step->stage != nullptr ? step->stage->name : std::string("deliver");
+    if (step->kind == StepKind::kLoad) n += " load";
+    spans.push_back(n);
+    edges.push_back("queue " + n);
+  }
+  struct Kept {
+    TraceEvent e;
+    std::size_t ring;
+  };
+  std::vector<Kept> events;
+  std::int64_t complete_from = 0;  // every thread's events are kept from here on
+  for (std::size_t r = 0; r < slot_count_; ++r) {
+    bool first = true;
+    rings_[r].for_each([&](const TraceEvent& e) {
+      if (first && rings_[r].dropped() > 0) complete_from = std::max(complete_from, e.ts);
+      first = false;
+      events.push_back({e, r});
+    });
+  }
+  std::stable_sort(events.begin(), events.end(),
+                   [](const Kept& a, const Kept& b) { return a.e.ts < b.e.ts; });
+  auto us = [](std::int64_t ns) { return static_cast<double>(ns) * 1e-3; };
+  const std::uint64_t dropped = trace_dropped();
+
+  JsonWriter j;
+  j.begin_object();
+  j.key("displayTimeUnit").value("ms");
+  j.key("otherData").begin_object();
+  j.key("pipeline").value(name);
+  j.key("events_per_thread").value(plan_.trace_events);
+  j.key("events").value(static_cast<std::uint64_t>(events.size()));
+  j.key("dropped_events").value(dropped);
+  j.key("complete_from_us").value(us(complete_from));
+  j.key("window").value(dropped == 0
+                            ? std::string("the whole run")
+                            : "each thread's latest " + std::to_string(plan_.trace_events) +
+                                  " events; older ones dropped");
+  j.end_object();
+  j.key("traceEvents").begin_array();
+  j.begin_object().key("name").value("process_name").key("ph").value("M").key("pid").value(1);
+  j.key("tid").value(0).key("args").begin_object().key("name").value("millrace " + name);
+  j.end_object().end_object();
+  for (std::size_t r = 0; r < slot_count_; ++r) {
+    if (rings_[r].written() == 0) continue;
+    std::string thread = "worker " + std::to_string(r);
+    if (r >= static_cast<std::size_t>(plan_.threads)) {
+      thread = "other thread";
+      for (const auto& step : steps_) {
+        if (step->kind == StepKind::kBatchTransform && step->own_slot == r) {
+          thread = step->stage->name + " thread";
+        }
+      }
+    }
+    j.begin_object().key("name").value("thread_name").key("ph").value("M").key("pid").value(1);
+    j.key("tid").value(static_cast<std::uint64_t>(r + 1));
+    j.key("args").begin_object().key("name").value(thread).end_object().end_object();
+    j.begin_object().key("name").value("thread_sort_index").key("ph").value("M");
+    j.key("pid").value(1).key("tid").value(static_cast<std::uint64_t>(r + 1));
+    j.key("args").begin_object().key("sort_index").value(static_cast<std::uint64_t>(r));
+    j.end_object().end_object();
+  }
+  j.end_array();
+  j.end_object();
+  // The events themselves are written by hand, one per line, in microseconds with nanosecond
+  // digits: the metadata above goes through JsonWriter, which prints doubles at full precision.
+  auto quoted = [](const std::string& text) {
+    JsonWriter q;
+    q.value(text);
+    return q.str();
+  };
+  for (auto& n : spans) n = quoted(n);
+  for (auto& n : edges) n = quoted(n);
+  std::string head = j.str();
+  head.resize(head.size() - 2);  // reopen the event array: drop "]}"
+  std::string body;
+  body.reserve(events.size() * 96);
+  char line[512];
+  for (const Kept& k : events) {
+    const TraceEvent& e = k.e;
+    if (e.counter) {
+      std::snprintf(line, sizeof line,
+                    ",\n{\"name\":%s,\"ph\":\"C\",\"ts\":%.3f,\"pid\":1,\"args\":{\"items\":%lld}}",
+                    edges[e.id].c_str(), us(e.ts), static_cast<long long>(e.value));
+    } else {
+      std::snprintf(line, sizeof line,
+                    ",\n{\"name\":%s,\"cat\":\"stage\",\"ph\":\"X\",\"ts\":%.3f,\"dur\":%.3f,"
+                    "\"pid\":1,\"tid\":%zu}",
+                    spans[e.id].c_str(), us(e.ts), us(e.value), k.ring + 1);
+    }
+    body += line;
+  }
+  const auto parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent);
+  std::ofstream out(path, std::ios::binary);
+  out << head << body << "\n]}\n";
+  if (!out) throw std::runtime_error("cannot write the trace file '" + path + "'");
 }
 
 std::string FlowGraph::dot() const {
@@ -680,6 +999,20 @@ Pipeline::Impl::Impl(PipelinePlan plan, std::vector<Diagnostic> warnings, Clock:
   for (auto& s : plan_.stages) s.stage->prepare();
   const auto& source = static_cast<const SourceStage&>(*plan_.stages.front().stage);
   expected_samples_ = source.total_samples();
+  if (!plan_.trace.empty()) {
+    // A trace that cannot be written is found now, not after the run.
+    std::error_code ec;
+    const auto parent = std::filesystem::path(plan_.trace).parent_path();
+    if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+    std::ofstream probe(plan_.trace, std::ios::binary | std::ios::app);
+    if (!probe) {
+      throw ConfigError({{plan_.file, 0, 0,
+                          "pipeline: 'trace': cannot write the trace file '" + plan_.trace + "'" +
+                              (ec ? " (" + ec.message() + ")" : std::string())}});
+    }
+    trace_.path = plan_.trace;
+    trace_.events_per_thread = plan_.trace_events;
+  }
   flow_ = std::make_unique<FlowGraph>(*this);
   flow_->build();
   built_ns_ = nanos_since(created_);
@@ -705,6 +1038,17 @@ void Pipeline::Impl::run_graph() {
     fail(std::string("pipeline failed: ") + e.what());
   }
   end_ns_.store(nanos_since(created_), std::memory_order_relaxed);
+  if (!plan_.trace.empty()) {
+    try {
+      flow_->write_trace(plan_.trace, plan_.name);
+      std::lock_guard<std::mutex> lock(report_mutex_);
+      trace_.events = flow_->trace_events();
+      trace_.dropped = flow_->trace_dropped();
+      trace_.written = true;
+    } catch (const std::exception& e) {
+      fail(std::string("trace: ") + e.what());
+    }
+  }
   if (!cancelled_.load() && !ended_.load()) {
     std::lock_guard<std::mutex> lock(report_mutex_);
     if (error_.empty()) error_ = "pipeline stopped before its end of stream";
@@ -712,6 +1056,11 @@ void Pipeline::Impl::run_graph() {
   done_.store(true, std::memory_order_release);
   signal_.fetch_add(1, std::memory_order_release);
   signal_.notify_all();
+}
+
+void Pipeline::Impl::note_concurrency(const std::string& note) {
+  std::lock_guard<std::mutex> lock(report_mutex_);
+  concurrency_note_ = note;
 }
 
 void Pipeline::Impl::note_first_item() {
@@ -736,7 +1085,7 @@ void Pipeline::Impl::deliver(const Msg& msg) {
     if (!wait_released_.exchange(true)) flow_->graph_->release_wait();
   } else {
     // Markers that reach the end are not the consumer's business; their token goes back now.
-    flow_->prefetch_tokens_->try_put(Token{});
+    flow_->return_prefetch_token();
     return;
   }
   signal_.fetch_add(1, std::memory_order_release);
@@ -785,7 +1134,7 @@ std::optional<Batch> Pipeline::Impl::next() {
 
 void Pipeline::Impl::release(BatchData* batch) {
   flow_->batches_->release(batch);
-  if (!ended_.load(std::memory_order_acquire)) flow_->prefetch_tokens_->try_put(Token{});
+  if (!ended_.load(std::memory_order_acquire)) flow_->return_prefetch_token();
 }
 
 void Pipeline::Impl::cancel() {
@@ -874,36 +1223,73 @@ RunStats Pipeline::Impl::build_stats(bool final) const {
     s.error = error_;
     s.skipped = skipped_;
     s.warnings = warning_list_;
+    s.concurrency_note = concurrency_note_;
+    s.trace = trace_;
     if (warnings_dropped_ > 0) {
       s.warnings.push_back("... and " + std::to_string(warnings_dropped_) + " more warnings");
     }
   }
   const double run_seconds =
       std::max(1e-9, s.seconds - s.startup_seconds) * static_cast<double>(plan_.threads);
+  const FlowGraph& g = *flow_;
+  const std::int64_t now = g.end_or_now_ns();
+  const double wall = std::max(1e-9, static_cast<double>(now) * 1e-9);
+  auto sum = [&](const SlotCounters* slots, auto member) {
+    std::uint64_t total = 0;
+    for (std::size_t k = 0; k < g.slot_count_; ++k) {
+      total += (slots[k].*member).load(std::memory_order_relaxed);
+    }
+    return total;
+  };
+  auto peak = [&](const SlotCounters* slots) {
+    std::int64_t most = 0;
+    for (std::size_t k = 0; k < g.slot_count_; ++k) {
+      most = std::max(most, slots[k].out_peak.load(std::memory_order_relaxed));
+    }
+    return most;
+  };
   for (std::size_t i = 0; i < plan_.stages.size(); ++i) {
     const StagePlan& p = plan_.stages[i];
     StageStats st;
     st.name = p.name;
     st.type = p.type;
     st.concurrency = p.concurrency;
+    st.concurrency_auto = p.concurrency_auto;
     st.queue_capacity = p.queue;
     std::uint64_t busy = 0;
-    bool first_step = true;
+    double idle_input = 0;
+    double idle_blocked = 0;
+    double idle_worker = 0;
     if (i == 0) {
-      st.items = flow_->source_counters_.items.load();
-      busy += flow_->source_counters_.busy_ns.load();
+      st.items = sum(g.source_counters_.get(), &SlotCounters::items);
+      busy += sum(g.source_counters_.get(), &SlotCounters::busy_ns);
+      // next() has no input edge: its own time between items is its busy time, not a wait.
+      const StepState::Rates idle = g.source_state_.integrals(now);
+      idle_blocked += static_cast<double>(idle.blocked);
+      idle_worker += static_cast<double>(idle.wait_worker);
     }
-    for (const auto& step : flow_->steps_) {
+    bool first_step = true;
+    for (std::size_t k = 0; k < g.steps_.size(); ++k) {
+      const auto& step = g.steps_[k];
       if (step->stage != &p) continue;
-      if (i != 0) st.items += step->counters.items.load();
-      busy += step->counters.busy_ns.load();
-      st.errors += step->counters.errors.load();
+      if (i != 0) st.items += sum(step->counters.get(), &SlotCounters::items);
+      busy += sum(step->counters.get(), &SlotCounters::busy_ns);
+      st.errors += sum(step->counters.get(), &SlotCounters::errors);
+      const StepState::Rates idle = step->state.integrals(now);
+      idle_input += static_cast<double>(idle.wait_input);
+      idle_blocked += static_cast<double>(idle.blocked);
+      idle_worker += static_cast<double>(idle.wait_worker);
+      if (step->concurrency_auto) {
+        const int chosen = step->chosen.load(std::memory_order_relaxed);
+        st.concurrency = chosen > 0 ? chosen : step->concurrency;
+      }
       if (first_step) {
-        st.queue_peak = static_cast<int>(step->counters.occupancy_peak.load());
-        const auto n = step->counters.occupancy_samples.load();
-        st.queue_mean = n > 0 ? static_cast<double>(step->counters.occupancy_sum.load()) /
-                                    static_cast<double>(n)
-                              : 0.0;
+        // The edge into the step: its producer's output edge.
+        const SlotCounters* producer =
+            k == 0 ? g.source_counters_.get() : g.steps_[k - 1]->counters.get();
+        const StepState& producer_state = k == 0 ? g.source_state_ : g.steps_[k - 1]->state;
+        st.queue_peak = static_cast<int>(peak(producer));
+        st.queue_mean = static_cast<double>(producer_state.integrals(now).occupancy) * 1e-9 / wall;
         st.queue_capacity = step->capacity;
         first_step = false;
       }
@@ -915,8 +1301,14 @@ RunStats Pipeline::Impl::build_stats(bool final) const {
     }
     st.busy_seconds = static_cast<double>(busy) * 1e-9;
     st.busy_share = st.busy_seconds / run_seconds;
+    st.wait_input_seconds = idle_input * 1e-9;
+    st.blocked_output_seconds = idle_blocked * 1e-9;
+    st.wait_worker_seconds = idle_worker * 1e-9;
     s.stages.push_back(st);
   }
+  s.run_wall_seconds = static_cast<double>(now) * 1e-9;
+  s.consumer_wait_seconds =
+      static_cast<double>(g.steps_.back()->state.integrals(now).blocked) * 1e-9;
   return s;
 }
 
@@ -927,7 +1319,15 @@ std::size_t Pipeline::Impl::samples_limit() const { return flow_->samples_->limi
 
 std::vector<std::int64_t> Pipeline::Impl::edge_peaks() const {
   std::vector<std::int64_t> out;
-  for (const auto& step : flow_->steps_) out.push_back(step->counters.occupancy_peak.load());
+  const SlotCounters* producer = flow_->source_counters_.get();
+  for (const auto& step : flow_->steps_) {
+    std::int64_t most = 0;
+    for (std::size_t k = 0; k < flow_->slot_count_; ++k) {
+      most = std::max(most, producer[k].out_peak.load(std::memory_order_relaxed));
+    }
+    out.push_back(most);
+    producer = step->counters.get();
+  }
   return out;
 }
 

@@ -15,6 +15,7 @@
 //   `prefetch`, guarded by prefetch tokens that the consumer returns when it releases a batch.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -41,15 +42,113 @@ struct Msg {
   BatchData* batch = nullptr;
 };
 
-// Counters of one step, padded to a cache line so that workers never share one.
-struct alignas(64) StepCounters {
+// Figures of one step written by one thread: a step has one slot per arena slot of the pipeline's
+// task_arena (plus one per stage thread), each on its own cache line, so that workers never write
+// a shared line per item. Each slot has a single writer, which adds with a relaxed load and store
+// (no read-modify-write); stats() sums the slots.
+struct alignas(64) SlotCounters {
   std::atomic<std::uint64_t> items{0};
   std::atomic<std::uint64_t> busy_ns{0};
   std::atomic<std::uint64_t> errors{0};
-  std::atomic<std::int64_t> occupancy{0};  // items on the edge into this step
-  std::atomic<std::int64_t> occupancy_peak{0};
-  std::atomic<std::uint64_t> occupancy_sum{0};
-  std::atomic<std::uint64_t> occupancy_samples{0};
+  std::atomic<std::int64_t> out_peak{0};  // the most items this thread saw on the output edge
+
+  static void add(std::atomic<std::uint64_t>& counter, std::uint64_t value) {
+    counter.store(counter.load(std::memory_order_relaxed) + value, std::memory_order_relaxed);
+  }
+  void raise_peak(std::int64_t value) {
+    if (value > out_peak.load(std::memory_order_relaxed)) {
+      out_peak.store(value, std::memory_order_relaxed);
+    }
+  }
+};
+
+// The scheduling state of one step, as three counts packed in one word so that a transition is
+// one compare-and-swap: items queued on its input edge (not started), free tokens of its output
+// edge, and free concurrency slots. Every transition that changes how the free slots divide
+// between the causes below adds (rate before - rate after) * now to that cause's integral, so
+// that integral + rate now * now is the time integral of the rate: no lock, and no shared write
+// when nothing changes. With f free slots, q queued items and t free output tokens:
+//   waiting for input  max(0, f - q)            slots that have no item to start
+//   blocked on output  min(q, f) - min(q, f, t) slots that have an item but no output token
+//   waiting for worker min(q, f, t)             startable, but no TBB worker has taken it yet
+// The integral of (output capacity - t) is the occupancy of the output edge over time.
+// Counts move before the TBB operation that makes them true when they grow and after it when
+// they shrink, so they never fall below the real ones.
+struct alignas(64) StepState {
+  static constexpr int kBits = 21;
+  static constexpr std::uint64_t kMask = (std::uint64_t{1} << kBits) - 1;
+  struct Counts {
+    std::int64_t queued = 0;
+    std::int64_t tokens = 0;
+    std::int64_t slots = 0;
+  };
+  struct Rates {
+    std::int64_t wait_input = 0;
+    std::int64_t blocked = 0;
+    std::int64_t wait_worker = 0;
+    std::int64_t occupancy = 0;
+  };
+
+  static std::uint64_t pack(const Counts& c) {
+    return static_cast<std::uint64_t>(c.queued) | static_cast<std::uint64_t>(c.tokens) << kBits |
+           static_cast<std::uint64_t>(c.slots) << (2 * kBits);
+  }
+  static Counts unpack(std::uint64_t w) {
+    return {static_cast<std::int64_t>(w & kMask), static_cast<std::int64_t>(w >> kBits & kMask),
+            static_cast<std::int64_t>(w >> (2 * kBits) & kMask)};
+  }
+  Rates rates(const Counts& c) const {
+    const std::int64_t with_input = std::min(c.queued, c.slots);
+    const std::int64_t startable = std::min(with_input, c.tokens);
+    return {c.slots - with_input, with_input - startable, startable, out_capacity - c.tokens};
+  }
+
+  void init(int capacity_out, int slots) {
+    out_capacity = capacity_out;
+    word.store(pack({0, capacity_out, slots}), std::memory_order_relaxed);
+  }
+  // Applies the deltas at time `now_ns()`; returns the counts after the change.
+  template <class Now>
+  Counts change(std::int64_t d_queued, std::int64_t d_tokens, std::int64_t d_slots, Now now_ns) {
+    std::uint64_t before = word.load(std::memory_order_relaxed);
+    Counts a;
+    Counts b;
+    do {
+      a = unpack(before);
+      b = {std::max<std::int64_t>(0, a.queued + d_queued),
+           std::clamp<std::int64_t>(a.tokens + d_tokens, 0, static_cast<std::int64_t>(kMask)),
+           std::max<std::int64_t>(0, a.slots + d_slots)};
+    } while (!word.compare_exchange_weak(before, pack(b), std::memory_order_relaxed));
+    const Rates ra = rates(a);
+    const Rates rb = rates(b);
+    if (ra.wait_input != rb.wait_input || ra.blocked != rb.blocked ||
+        ra.wait_worker != rb.wait_worker || ra.occupancy != rb.occupancy) {
+      const std::int64_t t = now_ns();
+      auto move = [t](std::atomic<std::int64_t>& integral, std::int64_t from, std::int64_t to) {
+        if (from != to) integral.fetch_add((from - to) * t, std::memory_order_relaxed);
+      };
+      move(wait_input_ns, ra.wait_input, rb.wait_input);
+      move(blocked_ns, ra.blocked, rb.blocked);
+      move(wait_worker_ns, ra.wait_worker, rb.wait_worker);
+      move(occupancy_ns, ra.occupancy, rb.occupancy);
+    }
+    return b;
+  }
+  // The integrals up to `now` (time since the run's origin), in item-nanoseconds.
+  Rates integrals(std::int64_t now) const {
+    const Rates r = rates(unpack(word.load(std::memory_order_relaxed)));
+    return {wait_input_ns.load(std::memory_order_relaxed) + r.wait_input * now,
+            blocked_ns.load(std::memory_order_relaxed) + r.blocked * now,
+            wait_worker_ns.load(std::memory_order_relaxed) + r.wait_worker * now,
+            occupancy_ns.load(std::memory_order_relaxed) + r.occupancy * now};
+  }
+
+  std::atomic<std::uint64_t> word{0};
+  std::atomic<std::int64_t> wait_input_ns{0};
+  std::atomic<std::int64_t> blocked_ns{0};
+  std::atomic<std::int64_t> wait_worker_ns{0};
+  std::atomic<std::int64_t> occupancy_ns{0};
+  std::int64_t out_capacity = 0;
 };
 
 class FlowGraph;  // the TBB objects, kept out of this header
@@ -79,6 +178,8 @@ class Pipeline::Impl final : public detail::BatchOwner, public RunReporter {
   bool stopping() const { return stopping_.load(std::memory_order_relaxed); }
   void deliver(const Msg& msg);
   void note_first_item();
+  // What `concurrency: auto` chose, for the summary.
+  void note_concurrency(const std::string& note);
 
   // Exposed for tests: the high-water marks of the pools.
   std::size_t samples_created() const;
@@ -109,6 +210,8 @@ class Pipeline::Impl final : public detail::BatchOwner, public RunReporter {
   std::vector<SkippedSample> skipped_;
   std::vector<std::string> warning_list_;
   std::uint64_t warnings_dropped_ = 0;
+  std::string concurrency_note_;
+  TraceInfo trace_;
 
   std::atomic<std::uint64_t> samples_read_{0};
   std::atomic<std::uint64_t> skipped_count_{0};

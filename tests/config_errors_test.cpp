@@ -241,6 +241,22 @@ TEST(ConfigOverrides, MalformedAssignmentIsAConfigError) {
   }
 }
 
+TEST(ConfigOverrides, DottedKeysReachIntoMappings) {
+  // A path through a key that holds a scalar names it; nothing is silently replaced.
+  EXPECT_EQ(config_errors_of({"batch.size.x=4"}),
+            std::vector<std::string>{"--set batch.size.x=4: error: 'size' is a scalar, not a "
+                                     "mapping, so it has no key 'x'"});
+  // A path that creates a mapping is then validated like the file: here 'last' must be a word.
+  const auto created = config_errors_of({"batch.last.mode=pad"});
+  ASSERT_EQ(created.size(), 1U) << joined(created);
+  EXPECT_NE(created[0].find("'last'"), std::string::npos) << created[0];
+  for (const char* bad : {"batch..size=4", "batch.size.=4"}) {
+    const auto errors = config_errors_of({bad});
+    ASSERT_EQ(errors.size(), 1U) << bad;
+    EXPECT_NE(errors[0].find("got an empty key"), std::string::npos) << errors[0];
+  }
+}
+
 TEST(ConfigOverrides, ValidOverridePassesValidation) {
   // Past validation, the source finds no images in this folder: not a ConfigError.
   InFolder here(kCaseDir);

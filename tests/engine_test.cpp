@@ -5,11 +5,14 @@
 
 #include <atomic>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <set>
 #include <thread>
 
 #include "engine/pipeline_access.hpp"
 #include "engine/random.hpp"
+#include "millrace/report.hpp"
 #include "stages/batch/batch_stage.hpp"
 #include "stages/sinks/sinks.hpp"
 
@@ -22,6 +25,7 @@ class SyntheticSource final : public SourceStage {
   struct Params {
     std::int64_t count = 100;
     int epochs = 1;
+    int next_sleep_us = 0;  // a slow source (a sleep: slow even when the machine is busy)
   };
   static StageInfo info() {
     return {"synthetic", "test source", StageShape::kSource, "nothing", "samples", true, true};
@@ -31,12 +35,15 @@ class SyntheticSource final : public SourceStage {
       Schema<Params> x;
       x.integer64("count", &Params::count, "samples per epoch", 0, 1LL << 40);
       x.integer("epochs", &Params::epochs, "epochs", 1, 1000);
+      x.integer("next_sleep_us", &Params::next_sleep_us, "sleep per next()", 0, 1 << 30);
       return x;
     }();
     return s;
   }
   SyntheticSource(StageContext c, Params p) : SourceStage(std::move(c)), p_(p) {}
   SourceStatus next(Sample& s) override {
+    if (p_.next_sleep_us > 0)
+      std::this_thread::sleep_for(std::chrono::microseconds(p_.next_sleep_us));
     if (epoch_ == p_.epochs) return SourceStatus::kEnd;
     if (i_ == p_.count) {
       i_ = 0;
@@ -74,6 +81,7 @@ class WorkStage final : public TransformStage {
     int spin = 2000;
     std::vector<double> fail_ids;  // SampleError (a data problem)
     std::int64_t throw_id = -1;    // std::runtime_error (a stage failure)
+    int sleep_us = 0;  // a slow stage that needs no CPU, so the others run even on a busy machine
   };
   static StageInfo info() {
     return {"work", "test transform", StageShape::kTransform, "samples", "samples", true, true};
@@ -84,6 +92,7 @@ class WorkStage final : public TransformStage {
       x.integer("spin", &Params::spin, "work units", 0, 1 << 30);
       x.numbers("fail_ids", &Params::fail_ids, "ids that fail", {});
       x.integer64("throw_id", &Params::throw_id, "id that throws", -1, 1LL << 40);
+      x.integer("sleep_us", &Params::sleep_us, "sleep per sample", 0, 1 << 30);
       return x;
     }();
     return s;
@@ -94,6 +103,7 @@ class WorkStage final : public TransformStage {
     const int units = p_.spin > 0 ? rng.uniform_int(0, p_.spin) : 0;
     volatile std::uint64_t sink = 0;
     for (int i = 0; i < units; ++i) sink = sink + static_cast<std::uint64_t>(i) * 2654435761ULL;
+    if (p_.sleep_us > 0) std::this_thread::sleep_for(std::chrono::microseconds(p_.sleep_us));
     for (double f : p_.fail_ids) {
       if (static_cast<std::uint64_t>(f) == s.id) throw SampleError("synthetic data error");
     }
@@ -429,6 +439,160 @@ TEST(Engine, ABatchHeldByTheConsumerStallsButDoesNotLoseData) {
   held.clear();
   const Drained d = drain(p);
   EXPECT_EQ(d.ids.size(), 56U);
+}
+
+// ---- Where the time goes -------------------------------------------------------------------
+
+const StageStats& stage(const RunStats& s, const std::string& name) {
+  for (const auto& st : s.stages) {
+    if (st.name == name) return st;
+  }
+  throw std::logic_error("no stage " + name);
+}
+
+// A stage's slot time: busy, waiting for input, blocked on output and waiting for a worker
+// together cover every slot for the whole run.
+double accounted(const StageStats& st) {
+  return st.busy_seconds + st.wait_input_seconds + st.blocked_output_seconds +
+         st.wait_worker_seconds;
+}
+
+// Unordered by default: no ordering window, so only the edges' own tokens bound each stage.
+std::string two_work_stages(const std::string& source, const std::string& work,
+                            const std::string& work2, int threads = 2, bool ordered = false) {
+  return "pipeline: {threads: " + std::to_string(threads) +
+         ", queue: 4, seed: 3, ordered: " + (ordered ? "true" : "false") + "}\n" +
+         "stages:\n"
+         "  - {type: synthetic" +
+         source + "}\n  - {type: work" + work + "}\n  - {type: work, name: work2" + work2 +
+         "}\n  - {type: batch, size: 8}\n  - {type: discard}\n";
+}
+
+TEST(WhereTheTimeGoes, ASlowDownstreamStageBlocksTheOneBeforeIt) {
+  Pipeline p = PipelineAccess::from_string(
+      two_work_stages(", count: 200", ", spin: 0", ", spin: 0, sleep_us: 1000, concurrency: 1"),
+      test_registry());
+  drain(p);
+  const RunStats s = p.stats();
+  const StageStats& work = stage(s, "work");
+  const StageStats& work2 = stage(s, "work2");
+  const double work_slots = work.concurrency * s.run_wall_seconds;
+  // work is cheap and its output edge is full: blocked on work2 is where its slots' time goes.
+  // (The bounds leave room for an oversubscribed machine, where preempted workers blur the
+  // causes; the contrast between the two stages is what must hold.)
+  EXPECT_GT(work.blocked_output_seconds, 0.15 * work_slots) << format_summary("p", s);
+  EXPECT_GT(work.blocked_output_seconds, 10 * work.busy_seconds) << format_summary("p", s);
+  // work2 always has input and room after it: it is busy, neither waiting nor blocked.
+  EXPECT_LT(work2.blocked_output_seconds, 0.05 * work2.busy_seconds) << format_summary("p", s);
+  EXPECT_LT(work2.blocked_output_seconds, 0.1 * work.blocked_output_seconds);
+  EXPECT_LT(work2.wait_input_seconds, 0.1 * work2.busy_seconds) << format_summary("p", s);
+  EXPECT_GT(work2.busy_seconds, 0.8 * s.run_wall_seconds) << format_summary("p", s);
+  // Its input edge is full all along.
+  EXPECT_EQ(work2.queue_peak, work2.queue_capacity);
+  EXPECT_GT(work2.queue_mean, 0.25 * work2.queue_capacity) << format_summary("p", s);
+  for (const auto* st : {&work, &work2}) {
+    EXPECT_NEAR(accounted(*st), st->concurrency * s.run_wall_seconds,
+                0.1 * st->concurrency * s.run_wall_seconds)
+        << st->name << "\n"
+        << format_summary("p", s);
+  }
+  const Bottleneck b = find_bottleneck(s);
+  EXPECT_EQ(b.stage, "work2") << b.report;
+}
+
+TEST(WhereTheTimeGoes, ASlowSourceMakesTheStagesAfterItWait) {
+  Pipeline p = PipelineAccess::from_string(
+      two_work_stages(", count: 150, next_sleep_us: 1000", ", spin: 0", ", spin: 0"),
+      test_registry());
+  drain(p);
+  const RunStats s = p.stats();
+  const StageStats& source = s.stages.front();
+  const StageStats& work = stage(s, "work");
+  const StageStats& work2 = stage(s, "work2");
+  EXPECT_GT(source.busy_seconds, 0.6 * s.run_wall_seconds) << format_summary("p", s);
+  // The source never waits for a token: every edge after it is empty.
+  EXPECT_LT(source.blocked_output_seconds, 0.3 * source.busy_seconds) << format_summary("p", s);
+  for (const auto* st : {&work, &work2}) {
+    EXPECT_GT(st->wait_input_seconds, 0.6 * st->concurrency * s.run_wall_seconds)
+        << st->name << "\n"
+        << format_summary("p", s);
+    EXPECT_LT(st->blocked_output_seconds, 0.05 * st->wait_input_seconds) << st->name;
+    EXPECT_LT(st->queue_mean, 0.5) << st->name;
+  }
+  EXPECT_EQ(find_bottleneck(s).stage, "synthetic") << find_bottleneck(s).report;
+}
+
+TEST(WhereTheTimeGoes, ASlowConsumerIsNamed) {
+  Pipeline p = PipelineAccess::from_string(
+      two_work_stages(", count: 240", ", spin: 0", ", spin: 0"), test_registry());
+  while (auto b = p.next()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const RunStats s = p.stats();
+  EXPECT_GT(s.consumer_wait_seconds, 0.6 * s.run_wall_seconds) << format_summary("p", s);
+  EXPECT_EQ(find_bottleneck(s).stage, "consumer");
+}
+
+TEST(WhereTheTimeGoes, ConcurrencyAutoGivesTheCostlyStageTheThreads) {
+  auto run = [](const std::string& work, const std::string& work2) {
+    Pipeline p = PipelineAccess::from_string(two_work_stages(", count: 600", work, work2, 4, true),
+                                             test_registry());
+    Drained d = drain(p);
+    return std::make_pair(d.hash, p.stats());
+  };
+  const auto [hash, s] = run(", spin: 0, sleep_us: 2000, concurrency: auto",
+                             ", spin: 0, sleep_us: 20, concurrency: auto");
+  const StageStats& work = stage(s, "work");
+  const StageStats& work2 = stage(s, "work2");
+  EXPECT_TRUE(work.concurrency_auto);
+  EXPECT_TRUE(work2.concurrency_auto);
+  // work takes over 10 times as long as work2 (a sleep, so even on a busy machine): it gets the
+  // 4 threads, work2 the one slot it needs.
+  EXPECT_EQ(work.concurrency, 4) << s.concurrency_note;
+  EXPECT_EQ(work2.concurrency, 1) << s.concurrency_note;
+  EXPECT_NE(s.concurrency_note.find("work2 1"), std::string::npos) << s.concurrency_note;
+  // Balancing changes when items run, never what they become.
+  const auto [fixed_hash, fixed_stats] =
+      run(", spin: 0, sleep_us: 2000", ", spin: 0, sleep_us: 20");
+  EXPECT_EQ(hash, fixed_hash);
+  EXPECT_TRUE(fixed_stats.concurrency_note.empty());
+}
+
+TEST(WhereTheTimeGoes, ConcurrencyAutoIsRejectedOnASerialStage) {
+  std::string cfg = config(2, 4, true);
+  cfg.replace(cfg.find("{type: discard}"), 15, "{type: discard, concurrency: auto}");
+  try {
+    PipelineAccess::from_string(cfg, test_registry());
+    FAIL() << "expected ConfigError";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("'concurrency: auto' balances concurrent stages"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+TEST(WhereTheTimeGoes, ALongRunsTraceKeepsEachThreadsLatestEvents) {
+  const auto path = std::filesystem::path(MILLRACE_BINARY_DIR) / "engine_test_trace.json";
+  std::string cfg = config(2, 4, true, ", spin: 0", 3000);
+  cfg.replace(cfg.find("seed: 7"), 7, "seed: 7, trace: '" + path.string() + "', trace_events: 64");
+  Pipeline p = PipelineAccess::from_string(cfg, test_registry());
+  drain(p);
+  const RunStats s = p.stats();
+  ASSERT_TRUE(s.trace.written);
+  EXPECT_EQ(s.trace.events_per_thread, 64);
+  // Two workers and one spare slot: at most 3 x 64 events kept, the rest counted as dropped.
+  EXPECT_LE(s.trace.events, 3U * 64U);
+  EXPECT_GE(s.trace.events, 64U);
+  EXPECT_GT(s.trace.dropped, 3000U);  // several spans and counter samples per sample
+  std::ifstream in(path);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::size_t spans = 0;
+  for (std::size_t at = text.find("\"ph\":\"X\""); at != std::string::npos;
+       at = text.find("\"ph\":\"X\"", at + 1)) {
+    ++spans;
+  }
+  EXPECT_GT(spans, 0U);
+  EXPECT_LE(spans, s.trace.events);
+  EXPECT_NE(text.find("\"dropped_events\":" + std::to_string(s.trace.dropped)), std::string::npos);
+  std::filesystem::remove(path);
 }
 
 }  // namespace

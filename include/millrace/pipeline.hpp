@@ -13,6 +13,10 @@
 //   returns an empty optional promptly. The destructor cancels a run still going and waits for
 //   its threads.
 // - Batches are views on pooled buffers: see batch.hpp. They must not outlive the Pipeline.
+// - stats() says where each stage's time goes (see stats.hpp). With the pipeline key `trace`
+//   (`PipelineBuilder::set("trace", "\"run.json\"")`, or the override `pipeline.trace=FILE`) the
+//   run writes a Chrome trace event file when it ends, before next() returns its end; a file that
+//   cannot be written is a ConfigError when the Pipeline is built.
 #pragma once
 
 #include <functional>

@@ -23,6 +23,17 @@ std::string stage_reference(bool markdown);
 
 // The end-of-run summary for a terminal.
 std::string format_summary(const std::string& name, const RunStats& stats);
+
+// Which stage limits a run's throughput and what to change, derived from the per-stage figures
+// alone: each stage's busy time against its concurrency, the time it waited for input or was
+// blocked on output, its queue occupancy, and how busy the pipeline's threads were overall.
+struct Bottleneck {
+  std::string stage;  // the limiting stage's name; "consumer" when the batches' taker limits it;
+                      // empty when no stage is saturated
+  std::vector<std::string> changes;  // what to change, most promising first (config keys)
+  std::string report;                // one paragraph: the evidence and the changes
+};
+Bottleneck find_bottleneck(const RunStats& stats);
 // The same as JSON: images, batches, seconds, images_per_second, startup_seconds, skipped
 // ([{path, id, stage, error}]), stages ([...]) and more.
 std::string summary_json(const std::string& name, const RunStats& stats);
@@ -35,9 +46,10 @@ struct BenchResult {
 };
 // The q-quantile (0..1) of `values` by nearest rank; 0 for no values.
 double percentile(std::vector<double> values, double q);
-// Runs the pipeline `warmup` times unmeasured, then `repeats` times measured.
+// Runs the pipeline `warmup` times unmeasured, then `repeats` times measured; with `trace`, the
+// last measured run writes its Chrome trace there.
 BenchResult bench(const std::string& config_path, const std::vector<std::string>& overrides,
-                  int repeats, int warmup);
+                  int repeats, int warmup, const std::string& trace = "");
 std::string bench_json(const std::string& name, const BenchResult& result);
 
 }  // namespace millrace

@@ -2,6 +2,13 @@
 //
 // Contract: RunStats is a plain value, a snapshot; Pipeline::stats() may be called from any thread
 // while the pipeline runs, and again after it ends for the final figures.
+//
+// Where a stage's time goes: each of its `concurrency` slots is, at every moment of the run, busy
+// (running the stage), waiting for input (no item on its input edge), blocked on output (an item,
+// but no free token of its output edge: the stage after it is behind) or waiting for a worker (it
+// could start, but every TBB worker is busy elsewhere; for the ordered batch stage, also: the next
+// item in source order has not arrived). The four add up to concurrency x run_wall_seconds.
+// docs/ARCHITECTURE.md has the exact definitions.
 #pragma once
 
 #include <cstdint>
@@ -28,8 +35,21 @@ struct StageStats {
   double busy_share = 0;     // busy_seconds / (elapsed * pipeline threads)
   int queue_capacity = 0;    // of the stage's input edge
   int queue_peak = 0;        // the most items ever in that edge
-  double queue_mean = 0;     // mean occupancy, sampled when an item enters
+  double queue_mean = 0;     // mean items in that edge over the run (time-weighted)
   std::uint64_t errors = 0;  // per-sample errors raised by the stage
+  // Idle slot time, in slot-seconds (summed over the stage's slots), by cause (see above).
+  double wait_input_seconds = 0;
+  double blocked_output_seconds = 0;  // the source: its next item waited for a token
+  double wait_worker_seconds = 0;
+  bool concurrency_auto = false;  // `concurrency: auto`: `concurrency` is what it chose
+};
+
+struct TraceInfo {
+  std::string path;  // empty: no trace
+  int events_per_thread = 0;
+  std::uint64_t events = 0;   // events in the file
+  std::uint64_t dropped = 0;  // older events that the per-thread bound left out
+  bool written = false;       // the file is complete (at the end of the run)
 };
 
 struct RunStats {
@@ -43,6 +63,10 @@ struct RunStats {
   std::vector<SkippedSample> skipped;  // all skipped samples, in the order they were skipped
   std::vector<std::string> warnings;   // decoder warnings and the like, with their samples
   std::vector<StageStats> stages;
+  double run_wall_seconds = 0;       // the graph's running time, which the stage figures cover
+  double consumer_wait_seconds = 0;  // finished batches waited for the consumer (prefetch full)
+  std::string concurrency_note;      // what `concurrency: auto` chose and from which costs
+  TraceInfo trace;
   // Named figures that stages report (e.g. "infer.top1_accuracy"), in stage order.
   std::vector<std::pair<std::string, double>> metrics;
   int threads = 0;

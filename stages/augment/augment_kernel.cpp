@@ -152,3 +152,42 @@ void resize_window(const ImageView& src, Rect roi, int out_w, int out_h, Interp 
 }
 
 }  // namespace millrace::augment
+
+namespace millrace::augment {
+
+void resample_window(const ImageView& src, WindowF window, int out_w, int out_h, Interp interp,
+                     std::vector<std::uint8_t>& out) {
+  if (src.channels != 3) {
+    throw std::invalid_argument("resample_window: source must have 3 channels");
+  }
+  if (src.data == nullptr || src.width <= 0 || src.height <= 0 ||
+      src.stride < static_cast<std::size_t>(src.width) * 3) {
+    throw std::invalid_argument("resample_window: source has no pixels or a short stride");
+  }
+  if (out_w <= 0 || out_h <= 0) {
+    throw std::invalid_argument("resample_window: output size must be positive");
+  }
+  if (!(std::isfinite(window.x) && std::isfinite(window.y) && std::isfinite(window.width) &&
+        std::isfinite(window.height) && window.width > 0 && window.height > 0)) {
+    throw std::invalid_argument("resample_window: the window must be finite and not empty");
+  }
+  if (interp == Interp::kArea) {
+    throw std::invalid_argument("resample_window: area interpolation needs whole-pixel windows");
+  }
+  const double sx = window.width / out_w;
+  const double sy = window.height / out_h;
+  // The inverse map, output pixel -> source position, as cv::resize's (dst + 0.5) * s - 0.5.
+  const cv::Matx23d to_source(sx, 0.0, window.x + 0.5 * sx - 0.5,  //
+                              0.0, sy, window.y + 0.5 * sy - 0.5);
+  const std::size_t out_row = static_cast<std::size_t>(out_w) * 3;
+  out.resize(out_row * static_cast<std::size_t>(out_h));
+  const cv::Mat in(src.height, src.width, CV_8UC3, const_cast<std::uint8_t*>(src.data), src.stride);
+  cv::Mat dst(out_h, out_w, CV_8UC3, out.data(), out_row);
+  cv::warpAffine(in, dst, to_source, dst.size(), cv_interpolation(interp) | cv::WARP_INVERSE_MAP,
+                 cv::BORDER_REPLICATE);
+  if (dst.data != out.data()) {
+    throw std::logic_error("resample_window: cv::warpAffine reallocated its destination");
+  }
+}
+
+}  // namespace millrace::augment

@@ -66,4 +66,22 @@ Rect random_resized_window(int width, int height, std::array<double, 2> scale,
 void resize_window(const ImageView& src, Rect roi, int out_w, int out_h, Interp interp,
                    std::vector<std::uint8_t>& out);
 
+// A window with fractional bounds: [x, x + width) x [y, y + height) in the continuous
+// coordinates of `src` (pixel i covers [i, i + 1)).
+struct WindowF {
+  double x = 0;
+  double y = 0;
+  double width = 0;
+  double height = 0;
+};
+
+// Resamples a fractional window of `src` to out_w x out_h into `out` (resized to out_w * out_h *
+// 3 bytes): output pixel (i, j) is interpolated at source position (x + (j + 0.5) * width / out_w
+// - 0.5, y + (i + 0.5) * height / out_h - 0.5), the mapping cv::resize applies to a whole image,
+// with the pixels past the edges of `src` replicated. Runs cv::warpAffine (OpenCV's fixed-point
+// taps, 1/32 pixel); kArea is not supported there. Throws std::invalid_argument for a source
+// that is not 3-channel, an empty or non-finite window, a non-positive output size or kArea.
+void resample_window(const ImageView& src, WindowF window, int out_w, int out_h, Interp interp,
+                     std::vector<std::uint8_t>& out);
+
 }  // namespace millrace::augment

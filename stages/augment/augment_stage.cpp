@@ -1,6 +1,10 @@
 #include "stages/augment/augment_stage.hpp"
 
+#include <cmath>
+#include <cstdlib>
 #include <opencv2/core.hpp>
+#include <stdexcept>
+#include <tuple>
 
 namespace millrace {
 
@@ -78,6 +82,159 @@ AugmentStage::AugmentStage(StageContext context, Params params)
   seed_ = params_.seed >= 0 ? static_cast<std::uint64_t>(params_.seed) : this->context().seed;
 }
 
+void AugmentStage::link(const std::vector<Stage*>& upstream, Diagnostics&) {
+  if (std::getenv("EXP_SHARE")) buffers_ = adopt_buffer_pool(upstream, buffers_);
+  // Nothing to reduce without a resize or a crop, and area interpolation needs the resize to see
+  // every source pixel.
+  const bool useful = params_.resize > 0 || params_.crop != Crop::kNone;
+  const bool area_resize = params_.resize > 0 && params_.interpolation == augment::Interp::kArea;
+  if (upstream.empty() || !useful || area_resize) return;
+  // Only the stage right before: any other stage in between may change the pixels.
+  if (auto* decode = dynamic_cast<DecodeStage*>(upstream.back())) {
+    decode->attach_window_source(this);
+  }
+}
+
+AugmentStage::Geometry AugmentStage::geometry(int width, int height, CounterRng& rng) const {
+  int w = width;
+  int h = height;
+  double fx = 1.0;
+  double fy = 1.0;
+  if (params_.resize > 0) {
+    std::tie(w, h) = augment::resize_shorter_size(width, height, params_.resize);
+    // cv::resize's own factors: resized pixel u covers [u * fx, (u + 1) * fx) of the original.
+    fx = static_cast<double>(width) / w;
+    fy = static_cast<double>(height) / h;
+  }
+  const int crop_h = params_.size[0];
+  const int crop_w = params_.size[1];
+  Rect r{0, 0, w, h};
+  switch (params_.crop) {
+    case Crop::kNone:
+      break;
+    case Crop::kCenter:
+      r = augment::center_window(w, h, crop_w, crop_h);
+      break;
+    case Crop::kRandom:
+      r = augment::random_window(w, h, crop_w, crop_h, rng);
+      break;
+    case Crop::kRandomResized:
+      r = augment::random_resized_window(w, h, params_.scale, params_.ratio, rng);
+      break;
+  }
+  Geometry g;
+  g.window = {r.x * fx, r.y * fy, r.width * fx, r.height * fy};
+  g.out_width = params_.crop == Crop::kRandomResized ? crop_w : r.width;
+  g.out_height = params_.crop == Crop::kRandomResized ? crop_h : r.height;
+  g.resample = params_.resize > 0 || g.out_width != r.width || g.out_height != r.height;
+  return g;
+}
+
+std::optional<decode::WindowRequest> AugmentStage::decode_window(
+    int width, int height, const Sample& sample) const noexcept {
+  try {
+    CounterRng rng(seed_, context().stage_key, sample.epoch, sample.id);
+    const Geometry g = geometry(width, height, rng);
+    decode::WindowRequest request;
+    request.x = g.window.x;
+    request.y = g.window.y;
+    request.width = g.window.width;
+    request.height = g.window.height;
+    request.out_width = g.out_width;
+    request.out_height = g.out_height;
+    request.allow_scale = g.resample && params_.interpolation != augment::Interp::kArea;
+    return request;
+  } catch (...) {
+    // A crop that does not fit: decode the whole image and let process() report it.
+    return std::nullopt;
+  }
+}
+
+namespace {
+
+bool whole_pixels(const augment::WindowF& w) {
+  return w.x == std::floor(w.x) && w.y == std::floor(w.y) && w.width == std::floor(w.width) &&
+         w.height == std::floor(w.height);
+}
+
+}  // namespace
+
+void AugmentStage::process_reduced(Sample& sample, CounterRng& rng) const {
+  const DecodedPart part = sample.decoded;
+  sample.decoded = {};
+  const Geometry g =
+      geometry(static_cast<int>(part.full_width), static_cast<int>(part.full_height), rng);
+  // Full-size coordinates -> those of the delivered pixels: scaled by 1/scale, then shifted.
+  const double s = part.scale;
+  const augment::WindowF local{g.window.x / s - static_cast<double>(part.x),
+                               g.window.y / s - static_cast<double>(part.y), g.window.width / s,
+                               g.window.height / s};
+  const ImageView src = view_of(sample.tensor);
+  if (whole_pixels(local)) {
+    const Rect roi{static_cast<int>(local.x), static_cast<int>(local.y),
+                   static_cast<int>(local.width), static_cast<int>(local.height)};
+    if (roi.x < 0 || roi.y < 0 || roi.width > src.width - roi.x ||
+        roi.height > src.height - roi.y) {
+      throw std::logic_error("augment: the decoded window does not hold the crop");
+    }
+    if (!g.resample) {
+      sample.region = {roi.y, roi.x, roi.height, roi.width};
+      return;
+    }
+    // The output is the stage's own: sized (with headroom) before the kernel writes it.
+    sample.scratch.reshape(DType::kUInt8, {g.out_height, g.out_width, 3}, "HWC");
+    // At full scale this is the very call the whole-image path makes, on the same pixels.
+    augment::resize_window(src, roi, g.out_width, g.out_height, params_.interpolation,
+                           sample.scratch.storage);
+  } else {
+    sample.scratch.reshape(DType::kUInt8, {g.out_height, g.out_width, 3}, "HWC");
+    augment::resample_window(src, local, g.out_width, g.out_height, params_.interpolation,
+                             sample.scratch.storage);
+  }
+  std::swap(sample.tensor, sample.scratch);
+  sample.scratch.give_back();
+  sample.region = {0, 0, g.out_height, g.out_width};
+}
+
+void AugmentStage::process_whole(Sample& sample, CounterRng& rng) const {
+  if (params_.resize > 0) {
+    const ImageView src = view_of(sample.tensor);
+    const auto [w, h] = augment::resize_shorter_size(src.width, src.height, params_.resize);
+    // An intermediate image: borrowed, and given back by whoever reads it last.
+    sample.scratch.borrow(buffers_);
+    sample.scratch.reshape(DType::kUInt8, {h, w, 3}, "HWC");
+    augment::resize_window(src, Rect{0, 0, src.width, src.height}, w, h, params_.interpolation,
+                           sample.scratch.storage);
+    std::swap(sample.tensor, sample.scratch);
+    sample.scratch.give_back();
+  }
+  const ImageView src = view_of(sample.tensor);
+  const int crop_h = params_.size[0];
+  const int crop_w = params_.size[1];
+  Rect window{0, 0, src.width, src.height};
+  switch (params_.crop) {
+    case Crop::kNone:
+      break;
+    case Crop::kCenter:
+      window = augment::center_window(src.width, src.height, crop_w, crop_h);
+      break;
+    case Crop::kRandom:
+      window = augment::random_window(src.width, src.height, crop_w, crop_h, rng);
+      break;
+    case Crop::kRandomResized: {
+      const Rect r =
+          augment::random_resized_window(src.width, src.height, params_.scale, params_.ratio, rng);
+      sample.scratch.reshape(DType::kUInt8, {crop_h, crop_w, 3}, "HWC");
+      augment::resize_window(src, r, crop_w, crop_h, params_.interpolation, sample.scratch.storage);
+      std::swap(sample.tensor, sample.scratch);
+      sample.scratch.give_back();
+      window = Rect{0, 0, crop_w, crop_h};
+      break;
+    }
+  }
+  sample.region = {window.y, window.x, window.height, window.width};
+}
+
 void AugmentStage::prepare() {
   // The engine already runs one sample per worker thread; OpenCV's own pool on top would
   // oversubscribe the cores. This is process-wide OpenCV state.
@@ -86,44 +243,24 @@ void AugmentStage::prepare() {
 
 void AugmentStage::process(Sample& sample, RunReporter&) const {
   CounterRng rng(seed_, context().stage_key, sample.epoch, sample.id);
+  // Outputs go into the scratch tensor's own storage, never into a borrowed buffer.
+  sample.scratch.give_back();
   try {
-    if (params_.resize > 0) {
-      const ImageView src = view_of(sample.tensor);
-      const auto [w, h] = augment::resize_shorter_size(src.width, src.height, params_.resize);
-      augment::resize_window(src, Rect{0, 0, src.width, src.height}, w, h, params_.interpolation,
-                             sample.scratch.storage);
-      sample.scratch.reshape(DType::kUInt8, {h, w, 3}, "HWC");
-      std::swap(sample.tensor, sample.scratch);
+    if (sample.decoded.scale > 0) {
+      process_reduced(sample, rng);
+    } else {
+      process_whole(sample, rng);
     }
-    const ImageView src = view_of(sample.tensor);
-    const int crop_h = params_.size[0];
-    const int crop_w = params_.size[1];
-    Rect window{0, 0, src.width, src.height};
-    switch (params_.crop) {
-      case Crop::kNone:
-        break;
-      case Crop::kCenter:
-        window = augment::center_window(src.width, src.height, crop_w, crop_h);
-        break;
-      case Crop::kRandom:
-        window = augment::random_window(src.width, src.height, crop_w, crop_h, rng);
-        break;
-      case Crop::kRandomResized: {
-        const Rect r = augment::random_resized_window(src.width, src.height, params_.scale,
-                                                      params_.ratio, rng);
-        augment::resize_window(src, r, crop_w, crop_h, params_.interpolation,
-                               sample.scratch.storage);
-        sample.scratch.reshape(DType::kUInt8, {crop_h, crop_w, 3}, "HWC");
-        std::swap(sample.tensor, sample.scratch);
-        window = Rect{0, 0, crop_w, crop_h};
-        break;
-      }
-    }
-    sample.region = {window.y, window.x, window.height, window.width};
     if (params_.mirror > 0 && rng.bernoulli(params_.mirror))
       sample.deferred ^= kFlipLastSpatialAxis;
   } catch (const augment::CropError& e) {
+    sample.tensor.give_back();
+    sample.scratch.give_back();
     throw SampleError(e.what());
+  } catch (...) {
+    sample.tensor.give_back();
+    sample.scratch.give_back();
+    throw;
   }
 }
 

@@ -5,16 +5,37 @@
 // the same for any thread count, queue size, ordering mode or batch size. A crop is recorded as a
 // region of the sample and the mirror as a deferred flip: normalize applies both while it copies,
 // so a plain center crop costs no pass over the pixels here.
+//
+// Reduced decoding: right after a `decode` stage with `reduce: auto`, the stage attaches itself
+// to it in link() and answers, from an image's full size, which window it will read
+// (decode_window, the same draws from the same generator as process(), so the window never
+// depends on whether decode reduced). A sample decoded that way carries Sample::decoded; process()
+// then maps the same window into the delivered pixels and resamples from there in one pass (a
+// resize followed by a crop becomes one resampling of the window). With `interpolation: area`
+// only windows that need no preceding resize are reduced, and only at full scale.
+//
+// Buffers: the resized image is written into storage borrowed from the pipeline's image buffer
+// pool (the one decode borrows from, taken in link()), and each input image goes back to the pool
+// as soon as the stage has read it. What the stage writes as its output (a random-resized crop,
+// a resampled window) goes into the sample's own storage: once that is written, the sample holds
+// no pool buffer. A plain crop is only a region of the input, which stays borrowed until
+// `normalize` has read it. A sample that fails here gives back what it borrowed.
 #pragma once
 
 #include <array>
+#include <memory>
+#include <optional>
 
+#include "engine/pool.hpp"
 #include "engine/registry.hpp"
 #include "stages/augment/augment_kernel.hpp"
+#include "stages/decode/decode_stage.hpp"
 
 namespace millrace {
 
-class AugmentStage final : public TransformStage {
+class AugmentStage final : public TransformStage,
+                           public DecodeWindowSource,
+                           public BufferPoolUser {
  public:
   enum class Crop { kNone, kCenter, kRandom, kRandomResized };
   struct Params {
@@ -33,13 +54,33 @@ class AugmentStage final : public TransformStage {
                     Diagnostics& d);
 
   AugmentStage(StageContext context, Params params);
+  void link(const std::vector<Stage*>& upstream, Diagnostics& diagnostics) override;
   void prepare() override;
   void process(Sample& sample, RunReporter& reporter) const override;
+  std::optional<decode::WindowRequest> decode_window(int width, int height,
+                                                     const Sample& sample) const noexcept override;
   const Params& params() const { return params_; }
+  const std::shared_ptr<BufferPool>& buffer_pool() const override { return buffers_; }
+
+  // What process() makes of an image of width x height: the window it reads, in full-size
+  // coordinates (fractional after a resize), and the output size. `resample` is false for a
+  // plain crop. Draws from `rng` exactly what process() draws before the mirror. Throws
+  // augment::CropError when the crop does not fit.
+  struct Geometry {
+    augment::WindowF window;
+    int out_width = 0;
+    int out_height = 0;
+    bool resample = false;
+  };
+  Geometry geometry(int width, int height, CounterRng& rng) const;
 
  private:
+  void process_whole(Sample& sample, CounterRng& rng) const;
+  void process_reduced(Sample& sample, CounterRng& rng) const;
+
   Params params_;
   std::uint64_t seed_ = 0;
+  std::shared_ptr<BufferPool> buffers_ = std::make_shared<BufferPool>();
 };
 
 }  // namespace millrace

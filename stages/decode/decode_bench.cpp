@@ -1,15 +1,22 @@
 // JPEG decode throughput: the kernel (TurboJPEG straight into a reused RGB buffer) against
-// OpenCV's imdecode followed by the BGR->RGB conversion that gives the same output.
+// OpenCV's imdecode followed by the BGR->RGB conversion that gives the same output, and reduced
+// decoding (only the window an augmentation reads, at a DCT scale) against whole images, on
+// ImageNet-sized (~500x375) and large (2400x1800) JPEGs.
 // Items are images; bytes are the compressed input consumed.
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <optional>
 #include <vector>
 
+#include "engine/random.hpp"
+#include "stages/augment/augment_kernel.hpp"
 #include "stages/decode/decode_kernel.hpp"
 
 namespace millrace::decode {
@@ -50,6 +57,106 @@ const std::vector<std::vector<std::uint8_t>>& corpus() {
   }();
   return jpegs;
 }
+
+const std::vector<std::vector<std::uint8_t>>& large_corpus() {
+  static const std::vector<std::vector<std::uint8_t>> jpegs = [] {
+    std::vector<std::vector<std::uint8_t>> out;
+    const int sizes[][2] = {{2400, 1800}, {1800, 2400}};
+    int seed = 10;
+    for (const auto& size : sizes) {
+      std::vector<std::uint8_t> jpeg;
+      cv::imencode(".jpg", procedural_bgr(size[0], size[1], seed++), jpeg,
+                   {cv::IMWRITE_JPEG_QUALITY, 90});
+      out.push_back(std::move(jpeg));
+    }
+    return out;
+  }();
+  return jpegs;
+}
+
+const std::vector<std::vector<std::uint8_t>>& corpus_of(const benchmark::State& state) {
+  return state.range(0) == 0 ? corpus() : large_corpus();
+}
+
+// The windows of the two standard recipes, as the augment stage computes them: a random-resized
+// crop to 224 (torchvision's default scale and ratio), or shorter side 256 then the central 224.
+class RecipeWindow final : public WindowChooser {
+ public:
+  RecipeWindow(bool train, std::uint64_t id) : train_(train), id_(id) {}
+  std::optional<WindowRequest> choose(int width, int height) const noexcept override {
+    if (train_) {
+      CounterRng rng(1, 2, 0, id_);
+      const Rect r =
+          augment::random_resized_window(width, height, {0.08, 1.0}, {3.0 / 4.0, 4.0 / 3.0}, rng);
+      return WindowRequest{static_cast<double>(r.x),
+                           static_cast<double>(r.y),
+                           static_cast<double>(r.width),
+                           static_cast<double>(r.height),
+                           224,
+                           224,
+                           true};
+    }
+    const auto [w, h] = augment::resize_shorter_size(width, height, 256);
+    const Rect c = augment::center_window(w, h, 224, 224);
+    const double fx = static_cast<double>(width) / w;
+    const double fy = static_cast<double>(height) / h;
+    return WindowRequest{c.x * fx, c.y * fy, c.width * fx, c.height * fy, 224, 224, true};
+  }
+
+ private:
+  bool train_;
+  std::uint64_t id_;
+};
+
+// Whole images: range(0) picks the corpus (0: ~500x375, 1: 2400x1800).
+void BM_DecodeWhole(benchmark::State& state) {
+  const auto& jpegs = corpus_of(state);
+  std::vector<std::uint8_t> out;
+  const Options options;
+  std::size_t i = 0;
+  std::int64_t bytes = 0;
+  for (auto _ : state) {
+    const auto& jpeg = jpegs[i++ % jpegs.size()];
+    const Info info = decode(jpeg.data(), jpeg.size(), options, out);
+    benchmark::DoNotOptimize(out.data());
+    bytes += static_cast<std::int64_t>(jpeg.size());
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.SetBytesProcessed(bytes);
+}
+BENCHMARK(BM_DecodeWhole)->ArgName("large")->Arg(0)->Arg(1);
+
+// Reduced: range(0) the corpus, range(1) the recipe (1: train's random-resized crop, a new window
+// per image; 0: val's resize + center crop). Counters: the share of images decoded at each scale.
+void BM_DecodeReduced(benchmark::State& state) {
+  const auto& jpegs = corpus_of(state);
+  const bool train = state.range(1) == 1;
+  std::vector<std::uint8_t> out;
+  const Options options;
+  std::uint64_t id = 0;
+  std::int64_t bytes = 0;
+  std::array<std::int64_t, 9> scales{};
+  for (auto _ : state) {
+    const auto& jpeg = jpegs[id % jpegs.size()];
+    const RecipeWindow chooser(train, id++);
+    const Info info = decode(jpeg.data(), jpeg.size(), options, out, &chooser);
+    benchmark::DoNotOptimize(out.data());
+    ++scales[static_cast<std::size_t>(info.reduction.scale)];
+    bytes += static_cast<std::int64_t>(jpeg.size());
+  }
+  state.SetItemsProcessed(state.iterations());
+  state.SetBytesProcessed(bytes);
+  const auto share = [&](int s) {
+    return benchmark::Counter(static_cast<double>(scales[static_cast<std::size_t>(s)]) /
+                              static_cast<double>(std::max<std::int64_t>(state.iterations(), 1)));
+  };
+  state.counters["whole"] = share(0);
+  state.counters["at_1"] = share(1);
+  state.counters["at_1/2"] = share(2);
+  state.counters["at_1/4"] = share(4);
+  state.counters["at_1/8"] = share(8);
+}
+BENCHMARK(BM_DecodeReduced)->ArgNames({"large", "train"})->ArgsProduct({{0, 1}, {0, 1}});
 
 void BM_DecodeTurboJpeg(benchmark::State& state) {
   const auto& jpegs = corpus();

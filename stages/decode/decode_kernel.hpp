@@ -17,11 +17,22 @@
 //   TurboJPEG directly (bit-identical to cv::imdecode, about twice as fast as imdecode plus its
 //   BGR->RGB conversion); PNG, WebP, BMP and TIFF go through cv::imdecode once their dimensions
 //   were read from the header.
+// - Reduced decoding: given a WindowChooser, `decode` asks it, once the header is read, which part
+//   of the image the caller will read and at what size, then decodes only that window (rounded out
+//   to libjpeg's iMCU columns), at the smallest DCT scale (1/2, 1/4, 1/8; 1/2 at most for 4:2:2
+//   and 4:4:0 chroma) at which the window still covers twice the output size, through libjpeg's own
+//   API (jpeg_crop_scanline, jpeg_skip_scanlines; TurboJPEG 2.1 cannot crop). A second per-thread
+//   object, a libjpeg decompressor, serves it. Where the reduced path cannot serve (not a JPEG, an
+//   EXIF orientation other than 1, CMYK/YCCK, a stream without its own tables, one that does not
+//   end with its EOI marker, any trouble in its headers) the whole image is decoded exactly as
+//   without a chooser, with the same errors. Rows below the window are never decoded, so corrupt
+//   data there goes unnoticed.
 // - Nothing blocks except on the CPU; no process-wide state is mutated.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -41,12 +52,55 @@ struct Options {
   std::int64_t max_pixels = 178956970;
 };
 
+// What a reduced decode delivered instead of the whole image at full size.
+struct Reduction {
+  // 0: not reduced, the pixels are the whole image at full size. 1, 2, 4 or 8: the pixels are a
+  // window of the image scaled by 1/scale (ceil(width / scale) x ceil(height / scale) in all).
+  int scale = 0;
+  int x = 0;  // the window's first column and row in the scaled image
+  int y = 0;
+  int full_width = 0;  // the image's size at full scale
+  int full_height = 0;
+};
+
 struct Info {
-  int width = 0;   // after EXIF orientation for `decode`, as stored for `peek`
-  int height = 0;  // idem
+  int width = 0;   // after EXIF orientation for `decode`, as stored for `peek`; for a reduced
+  int height = 0;  // decode, the size of the window delivered
   std::vector<std::string> warnings;
   std::string format;  // "jpeg", "png", "webp", "bmp" or "tiff"
+  Reduction reduction;
 };
+
+// The part of an image the caller will read. Output pixel (i, j) will be sampled at full-scale
+// coordinates x + (j + 0.5) * width / out_width - 0.5 (rows alike), as cv::resize maps a window;
+// a window whose size equals the output size is a plain crop.
+struct WindowRequest {
+  double x = 0;
+  double y = 0;
+  double width = 0;
+  double height = 0;
+  int out_width = 0;
+  int out_height = 0;
+  // false: decode the window at full scale only (the caller's resampling cannot take a scaled
+  // window, e.g. area interpolation).
+  bool allow_scale = true;
+};
+
+// Chooses, from the image's full size, the window the caller will read; nullopt: the whole image
+// at full scale. Called at most once per decode, on the decoding thread; must not throw.
+class WindowChooser {
+ public:
+  virtual std::optional<WindowRequest> choose(int width, int height) const noexcept = 0;
+
+ protected:
+  ~WindowChooser() = default;
+};
+
+// The DCT scale denominator (1, 2, 4 or 8) for a window: the largest at which the scaled window
+// still covers twice the output size in both directions, so that the caller's resize still
+// halves it at least (closer to a resize of the full-scale window; 1 when scaling is not
+// allowed).
+int reduced_scale(const WindowRequest& window);
 
 class DecodeError : public std::runtime_error {
  public:
@@ -59,8 +113,9 @@ class DecodeError : public std::runtime_error {
 // Returns the decoded size (after EXIF orientation) and any decoder warnings.
 // Throws DecodeError naming the problem: an unrecognised format (with its first bytes), an image
 // above `max_pixels`, a truncated or corrupt stream (with the decoder's own message).
+// With a `chooser`, a JPEG may come out reduced (see the contract above and Info::reduction).
 Info decode(const std::uint8_t* data, std::size_t size, const Options& options,
-            std::vector<std::uint8_t>& out);
+            std::vector<std::uint8_t>& out, const WindowChooser* chooser = nullptr);
 
 // Reads only the header: format, width and height as stored (before EXIF orientation), without
 // decoding any pixels. Throws DecodeError for an unrecognised format or an unreadable header.

@@ -1,6 +1,7 @@
 #include "stages/decode/decode_kernel.hpp"
 
 #include <gtest/gtest.h>
+#include <jpeglib.h>
 #include <turbojpeg.h>
 
 #include <algorithm>
@@ -1167,6 +1168,372 @@ TEST(DecodeThreads, ConcurrentDecodesMatchSerialResults) {
     for (std::thread& thread : threads) thread.join();
     for (int t = 0; t < kThreads; ++t) EXPECT_EQ(failures[static_cast<std::size_t>(t)], 0) << t;
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reduced decoding: a window, at a DCT scale
+
+// Asks for a fixed window and counts the questions.
+class FixedWindow final : public WindowChooser {
+ public:
+  explicit FixedWindow(std::optional<WindowRequest> request) : request_(request) {}
+  std::optional<WindowRequest> choose(int width, int height) const noexcept override {
+    ++calls;
+    seen_width = width;
+    seen_height = height;
+    return request_;
+  }
+  mutable int calls = 0;
+  mutable int seen_width = 0;
+  mutable int seen_height = 0;
+
+ private:
+  std::optional<WindowRequest> request_;
+};
+
+WindowRequest crop_request(int x, int y, int w, int h) {
+  return WindowRequest{static_cast<double>(x),
+                       static_cast<double>(y),
+                       static_cast<double>(w),
+                       static_cast<double>(h),
+                       w,
+                       h,
+                       true};
+}
+
+Decoded decode_window(const Bytes& data, const WindowChooser& chooser,
+                      const Options& options = {}) {
+  Decoded result;
+  result.info = decode(data.data(), data.size(), options, result.pixels, &chooser);
+  return result;
+}
+
+// The (x, y, w, h) window of an interleaved RGB image `width` pixels wide.
+Bytes window_of(const Bytes& pixels, int width, int x, int y, int w, int h) {
+  Bytes out;
+  for (int r = y; r < y + h; ++r) {
+    const auto* row = pixels.data() + (static_cast<std::size_t>(r) * width + x) * 3;
+    out.insert(out.end(), row, row + static_cast<std::size_t>(w) * 3);
+  }
+  return out;
+}
+
+// The part of a reduced decode's pixels that holds the full-scale window (x, y, w, h) / scale.
+Bytes delivered_window(const Decoded& d, int x, int y, int w, int h) {
+  const Reduction& r = d.info.reduction;
+  return window_of(d.pixels, d.info.width, x / r.scale - r.x, y / r.scale - r.y, w / r.scale,
+                   h / r.scale);
+}
+
+double psnr(const Bytes& a, const Bytes& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double sum = 0;
+  for (std::size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    const double d = static_cast<double>(a[i]) - b[i];
+    sum += d * d;
+  }
+  const double mse = sum / static_cast<double>(std::max<std::size_t>(a.size(), 1));
+  return mse == 0 ? 99.0 : 10.0 * std::log10(255.0 * 255.0 / mse);
+}
+
+// libjpeg's compressor directly: arithmetic coding is not reachable through TurboJPEG 2.1.
+Bytes encode_jpeg_libjpeg(const cv::Mat& rgb, int quality, bool arithmetic, bool progressive) {
+  jpeg_compress_struct cinfo{};
+  jpeg_error_mgr err{};
+  cinfo.err = jpeg_std_error(&err);
+  jpeg_create_compress(&cinfo);
+  unsigned char* buffer = nullptr;
+  unsigned long size = 0;
+  jpeg_mem_dest(&cinfo, &buffer, &size);
+  cinfo.image_width = static_cast<JDIMENSION>(rgb.cols);
+  cinfo.image_height = static_cast<JDIMENSION>(rgb.rows);
+  cinfo.input_components = 3;
+  cinfo.in_color_space = JCS_RGB;
+  jpeg_set_defaults(&cinfo);
+  jpeg_set_quality(&cinfo, quality, TRUE);
+  cinfo.arith_code = arithmetic ? TRUE : FALSE;
+  if (progressive) jpeg_simple_progression(&cinfo);
+  jpeg_start_compress(&cinfo, TRUE);
+  while (cinfo.next_scanline < cinfo.image_height) {
+    auto* row = const_cast<JSAMPROW>(rgb.ptr<std::uint8_t>(static_cast<int>(cinfo.next_scanline)));
+    jpeg_write_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_compress(&cinfo);
+  jpeg_destroy_compress(&cinfo);
+  Bytes out(buffer, buffer + size);
+  std::free(buffer);
+  return out;
+}
+
+struct ReducedCase {
+  const char* name;
+  int kind;  // 0: OpenCV 4:2:0, 1: TurboJPEG at `subsampling`, 2: libjpeg arithmetic, 3: gray
+  int subsampling;
+  bool progressive;
+};
+
+Bytes encode_case(const ReducedCase& c, const cv::Mat& rgb) {
+  switch (c.kind) {
+    case 0:
+      return encode_jpeg_cv(rgb, 90, c.progressive);
+    case 1:
+      return encode_jpeg_tj(rgb, 90, c.subsampling, TJPF_RGB);
+    case 2:
+      return encode_jpeg_libjpeg(rgb, 90, true, c.progressive);
+    default: {
+      cv::Mat gray;
+      cv::cvtColor(rgb, gray, cv::COLOR_RGB2GRAY);
+      return encode_jpeg_tj(gray, 90, TJSAMP_GRAY, TJPF_GRAY);
+    }
+  }
+}
+
+class ReducedDecode : public ::testing::TestWithParam<ReducedCase> {};
+
+// libjpeg documents a cropped decode as identical to the same region of a full decode, except
+// for the chroma upsampling at the cut edges, which the kernel keeps out of the window by its
+// margin: so the window itself must match bit for bit, whatever the position, also at the image
+// edges and at positions that are not iMCU-aligned.
+TEST_P(ReducedDecode, WindowAtFullScaleIsBitIdenticalToTheFullDecode) {
+  const cv::Mat rgb = textured_rgb(419, 311, 3);
+  const Bytes jpeg = encode_case(GetParam(), rgb);
+  const Decoded full = decode_bytes(jpeg);
+  ASSERT_EQ(full.info.width, 419);
+  const std::array<std::array<int, 4>, 5> windows = {{{37, 53, 150, 120},
+                                                      {0, 0, 64, 48},
+                                                      {300, 200, 119, 111},
+                                                      {16, 150, 224, 9},
+                                                      {101, 1, 17, 309}}};
+  for (const auto& [x, y, w, h] : windows) {
+    SCOPED_TRACE(::testing::Message() << "window " << x << "," << y << " " << w << "x" << h);
+    const FixedWindow chooser(crop_request(x, y, w, h));
+    const Decoded got = decode_window(jpeg, chooser);
+    EXPECT_EQ(chooser.calls, 1);
+    EXPECT_EQ(chooser.seen_width, 419);
+    EXPECT_EQ(chooser.seen_height, 311);
+    ASSERT_EQ(got.info.reduction.scale, 1);
+    EXPECT_EQ(got.info.reduction.full_width, 419);
+    EXPECT_EQ(got.info.reduction.full_height, 311);
+    EXPECT_TRUE(got.info.warnings.empty());
+    ASSERT_LE(got.info.reduction.x, x);
+    ASSERT_LE(got.info.reduction.y, y);
+    ASSERT_GE(got.info.reduction.x + got.info.width, x + w);
+    ASSERT_GE(got.info.reduction.y + got.info.height, y + h);
+    // Less than the whole image was decoded.
+    EXPECT_LT(got.pixels.size(), full.pixels.size());
+    EXPECT_TRUE(
+        same_bytes(delivered_window(got, x, y, w, h), window_of(full.pixels, 419, x, y, w, h)));
+  }
+}
+
+// The whole image decoded by libjpeg at 1/scale, without cropping or skipping.
+Bytes libjpeg_scaled(const Bytes& jpeg, int scale, int* width) {
+  jpeg_decompress_struct cinfo{};
+  jpeg_error_mgr err{};
+  cinfo.err = jpeg_std_error(&err);
+  jpeg_create_decompress(&cinfo);
+  jpeg_mem_src(&cinfo, jpeg.data(), static_cast<unsigned long>(jpeg.size()));
+  jpeg_read_header(&cinfo, TRUE);
+  cinfo.scale_num = 1;
+  cinfo.scale_denom = static_cast<unsigned int>(scale);
+  cinfo.out_color_space = JCS_EXT_RGB;
+  jpeg_start_decompress(&cinfo);
+  *width = static_cast<int>(cinfo.output_width);
+  Bytes out(static_cast<std::size_t>(cinfo.output_width) * cinfo.output_height * 3);
+  while (cinfo.output_scanline < cinfo.output_height) {
+    JSAMPROW row = out.data() + static_cast<std::size_t>(cinfo.output_scanline) * *width * 3;
+    jpeg_read_scanlines(&cinfo, &row, 1);
+  }
+  jpeg_finish_decompress(&cinfo);
+  jpeg_destroy_decompress(&cinfo);
+  return out;
+}
+
+// At 1/s the window, cropped and with the rows above skipped, is the same window of the whole
+// image decoded at 1/s, bit for bit; and each of its pixels stands for an s x s block of the full
+// decode (compared with cv::INTER_AREA at that integer factor, loosely: the reduced inverse DCT
+// is not a box filter, and this image is full of fine detail).
+TEST_P(ReducedDecode, ScaledWindowIsTheWindowOfTheScaledImage) {
+  const cv::Mat rgb = textured_rgb(512, 384, 4);
+  const Bytes jpeg = encode_case(GetParam(), rgb);
+  const Decoded full = decode_bytes(jpeg);
+  const cv::Mat full_mat(384, 512, CV_8UC3, const_cast<std::uint8_t*>(full.pixels.data()));
+  for (const int scale : {2, 4, 8}) {
+    SCOPED_TRACE(::testing::Message() << "scale 1/" << scale);
+    // A 256x192 window at (128, 96) resized to 128/scale x 96/scale allows exactly 1/scale.
+    const WindowRequest request{128, 96, 256, 192, 128 / scale, 96 / scale, true};
+    ASSERT_EQ(reduced_scale(request), scale);
+    const FixedWindow chooser(request);
+    const Decoded got = decode_window(jpeg, chooser);
+    // 4:2:2 and 4:4:0 chroma stop at 1/2 (libjpeg blurs their colour below that).
+    const int expected =
+        GetParam().subsampling == TJSAMP_422 || GetParam().subsampling == TJSAMP_440
+            ? std::min(scale, 2)
+            : scale;
+    ASSERT_EQ(got.info.reduction.scale, expected);
+    const int s = expected;
+    const Bytes window = delivered_window(got, 128, 96, 256, 192);
+    int scaled_width = 0;
+    const Bytes scaled = libjpeg_scaled(jpeg, s, &scaled_width);
+    EXPECT_TRUE(
+        same_bytes(window, window_of(scaled, scaled_width, 128 / s, 96 / s, 256 / s, 192 / s)));
+    cv::Mat averaged;
+    cv::resize(full_mat(cv::Rect(128, 96, 256, 192)), averaged, cv::Size(256 / s, 192 / s), 0, 0,
+               cv::INTER_AREA);
+    const double p = psnr(window, mat_bytes(averaged));
+    EXPECT_GE(p, 24.0) << "PSNR " << p << " dB";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Encodings, ReducedDecode,
+                         ::testing::Values(ReducedCase{"opencv_420", 0, 0, false},
+                                           ReducedCase{"opencv_420_progressive", 0, 0, true},
+                                           ReducedCase{"turbojpeg_444", 1, TJSAMP_444, false},
+                                           ReducedCase{"turbojpeg_422", 1, TJSAMP_422, false},
+                                           ReducedCase{"turbojpeg_440", 1, TJSAMP_440, false},
+                                           ReducedCase{"arithmetic", 2, 0, false},
+                                           ReducedCase{"arithmetic_progressive", 2, 0, true},
+                                           ReducedCase{"grayscale", 3, 0, false}),
+                         [](const ::testing::TestParamInfo<ReducedCase>& info) {
+                           return std::string(info.param.name);
+                         });
+
+TEST(ReducedScale, LargestScaleThatStillCoversTheOutput) {
+  // The scaled window covers at least twice the output size.
+  EXPECT_EQ(reduced_scale({0, 0, 224, 224, 224, 224, true}), 1);
+  EXPECT_EQ(reduced_scale({0, 0, 895.9, 1000, 224, 224, true}), 1);
+  EXPECT_EQ(reduced_scale({0, 0, 896, 896, 224, 224, true}), 2);
+  EXPECT_EQ(reduced_scale({0, 0, 2000, 900, 224, 224, true}), 2);
+  EXPECT_EQ(reduced_scale({0, 0, 2000, 1800, 224, 224, true}), 4);
+  EXPECT_EQ(reduced_scale({0, 0, 4000, 3600, 224, 224, true}), 8);
+  EXPECT_EQ(reduced_scale({0, 0, 4000, 3600, 224, 224, false}), 1);
+}
+
+TEST(ReducedDecodeFallback, OtherFormatsAndEmptyChoicesDecodeWholeImages) {
+  const cv::Mat rgb = textured_rgb(96, 64, 1);
+  const FixedWindow chooser(crop_request(8, 8, 32, 32));
+  const Bytes png = encode_cv(rgb, ".png");
+  const Decoded got_png = decode_window(png, chooser);
+  EXPECT_EQ(chooser.calls, 0);
+  EXPECT_EQ(got_png.info.reduction.scale, 0);
+  EXPECT_TRUE(same_bytes(got_png.pixels, mat_bytes(rgb)));
+
+  const Bytes jpeg = encode_jpeg_cv(rgb, 90);
+  const FixedWindow none(std::nullopt);
+  const Decoded whole = decode_window(jpeg, none);
+  EXPECT_EQ(none.calls, 1);
+  EXPECT_EQ(whole.info.reduction.scale, 0);
+  EXPECT_TRUE(same_bytes(whole.pixels, decode_bytes(jpeg).pixels));
+  // The whole image at full scale gains nothing from the window path.
+  const FixedWindow everything(crop_request(0, 0, 96, 64));
+  EXPECT_EQ(decode_window(jpeg, everything).info.reduction.scale, 0);
+  // A request outside the image is not trusted.
+  const FixedWindow outside(crop_request(90, 8, 32, 32));
+  EXPECT_EQ(decode_window(jpeg, outside).info.reduction.scale, 0);
+}
+
+TEST(ReducedDecodeFallback, ExifRotatedJpegsDecodeWholeAndRotated) {
+  const Bytes plain = encode_jpeg_tj(textured_rgb(120, 80, 2), 95, TJSAMP_420, TJPF_RGB);
+  for (const int orientation : {2, 3, 6, 8}) {
+    SCOPED_TRACE(orientation);
+    const Bytes jpeg = insert_after_soi(plain, exif_segment(orientation, true));
+    const FixedWindow chooser(crop_request(4, 4, 40, 40));
+    const Decoded got = decode_window(jpeg, chooser);
+    EXPECT_EQ(got.info.reduction.scale, 0);
+    EXPECT_TRUE(same_bytes(got.pixels, decode_bytes(jpeg).pixels));
+    // With `exif: false` the stored frame is what the caller sees, and the window applies.
+    Options ignore;
+    ignore.exif = false;
+    EXPECT_EQ(decode_window(jpeg, chooser, ignore).info.reduction.scale, 1);
+  }
+}
+
+TEST(ReducedDecodeFallback, CmykJpegsDecodeWhole) {
+  cv::Mat cmyk(64, 64, CV_8UC4, cv::Scalar(200, 30, 90, 10));
+  const Bytes jpeg = encode_jpeg_tj(cmyk, 95, TJSAMP_444, TJPF_CMYK);
+  const FixedWindow chooser(crop_request(8, 8, 16, 16));
+  const Decoded got = decode_window(jpeg, chooser);
+  EXPECT_EQ(got.info.reduction.scale, 0);
+  EXPECT_TRUE(same_bytes(got.pixels, decode_bytes(jpeg).pixels));
+}
+
+TEST(ReducedDecodeFallback, StreamsWithoutTablesDecodeWhole) {
+  const Bytes plain = encode_jpeg_cv(textured_rgb(64, 48, 8), 90);
+  const Bytes no_dht = without_segments(plain, 0xC4);
+  const FixedWindow chooser(crop_request(8, 8, 16, 16));
+  const Decoded got = decode_window(no_dht, chooser);
+  EXPECT_EQ(got.info.reduction.scale, 0);
+  EXPECT_TRUE(same_bytes(got.pixels, decode_bytes(plain).pixels));
+}
+
+TEST(ReducedDecodeFallback, TruncatedAndCorruptStreamsGiveTheSameErrors) {
+  const Bytes jpeg = encode_jpeg_cv(textured_rgb(200, 160, 6), 90);
+  const FixedWindow chooser(crop_request(100, 100, 64, 48));
+  // Cut inside the scan data, inside the headers, and damaged headers: the errors of the full path.
+  for (const std::size_t keep : {jpeg.size() / 2, std::size_t{40}}) {
+    const Bytes cut(jpeg.begin(), jpeg.begin() + static_cast<std::ptrdiff_t>(keep));
+    Bytes out;
+    std::string with;
+    try {
+      decode(cut.data(), cut.size(), Options{}, out, &chooser);
+      with = "(no error)";
+    } catch (const DecodeError& e) {
+      with = e.what();
+    }
+    EXPECT_EQ(with, error_of(cut));
+    Options lenient;
+    lenient.strict = false;
+    if (keep > 100) {
+      const Decoded got = decode_window(cut, chooser, lenient);
+      EXPECT_EQ(got.info.reduction.scale, 0);
+      EXPECT_EQ(got.info.warnings, decode_bytes(cut, lenient).info.warnings);
+    }
+  }
+  // A corrupt progressive scan inside the window: the decoder's own message, as without a window.
+  for (const bool stray : {false, true}) {
+    const Bytes bad = damaged_progressive(stray, !stray);
+    const FixedWindow whole_rows(crop_request(8, 8, 64, 80));
+    Bytes out;
+    std::string with;
+    try {
+      decode(bad.data(), bad.size(), Options{}, out, &whole_rows);
+      with = "(no error)";
+    } catch (const DecodeError& e) {
+      with = e.what();
+    }
+    EXPECT_EQ(with, error_of(bad));
+  }
+}
+
+TEST(ReducedDecode, LenientWarningsAreReportedAndTheImageDelivered) {
+  // Stray bytes between progressive scans: a warning only.
+  const Bytes bad = damaged_progressive(true, false);
+  Options lenient;
+  lenient.strict = false;
+  const FixedWindow chooser(crop_request(8, 8, 64, 80));
+  const Decoded got = decode_window(bad, chooser, lenient);
+  EXPECT_EQ(got.info.reduction.scale, 1);
+  EXPECT_EQ(got.info.warnings, decode_bytes(bad, lenient).info.warnings);
+  ASSERT_EQ(got.info.warnings.size(), 1u);
+}
+
+TEST(ReducedDecode, ThreadsKeepTheirOwnDecompressor) {
+  const Bytes jpeg = encode_jpeg_cv(textured_rgb(300, 200, 12), 90);
+  const FixedWindow chooser(WindowRequest{20, 30, 240, 160, 60, 40, true});
+  const Decoded expected = decode_window(jpeg, chooser);
+  ASSERT_EQ(expected.info.reduction.scale, 2);
+  std::vector<std::thread> threads;
+  std::array<bool, 4> same{};
+  for (std::size_t t = 0; t < same.size(); ++t) {
+    threads.emplace_back([&, t] {
+      bool ok = true;
+      for (int i = 0; i < 20; ++i)
+        ok = ok && decode_window(jpeg, chooser).pixels == expected.pixels;
+      same[t] = ok;
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (const bool ok : same) EXPECT_TRUE(ok);
 }
 
 }  // namespace

@@ -2,6 +2,24 @@
 
 namespace millrace {
 
+namespace {
+
+// Binds a window source to one sample for the kernel's one question; lives on the stack.
+class SampleWindowChooser final : public decode::WindowChooser {
+ public:
+  SampleWindowChooser(const DecodeWindowSource& source, const Sample& sample)
+      : source_(source), sample_(sample) {}
+  std::optional<decode::WindowRequest> choose(int width, int height) const noexcept override {
+    return source_.decode_window(width, height, sample_);
+  }
+
+ private:
+  const DecodeWindowSource& source_;
+  const Sample& sample_;
+};
+
+}  // namespace
+
 StageInfo DecodeStage::info() {
   return {"decode",
           "decodes JPEG (TurboJPEG), PNG, WebP, BMP and TIFF (OpenCV) to 8-bit RGB",
@@ -22,27 +40,59 @@ const Schema<DecodeStage::Params>& DecodeStage::schema() {
     s.integer64("max_pixels", &Params::max_pixels,
                 "refuse images with more pixels than this, from the header, before allocating", 1,
                 std::numeric_limits<std::int64_t>::max());
+    s.choice("reduce", &Params::reduce,
+             "auto: for a JPEG, decode only the window the following augment stage will read, at "
+             "the smallest DCT scale (1/2, 1/4, 1/8) at which it still covers twice its output "
+             "size (whole "
+             "images without such a stage, for EXIF-rotated and CMYK files); off: whole images",
+             {{"off", Reduce::kOff}, {"auto", Reduce::kAuto}});
     return s;
   }();
   return schema;
 }
 
-DecodeStage::DecodeStage(StageContext context, Params params) : TransformStage(std::move(context)) {
+DecodeStage::DecodeStage(StageContext context, Params params)
+    : TransformStage(std::move(context)), params_(params) {
   options_.exif = params.exif;
   options_.strict = params.strict;
   options_.max_pixels = params.max_pixels;
 }
 
+bool DecodeStage::attach_window_source(const DecodeWindowSource* source) {
+  if (params_.reduce != Reduce::kAuto) return false;
+  window_source_ = source;
+  return true;
+}
+
+void DecodeStage::link(const std::vector<Stage*>& upstream, Diagnostics&) {
+  buffers_ = adopt_buffer_pool(upstream, buffers_);
+}
+
 void DecodeStage::process(Sample& sample, RunReporter& reporter) const {
   decode::Info info;
+  // No stage reads a sample's scratch tensor after the stage that filled it.
+  sample.scratch.give_back();
+  sample.tensor.borrow(buffers_);
   try {
-    info =
-        decode::decode(sample.bytes.data(), sample.bytes.size(), options_, sample.tensor.storage);
+    if (window_source_ != nullptr) {
+      const SampleWindowChooser chooser(*window_source_, sample);
+      info = decode::decode(sample.bytes.data(), sample.bytes.size(), options_,
+                            sample.tensor.storage, &chooser);
+    } else {
+      info =
+          decode::decode(sample.bytes.data(), sample.bytes.size(), options_, sample.tensor.storage);
+    }
   } catch (const decode::DecodeError& e) {
+    sample.tensor.give_back();
     throw SampleError(e.what());
+  } catch (...) {
+    sample.tensor.give_back();
+    throw;
   }
   sample.tensor.reshape(DType::kUInt8, {info.height, info.width, 3}, "HWC");
   sample.region = {};
+  const decode::Reduction& r = info.reduction;
+  sample.decoded = {r.scale, r.x, r.y, r.full_width, r.full_height};
   for (const auto& w : info.warnings) reporter.warn(sample, name(), w);
 }
 

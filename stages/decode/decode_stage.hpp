@@ -2,28 +2,71 @@
 //
 // Contract: concurrent; process() touches only its sample. A file that does not decode (corrupt,
 // truncated under `strict`, not an image, larger than `max_pixels`) is a per-sample error.
+//
+// The decoded image is large and needed only until the stages after decode have read it: it goes
+// into storage borrowed from the pipeline's image buffer pool (Sample::tensor borrows; see
+// engine/item.hpp), which `augment` or `normalize` give back once they have written their
+// smaller output. A sample that fails to decode gives its buffer back at once, so a tombstone
+// never holds one.
+//
+// `reduce: auto`: the stage that reads the decoded pixels (the augment right after this stage)
+// attaches itself during link() as a DecodeWindowSource. For each JPEG, once its header is read,
+// decode asks it which window of the image it will read and at what size, decodes only that
+// window at the smallest DCT scale that still covers the size, and records on the sample
+// (Sample::decoded) what it delivered; the source then maps its window into those pixels. With
+// no such stage attached, `auto` decodes whole images, as `off` does.
 #pragma once
 
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "engine/pool.hpp"
 #include "engine/registry.hpp"
 #include "stages/decode/decode_kernel.hpp"
 
 namespace millrace {
 
-class DecodeStage final : public TransformStage {
+// A stage that reads only part of each decoded image and can say which part from the image's
+// size alone. Called concurrently, from decode's process(), on decode's threads: it must be a
+// pure function of its arguments and the stage's immutable state, and must not throw (nullopt
+// lets the whole image be decoded, and the stage then handles the sample as usual).
+class DecodeWindowSource {
  public:
+  virtual std::optional<decode::WindowRequest> decode_window(
+      int width, int height, const Sample& sample) const noexcept = 0;
+
+ protected:
+  ~DecodeWindowSource() = default;
+};
+
+class DecodeStage final : public TransformStage, public BufferPoolUser {
+ public:
+  enum class Reduce { kOff, kAuto };
   struct Params {
     bool exif = true;
     bool strict = true;
     std::int64_t max_pixels = decode::Options{}.max_pixels;
+    Reduce reduce = Reduce::kOff;
   };
   static StageInfo info();
   static const Schema<Params>& schema();
 
   DecodeStage(StageContext context, Params params);
+  void link(const std::vector<Stage*>& upstream, Diagnostics& diagnostics) override;
   void process(Sample& sample, RunReporter& reporter) const override;
+  const std::shared_ptr<BufferPool>& buffer_pool() const override { return buffers_; }
+
+  // Called from the link() of the stage right after this one. Returns whether decode will consult
+  // it (only with `reduce: auto`). The source must outlive the stage's run.
+  bool attach_window_source(const DecodeWindowSource* source);
+  const Params& params() const { return params_; }
 
  private:
+  Params params_;
   decode::Options options_;
+  const DecodeWindowSource* window_source_ = nullptr;
+  std::shared_ptr<BufferPool> buffers_ = std::make_shared<BufferPool>();
 };
 
 }  // namespace millrace

@@ -281,7 +281,7 @@ void FilesSource::load(Sample& sample) const {
     ::close(fd);
     throw SampleError("not a regular file");
   }
-  sample.bytes.resize(static_cast<std::size_t>(st.st_size));
+  resize_reusing(sample.bytes, static_cast<std::size_t>(st.st_size));
   std::size_t done = 0;
   while (done < sample.bytes.size()) {
     const ssize_t n = ::read(fd, sample.bytes.data() + done, sample.bytes.size() - done);

@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -176,6 +178,9 @@ float entropy_threshold(const std::vector<double>& histogram, float bin_width, i
 std::string calibration_to_json(const CalibrationTable& table) {
   std::string out = "{\"mode\": \"";
   out += calibration_mode_name(table.mode);
+  out += "\", \"fingerprint\": \"";
+  // The fingerprint is our own text (no quotes or backslashes), so it needs no escaping.
+  out += table.fingerprint;
   out += "\", \"values\": [";
   char buffer[96];
   for (std::size_t i = 0; i < table.values.size(); ++i) {
@@ -382,6 +387,12 @@ CalibrationTable calibration_from_json(std::string_view text, const std::string&
     reader.fail("unknown mode '" + mode->text + "' (expected minmax or entropy)");
   }
 
+  // Tables written before fingerprints existed have none: they match no network and are remade.
+  if (const JsonValue* f = doc.member("fingerprint"); f != nullptr) {
+    if (f->kind != JsonValue::Kind::kString) reader.fail("'fingerprint' must be a string");
+    table.fingerprint = f->text;
+  }
+
   const JsonValue* values = doc.member("values");
   if (values == nullptr || values->kind != JsonValue::Kind::kArray) {
     reader.fail("'values' must be an array");
@@ -410,6 +421,92 @@ CalibrationTable calibration_from_json(std::string_view text, const std::string&
     }
   }
   return table;
+}
+
+namespace {
+
+// FNV-1a over 64-bit words (bytes for the tail): a table key, not a cryptographic digest; words
+// keep hashing a 100 MB model to tens of milliseconds.
+class ModelHasher {
+ public:
+  void bytes(const void* data, std::size_t size) {
+    const auto* p = static_cast<const unsigned char*>(data);
+    std::size_t i = 0;
+    for (; i + 8 <= size; i += 8) {
+      std::uint64_t word = 0;
+      std::memcpy(&word, p + i, 8);
+      mix(word);
+    }
+    for (; i < size; ++i) mix(p[i]);
+  }
+  template <class T>
+  void value(const T& v) {
+    bytes(&v, sizeof v);
+  }
+  template <class T>
+  void vector(const std::vector<T>& v) {
+    value(v.size());
+    bytes(v.data(), v.size() * sizeof(T));
+  }
+  std::uint64_t digest() const { return hash_; }
+
+ private:
+  void mix(std::uint64_t v) {
+    hash_ ^= v;
+    hash_ *= 0x100000001B3ULL;
+  }
+  std::uint64_t hash_ = 0xCBF29CE484222325ULL;
+};
+
+}  // namespace
+
+std::string calibration_fingerprint(const Model& model, const InputFormat& input) {
+  // The imported graph, not the file: what the ranges were measured on (weights after folding,
+  // the ops and their wiring), and it also covers models built in memory.
+  ModelHasher h;
+  h.value(model.input);
+  h.value(model.input_shape);
+  h.value(model.output);
+  for (const Op& op : model.ops) {
+    h.value(op.kind);
+    h.vector(op.inputs);
+    h.value(op.output);
+    h.value(op.kernel);
+    h.value(op.stride);
+    h.value(op.dilation);
+    h.value(op.pads);
+    h.value(op.groups);
+    h.value(op.count_include_pad);
+    h.value(op.ceil_mode);
+    h.vector(op.weight.shape);
+    h.vector(op.weight.data);
+    h.vector(op.bias.shape);
+    h.vector(op.bias.data);
+    h.value(op.activation);
+    h.value(op.clip_min);
+    h.value(op.clip_max);
+    h.value(op.axis);
+  }
+  const char* type = input.type == InputType::kS8   ? "s8"
+                     : input.type == InputType::kU8 ? "u8"
+                                                    : "f32";
+  const std::string name = model.path.empty()
+                               ? std::string("(in memory)")
+                               : std::filesystem::path(model.path).filename().string();
+  char buffer[512];
+  std::snprintf(buffer, sizeof buffer,
+                "model %s (graph hash %016llx); input %s, unit [%.9g, %.9g, %.9g], zero point "
+                "%.9g, model std [%.9g, %.9g, %.9g]",
+                name.c_str(), static_cast<unsigned long long>(h.digest()), type,
+                static_cast<double>(input.unit[0]), static_cast<double>(input.unit[1]),
+                static_cast<double>(input.unit[2]), static_cast<double>(input.zero_point),
+                static_cast<double>(input.model_std[0]), static_cast<double>(input.model_std[1]),
+                static_cast<double>(input.model_std[2]));
+  std::string out = buffer;
+  // The text goes into JSON unescaped: a quote or backslash in a file name adds nothing to the key.
+  std::replace(out.begin(), out.end(), '"', '_');
+  std::replace(out.begin(), out.end(), '\\', '_');
+  return out;
 }
 
 void save_calibration_table(const CalibrationTable& table, const std::string& path) {

@@ -5,7 +5,10 @@
 // Contract: plain values and functions with no oneDNN dependency. A RangeObserver belongs to one
 // thread (the inference thread that runs calibration); CalibrationTable is a value that may be
 // copied and read anywhere. The JSON form is
-//   {"mode": "minmax", "values": [{"id": 3, "min": -1.25, "max": 4.5}, ...]}
+//   {"mode": "minmax", "fingerprint": "...", "values": [{"id": 3, "min": -1.25, "max": 4.5}, ...]}
+// The fingerprint names what the ranges are valid for: the model (by a hash of its graph and
+// weights) and the input format the loader feeds it. A table is a cache of calibration, and a cache
+// must not be used for another key: a network refuses a table whose fingerprint is not its own.
 // with every number written with enough digits (%.9g) to read back the identical float, so a
 // loaded table reproduces the calibrated network bit for bit. Reading rejects anything else with
 // CalibrationError naming the file and what is wrong.
@@ -37,6 +40,7 @@ struct ValueRange {
 
 struct CalibrationTable {
   CalibrationMode mode = CalibrationMode::kMinMax;
+  std::string fingerprint;         // calibration_fingerprint() of the network it was made for
   std::vector<ValueRange> values;  // sorted by id, ids unique
 
   const ValueRange* find(int id) const;
@@ -44,6 +48,11 @@ struct CalibrationTable {
 };
 
 const char* calibration_mode_name(CalibrationMode mode);
+
+// What a calibration table is valid for, in words a user can compare: the model (its file name
+// and a 64-bit hash of the imported graph: ops, wiring, folded weights) and the input format
+// (type, units per channel, zero point, the model's std).
+std::string calibration_fingerprint(const Model& model, const InputFormat& input);
 
 std::string calibration_to_json(const CalibrationTable& table);
 // `origin` names the text's source in error messages (a file path, or "<string>").

@@ -7,6 +7,7 @@
 
 #include "stages/augment/augment_stage.hpp"
 #include "stages/batch/batch_stage.hpp"
+#include "stages/infer/calibration.hpp"
 #include "stages/infer/onnx_import.hpp"
 #include "stages/normalize/normalize_stage.hpp"
 
@@ -134,6 +135,11 @@ const Schema<InferStage::Params>& InferStage::schema() {
              });
     s.integer("top_k", &Params::top_k, "classes reported per sample by the predictions sink", 1,
               1000);
+    s.integer("alone", &Params::alone,
+              "after the stream ends, time this many more runs of the network on a copy of one "
+              "batch while the data stages are idle: the metric infer.alone_images_per_second "
+              "(inference alone, as a peer that is fed ready tensors measures it); 0: off",
+              0, 1000000);
     return s;
   }();
   return schema;
@@ -249,11 +255,45 @@ void InferStage::link(const std::vector<Stage*>& upstream, Diagnostics& d) {
   options_.input.layout = normalize->layout() == normalize::Layout::kNHWC
                               ? infer::InputLayout::kNHWC
                               : infer::InputLayout::kNCHW;
+  check_calibration_table(where, d);
+}
+
+void InferStage::check_calibration_table(const std::string& where, Diagnostics& d) {
+  const std::string& path = params_.calibration_table;
+  if (params_.precision != infer::Precision::kInt8 || path.empty() ||
+      !std::filesystem::exists(path)) {
+    return;
+  }
+  // The table is a cache of calibration: one made for another model, another loader format or
+  // another mode is remade (and said so), never used for this network.
+  try {
+    const infer::CalibrationTable table = infer::load_calibration_table(path);
+    const std::string ours = infer::calibration_fingerprint(model_, options_.input);
+    std::string why;
+    if (table.fingerprint != ours) {
+      why = "was made for " +
+            (table.fingerprint.empty() ? std::string("an unknown network (it has no fingerprint)")
+                                       : table.fingerprint) +
+            ", not for " + ours;
+    } else if (table.mode != params_.calibration_mode) {
+      why = std::string("holds ") + infer::calibration_mode_name(table.mode) + " ranges, not " +
+            infer::calibration_mode_name(params_.calibration_mode);
+    }
+    if (!why.empty()) {
+      d.warning(context().where, where + ": calibration table '" + path + "' " + why +
+                                     "; this run calibrates on its first " +
+                                     std::to_string(params_.calibration_batches) +
+                                     " batches and rewrites the table");
+      recalibrate_ = true;
+    }
+  } catch (const infer::CalibrationError& e) {
+    d.error(context().where, where + ": " + e.what() + " (delete it to calibrate again)");
+  }
 }
 
 void InferStage::thread_start() {
   network_ = std::make_unique<infer::Network>(model_, options_);
-  if (network_->needs_calibration() && !params_.calibration_table.empty() &&
+  if (network_->needs_calibration() && !params_.calibration_table.empty() && !recalibrate_ &&
       std::filesystem::exists(params_.calibration_table)) {
     network_->load_calibration(params_.calibration_table);
   }
@@ -276,6 +316,12 @@ void InferStage::run(BatchData& b) {
   }
   warm_ = true;
   input_reorders_.store(network_->stats().input_reorders_per_batch);
+  // One copy, of the first full batch: the int8 and fp32 kernels' speed does not depend on the
+  // values, so one batch stands for all of them.
+  if (params_.alone > 0 && alone_input_.empty() && rows == batch_size_ && b.pad == 0) {
+    alone_input_.assign(b.data.storage.begin(),
+                        b.data.storage.begin() + static_cast<std::ptrdiff_t>(b.data.bytes()));
+  }
 
   // Accuracy against the labels (the first label of each row), pad rows excluded.
   const std::size_t real = b.rows - static_cast<std::size_t>(b.pad);
@@ -327,6 +373,23 @@ void InferStage::process(BatchData& b, BatchEmitter& out) {
 void InferStage::flush(BatchEmitter& out) {
   // A stream shorter than the calibration window: calibrate on what there is.
   if (network_ && !held_.empty()) finish_calibration(out);
+  if (network_ && !alone_input_.empty()) run_alone();
+}
+
+void InferStage::run_alone() {
+  // Every upstream stage has finished, so the network has the cores to itself: this is the
+  // figure to hold against a peer that times its model on ready-made tensors.
+  alone_logits_.resize(static_cast<std::size_t>(batch_size_) *
+                       static_cast<std::size_t>(network_->classes()));
+  network_->run(alone_input_.data(), batch_size_, alone_logits_.data());  // warm the caches
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < params_.alone; ++i) {
+    network_->run(alone_input_.data(), batch_size_, alone_logits_.data());
+  }
+  alone_seconds_.store(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  alone_images_.store(static_cast<std::uint64_t>(params_.alone) *
+                      static_cast<std::uint64_t>(batch_size_));
 }
 
 std::vector<std::pair<std::string, double>> InferStage::metrics() const {
@@ -342,6 +405,10 @@ std::vector<std::pair<std::string, double>> InferStage::metrics() const {
   if (seconds > 0) {
     m.emplace_back("inference_images_per_second",
                    static_cast<double>(timed_images_.load()) / seconds);
+  }
+  if (alone_seconds_.load() > 0) {
+    m.emplace_back("alone_images_per_second",
+                   static_cast<double>(alone_images_.load()) / alone_seconds_.load());
   }
   m.emplace_back("calibration_seconds", calibration_seconds_.load());
   m.emplace_back("input_reorders_per_batch", input_reorders_.load());

@@ -33,6 +33,7 @@ class InferStage final : public BatchTransformStage {
     std::vector<double> input_mean;  // the model's expectations, pixel units (empty: none given)
     std::vector<double> input_std;
     int top_k = 5;
+    int alone = 0;  // runs timed after the stream, with the data stages idle (0: none)
   };
   static StageInfo info();
   static const Schema<Params>& schema();
@@ -53,12 +54,15 @@ class InferStage final : public BatchTransformStage {
  private:
   void run(BatchData& batch);
   void finish_calibration(BatchEmitter& out);
+  void run_alone();
+  void check_calibration_table(const std::string& where, Diagnostics& d);
 
   Params params_;
   infer::Model model_;
   infer::NetworkOptions options_;
   int batch_size_ = 0;
   std::unique_ptr<infer::Network> network_;
+  bool recalibrate_ = false;  // the table on disk is for another network: remake it
   std::vector<BatchData*> held_;
   std::atomic<std::uint64_t> scored_{0};
   std::atomic<std::uint64_t> top1_{0};
@@ -68,6 +72,11 @@ class InferStage final : public BatchTransformStage {
   std::atomic<double> infer_seconds_{0};
   std::atomic<double> calibration_seconds_{0};
   std::atomic<int> input_reorders_{0};
+  // One full batch's input, kept for the `alone` runs at the end of the stream.
+  std::vector<std::uint8_t> alone_input_;
+  std::vector<float> alone_logits_;
+  std::atomic<double> alone_seconds_{0};
+  std::atomic<std::uint64_t> alone_images_{0};
 };
 
 }  // namespace millrace

@@ -1288,7 +1288,9 @@ void Network::save_calibration(const std::string& path) const {
     throw std::logic_error(
         "infer: there is no calibration table to save (fp32, or not calibrated)");
   }
-  save_calibration_table(*impl_->table, path);
+  CalibrationTable table = *impl_->table;
+  table.fingerprint = calibration_fingerprint(impl_->model, impl_->options.input);
+  save_calibration_table(table, path);
 }
 
 void Network::load_calibration(const std::string& path) {
@@ -1298,6 +1300,14 @@ void Network::load_calibration(const std::string& path) {
   }
   m.set_threads();
   CalibrationTable t = load_calibration_table(path);
+  const std::string ours = calibration_fingerprint(m.model, m.options.input);
+  if (t.fingerprint != ours) {
+    throw CalibrationError(path + ": error: the table was made for " +
+                           (t.fingerprint.empty() ? std::string("an unknown network (it has no "
+                                                                "fingerprint)")
+                                                  : t.fingerprint) +
+                           ", not for this one: " + ours);
+  }
   for (const ValueRange& r : t.values) {
     if (r.id >= m.model.value_count()) {
       throw CalibrationError(path + ": error: value " + std::to_string(r.id) +

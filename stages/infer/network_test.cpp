@@ -737,6 +737,55 @@ TEST(Network, CalibrationTableRoundTripGivesIdenticalLogits) {
   }
 }
 
+TEST(Network, ACalibrationTableServesOnlyTheNetworkItWasMadeFor) {
+  const Model m = tiny_resnet();
+  const int batch = 4;
+  const NetworkOptions o = options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, batch);
+  Network calibrated(m, o);
+  calibrate(calibrated, m, 2, batch, InputType::kS8, InputLayout::kNHWC);
+  const std::string path = temp_path("fingerprinted.json");
+  calibrated.save_calibration(path);
+  const CalibrationTable table = load_calibration_table(path);
+  EXPECT_EQ(table.fingerprint, calibration_fingerprint(m, o.input));
+  EXPECT_NE(table.fingerprint.find("s8"), std::string::npos) << table.fingerprint;
+
+  // The same graph with one weight changed: another model, whose ranges these are not.
+  Model other = m;
+  for (Op& op : other.ops) {
+    if (!op.weight.data.empty()) {
+      op.weight.data[0] += 0.5F;
+      break;
+    }
+  }
+  EXPECT_NE(calibration_fingerprint(other, o.input), table.fingerprint);
+  Network changed_model(other, o);
+  try {
+    changed_model.load_calibration(path);
+    ADD_FAILURE() << "a table for another model was accepted";
+  } catch (const CalibrationError& e) {
+    EXPECT_NE(std::string(e.what()).find("was made for model"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(changed_model.needs_calibration());
+
+  // The same model fed another loader format (a different unit): also refused.
+  NetworkOptions rescaled = o;
+  rescaled.input.unit = {2.0F, 2.0F, 2.0F};
+  Network changed_input(m, rescaled);
+  EXPECT_THROW(changed_input.load_calibration(path), CalibrationError);
+
+  // A table without a fingerprint (as older versions wrote them) matches nothing.
+  CalibrationTable bare = table;
+  bare.fingerprint.clear();
+  save_calibration_table(bare, path);
+  Network same(m, o);
+  EXPECT_THROW(same.load_calibration(path), CalibrationError);
+  // ... and with it restored, the same network accepts it.
+  save_calibration_table(table, path);
+  same.load_calibration(path);
+  EXPECT_FALSE(same.needs_calibration());
+  std::filesystem::remove(path);
+}
+
 TEST(Network, SmallerLastBatch) {
   const Model m = tiny_resnet();
   const int batch = 8, last = 5;
@@ -788,16 +837,19 @@ TEST(Network, MisuseIsReported) {
   EXPECT_THROW(fp32.run(in.data(), 3, out.data()), std::invalid_argument);
   EXPECT_THROW(fp32.run(in.data(), 0, out.data()), std::invalid_argument);
 
-  Network int8(m, options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, 2));
+  const NetworkOptions int8_options =
+      options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, 2);
+  Network int8(m, int8_options);
   EXPECT_THROW(int8.run(in.data(), 2, out.data()), std::logic_error);
   EXPECT_THROW(int8.finalize_calibration(), std::logic_error);
   EXPECT_THROW(int8.load_calibration(temp_path("missing.json")), CalibrationError);
 
   // A table without the ranges this model needs.
   const std::string path = temp_path("partial.json");
-  save_calibration_table({CalibrationMode::kMinMax, {{1, 0.0F, 2.0F}}}, path);
+  const std::string ours = calibration_fingerprint(m, int8_options.input);
+  save_calibration_table({CalibrationMode::kMinMax, ours, {{1, 0.0F, 2.0F}}}, path);
   EXPECT_THROW(int8.load_calibration(path), CalibrationError);
-  save_calibration_table({CalibrationMode::kMinMax, {{999, 0.0F, 2.0F}}}, path);
+  save_calibration_table({CalibrationMode::kMinMax, ours, {{999, 0.0F, 2.0F}}}, path);
   EXPECT_THROW(int8.load_calibration(path), CalibrationError);
   std::filesystem::remove(path);
   EXPECT_TRUE(int8.needs_calibration());

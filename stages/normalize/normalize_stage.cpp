@@ -188,6 +188,8 @@ void NormalizeStage::prepare() {
 }
 
 void NormalizeStage::process(Sample& sample, RunReporter&) const {
+  // The output must not land in a borrowed buffer: it waits with the sample for the batch stage.
+  sample.scratch.give_back();
   const Tensor& t = sample.tensor;
   ImageView view;
   const std::int64_t full_w = t.shape[1];
@@ -208,6 +210,7 @@ void NormalizeStage::process(Sample& sample, RunReporter&) const {
   }
   if (!mean_image_.empty()) {
     if (mean_image_shape_[1] != r.height || mean_image_shape_[2] != r.width) {
+      sample.tensor.give_back();
       throw SampleError("mean_image is " + std::to_string(mean_image_shape_[1]) + "x" +
                         std::to_string(mean_image_shape_[2]) + " but the crop is " +
                         std::to_string(r.height) + "x" + std::to_string(r.width));
@@ -219,6 +222,7 @@ void NormalizeStage::process(Sample& sample, RunReporter&) const {
     table_.apply(view, mirror, layout_, sample.scratch.storage.data());
   }
   std::swap(sample.tensor, sample.scratch);
+  sample.scratch.give_back();
   sample.region = {};
   sample.deferred &= ~static_cast<std::uint32_t>(kFlipLastSpatialAxis);
   sample.quantization = &quantization_;

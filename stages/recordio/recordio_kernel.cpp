@@ -67,24 +67,25 @@ struct Part {
 template <class OnPart>
 std::size_t walk_parts(std::span<const std::uint8_t> frame, std::uint64_t offset,
                        OnPart&& on_part) {
-  const std::string record = "record at " + at_offset(offset);
+  // Built only when a message needs it: a valid record costs no string.
+  const auto record = [offset] { return "record at " + at_offset(offset); };
   if (frame.size() < 8) {
-    throw FormatError(offset, record + ": " + std::to_string(frame.size()) +
+    throw FormatError(offset, record() + ": " + std::to_string(frame.size()) +
                                   " byte(s), fewer than a part header's 8");
   }
   if (!is_magic(frame.data())) {
-    throw FormatError(offset, record + ": bad magic " + hex32(load_le32(frame.data())));
+    throw FormatError(offset, record() + ": bad magic " + hex32(load_le32(frame.data())));
   }
   std::uint32_t lrec = load_le32(frame.data() + 4);
   if (cflag_of(lrec) >= 2) {
-    throw FormatError(offset, record + ": part with cflag " + std::to_string(cflag_of(lrec)) +
+    throw FormatError(offset, record() + ": part with cflag " + std::to_string(cflag_of(lrec)) +
                                   " has no first part");
   }
   std::size_t p = 0;
   for (;;) {
     const Part part{p + 8, length_of(lrec), cflag_of(lrec)};
     if (part.data + part.length > frame.size()) {
-      throw FormatError(offset, record + ": part at " + at_offset(offset + p) + " claims " +
+      throw FormatError(offset, record() + ": part at " + at_offset(offset + p) + " claims " +
                                     std::to_string(part.length) + " bytes, past the end of the " +
                                     std::to_string(frame.size()) + " bytes available");
     }
@@ -95,17 +96,17 @@ std::size_t walk_parts(std::span<const std::uint8_t> frame, std::uint64_t offset
     const bool last = part.cflag == 0 || part.cflag == 3;
     if (!last) {
       if (p + 8 > frame.size()) {
-        throw FormatError(offset, record + " is truncated: the data ends at " +
+        throw FormatError(offset, record() + " is truncated: the data ends at " +
                                       at_offset(offset + frame.size()) + " before its last part");
       }
       if (!is_magic(frame.data() + p)) {
-        throw FormatError(offset, record + ": expected its next part header at " +
+        throw FormatError(offset, record() + ": expected its next part header at " +
                                       at_offset(offset + p) + ", found " +
                                       hex32(load_le32(frame.data() + p)));
       }
       lrec = load_le32(frame.data() + p + 4);
       if (cflag_of(lrec) < 2) {
-        throw FormatError(offset, record + " breaks off: its last part is missing and a new " +
+        throw FormatError(offset, record() + " breaks off: its last part is missing and a new " +
                                       "record starts at " + at_offset(offset + p));
       }
     }
@@ -424,7 +425,8 @@ ReadResult RecordReader::next(std::vector<std::uint8_t>& payload) {
                        " but no first part");
   }
   const std::uint64_t head = pos_;
-  const std::string record = "record at " + at_offset(head);
+  // Built only when a message needs it: a valid record costs no string.
+  const auto record = [head] { return "record at " + at_offset(head); };
   payload.clear();
   std::uint64_t p = head;
   for (;;) {
@@ -433,7 +435,7 @@ ReadResult RecordReader::next(std::vector<std::uint8_t>& payload) {
     const std::uint64_t data = p + 8;
     if (data + length > size_) {
       return corrupt(head, head + 4,
-                     record + ": part at " + at_offset(p) + " claims " + std::to_string(length) +
+                     record() + ": part at " + at_offset(p) + " claims " + std::to_string(length) +
                          " bytes, past the end of the file (" + std::to_string(size_) + " bytes)");
     }
     const std::size_t old = payload.size();
@@ -442,17 +444,19 @@ ReadResult RecordReader::next(std::vector<std::uint8_t>& payload) {
     p = data + align4(length);
     if (cflag == 0 || cflag == 3) break;
     if (!fill(p, 8)) {
-      return corrupt(head, head + 4, record + " is truncated: the file ends before its last part");
+      return corrupt(head, head + 4,
+                     record() + " is truncated: the file ends before its last part");
     }
     if (word(p) != kMagic) {
       return corrupt(head, head + 4,
-                     record + ": expected its next part header at " + at_offset(p) + ", found " +
+                     record() + ": expected its next part header at " + at_offset(p) + ", found " +
                          hex32(word(p)));
     }
     lrec = word(p + 4);
     if (cflag_of(lrec) <= 1) {
       return corrupt(head, head + 4,
-                     record + " breaks off: its last part is missing and a new record starts at " +
+                     record() +
+                         " breaks off: its last part is missing and a new record starts at " +
                          at_offset(p));
     }
     payload.insert(payload.end(), std::begin(kMagicBytes), std::end(kMagicBytes));
@@ -480,9 +484,10 @@ void build_image_payload(std::uint64_t id, std::span<const float> labels,
 std::size_t parse_image_payload(std::span<const std::uint8_t> payload, int label_width,
                                 std::uint64_t record_offset, ImageHeader& header,
                                 std::vector<float>& labels) {
-  const std::string record = "record at " + at_offset(record_offset);
+  // Built only when a message needs it: a valid record costs no string.
+  const auto record = [record_offset] { return "record at " + at_offset(record_offset); };
   if (payload.size() < kImageHeaderBytes) {
-    throw FormatError(record_offset, record + ": its " + std::to_string(payload.size()) +
+    throw FormatError(record_offset, record() + ": its " + std::to_string(payload.size()) +
                                          "-byte payload is shorter than the 24-byte image header");
   }
   const std::uint8_t* p = payload.data();
@@ -497,11 +502,12 @@ std::size_t parse_image_payload(std::span<const std::uint8_t> payload, int label
   } else {
     const std::uint64_t label_bytes = std::uint64_t{4} * header.flag;
     if (kImageHeaderBytes + label_bytes > payload.size()) {
-      throw FormatError(
-          record_offset,
-          record + " (id " + std::to_string(header.id) + "): flag " + std::to_string(header.flag) +
-              " announces " + std::to_string(label_bytes) + " bytes of labels, the payload has " +
-              std::to_string(payload.size() - kImageHeaderBytes) + " after its header");
+      throw FormatError(record_offset, record() + " (id " + std::to_string(header.id) + "): flag " +
+                                           std::to_string(header.flag) + " announces " +
+                                           std::to_string(label_bytes) +
+                                           " bytes of labels, the payload has " +
+                                           std::to_string(payload.size() - kImageHeaderBytes) +
+                                           " after its header");
     }
     labels.resize(header.flag);
     for (std::uint32_t i = 0; i < header.flag; ++i) {
@@ -510,7 +516,7 @@ std::size_t parse_image_payload(std::span<const std::uint8_t> payload, int label
     image += static_cast<std::size_t>(label_bytes);
   }
   if (label_width > 0 && labels.size() != static_cast<std::size_t>(label_width)) {
-    throw FormatError(record_offset, record + " (id " + std::to_string(header.id) + ") carries " +
+    throw FormatError(record_offset, record() + " (id " + std::to_string(header.id) + ") carries " +
                                          std::to_string(labels.size()) + " label(s) (flag " +
                                          std::to_string(header.flag) + ") but label_width is " +
                                          std::to_string(label_width));

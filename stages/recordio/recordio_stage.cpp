@@ -437,7 +437,7 @@ void RecordIoSource::load(Sample& sample) const {
   }
   std::memcpy(&i, sample.bytes.data(), sizeof i);
   const Indexed& r = records_.at(i);
-  sample.bytes.resize(static_cast<std::size_t>(r.size));
+  resize_reusing(sample.bytes, static_cast<std::size_t>(r.size));
   std::size_t done = 0;
   while (done < sample.bytes.size()) {
     const ssize_t n = ::pread(fds_[r.file], sample.bytes.data() + done, sample.bytes.size() - done,

@@ -888,6 +888,159 @@ class InterruptTest(CliCase):
         self.assertIn("images in", stdout)
 
 
+class WhereTheTimeGoesTest(CliCase):
+    """Per-stage wait and blocked times in the summary, --trace as a Chrome trace, the bench's
+    bottleneck report, and concurrency: auto."""
+
+    DEFAULT = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.DEFAULT = e2e.source_path("configs", "default.yaml")
+
+    def traced_run(self, *overrides, command="run", extra=()):
+        out = e2e.new_dir("trace")
+        trace = os.path.join(out, "trace.json")
+        json_path = os.path.join(out, "summary.json")
+        cfg = e2e.Config(self.DEFAULT)
+        args = [command, self.DEFAULT, *sets(*shipped_overrides(cfg, out), *overrides),
+                "--trace", trace, "--json", json_path, *extra]
+        if command == "run":
+            args.append("--quiet")
+        result = self.millrace(*args, expect=0)
+        with open(trace) as f:
+            data = json.load(f)
+        return result, data, load_json(json_path), os.path.getsize(trace), cfg
+
+    def check_chrome_trace(self, data, stage_names):
+        self.assertIsInstance(data, dict)
+        events = data["traceEvents"]
+        self.assertIsInstance(events, list)
+        threads = {e["tid"] for e in events if e["ph"] == "M" and e["name"] == "thread_name"}
+        spans, counters = {}, {}
+        for e in events:
+            self.assertIn(e["ph"], ("X", "C", "M"), e)
+            self.assertIsInstance(e["name"], str)
+            self.assertEqual(e["pid"], 1)
+            if e["ph"] == "X":
+                self.assertIn(e["tid"], threads, f"a span on a thread with no name: {e}")
+                self.assertGreaterEqual(e["dur"], 0)
+                spans.setdefault(e["tid"], []).append(e)
+            elif e["ph"] == "C":
+                self.assertIsInstance(e["args"]["items"], int)
+                self.assertGreaterEqual(e["args"]["items"], 0)
+                counters.setdefault(e["name"], []).append(e)
+        self.assertTrue(spans, "no spans")
+        self.assertTrue(counters, "no counters")
+        for tid, track in spans.items():
+            # One thread runs one invocation at a time: spans follow each other.
+            for a, b in zip(track, track[1:]):
+                self.assertLessEqual(a["ts"], b["ts"], f"thread {tid}")
+                self.assertLessEqual(a["ts"] + a["dur"], b["ts"] + 0.002, f"thread {tid}")
+        for name, track in counters.items():
+            times = [e["ts"] for e in track]
+            self.assertEqual(times, sorted(times), name)
+        names = {e["name"] for track in spans.values() for e in track}
+        for stage in stage_names:
+            self.assertTrue(any(n == stage or n.startswith(stage + " ") for n in names),
+                            f"no span for stage {stage}: {sorted(names)}")
+        return spans, counters
+
+    def test_run_trace_is_a_chrome_trace_with_every_stage(self):
+        result, data, summary, _, cfg = self.traced_run()
+        spans, counters = self.check_chrome_trace(data, cfg.names())
+        # A queue counter per edge into a stage, never above that edge's capacity.
+        capacities = {s["name"]: s["queue_capacity"] for s in summary["stages"]}
+        for stage in cfg.names()[1:]:
+            self.assertIn(f"queue {stage}", counters)
+            peak = max(e["args"]["items"] for e in counters[f"queue {stage}"])
+            self.assertLessEqual(peak, capacities[stage], stage)
+            self.assertGreaterEqual(peak, 1, stage)
+        self.assertEqual(data["otherData"]["dropped_events"], 0)
+        kept = sum(1 for e in data["traceEvents"] if e["ph"] in ("X", "C"))
+        self.assertEqual(summary["trace"]["events"], kept)
+        self.assertTrue(summary["trace"]["written"])
+        self.assertIn(f"trace: {summary['trace']['path']}, {kept} events", result.stdout)
+        # Every sample passes each per-sample stage once, and so do the end-of-epoch and
+        # end-of-stream markers: one span each.
+        span_names = [e["name"] for track in spans.values() for e in track]
+        self.assertEqual(span_names.count("decode"), e2e.DATASET_COUNT + 2)
+
+    def test_a_long_runs_trace_stays_under_its_bound(self):
+        per_thread = 300
+        result, data, summary, size, cfg = self.traced_run(
+            "files.epochs=20", f"pipeline.trace_events={per_thread}")
+        self.check_chrome_trace(data, [])
+        dropped = data["otherData"]["dropped_events"]
+        self.assertGreater(dropped, 0)
+        self.assertIn(f"{dropped} older events dropped", result.stdout)
+        self.assertEqual(summary["trace"]["dropped_events"], dropped)
+        tracks = {e["tid"] for e in data["traceEvents"] if e["ph"] == "M" and e["tid"] > 0}
+        # One ring per worker thread plus one spare, each holding `per_thread` events of at most
+        # a few hundred bytes: the file does not grow with the run.
+        self.assertLessEqual(len(tracks), summary["threads"] + 1)
+        self.assertLess(size, (summary["threads"] + 1) * per_thread * 200 + 8192)
+        kept = sum(1 for e in data["traceEvents"] if e["ph"] in ("X", "C"))
+        self.assertLessEqual(kept, (summary["threads"] + 1) * per_thread)
+
+    def test_bench_ends_with_a_bottleneck_report_and_traces_its_last_run(self):
+        result, data, bench, _, cfg = self.traced_run(
+            command="bench", extra=("--repeats", "2", "--warmup", "0"))
+        self.check_chrome_trace(data, cfg.names())
+        last = result.stdout.strip().split("\n")[-1]
+        self.assertTrue(last.startswith("bottleneck: "), result.stdout)
+        verdict = bench["bottleneck"]
+        self.assertIn(verdict["stage"], cfg.names() + ["consumer", ""])
+        self.assertEqual(last, "bottleneck: " + verdict["report"])
+        if verdict["stage"] not in ("", "consumer"):
+            self.assertIn(f"'{verdict['stage']}'", verdict["report"])
+            self.assertTrue(verdict["changes"])
+
+    def test_summary_accounts_for_every_slot(self):
+        _, summary, _ = self.run_config(self.DEFAULT, "files.epochs=5", quiet=True)
+        wall = summary["run_wall_seconds"]
+        self.assertGreater(wall, 0)
+        for st in summary["stages"]:
+            for key in ("wait_input_seconds", "blocked_output_seconds", "wait_worker_seconds"):
+                self.assertGreaterEqual(st[key], 0, f"{st['name']} {key}")
+            if st["type"] == "files":
+                continue  # its next() has no slots; its loads share the row
+            total = (st["busy_seconds"] + st["wait_input_seconds"] +
+                     st["blocked_output_seconds"] + st["wait_worker_seconds"])
+            slots = st["concurrency"] * wall
+            self.assertAlmostEqual(total, slots, delta=0.2 * slots + 0.02, msg=st["name"])
+        self.assertGreaterEqual(summary["consumer_wait_seconds"], 0)
+
+    def test_concurrency_auto_balances_and_says_what_it_chose(self):
+        result, summary, _ = self.run_config(self.DEFAULT, "files.epochs=10",
+                                             "decode.concurrency=auto",
+                                             "augment.concurrency=auto",
+                                             "normalize.concurrency=auto")
+        note = summary["concurrency_note"]
+        self.assertTrue(note.startswith("concurrency auto"), note)
+        self.assertIn(note, result.stdout)
+        for st in summary["stages"]:
+            auto = st["name"] in ("decode", "augment", "normalize")
+            self.assertEqual(st["concurrency_auto"], auto, st["name"])
+            if auto:
+                self.assertIn(f" {st['name']} {st['concurrency']} (", note)
+                self.assertGreaterEqual(st["concurrency"], 1)
+                self.assertLessEqual(st["concurrency"], summary["threads"])
+        self.assertEqual(summary["images"], 10 * e2e.DATASET_COUNT)
+
+    def test_concurrency_auto_on_a_serial_stage_is_a_config_error(self):
+        result = self.millrace("validate", self.DEFAULT, *sets("batch.concurrency=auto"),
+                               expect=2)
+        self.assertIn("'concurrency: auto' balances concurrent stages", result.stderr)
+
+    def test_an_unwritable_trace_is_an_error_before_running(self):
+        blocker = os.path.join(e2e.new_dir("trace-bad"), "file")
+        e2e.write_text(blocker, "x")
+        result = self.millrace("run", self.DEFAULT, *sets(f"files.root={e2e.dataset()}"),
+                               "--trace", os.path.join(blocker, "trace.json"), expect=2)
+        self.assertIn("cannot write the trace file", result.stderr)
+
+
 class MakeDatasetTest(CliCase):
     """Item 10: the generator writes the documented folder layout, list and image sizes."""
 
@@ -963,6 +1116,57 @@ class MakeDatasetTest(CliCase):
         self.assertEqual(a, b)
         self.assertEqual(sorted(a), sorted(c))
         self.assertTrue(all(a[n] != c[n] for n in a if n.endswith(".jpg")))
+
+
+class CalibrationTableTest(CliCase):
+    """An int8 run writes its calibration table with a fingerprint of the model and the loader's
+    format; a later run loads it, and one for another network is remade, with a warning."""
+
+    def test_table_is_reused_and_a_stale_one_is_remade(self):
+        config = e2e.source_path("configs", "resnet18_int8.yaml")
+        infer = e2e.Config(config).stage_of_type("infer")["name"]
+        out = e2e.new_dir("calibration")
+        table_path = os.path.join(out, "calib.json")  # where shipped_overrides puts it
+
+        def run(*overrides):
+            json_path = os.path.join(out, "summary.json")
+            result = self.millrace("run", config,
+                                   *sets(*shipped_overrides(e2e.Config(config), out), *overrides),
+                                   "--json", json_path, "--quiet", expect=0)
+            return result, load_json(json_path)
+
+        result, summary = run(f"{infer}.alone=3")
+        with open(table_path) as f:
+            table = json.load(f)
+        self.assertIn("model tiny.onnx", table["fingerprint"])
+        self.assertIn("input s8", table["fingerprint"])
+        self.assertEqual(table["mode"], "minmax")
+        self.assertGreater(summary["metrics"][f"{infer}.alone_images_per_second"], 0)
+        self.assertGreater(summary["metrics"][f"{infer}.calibration_seconds"], 0)
+
+        # Reused: no calibration, no warning.
+        result, summary = run()
+        self.assertEqual(summary["metrics"][f"{infer}.calibration_seconds"], 0)
+        self.assertNotIn("calibration table", result.stderr)
+        self.assertNotIn(f"{infer}.alone_images_per_second", summary["metrics"])
+
+        # A table made for something else is remade, and the run says why.
+        stale = dict(table, fingerprint=table["fingerprint"].replace("tiny.onnx", "other.onnx"))
+        with open(table_path, "w") as f:
+            json.dump(stale, f)
+        result, summary = run()
+        self.assertIn("calibration table", result.stderr)
+        self.assertIn("other.onnx", result.stderr)
+        self.assertIn("rewrites the table", result.stderr)
+        self.assertGreater(summary["metrics"][f"{infer}.calibration_seconds"], 0)
+        with open(table_path) as f:
+            self.assertEqual(json.load(f), table)
+
+        # A nested key reached by --set: another mode makes the table stale too.
+        result, summary = run(f"{infer}.calibration.mode=entropy")
+        self.assertIn("holds minmax ranges, not entropy", result.stderr)
+        with open(table_path) as f:
+            self.assertEqual(json.load(f)["mode"], "entropy")
 
 
 if __name__ == "__main__":

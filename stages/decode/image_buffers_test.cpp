@@ -1,0 +1,574 @@
+// The large intermediate images (decoded, resized) live in a pool that decode, augment and
+// normalize share, and go back to it as soon as the sample no longer needs them: the number of
+// such buffers a pipeline ever creates is bounded by the items between decode and the stage that
+// gives them back, not by the samples waiting in the ordering window or by the data set's size.
+//
+// The bound, derived from the graph's tokens (docs/ARCHITECTURE.md): a sample in decode's body or
+// queued after it holds a token of the edge into the next stage (augment), one in augment's body
+// or queued after it a token of the edge into normalize, and one in normalize's body has given its
+// input token back. So the samples holding a buffer are at most the capacities of the edges after
+// decode up to normalize, plus normalize's concurrency. Each holds one buffer, except in augment's
+// body, which may hold a second while it writes the resized image: plus augment's concurrency.
+// In general: the sum, over the stages after decode up to the last one that gives buffers back,
+// of the capacity of the edge into the stage and the stage's concurrency. The ordering window in
+// front of the batch stage does not appear in it.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+#include "datasets/make_dataset.hpp"
+#include "engine/pipeline_access.hpp"
+#include "engine/pool.hpp"
+#include "engine/random.hpp"
+#include "millrace/millrace.hpp"
+#include "stages/augment/augment_stage.hpp"
+#include "stages/decode/decode_stage.hpp"
+#include "stages/normalize/normalize_stage.hpp"
+#include "stages/recordio/pack.hpp"
+
+namespace millrace {
+namespace {
+
+namespace fs = std::filesystem;
+
+// ---- The pool and the lease ---------------------------------------------------------------------
+
+// Takes every free buffer out of `pool`: true when all `pool.created()` buffers were free, that
+// is, when every buffer ever lent has come back. Gives them back before returning.
+bool all_returned(BufferPool& pool) {
+  const std::size_t created = pool.created();
+  std::vector<PooledBuffer*> taken;
+  for (std::size_t i = 0; i < created; ++i) taken.push_back(pool.acquire());
+  const bool all = pool.created() == created;
+  for (PooledBuffer* b : taken) pool.release(b);
+  return all;
+}
+
+TEST(BufferPool, CreatesOnlyWhenEmptyAndReusesWhatComesBack) {
+  BufferPool pool;
+  EXPECT_EQ(pool.created(), 0U);
+  PooledBuffer* a = pool.acquire();
+  PooledBuffer* b = pool.acquire();
+  EXPECT_NE(a, b);
+  EXPECT_EQ(pool.created(), 2U);
+  a->bytes.resize(1000);
+  const std::uint8_t* memory = a->bytes.data();
+  pool.release(a);
+  PooledBuffer* again = pool.acquire();
+  EXPECT_EQ(again, a);
+  EXPECT_EQ(again->bytes.data(), memory) << "a buffer keeps its memory across uses";
+  EXPECT_EQ(pool.created(), 2U);
+  pool.release(again);
+  pool.release(b);
+  EXPECT_TRUE(all_returned(pool));
+}
+
+TEST(BufferPool, ATensorLendsItsStorageOutAndGetsItsOwnMemoryBack) {
+  auto pool = std::make_shared<BufferPool>();
+  Tensor t;
+  t.reshape(DType::kInt8, {4, 5, 3}, "HWC");
+  const std::uint8_t* own = t.storage.data();
+  EXPECT_FALSE(t.borrowed());
+
+  t.borrow(pool);
+  EXPECT_TRUE(t.borrowed());
+  t.reshape(DType::kUInt8, {300, 200, 3}, "HWC");
+  const std::uint8_t* lent = t.storage.data();
+  EXPECT_NE(lent, own);
+  t.borrow(pool);  // already borrowing: keeps its buffer
+  EXPECT_EQ(t.storage.data(), lent);
+  EXPECT_EQ(pool->created(), 1U);
+
+  t.give_back();
+  EXPECT_FALSE(t.borrowed());
+  EXPECT_EQ(t.rank, 0);
+  EXPECT_EQ(t.storage.data(), own);
+  EXPECT_TRUE(all_returned(*pool));
+
+  // The next borrower gets the same memory, with its capacity: no allocation.
+  Tensor u;
+  u.borrow(pool);
+  EXPECT_EQ(u.storage.data(), lent);
+  EXPECT_GE(u.storage.capacity(), std::size_t{300 * 200 * 3});
+  u.give_back();
+  EXPECT_EQ(pool->created(), 1U);
+  t.give_back();  // nothing borrowed: nothing happens
+  EXPECT_EQ(t.storage.data(), own);
+}
+
+TEST(BufferPool, SwappedTensorsKeepEachStorageWithItsLease) {
+  auto pool = std::make_shared<BufferPool>();
+  Sample s;
+  s.scratch.reshape(DType::kUInt8, {8, 8, 3}, "HWC");
+  const std::uint8_t* own = s.scratch.storage.data();
+  s.tensor.borrow(pool);
+  s.tensor.reshape(DType::kUInt8, {100, 100, 3}, "HWC");
+  const std::uint8_t* lent = s.tensor.storage.data();
+  std::swap(s.tensor, s.scratch);
+  EXPECT_FALSE(s.tensor.borrowed());
+  EXPECT_TRUE(s.scratch.borrowed());
+  EXPECT_EQ(s.tensor.storage.data(), own);
+  EXPECT_EQ(s.scratch.storage.data(), lent);
+  s.scratch.give_back();
+  EXPECT_TRUE(all_returned(*pool));
+}
+
+TEST(BufferPool, ResetGivesBackAndALeaseKeepsItsPoolAlive) {
+  auto pool = std::make_shared<BufferPool>();
+  std::weak_ptr<BufferPool> watch = pool;
+  Sample s;
+  s.tensor.borrow(pool);
+  s.scratch.borrow(pool);
+  EXPECT_EQ(pool->created(), 2U);
+  pool.reset();
+  EXPECT_FALSE(watch.expired()) << "the leases hold the pool";
+  s.reset();
+  EXPECT_FALSE(s.tensor.borrowed());
+  EXPECT_FALSE(s.scratch.borrowed());
+  EXPECT_TRUE(watch.expired()) << "the last lease given back releases the pool";
+
+  // A tensor destroyed while it borrows returns the buffer too.
+  auto other = std::make_shared<BufferPool>();
+  {
+    Tensor t;
+    t.borrow(other);
+  }
+  EXPECT_TRUE(all_returned(*other));
+}
+
+TEST(BufferPool, ACopyOfABorrowingTensorOwnsItsBytes) {
+  auto pool = std::make_shared<BufferPool>();
+  Tensor t;
+  t.borrow(pool);
+  t.reshape(DType::kUInt8, {2, 2, 3}, "HWC");
+  t.storage[5] = 42;
+  Tensor copy = t;
+  EXPECT_FALSE(copy.borrowed());
+  EXPECT_NE(copy.storage.data(), t.storage.data());
+  EXPECT_EQ(copy.storage[5], 42);
+  Tensor target;
+  target.borrow(pool);
+  target.reshape(DType::kUInt8, {2, 2, 3}, "HWC");
+  const std::uint8_t* lent = target.storage.data();
+  target = t;  // copies the bytes into the target's own (borrowed) storage
+  EXPECT_TRUE(target.borrowed());
+  EXPECT_EQ(target.storage.data(), lent);
+  EXPECT_EQ(target.storage[5], 42);
+  target.give_back();
+  t.give_back();
+  EXPECT_TRUE(all_returned(*pool));
+}
+
+// ---- The stages, one sample at a time ------------------------------------------------------------
+
+class NullReporter final : public RunReporter {
+ public:
+  void warn(const Sample&, const std::string&, const std::string&) override {}
+};
+
+StageContext context_for(const std::string& name) {
+  StageContext c;
+  c.name = name;
+  c.type = name;
+  c.seed = 5;
+  c.stage_key = stable_hash(name);
+  return c;
+}
+
+std::vector<std::uint8_t> jpeg(int width, int height) {
+  cv::Mat bgr(height, width, CV_8UC3);
+  cv::randu(bgr, cv::Scalar::all(0), cv::Scalar::all(255));
+  std::vector<std::uint8_t> out;
+  cv::imencode(".jpg", bgr, out, {cv::IMWRITE_JPEG_QUALITY, 90});
+  return out;
+}
+
+NormalizeStage::Params int8_mean() {
+  NormalizeStage::Params p;
+  p.mean = {123.68, 116.779, 103.939};
+  return p;
+}
+
+// decode -> [augment] -> normalize, linked as a pipeline links them.
+struct Chain {
+  std::unique_ptr<DecodeStage> decode;
+  std::unique_ptr<AugmentStage> augment;
+  std::unique_ptr<NormalizeStage> normalize;
+  NullReporter reporter;
+
+  Chain(DecodeStage::Params dp, const AugmentStage::Params* ap,
+        NormalizeStage::Params np = int8_mean()) {
+    decode = std::make_unique<DecodeStage>(context_for("decode"), dp);
+    if (ap != nullptr) augment = std::make_unique<AugmentStage>(context_for("augment"), *ap);
+    normalize = std::make_unique<NormalizeStage>(context_for("normalize"), np);
+    Diagnostics d;
+    std::vector<Stage*> upstream;
+    for (Stage* s : std::vector<Stage*>{decode.get(), augment.get(), normalize.get()}) {
+      if (s == nullptr) continue;
+      s->link(upstream, d);
+      upstream.push_back(s);
+    }
+    EXPECT_FALSE(d.has_errors());
+    normalize->prepare();
+  }
+  BufferPool& pool() const { return *decode->buffer_pool(); }
+};
+
+AugmentStage::Params center(int resize) {
+  AugmentStage::Params p;
+  p.resize = resize;
+  p.crop = AugmentStage::Crop::kCenter;
+  p.size = {64, 64};
+  return p;
+}
+
+AugmentStage::Params random_resized() {
+  AugmentStage::Params p;
+  p.crop = AugmentStage::Crop::kRandomResized;
+  p.size = {48, 48};
+  p.mirror = 0.5;
+  return p;
+}
+
+TEST(ImageBuffers, TheStagesOfAPipelineShareOnePool) {
+  const AugmentStage::Params ap = center(96);
+  Chain chain({}, &ap);
+  EXPECT_EQ(chain.decode->buffer_pool(), chain.augment->buffer_pool());
+}
+
+TEST(ImageBuffers, DecodeBorrowsAndNormalizeGivesBackWithoutAugment) {
+  Chain chain({}, nullptr);
+  Sample s;
+  s.bytes = jpeg(120, 90);
+  chain.decode->process(s, chain.reporter);
+  EXPECT_TRUE(s.tensor.borrowed());
+  EXPECT_EQ(s.tensor.shape[0], 90);
+  chain.normalize->process(s, chain.reporter);
+  EXPECT_FALSE(s.tensor.borrowed());
+  EXPECT_FALSE(s.scratch.borrowed());
+  EXPECT_EQ(s.tensor.dtype, DType::kInt8);
+  EXPECT_EQ(s.tensor.bytes(), std::size_t{3 * 90 * 120});
+  EXPECT_EQ(chain.pool().created(), 1U);
+  EXPECT_TRUE(all_returned(chain.pool()));
+}
+
+TEST(ImageBuffers, APlainCropStaysBorrowedUntilNormalizeHasReadIt) {
+  for (int resize : {0, 80}) {
+    const AugmentStage::Params ap = center(resize);
+    Chain chain({}, &ap);
+    Sample s;
+    s.bytes = jpeg(160, 100);
+    chain.decode->process(s, chain.reporter);
+    chain.augment->process(s, chain.reporter);
+    EXPECT_TRUE(s.tensor.borrowed()) << "resize " << resize << ": the crop is a region of it";
+    EXPECT_FALSE(s.scratch.borrowed()) << "resize " << resize << ": the decoded image went back";
+    EXPECT_EQ(s.region.height, 64);
+    chain.normalize->process(s, chain.reporter);
+    EXPECT_FALSE(s.tensor.borrowed());
+    EXPECT_FALSE(s.scratch.borrowed());
+    EXPECT_EQ(s.tensor.shape[1], 64);
+    // decode's image and the resize's: two at once while augment resizes, then none.
+    EXPECT_EQ(chain.pool().created(), resize > 0 ? 2U : 1U);
+    EXPECT_TRUE(all_returned(chain.pool()));
+  }
+}
+
+TEST(ImageBuffers, AugmentGivesBackOnceItHasWrittenItsOutput) {
+  const AugmentStage::Params ap = random_resized();
+  for (auto reduce : {DecodeStage::Reduce::kOff, DecodeStage::Reduce::kAuto}) {
+    DecodeStage::Params dp;
+    dp.reduce = reduce;
+    Chain chain(dp, &ap);
+    for (std::uint64_t id = 0; id < 8; ++id) {
+      Sample s;
+      s.id = id;
+      s.bytes = jpeg(400, 300);
+      chain.decode->process(s, chain.reporter);
+      EXPECT_TRUE(s.tensor.borrowed());
+      chain.augment->process(s, chain.reporter);
+      EXPECT_FALSE(s.tensor.borrowed()) << "the crop is augment's own output";
+      EXPECT_FALSE(s.scratch.borrowed());
+      EXPECT_EQ(s.tensor.shape[0], 48);
+      chain.normalize->process(s, chain.reporter);
+      EXPECT_FALSE(s.tensor.borrowed());
+    }
+    EXPECT_EQ(chain.pool().created(), 1U) << "one sample at a time needs one buffer";
+    EXPECT_TRUE(all_returned(chain.pool()));
+  }
+}
+
+TEST(ImageBuffers, ASampleThatFailsGivesItsBufferBack) {
+  const AugmentStage::Params too_big = [] {
+    AugmentStage::Params p;
+    p.crop = AugmentStage::Crop::kCenter;
+    p.size = {500, 500};
+    return p;
+  }();
+  Chain chain({}, &too_big);
+  Sample corrupt;
+  corrupt.bytes = jpeg(64, 64);
+  corrupt.bytes.resize(corrupt.bytes.size() / 3);  // truncated: an error under `strict`
+  EXPECT_THROW(chain.decode->process(corrupt, chain.reporter), SampleError);
+  EXPECT_FALSE(corrupt.tensor.borrowed());
+  EXPECT_TRUE(all_returned(chain.pool()));
+
+  Sample small;
+  small.bytes = jpeg(64, 64);
+  chain.decode->process(small, chain.reporter);
+  EXPECT_TRUE(small.tensor.borrowed());
+  EXPECT_THROW(chain.augment->process(small, chain.reporter), SampleError);
+  EXPECT_FALSE(small.tensor.borrowed());
+  EXPECT_FALSE(small.scratch.borrowed());
+  EXPECT_TRUE(all_returned(chain.pool()));
+}
+
+TEST(ImageBuffers, NormalizeGivesBackWhenTheMeanImageDoesNotFit) {
+  const fs::path npy = fs::temp_directory_path() / "millrace_image_buffers_mean.npy";
+  {
+    // A (3, 4, 4) float32 mean image: the crop below is 64x64, so every sample is an error.
+    const std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4, 4), }";
+    std::string padded = header + std::string(118 - header.size(), ' ') + "\n";
+    std::ofstream out(npy, std::ios::binary);
+    out.write("\x93NUMPY\x01\x00", 8);
+    const char length[2] = {static_cast<char>(padded.size()), 0};
+    out.write(length, 2);
+    out << padded;
+    const std::vector<float> zeros(48, 0.0F);
+    out.write(reinterpret_cast<const char*>(zeros.data()),
+              static_cast<std::streamsize>(zeros.size() * sizeof(float)));
+  }
+  NormalizeStage::Params np;
+  np.mean_image = npy.string();
+  const AugmentStage::Params ap = center(0);
+  Chain chain({}, &ap, np);
+  Sample s;
+  s.bytes = jpeg(100, 100);
+  chain.decode->process(s, chain.reporter);
+  chain.augment->process(s, chain.reporter);
+  EXPECT_TRUE(s.tensor.borrowed());
+  EXPECT_THROW(chain.normalize->process(s, chain.reporter), SampleError);
+  EXPECT_FALSE(s.tensor.borrowed());
+  EXPECT_FALSE(s.scratch.borrowed());
+  EXPECT_TRUE(all_returned(chain.pool()));
+  std::error_code ignored;
+  fs::remove(npy, ignored);
+}
+
+// ---- Whole pipelines ----------------------------------------------------------------------------
+
+constexpr int kImages = 320;
+constexpr int kCorrupt = 12;
+
+// Generated ImageNet-like JPEGs (shorter side 333..500), a list of them, a list with corrupt files
+// among them, and the same images packed into a .rec: made once for the binary.
+class Dataset : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    std::string pattern = (fs::temp_directory_path() / "millrace_image_buffers_XXXXXX").string();
+    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+    root_ = pattern;
+    datasets::DatasetSpec spec;
+    spec.dir = images();
+    spec.count = kImages;
+    spec.classes = 4;
+    spec.seed = 3;
+    datasets::make_dataset(spec, {});
+    // Every 27th entry is followed by a file that does not decode: a garbage one or a truncated
+    // JPEG, skipped as tombstones.
+    std::ifstream in(fs::path(images()) / "labels.lst");
+    std::ofstream out(fs::path(images()) / "with_errors.lst");
+    std::string line;
+    int index = 0;
+    int corrupt = 0;
+    while (std::getline(in, line)) {
+      const std::string rest = line.substr(line.find('\t'));
+      out << index++ << rest << "\n";
+      if (index % 27 == 0 && corrupt < kCorrupt) {
+        const std::string name = "corrupt_" + std::to_string(corrupt) + ".jpg";
+        std::ofstream bad(fs::path(images()) / name, std::ios::binary);
+        if (corrupt % 2 == 0) {
+          bad << "not an image at all";
+        } else {
+          const std::string good = (fs::path(images()) / rest.substr(rest.rfind('\t') + 1));
+          std::ifstream source(good, std::ios::binary);
+          std::string bytes((std::istreambuf_iterator<char>(source)), {});
+          bad << bytes.substr(0, bytes.size() / 2);
+        }
+        out << index++ << "\t0.000000\t" << name << "\n";
+        ++corrupt;
+      }
+    }
+    // Images of one size, for a pipeline without augment (whose batches need equal shapes).
+    fs::create_directories(fixed());
+    std::ofstream fixed_list(fs::path(fixed()) / "labels.lst");
+    for (int i = 0; i < kImages; ++i) {
+      const std::string name = "img_" + std::to_string(i) + ".jpg";
+      const std::vector<std::uint8_t> bytes = jpeg(128, 96);
+      std::ofstream(fs::path(fixed()) / name, std::ios::binary)
+          .write(reinterpret_cast<const char*>(bytes.data()),
+                 static_cast<std::streamsize>(bytes.size()));
+      fixed_list << i << "\t0.000000\t" << name << "\n";
+    }
+    recordio::PackOptions pack;
+    pack.list = (fs::path(images()) / "labels.lst").string();
+    pack.output = rec();
+    recordio::pack(pack);
+  }
+  void TearDown() override {
+    std::error_code ignored;
+    fs::remove_all(root_, ignored);
+  }
+  static std::string images() { return (root_ / "images").string(); }
+  static std::string rec() { return (root_ / "images.rec").string(); }
+  static std::string fixed() { return (root_ / "fixed").string(); }
+
+ private:
+  static inline fs::path root_;
+};
+
+const auto* const kDatasetEnvironment = ::testing::AddGlobalTestEnvironment(new Dataset);
+
+struct Recipe {
+  const char* name;
+  const char* source;  // files | recordio
+  const char* list;    // files: the list
+  const char* decode;
+  const char* augment;  // empty: no augment stage
+};
+
+const Recipe kRecipes[] = {
+    {"validation", "files", "labels.lst", "{type: decode, on_error: skip}",
+     "{type: augment, resize: 96, crop: center, size: [64, 64]}"},
+    {"train", "files", "labels.lst", "{type: decode, on_error: skip}",
+     "{type: augment, crop: random_resized, size: [64, 64], mirror: 0.5}"},
+    {"train_reduced", "files", "labels.lst", "{type: decode, on_error: skip, reduce: auto}",
+     "{type: augment, crop: random_resized, size: [64, 64], mirror: 0.5}"},
+    {"validation_reduced", "files", "labels.lst", "{type: decode, on_error: skip, reduce: auto}",
+     "{type: augment, resize: 96, crop: center, size: [64, 64]}"},
+    {"crop_without_resize", "files", "labels.lst", "{type: decode, on_error: skip}",
+     "{type: augment, crop: random, size: [300, 300]}"},
+    // Without augment the images come from a folder of equally sized ones.
+    {"no_augment", "files", "labels.lst", "{type: decode, on_error: skip}", ""},
+    {"recordio", "recordio", "", "{type: decode, on_error: skip}",
+     "{type: augment, resize: 96, crop: center, size: [64, 64]}"},
+    {"with_tombstones", "files", "with_errors.lst", "{type: decode, on_error: skip}",
+     "{type: augment, resize: 96, crop: center, size: [64, 64]}"},
+};
+
+std::string recipe_yaml(const Recipe& r, int threads, int queue) {
+  std::string yaml = "pipeline: {threads: " + std::to_string(threads) +
+                     ", queue: " + std::to_string(queue) + ", ordered: true, seed: 1}\nstages:\n";
+  if (std::string(r.source) == "files") {
+    const bool whole = *r.augment == '\0';
+    yaml += "  - {type: files, root: '" + (whole ? Dataset::fixed() : Dataset::images()) +
+            "', list: " + r.list + ", shuffle: true}\n";
+  } else {
+    yaml += "  - {type: recordio, path: '" + Dataset::rec() + "', shuffle: true}\n";
+  }
+  yaml += std::string("  - ") + r.decode + "\n";
+  if (*r.augment != '\0') yaml += std::string("  - ") + r.augment + "\n";
+  yaml += "  - {type: normalize, dtype: int8, mean: [123.68, 116.779, 103.939]}\n";
+  // A wide ordering window (the capacity of the edge into batch): samples wait there with their
+  // output only.
+  yaml += "  - {type: batch, size: 4, last: partial, queue: 24}\n";
+  yaml += "  - {type: discard}\n";
+  return yaml;
+}
+
+// The bound of the file's opening comment, from the plan: for each stage after the one that
+// lends (decode) up to the last one that gives back (normalize), its input edge's capacity and its
+// concurrency.
+std::size_t derived_bound(const PipelinePlan& plan, int threads) {
+  std::size_t first = 0;
+  std::size_t last = 0;
+  for (std::size_t i = 0; i < plan.stages.size(); ++i) {
+    if (plan.stages[i].type == "decode") first = i;
+    if (plan.stages[i].type == "normalize") last = i;
+  }
+  std::size_t bound = 0;
+  for (std::size_t i = first + 1; i <= last; ++i) {
+    const StagePlan& s = plan.stages[i];
+    const int concurrency = s.concurrency_auto ? threads : s.concurrency;
+    bound += static_cast<std::size_t>(s.queue) + static_cast<std::size_t>(concurrency);
+  }
+  return bound;
+}
+
+std::shared_ptr<BufferPool> pool_of(Pipeline& p) {
+  for (const StagePlan& s : PipelineAccess::impl(p).plan().stages) {
+    if (s.type == "decode") return dynamic_cast<const BufferPoolUser&>(*s.stage).buffer_pool();
+  }
+  throw std::logic_error("no decode stage");
+}
+
+class PipelineBuffers : public ::testing::TestWithParam<int> {};
+
+TEST_P(PipelineBuffers, BoundedByTheEdgesAfterDecodeNotByTheWindowOrTheDataSet) {
+  const int threads = GetParam();
+  constexpr int kQueue = 3;
+  for (const Recipe& r : kRecipes) {
+    SCOPED_TRACE(r.name);
+    Pipeline p = Pipeline::from_string(recipe_yaml(r, threads, kQueue), r.name);
+    Pipeline::Impl& impl = PipelineAccess::impl(p);
+    const std::size_t bound = derived_bound(impl.plan(), threads);
+    std::shared_ptr<BufferPool> pool = pool_of(p);
+    // A consumer slower than the stages at first: back-pressure fills every edge and the
+    // ordering window, so that far more samples are alive at once than the bound, and the edges
+    // after decode are full, the most buffers the bound allows.
+    std::uint64_t rows = 0;
+    for (int batches = 0; auto b = p.next(); ++batches) {
+      rows += b->size() - static_cast<std::size_t>(b->pad());
+      if (batches < 10) std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    const RunStats stats = p.stats();
+    const bool tombstones = std::string(r.list) == "with_errors.lst";
+    EXPECT_EQ(rows, static_cast<std::uint64_t>(kImages));
+    EXPECT_EQ(stats.skipped.size(), tombstones ? static_cast<std::size_t>(kCorrupt) : 0U);
+    // Far more samples were alive at once than buffers may be: the buffers do not follow them.
+    EXPECT_GT(impl.samples_created(), bound);
+    EXPECT_GE(pool->created(), 1U);
+    EXPECT_LE(pool->created(), bound)
+        << "samples created " << impl.samples_created() << " of " << impl.samples_limit();
+    EXPECT_TRUE(all_returned(*pool)) << "every buffer is back once the stream has ended";
+    std::printf("%-20s threads %d: %zu image buffers (bound %zu), %zu samples (limit %zu)\n",
+                r.name, threads, pool->created(), bound, impl.samples_created(),
+                impl.samples_limit());
+  }
+}
+
+TEST_P(PipelineBuffers, ACancelledRunGivesEveryBufferBack) {
+  const int threads = GetParam();
+  std::shared_ptr<BufferPool> pool;
+  {
+    Pipeline p = Pipeline::from_string(recipe_yaml(kRecipes[0], threads, 4), "cancelled");
+    pool = pool_of(p);
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(p.next().has_value());
+    p.cancel();
+    while (p.next()) {
+    }
+    EXPECT_LE(pool->created(), derived_bound(PipelineAccess::impl(p).plan(), threads));
+  }
+  EXPECT_GE(pool->created(), 1U);
+  EXPECT_TRUE(all_returned(*pool));
+}
+
+INSTANTIATE_TEST_SUITE_P(Threads, PipelineBuffers, ::testing::Values(1, 2),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return std::to_string(info.param) + "_threads";
+                         });
+
+}  // namespace
+}  // namespace millrace
