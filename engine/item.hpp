@@ -44,7 +44,9 @@ inline void resize_reusing(std::vector<std::uint8_t>& buffer, std::size_t bytes)
 class BufferLease {
  public:
   BufferLease() = default;
+  // Copies hold nothing: a lease belongs to the storage it was taken for.
   BufferLease(const BufferLease&) noexcept {}
+  // NOLINTNEXTLINE(bugprone-unhandled-self-assignment): assigns nothing, so self is harmless.
   BufferLease& operator=(const BufferLease&) noexcept { return *this; }
   BufferLease(BufferLease&& other) noexcept
       : pool_(std::move(other.pool_)), buffer_(std::exchange(other.buffer_, nullptr)) {}
@@ -56,16 +58,17 @@ class BufferLease {
     }
     return *this;
   }
-  // Only a tensor destroyed while it still borrows gets here: its own memory, parked in the pool
-  // buffer, is what goes back (the borrowed memory leaves with the tensor's storage).
+  // Reached with a buffer held only when a borrowing tensor is destroyed or moved onto: the buffer
+  // goes back holding the tensor's own memory, parked there, as the borrowed memory leaves with
+  // the tensor's storage.
   ~BufferLease() { drop(); }
 
   explicit operator bool() const { return buffer_ != nullptr; }
 
   // Swaps `storage` with a buffer of `pool`.
-  void take(std::shared_ptr<BufferPool> pool, std::vector<std::uint8_t>& storage) {
+  void take(const std::shared_ptr<BufferPool>& pool, std::vector<std::uint8_t>& storage) {
     buffer_ = pool->acquire();
-    pool_ = std::move(pool);
+    pool_ = pool;
     std::swap(storage, buffer_->bytes);
   }
   // Swaps the pool's memory back out of `storage` and returns the buffer to its pool.
@@ -111,8 +114,8 @@ struct Tensor {
   }
   // Makes `storage` a buffer of `pool` (its content is then undefined) until give_back(). A
   // tensor that already borrows keeps its buffer.
-  void borrow(std::shared_ptr<BufferPool> pool) {
-    if (!lease && pool != nullptr) lease.take(std::move(pool), storage);
+  void borrow(const std::shared_ptr<BufferPool>& pool) {
+    if (!lease && pool != nullptr) lease.take(pool, storage);
   }
   bool borrowed() const { return static_cast<bool>(lease); }
   // Returns borrowed storage to its pool and takes the tensor's own memory back; the tensor is

@@ -12,8 +12,9 @@
 //   need one at the same moment rather than every item alive. acquire() and release() may be called
 //   from any thread and never block or spin: an empty pool creates a buffer (the only allocation),
 //   which stops once the pool holds as many buffers as were ever borrowed at once. Buffers keep
-//   their capacity. The pool is shared through std::shared_ptr: a BufferLease keeps it alive, so
-//   items may outlive the stage that made the pool.
+//   their capacity, so a pool is best kept to data of one kind (one stage's output) whose sizes are
+//   alike. The pool is held through std::shared_ptr: a BufferLease keeps it alive, so items may
+//   outlive the stage that made the pool.
 #pragma once
 
 #include <atomic>
@@ -111,28 +112,5 @@ class BufferPool {
   std::atomic<PooledBuffer*> all_{nullptr};
   std::atomic<std::size_t> created_{0};
 };
-
-// Implemented by stages that borrow buffers from a BufferPool: in link(), each such stage takes
-// the pool of the first such stage before it (adopt_buffer_pool below), so that one pool serves the
-// whole pipeline and a buffer one stage gives back is the next one another stage borrows.
-class BufferPoolUser {
- public:
-  virtual const std::shared_ptr<BufferPool>& buffer_pool() const = 0;
-
- protected:
-  ~BufferPoolUser() = default;
-};
-
-// The pool of the first BufferPoolUser among `upstream` (a stage's upstream stages, source
-// first), or `own` when there is none. Taking the first one rather than the nearest makes the
-// choice independent of the order in which stages are linked.
-template <class StagePtr>
-std::shared_ptr<BufferPool> adopt_buffer_pool(const std::vector<StagePtr>& upstream,
-                                              std::shared_ptr<BufferPool> own) {
-  for (const auto& stage : upstream) {
-    if (const auto* user = dynamic_cast<const BufferPoolUser*>(stage)) return user->buffer_pool();
-  }
-  return own;
-}
 
 }  // namespace millrace

@@ -469,8 +469,10 @@ std::string two_work_stages(const std::string& source, const std::string& work,
 }
 
 TEST(WhereTheTimeGoes, ASlowDownstreamStageBlocksTheOneBeforeIt) {
+  // About 0.6 s: the contrast needs a second thread in the arena, and on a loaded machine the
+  // worker may join late; a run this long leaves it most of the run either way.
   Pipeline p = PipelineAccess::from_string(
-      two_work_stages(", count: 200", ", spin: 0", ", spin: 0, sleep_us: 1000, concurrency: 1"),
+      two_work_stages(", count: 400", ", spin: 0", ", spin: 0, sleep_us: 1500, concurrency: 1"),
       test_registry());
   drain(p);
   const RunStats s = p.stats();

@@ -1,7 +1,6 @@
 #include "stages/augment/augment_stage.hpp"
 
 #include <cmath>
-#include <cstdlib>
 #include <opencv2/core.hpp>
 #include <stdexcept>
 #include <tuple>
@@ -83,7 +82,6 @@ AugmentStage::AugmentStage(StageContext context, Params params)
 }
 
 void AugmentStage::link(const std::vector<Stage*>& upstream, Diagnostics&) {
-  if (std::getenv("EXP_SHARE")) buffers_ = adopt_buffer_pool(upstream, buffers_);
   // Nothing to reduce without a resize or a crop, and area interpolation needs the resize to see
   // every source pixel.
   const bool useful = params_.resize > 0 || params_.crop != Crop::kNone;

@@ -14,11 +14,11 @@
 // resize followed by a crop becomes one resampling of the window). With `interpolation: area`
 // only windows that need no preceding resize are reduced, and only at full scale.
 //
-// Buffers: the resized image is written into storage borrowed from the pipeline's image buffer
-// pool (the one decode borrows from, taken in link()), and each input image goes back to the pool
-// as soon as the stage has read it. What the stage writes as its output (a random-resized crop,
-// a resampled window) goes into the sample's own storage: once that is written, the sample holds
-// no pool buffer. A plain crop is only a region of the input, which stays borrowed until
+// Buffers: a resize before the crop is written into storage borrowed from the stage's own pool of
+// resized images, and the input image (a decoded image borrowed by `decode`) goes back to its pool
+// as soon as the stage has read it. What the stage writes as its output (a random-resized crop, a
+// resampled window) goes into the sample's own storage: once that is written, the sample holds no
+// borrowed buffer. A plain crop is only a region of its input, which stays borrowed until
 // `normalize` has read it. A sample that fails here gives back what it borrowed.
 #pragma once
 
@@ -33,9 +33,7 @@
 
 namespace millrace {
 
-class AugmentStage final : public TransformStage,
-                           public DecodeWindowSource,
-                           public BufferPoolUser {
+class AugmentStage final : public TransformStage, public DecodeWindowSource {
  public:
   enum class Crop { kNone, kCenter, kRandom, kRandomResized };
   struct Params {
@@ -60,7 +58,8 @@ class AugmentStage final : public TransformStage,
   std::optional<decode::WindowRequest> decode_window(int width, int height,
                                                      const Sample& sample) const noexcept override;
   const Params& params() const { return params_; }
-  const std::shared_ptr<BufferPool>& buffer_pool() const override { return buffers_; }
+  // The resized images' buffers (its created() is what tests hold against the graph's bound).
+  const std::shared_ptr<BufferPool>& buffer_pool() const { return buffers_; }
 
   // What process() makes of an image of width x height: the window it reads, in full-size
   // coordinates (fractional after a resize), and the output size. `resample` is false for a

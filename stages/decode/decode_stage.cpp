@@ -64,10 +64,6 @@ bool DecodeStage::attach_window_source(const DecodeWindowSource* source) {
   return true;
 }
 
-void DecodeStage::link(const std::vector<Stage*>& upstream, Diagnostics&) {
-  buffers_ = adopt_buffer_pool(upstream, buffers_);
-}
-
 void DecodeStage::process(Sample& sample, RunReporter& reporter) const {
   decode::Info info;
   // No stage reads a sample's scratch tensor after the stage that filled it.

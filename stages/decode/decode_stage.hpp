@@ -3,11 +3,11 @@
 // Contract: concurrent; process() touches only its sample. A file that does not decode (corrupt,
 // truncated under `strict`, not an image, larger than `max_pixels`) is a per-sample error.
 //
-// The decoded image is large and needed only until the stages after decode have read it: it goes
-// into storage borrowed from the pipeline's image buffer pool (Sample::tensor borrows; see
-// engine/item.hpp), which `augment` or `normalize` give back once they have written their
-// smaller output. A sample that fails to decode gives its buffer back at once, so a tombstone
-// never holds one.
+// The decoded image is large and needed only until a later stage has read it: it goes into
+// storage borrowed from the stage's pool of decoded images (Sample::tensor borrows; see
+// engine/item.hpp), and `augment` or `normalize` gives it back once it has written its own
+// output. A sample that fails to decode gives its buffer back at once, so a tombstone never holds
+// one. The pool holds as many buffers as there were decoded images waiting to be read at once.
 //
 // `reduce: auto`: the stage that reads the decoded pixels (the augment right after this stage)
 // attaches itself during link() as a DecodeWindowSource. For each JPEG, once its header is read,
@@ -19,7 +19,6 @@
 
 #include <memory>
 #include <optional>
-#include <vector>
 
 #include "engine/pool.hpp"
 #include "engine/registry.hpp"
@@ -40,7 +39,7 @@ class DecodeWindowSource {
   ~DecodeWindowSource() = default;
 };
 
-class DecodeStage final : public TransformStage, public BufferPoolUser {
+class DecodeStage final : public TransformStage {
  public:
   enum class Reduce { kOff, kAuto };
   struct Params {
@@ -53,9 +52,9 @@ class DecodeStage final : public TransformStage, public BufferPoolUser {
   static const Schema<Params>& schema();
 
   DecodeStage(StageContext context, Params params);
-  void link(const std::vector<Stage*>& upstream, Diagnostics& diagnostics) override;
   void process(Sample& sample, RunReporter& reporter) const override;
-  const std::shared_ptr<BufferPool>& buffer_pool() const override { return buffers_; }
+  // The decoded images' buffers (its created() is what tests hold against the graph's bound).
+  const std::shared_ptr<BufferPool>& buffer_pool() const { return buffers_; }
 
   // Called from the link() of the stage right after this one. Returns whether decode will consult
   // it (only with `reduce: auto`). The source must outlive the stage's run.

@@ -4,9 +4,9 @@
 // sample's pending crop region and mirror while mapping every pixel through the per-channel
 // 256-entry table into the output layout, so decoded pixels are copied exactly once on their way
 // to the batch. The effective quantization parameters ride on every sample (and so every batch).
-// The output goes into the sample's own storage; the input image, when it was borrowed from the
-// pipeline's image buffer pool (a decoded or resized image read through its crop region), goes
-// back to the pool once read, or when the sample fails here.
+// The output goes into the sample's own storage; the input image, when it was borrowed from a
+// pool (a decoded or resized image read through its crop region), goes back to its pool once
+// read, or when the sample fails here.
 #pragma once
 
 #include <memory>
