@@ -12,6 +12,7 @@
 #include <fstream>
 #include <numeric>
 #include <sstream>
+#include <stdexcept>
 #include <system_error>
 
 #include "engine/random.hpp"
@@ -50,11 +51,47 @@ std::vector<std::string> split_tabs(const std::string& line) {
 
 }  // namespace
 
-std::vector<FileEntry> read_image_list(const std::string& list_path, const std::string& root,
-                                       int label_width) {
+void FileIndex::add(std::uint64_t id, std::string_view path, const float* labels) {
+  ids_.push_back(id);
+  chars_.append(path);
+  path_end_.push_back(chars_.size());
+  labels_.insert(labels_.end(), labels, labels + label_width_);
+}
+
+void FileIndex::keep(std::size_t begin, std::size_t end) {
+  end = std::min(end, size());
+  begin = std::min(begin, end);
+  const std::size_t first_char = begin == 0 ? 0 : path_end_[begin - 1];
+  const std::size_t last_char = end == 0 ? 0 : path_end_[end - 1];
+  chars_ = chars_.substr(first_char, last_char - first_char);
+  std::vector<std::uint64_t> path_end(path_end_.begin() + static_cast<std::ptrdiff_t>(begin),
+                                      path_end_.begin() + static_cast<std::ptrdiff_t>(end));
+  for (auto& e : path_end) e -= first_char;
+  path_end_ = std::move(path_end);
+  const auto w = static_cast<std::ptrdiff_t>(label_width_);
+  labels_ = std::vector<float>(labels_.begin() + static_cast<std::ptrdiff_t>(begin) * w,
+                               labels_.begin() + static_cast<std::ptrdiff_t>(end) * w);
+  ids_ = std::vector<std::uint64_t>(ids_.begin() + static_cast<std::ptrdiff_t>(begin),
+                                    ids_.begin() + static_cast<std::ptrdiff_t>(end));
+}
+
+FileEntry FileIndex::operator[](std::size_t i) const {
+  return {id(i), std::string(path(i)), std::vector<float>(labels(i), labels(i) + label_width_)};
+}
+
+FileEntry FileIndex::at(std::size_t i) const {
+  if (i >= size()) {
+    throw std::out_of_range("FileIndex::at: entry " + std::to_string(i) + " of " +
+                            std::to_string(size()));
+  }
+  return (*this)[i];
+}
+
+FileIndex read_image_list(const std::string& list_path, const std::string& root, int label_width) {
   std::ifstream in(list_path);
   if (!in) throw std::runtime_error(list_path + ": cannot open image list");
-  std::vector<FileEntry> entries;
+  FileIndex entries(label_width);
+  std::vector<float> labels(static_cast<std::size_t>(label_width));
   std::string line;
   int line_number = 0;
   while (std::getline(in, line)) {
@@ -68,7 +105,6 @@ std::vector<FileEntry> read_image_list(const std::string& list_path, const std::
                                " label(s) and a path separated by tabs, found " +
                                std::to_string(fields.size()) + " fields");
     }
-    FileEntry e;
     const std::string& index = fields.front();
     // im2rec writes the index as an integer; some tools write it as a float ("12.0"): accept a
     // fraction of zeros, parsed exactly (a double would lose ids above 2^53).
@@ -83,7 +119,6 @@ std::vector<FileEntry> read_image_list(const std::string& list_path, const std::
         !zero_fraction) {
       throw std::runtime_error(where + "index '" + index + "' is not a non-negative integer");
     }
-    e.id = id;
     for (int k = 0; k < label_width; ++k) {
       const std::string& text = fields[static_cast<std::size_t>(k) + 1];
       float value = 0;
@@ -91,15 +126,14 @@ std::vector<FileEntry> read_image_list(const std::string& list_path, const std::
       if (lec != std::errc() || lp != text.data() + text.size()) {
         throw std::runtime_error(where + "label '" + text + "' is not a number");
       }
-      e.labels.push_back(value);
+      labels[static_cast<std::size_t>(k)] = value;
     }
-    e.path = resolve(root, fields.back());
-    entries.push_back(std::move(e));
+    entries.add(id, resolve(root, fields.back()), labels.data());
   }
   return entries;
 }
 
-std::vector<FileEntry> scan_image_folder(const std::string& root) {
+FileIndex scan_image_folder(const std::string& root) {
   std::vector<std::string> relative;
   for (auto it =
            fs::recursive_directory_iterator(root, fs::directory_options::follow_directory_symlink);
@@ -114,20 +148,15 @@ std::vector<FileEntry> scan_image_folder(const std::string& root) {
     if (entry.is_directory()) classes.push_back(entry.path().filename().string());
   }
   std::sort(classes.begin(), classes.end());
-  std::vector<FileEntry> entries;
-  entries.reserve(relative.size());
+  FileIndex entries(1);
   for (std::size_t i = 0; i < relative.size(); ++i) {
-    FileEntry e;
-    e.id = i;
-    e.path = resolve(root, relative[i]);
     const auto slash = relative[i].find('/');
     float label = 0;
     if (slash != std::string::npos) {
       auto pos = std::lower_bound(classes.begin(), classes.end(), relative[i].substr(0, slash));
       label = static_cast<float>(pos - classes.begin());
     }
-    e.labels.push_back(label);
-    entries.push_back(std::move(e));
+    entries.add(i, resolve(root, relative[i]), &label);
   }
   return entries;
 }
@@ -216,7 +245,7 @@ void FilesSource::prepare() {
                              "': " + e.code().message());
   }
   if (params_.limit > 0 && entries_.size() > static_cast<std::size_t>(params_.limit)) {
-    entries_.resize(static_cast<std::size_t>(params_.limit));
+    entries_.keep(0, static_cast<std::size_t>(params_.limit));
   }
   const int parts = params_.num_parts > 0 ? params_.num_parts : context().world;
   const int part = params_.part_index >= 0 ? params_.part_index : context().rank;
@@ -228,8 +257,7 @@ void FilesSource::prepare() {
   num_parts_ = parts;
   if (parts > 1) {
     const auto [begin, end] = part_range(entries_.size(), parts, part);
-    entries_.erase(entries_.begin() + static_cast<std::ptrdiff_t>(end), entries_.end());
-    entries_.erase(entries_.begin(), entries_.begin() + static_cast<std::ptrdiff_t>(begin));
+    entries_.keep(begin, end);
   }
   if (entries_.empty()) {
     throw std::runtime_error(
@@ -263,10 +291,10 @@ SourceStatus FilesSource::next(Sample& sample) {
     ++epoch_;
     return SourceStatus::kEpochEnd;
   }
-  const FileEntry& e = entries_[order_[position_++]];
-  sample.id = e.id;
-  sample.path = e.path;
-  sample.labels.assign(e.labels.begin(), e.labels.end());
+  const std::size_t i = order_[position_++];
+  sample.id = entries_.id(i);
+  sample.path.assign(entries_.path(i));
+  sample.labels.assign(entries_.labels(i), entries_.labels(i) + entries_.label_width());
   sample.epoch = static_cast<std::uint32_t>(epoch_);
   return SourceStatus::kSample;
 }

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/registry.hpp"
@@ -24,15 +25,51 @@ struct FileEntry {
   std::vector<float> labels;
 };
 
+// The data set's file list, stored flat: all paths in one character buffer, all labels in one
+// float array (every entry has the same number of labels), ids in one array. About 70 bytes an
+// entry for ImageNet-style paths, where a vector of FileEntry costs about 200 (a string and a
+// vector, each a heap block, per entry): the one part of millrace's memory that grows with the
+// data set, 90 MB instead of 250 MB for ImageNet's 1.28 million training images.
+class FileIndex {
+ public:
+  explicit FileIndex(int label_width = 1) : label_width_(label_width) {}
+
+  // `labels` holds label_width() values.
+  void add(std::uint64_t id, std::string_view path, const float* labels);
+  // Keeps entries [begin, end) (a limit, a part), releasing the rest's memory.
+  void keep(std::size_t begin, std::size_t end);
+
+  std::size_t size() const { return ids_.size(); }
+  bool empty() const { return ids_.empty(); }
+  int label_width() const { return label_width_; }
+  std::uint64_t id(std::size_t i) const { return ids_[i]; }
+  std::string_view path(std::size_t i) const {
+    const std::size_t begin = i == 0 ? 0 : path_end_[i - 1];
+    return std::string_view(chars_).substr(begin, path_end_[i] - begin);
+  }
+  const float* labels(std::size_t i) const {
+    return labels_.data() + i * static_cast<std::size_t>(label_width_);
+  }
+  // One entry as a value (for tools and tests; the source reads the fields above).
+  FileEntry operator[](std::size_t i) const;
+  FileEntry at(std::size_t i) const;
+
+ private:
+  int label_width_;
+  std::string chars_;
+  std::vector<std::uint64_t> path_end_;
+  std::vector<float> labels_;
+  std::vector<std::uint64_t> ids_;
+};
+
 // Reads an im2rec list: `index<TAB>label_1<TAB>...<TAB>label_W<TAB>path` per line. Paths are
 // resolved against `root` unless absolute. Throws std::runtime_error naming file:line on a
 // malformed line.
-std::vector<FileEntry> read_image_list(const std::string& list_path, const std::string& root,
-                                       int label_width);
+FileIndex read_image_list(const std::string& list_path, const std::string& root, int label_width);
 // Scans `root` recursively for image files (jpg, jpeg, png, webp, bmp, tif, tiff). Label = index
 // of the sorted top-level sub-folder the file is in (0 when root has no sub-folders); sample id =
 // position in the list sorted by relative path.
-std::vector<FileEntry> scan_image_folder(const std::string& root);
+FileIndex scan_image_folder(const std::string& root);
 // MXNet's partition by record count: part k of n holds entries [k*step, min(N, (k+1)*step)) with
 // step = ceil(N / n). Every entry lands in exactly one part.
 std::pair<std::size_t, std::size_t> part_range(std::size_t count, int num_parts, int part_index);
@@ -64,14 +101,14 @@ class FilesSource final : public SourceStage {
   std::optional<std::uint64_t> total_samples() const override;
   std::pair<int, int> part() const override { return {part_index_, num_parts_}; }
 
-  const std::vector<FileEntry>& entries() const { return entries_; }
+  const FileIndex& entries() const { return entries_; }
 
  private:
   void begin_epoch();
 
   Params params_;
   std::uint64_t seed_ = 0;
-  std::vector<FileEntry> entries_;
+  FileIndex entries_;
   std::vector<std::uint32_t> order_;
   std::size_t position_ = 0;
   int epoch_ = 0;

@@ -222,7 +222,33 @@ TEST(ScanImageFolder, FlatFolderHasLabelZero) {
   ASSERT_EQ(entries.size(), 2U);
   EXPECT_EQ(fs::path(entries[0].path).filename(), "a.png");
   EXPECT_EQ(fs::path(entries[1].path).filename(), "b.jpg");
-  for (const auto& e : entries) EXPECT_EQ(e.labels, std::vector<float>{0.0F});
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    EXPECT_EQ(entries[i].labels, std::vector<float>{0.0F});
+  }
+}
+
+TEST(FileIndex, KeepsARangeOfEntriesIntact) {
+  FileIndex index(2);
+  for (std::uint64_t i = 0; i < 6; ++i) {
+    const std::string path = "dir/" + std::string(i + 1, 'x') + ".jpg";  // paths of every length
+    const float labels[2] = {static_cast<float>(i), -static_cast<float>(i)};
+    index.add(100 + i, path, labels);
+  }
+  ASSERT_EQ(index.size(), 6U);
+  EXPECT_EQ(index.path(0), "dir/x.jpg");
+  EXPECT_EQ(index.path(5), "dir/xxxxxx.jpg");
+  index.keep(2, 5);
+  ASSERT_EQ(index.size(), 3U);
+  for (std::size_t i = 0; i < 3; ++i) {
+    const FileEntry e = index.at(i);
+    EXPECT_EQ(e.id, 102 + i);
+    EXPECT_EQ(e.path, "dir/" + std::string(i + 3, 'x') + ".jpg");
+    EXPECT_EQ(e.labels,
+              (std::vector<float>{static_cast<float>(i + 2), -static_cast<float>(i + 2)}));
+  }
+  EXPECT_THROW(index.at(3), std::out_of_range);
+  index.keep(1, 1);
+  EXPECT_TRUE(index.empty());
 }
 
 TEST(ScanImageFolder, MissingRootThrows) {

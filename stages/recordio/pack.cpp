@@ -97,13 +97,16 @@ std::vector<Item> items_of(const PackOptions& o) {
   if (!fs::is_directory(o.folder, ec)) {
     throw std::runtime_error(o.folder + ": not a folder");
   }
-  std::vector<FileEntry> entries;
+  FileIndex entries;
   try {
     entries = scan_image_folder(o.folder);
   } catch (const fs::filesystem_error& e) {
     throw std::runtime_error(o.folder + ": cannot scan: " + e.code().message());
   }
-  for (auto& e : entries) items.push_back({e.id, std::move(e.labels), std::move(e.path)});
+  for (std::size_t i = 0; i < entries.size(); ++i) {
+    FileEntry e = entries[i];
+    items.push_back({e.id, std::move(e.labels), std::move(e.path)});
+  }
   if (items.empty()) throw std::runtime_error(o.folder + ": no images found");
   return items;
 }
