@@ -16,24 +16,15 @@
 #include "engine/random.hpp"
 #include "millrace/millrace.hpp"
 #include "stages/augment/augment_stage.hpp"
+#include "stages/common/stage_testing.hpp"
 #include "stages/decode/decode_stage.hpp"
 
 namespace millrace {
 namespace {
 
-class NullReporter final : public RunReporter {
- public:
-  void warn(const Sample&, const std::string&, const std::string&) override {}
-};
+using testing::NullReporter;
 
-StageContext context_for(const std::string& name) {
-  StageContext c;
-  c.name = name;
-  c.type = name;
-  c.seed = 7;
-  c.stage_key = stable_hash(name);
-  return c;
-}
+StageContext context_for(const std::string& name) { return testing::stage_context(name, 7); }
 
 // Smooth shading, edges and mild grain: photo-like, so that a bilinear resize of the full image
 // and a DCT-scaled one agree as they do on photographs.

@@ -36,6 +36,7 @@
 #include "engine/random.hpp"
 #include "millrace/millrace.hpp"
 #include "stages/augment/augment_stage.hpp"
+#include "stages/common/stage_testing.hpp"
 #include "stages/decode/decode_stage.hpp"
 #include "stages/normalize/normalize_stage.hpp"
 #include "stages/recordio/pack.hpp"
@@ -176,19 +177,9 @@ TEST(BufferPool, ACopyOfABorrowingTensorOwnsItsBytes) {
 // ---- The stages, one sample at a time
 // ------------------------------------------------------------
 
-class NullReporter final : public RunReporter {
- public:
-  void warn(const Sample&, const std::string&, const std::string&) override {}
-};
+using testing::NullReporter;
 
-StageContext context_for(const std::string& name) {
-  StageContext c;
-  c.name = name;
-  c.type = name;
-  c.seed = 5;
-  c.stage_key = stable_hash(name);
-  return c;
-}
+StageContext context_for(const std::string& name) { return testing::stage_context(name, 5); }
 
 std::vector<std::uint8_t> jpeg(int width, int height) {
   cv::Mat bgr(height, width, CV_8UC3);
