@@ -17,42 +17,14 @@
 
 #include "engine/config_node.hpp"
 #include "engine/registry.hpp"
+#include "stages/common/temp_dir.hpp"
 
 namespace millrace {
 namespace {
 
 namespace fs = std::filesystem;
 
-// A fresh folder under the system temp folder, removed with everything in it at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "millrace_files_test_XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const fs::path& path() const { return path_; }
-  std::string str() const { return path_.string(); }
-
-  // Writes `content` to `relative`, creating parent folders.
-  fs::path write(const std::string& relative, const std::string& content) const {
-    const fs::path file = path_ / relative;
-    fs::create_directories(file.parent_path());
-    std::ofstream out(file, std::ios::binary);
-    out << content;
-    return file;
-  }
-
- private:
-  fs::path path_;
-};
+using testing::TempDir;
 
 std::string error_of(const std::function<void()>& f) {
   try {

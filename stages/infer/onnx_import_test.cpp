@@ -1,5 +1,7 @@
 #include "stages/infer/onnx_import.hpp"
 
+#include "stages/common/temp_dir.hpp"
+
 #ifndef ONNX_ML
 #define ONNX_ML 1
 #endif
@@ -31,24 +33,7 @@ const fs::path kModels = fs::path(MILLRACE_TEST_DATA_DIR) / "models";
 // ---------------------------------------------------------------------------------------------
 // Helpers: temporary files, building ModelProtos, reading .npy files.
 
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "millrace_onnx_XXXXXX").string();
-    if (mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    fs::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  fs::path operator/(const std::string& name) const { return path_ / name; }
-
- private:
-  fs::path path_;
-};
+using testing::TempDir;
 
 void write_file(const fs::path& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary);

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "stages/common/temp_dir.hpp"
+
 namespace millrace::recordio::testing {
 
 namespace fs = std::filesystem;
@@ -22,27 +24,7 @@ inline std::string fixture(const std::string& name) {
   return std::string(MILLRACE_SOURCE_DIR) + "/../shared/fixtures/recordio/" + name;
 }
 
-// A fresh folder under the system temp folder, removed with everything in it at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "millrace_recordio_test_XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-
-  const fs::path& path() const { return path_; }
-  std::string file(const std::string& relative) const { return (path_ / relative).string(); }
-
- private:
-  fs::path path_;
-};
+using millrace::testing::TempDir;
 
 using Bytes = std::vector<std::uint8_t>;
 
