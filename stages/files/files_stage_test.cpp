@@ -17,6 +17,7 @@
 
 #include "engine/config_node.hpp"
 #include "engine/registry.hpp"
+#include "stages/common/stage_testing.hpp"
 #include "stages/common/temp_dir.hpp"
 
 namespace millrace {
@@ -231,25 +232,8 @@ TEST(ScanImageFolder, MissingRootThrows) {
 
 const std::vector<std::string> kEngineKeys{"type", "name", "concurrency", "queue", "on_error"};
 
-// Builds the stage from YAML exactly as a pipeline does, failing the test on any diagnostic.
 std::unique_ptr<FilesSource> make_source(const std::string& yaml, std::uint64_t pipeline_seed = 0) {
-  Diagnostics d;
-  ConfigNode node = load_config_document(yaml, "test.yaml", d);
-  const StageFactory* factory = Registry::builtin().find("files");
-  EXPECT_NE(factory, nullptr);
-  if (factory == nullptr) return nullptr;
-  StageContext context;
-  context.name = "files";
-  context.type = "files";
-  context.where = node.where;
-  context.seed = pipeline_seed;
-  std::unique_ptr<Stage> stage = factory->create(node, context, kEngineKeys, d);
-  for (const auto& diagnostic : d.all()) ADD_FAILURE() << diagnostic.to_string();
-  auto* source = dynamic_cast<FilesSource*>(stage.get());
-  EXPECT_NE(source, nullptr);
-  if (source == nullptr) return nullptr;
-  stage.release();
-  return std::unique_ptr<FilesSource>(source);
+  return testing::make_stage<FilesSource>("files", yaml, pipeline_seed);
 }
 
 struct Drawn {

@@ -21,6 +21,7 @@
 #include "engine/config_node.hpp"
 #include "engine/registry.hpp"
 #include "millrace/pipeline.hpp"
+#include "stages/common/stage_testing.hpp"
 #include "stages/recordio/pack.hpp"
 #include "stages/recordio/recordio_kernel.hpp"
 #include "stages/recordio/recordio_test_support.hpp"
@@ -40,28 +41,12 @@ using recordio::testing::write_text;
 
 const std::vector<std::string> kEngineKeys{"type", "name", "concurrency", "queue", "on_error"};
 
-// Builds the stage from YAML exactly as a pipeline does, failing the test on any diagnostic.
+// The stage, built from YAML as a pipeline builds it, and prepared.
 std::unique_ptr<RecordIoSource> make_source(const std::string& yaml,
                                             std::uint64_t pipeline_seed = 0) {
-  Diagnostics d;
-  ConfigNode node = load_config_document(yaml, "test.yaml", d);
-  const StageFactory* factory = Registry::builtin().find("recordio");
-  EXPECT_NE(factory, nullptr);
-  if (factory == nullptr) return nullptr;
-  StageContext context;
-  context.name = "recordio";
-  context.type = "recordio";
-  context.where = node.where;
-  context.seed = pipeline_seed;
-  std::unique_ptr<Stage> stage = factory->create(node, context, kEngineKeys, d);
-  for (const auto& diagnostic : d.all()) ADD_FAILURE() << diagnostic.to_string();
-  auto* source = dynamic_cast<RecordIoSource*>(stage.get());
-  EXPECT_NE(source, nullptr);
-  if (source == nullptr) return nullptr;
-  // Ownership moves from the Stage pointer to the typed one.
-  auto out = std::unique_ptr<RecordIoSource>(static_cast<RecordIoSource*>(stage.release()));
-  out->prepare();
-  return out;
+  auto source = testing::make_stage<RecordIoSource>("recordio", yaml, pipeline_seed);
+  if (source != nullptr) source->prepare();
+  return source;
 }
 
 struct Loaded {
