@@ -25,7 +25,8 @@ so that the int8 figures are measured on images the calibration never saw.
     centred figure is the one that tells images apart), for ResNet-18 and ResNet-50; MobileNetV2
     is reported. Top-1 agreement is reported. For reference, the same figures for PyTorch's eager
     int8 (bench/peers/torch_int8.py: onednn engine, calibrated on the same calibration images as
-    millrace saw them) against PyTorch's fp32.
+    millrace saw them) against PyTorch's fp32, and millrace's int8 with the same table but
+    `infer.winograd: false` (direct convolutions only: what the Winograd kernels cost).
 (c) reported: the float32 loader (normalize dtype float32 with the model's std, the network's
     calibrated quantize path, calibrated the same way) against the int8 loader, both int8 networks.
 Both fp32 and int8 runs must also have seen the same bytes (the same samples, in the same order).
@@ -79,7 +80,7 @@ def write_list(path, lines):
 
 
 def make_config(model, list_path, out_dir, precision, loader, table, calibration_batches,
-                calibration_mode):
+                calibration_mode, winograd):
     """configs/<model>_int8.yaml with absolute paths, the given slice, and an npy sink."""
     source = "resnet18" if model == "mobilenet_v2" else model
     with open(os.path.join(REPO, "configs", f"{source}_int8.yaml")) as f:
@@ -96,6 +97,7 @@ def make_config(model, list_path, out_dir, precision, loader, table, calibration
         elif kind == "infer":
             stage["model"] = os.path.join(REPO, "data", "models", f"{model}.onnx")
             stage["precision"] = precision
+            stage["winograd"] = winograd
             stage["calibration"] = {"batches": calibration_batches, "mode": calibration_mode,
                                     "table": table}
             stages.append(stage)
@@ -108,10 +110,11 @@ def make_config(model, list_path, out_dir, precision, loader, table, calibration
     return config
 
 
-def millrace_run(args, model, work, name, list_path, images, precision, loader, table):
+def millrace_run(args, model, work, name, list_path, images, precision, loader, table,
+                 winograd=True):
     out_dir = os.path.join(work, f"{model}_{name}")
     config = make_config(model, list_path, out_dir, precision, loader, table,
-                         args.calibration_batches, args.calibration_mode)
+                         args.calibration_batches, args.calibration_mode, winograd)
     config_path = os.path.join(work, f"{model}_{name}.yaml")
     with open(config_path, "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
@@ -243,6 +246,10 @@ def check_model(args, model, work, lines):
                                           "int8", "int8", table)
     fp32_dir, runs["fp32"] = millrace_run(args, model, work, "fp32", eval_list, args.images,
                                           "fp32", "int8", table)
+    # The same table without the Winograd kernels: what they cost in accuracy.
+    direct_dir, runs["int8_direct"] = millrace_run(args, model, work, "int8_direct", eval_list,
+                                                   args.images, "int8", "int8", table,
+                                                   winograd=False)
     f32_loader = None
     if not args.skip_f32_loader:
         millrace_run(args, model, work, "f32_loader_calibration", calib_list, calib_images,
@@ -254,6 +261,7 @@ def check_model(args, model, work, lines):
     calib = read_npy_run(calib_dir, MODEL_STD)
     int8 = read_npy_run(int8_dir, MODEL_STD)
     fp32 = read_npy_run(fp32_dir, MODEL_STD)
+    direct = read_npy_run(direct_dir, MODEL_STD)
 
     failures = []
     result = {"model": model, "images": args.images, "calibration_images": calib_images,
@@ -296,6 +304,9 @@ def check_model(args, model, work, lines):
     # (b) int8 against fp32, millrace's and, for reference, PyTorch's.
     b = agreement(int8["logits"], fp32["logits"])
     result["int8_vs_fp32"] = b
+    result["int8_direct_vs_fp32"] = agreement(direct["logits"], fp32["logits"])
+    result["winograd_convolutions"] = runs["int8"]["report"]["metrics"].get(
+        "infer.winograd_convolutions")
     if model in GATED:
         if not b["cosine_mean"] >= COSINE_LIMIT:
             failures.append(f"(b) int8 vs fp32 cosine {b['cosine_mean']:.4f} < {COSINE_LIMIT}")
@@ -424,7 +435,9 @@ def main():
           f"{CENTRED_LIMIT} for {', '.join(GATED)}")
     rows = []
     for r in results:
-        for who, key in (("millrace", "int8_vs_fp32"), ("pytorch", "pytorch_int8_vs_fp32"),
+        for who, key in (("millrace", "int8_vs_fp32"),
+                         ("millrace no Winograd", "int8_direct_vs_fp32"),
+                         ("pytorch", "pytorch_int8_vs_fp32"),
                          ("millrace f32 loader", "f32_loader_vs_fp32")):
             if key not in r:
                 continue
@@ -433,6 +446,8 @@ def main():
                          f"{a['centred_cosine_mean']:.4f} / {a['centred_cosine_min']:.4f}",
                          f"{a['top1_agreement']:.3f}"))
     print_table(("model", "cosine", "centred cosine", "top-1 agreement"), rows)
+    print("  millrace: as configured (infer.winograd: true); no Winograd: the same table, "
+          "infer.winograd: false (direct convolutions only)")
     print("  pytorch: PyTorch's eager int8 against its own fp32 on the same input (MobileNetV2: "
           "torchvision's quantizable variant, ReLU for ReLU6)")
     if any("f32_loader_vs_int8_loader" in r for r in results):

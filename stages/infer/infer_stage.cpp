@@ -115,6 +115,10 @@ const Schema<InferStage::Params>& InferStage::schema() {
              });
     s.integer("threads", &Params::threads,
               "oneDNN (OpenMP) threads of the stage's own inference thread", 1, 1024);
+    s.boolean("winograd", &Params::winograd,
+              "int8: 3x3 stride-1 convolutions with at least 128 input channels run oneDNN's "
+              "Winograd kernel (fewer multiplications, the same result up to rounding); false: "
+              "direct convolution everywhere");
     s.custom("input", "{mean, std}",
              "what the model was trained on, in pixel units (torchvision: mean [123.675, 116.28, "
              "103.53], std [58.395, 57.12, 57.375]); checked against normalize, 1/std folded into "
@@ -160,6 +164,7 @@ InferStage::InferStage(StageContext context, Params params)
   model_ = infer::import_onnx(params_.model);
   options_.precision = params_.precision;
   options_.threads = params_.threads;
+  options_.winograd = params_.winograd;
   options_.calibration = params_.calibration_mode;
   if (!params_.input_std.empty()) {
     for (int c = 0; c < 3; ++c) {
@@ -298,6 +303,7 @@ void InferStage::thread_start() {
     network_->load_calibration(params_.calibration_table);
   }
   input_reorders_.store(network_->stats().input_reorders_per_batch);
+  winograd_convolutions_.store(network_->stats().winograd_convolutions);
 }
 
 void InferStage::run(BatchData& b) {
@@ -316,6 +322,7 @@ void InferStage::run(BatchData& b) {
   }
   warm_ = true;
   input_reorders_.store(network_->stats().input_reorders_per_batch);
+  winograd_convolutions_.store(network_->stats().winograd_convolutions);
   // One copy, of the first full batch: the int8 and fp32 kernels' speed does not depend on the
   // values, so one batch stands for all of them.
   if (params_.alone > 0 && alone_input_.empty() && rows == batch_size_ && b.pad == 0) {
@@ -412,6 +419,7 @@ std::vector<std::pair<std::string, double>> InferStage::metrics() const {
   }
   m.emplace_back("calibration_seconds", calibration_seconds_.load());
   m.emplace_back("input_reorders_per_batch", input_reorders_.load());
+  m.emplace_back("winograd_convolutions", winograd_convolutions_.load());
   return m;
 }
 

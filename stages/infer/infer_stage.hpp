@@ -30,6 +30,7 @@ class InferStage final : public BatchTransformStage {
     infer::CalibrationMode calibration_mode = infer::CalibrationMode::kMinMax;
     std::string calibration_table;
     int threads = 1;
+    bool winograd = true;            // int8: Winograd kernel for wide 3x3 convolutions
     std::vector<double> input_mean;  // the model's expectations, pixel units (empty: none given)
     std::vector<double> input_std;
     int top_k = 5;
@@ -72,6 +73,7 @@ class InferStage final : public BatchTransformStage {
   std::atomic<double> infer_seconds_{0};
   std::atomic<double> calibration_seconds_{0};
   std::atomic<int> input_reorders_{0};
+  std::atomic<int> winograd_convolutions_{0};
   // One full batch's input, kept for the `alone` runs at the end of the stream.
   std::vector<std::uint8_t> alone_input_;
   std::vector<float> alone_logits_;

@@ -37,6 +37,7 @@ std::int64_t product(const std::vector<std::int64_t>& v, std::size_t from = 0) {
 }
 
 bool is_reference(std::string_view impl) { return impl.find("ref") != std::string_view::npos; }
+bool is_winograd(std::string_view impl) { return impl.find("wino") != std::string_view::npos; }
 
 // The same memory descriptor with another element type of the same size (u8 <-> s8): how the
 // in-place sum reads an addend of the other signedness, and how a value keeps its layout when
@@ -607,14 +608,28 @@ class Builder {
     const Dims pad_l{op.pads[0], op.pads[1]};
     const Dims pad_r{op.pads[2], op.pads[3]};
     const auto prop = dnnl::prop_kind::forward_inference;
-    const auto alg = dnnl::algorithm::convolution_direct;
-    if (!op.bias.data.empty()) {
-      const memory::desc b({ws[0]}, Dt::f32, Tag::x);
-      dnnl::convolution_forward::desc d(prop, alg, src, w, b, dst, strides, dilation, pad_l, pad_r);
+    const auto make = [&](dnnl::algorithm alg) -> dnnl::convolution_forward::primitive_desc {
+      if (!op.bias.data.empty()) {
+        const memory::desc b({ws[0]}, Dt::f32, Tag::x);
+        dnnl::convolution_forward::desc d(prop, alg, src, w, b, dst, strides, dilation, pad_l,
+                                          pad_r);
+        return {d, attr, engine_};
+      }
+      dnnl::convolution_forward::desc d(prop, alg, src, w, dst, strides, dilation, pad_l, pad_r);
       return {d, attr, engine_};
+    };
+    const bool winograd = options_.winograd && wtype == Dt::s8 && op.groups == 1 && ws[2] == 3 &&
+                          ws[3] == 3 && strides == Dims{1, 1} && dilation == Dims{0, 0} &&
+                          ws[1] >= kWinogradMinChannels;
+    if (winograd) {
+      try {
+        auto pd = make(dnnl::algorithm::convolution_winograd);
+        if (!is_reference(pd.impl_info_str())) return pd;
+      } catch (const dnnl::error&) {
+        // No Winograd kernel for this shape, type or post-op chain on this CPU: direct it is.
+      }
     }
-    dnnl::convolution_forward::desc d(prop, alg, src, w, dst, strides, dilation, pad_l, pad_r);
-    return {d, attr, engine_};
+    return make(dnnl::algorithm::convolution_direct);
   }
 
   struct ConvChoice {
@@ -741,6 +756,7 @@ class Builder {
     step.observed_value = choice.out;
     if (reads_input && program_->first_conv_step < 0) program_->first_conv_step = step_index() - 1;
     if (choice.fused) ++program_->stats.fused_adds;
+    if (is_winograd(pd.impl_info_str())) ++program_->stats.winograd_convolutions;
     states_[choice.out] = dst;
   }
 

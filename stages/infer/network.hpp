@@ -9,10 +9,11 @@
 //
 // Threads: every call sets the calling thread's OpenMP team size to `threads`
 // (omp_set_num_threads), so oneDNN uses exactly that many threads for this Network. libgomp
-// keeps its team spinning after each parallel region unless the process runs with
-// OMP_WAIT_POLICY=passive (read once, when the OpenMP runtime starts, so it must be in the
-// environment before the process starts): that is the policy millrace expects, so that idle
-// oneDNN threads give the cores back to TBB's workers between batches.
+// keeps its team spinning after each parallel region unless told otherwise through the
+// environment before the process starts (libgomp reads it once, when loaded): millrace expects
+// GOMP_SPINCOUNT=1000 (a spin of tens of microseconds, then a sleep), so that idle oneDNN threads
+// give the cores back to TBB's workers between batches without paying a wake-up system call for
+// every one of a kernel's short parallel regions (docs/ARCHITECTURE.md, Threads).
 //
 // Quantization (int8): weights s8 per output channel (scale 127 / max|w|); activations per
 // tensor, u8 after a ReLU (or a Clip whose lower bound is >= 0), s8 otherwise, with ranges from
@@ -64,13 +65,23 @@ struct NetworkOptions {
   int batch = 32;
   int threads = 2;  // OpenMP threads of the calling thread's team
   CalibrationMode calibration = CalibrationMode::kMinMax;
+  // int8 only: 3x3, stride-1, undilated, ungrouped convolutions with at least
+  // kWinogradMinChannels input channels run oneDNN's int8 Winograd kernel where it accepts the
+  // shape (attributes included), direct convolution otherwise. Winograd does fewer
+  // multiplications for the same result up to rounding; on wide layers with small maps it is the
+  // faster kernel (docs/PERFORMANCE.md), on the 64-channel 56x56 maps of a ResNet it is not.
+  // fp32 always runs direct: it is the reference.
+  bool winograd = true;
 };
+
+inline constexpr std::int64_t kWinogradMinChannels = 128;
 
 struct NetworkStats {
   int input_reorders_per_batch = 0;  // 0 on the int8 fast path
   int reorders_per_batch = 0;        // every reorder primitive run per batch
   std::size_t primitives = 0;        // primitives run per batch, reorders included
   int fused_adds = 0;                // residual Adds computed as a sum post-op of a convolution
+  int winograd_convolutions = 0;     // convolutions that run the Winograd kernel
 };
 
 class Network {
