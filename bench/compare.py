@@ -2,15 +2,16 @@
 """Runs millrace and the PyTorch DataLoader peer on the same files and prints the ratio.
 
   python3 bench/compare.py --millrace build/millrace --root data/imagenet-like \\
-      --recipe train|val|both --images 1000 [--reduce off|auto|both] [--json out/compare.json]
+      --recipe train|val|both --images 1000 [--reduce off|auto|both] [--dct accurate|fast|both]
+      [--json out/compare.json]
 
 For each recipe a millrace config is written to a temporary folder and run with
 `MILLRACE bench CONFIG --json RESULT.json` (warm-up and repeats are millrace's; its JSON gives the
 median "images_per_second"), then bench/peers/torch_dataloader.py runs on the same first N images
 of ROOT/labels.lst with the same worker count and batch size, --peer-repeats times (median). Both
-sides deliver full batches only. --reduce picks millrace's `decode.reduce` (both: each, against the
-same peer runs). Absolute rates drift on shared machines; the ratio of two runs
-made back to back is the number to quote.
+sides deliver full batches only. --reduce picks millrace's `decode.reduce` and --dct its
+`decode.dct` (both: each, against the same peer runs; two boths: every pairing). Absolute rates
+drift on shared machines; the ratio of two runs made back to back is the number to quote.
 """
 
 import argparse
@@ -28,7 +29,7 @@ PEER = os.path.join(HERE, "peers", "torch_dataloader.py")
 IMAGENET_MEAN_PIXELS = "[123.68, 116.779, 103.939]"
 
 
-def millrace_config(recipe, root, images, threads, batch, reduce="off"):
+def millrace_config(recipe, root, images, threads, batch, reduce="off", dct="accurate"):
     """The config of one recipe; `root` goes in as a JSON string, which YAML reads verbatim."""
     root_text = json.dumps(os.path.abspath(root))
     if recipe == "train":
@@ -42,7 +43,7 @@ def millrace_config(recipe, root, images, threads, batch, reduce="off"):
     return (f"pipeline: {{name: {recipe}-int8, threads: {threads}, queue: 8, ordered: true}}\n"
             "stages:\n"
             f"  - {files}\n"
-            f"  - {{type: decode, reduce: {reduce}}}\n"
+            f"  - {{type: decode, reduce: {reduce}, dct: {dct}}}\n"
             f"  - {augment}\n"
             f"  - {{type: normalize, dtype: int8, mean: {IMAGENET_MEAN_PIXELS}, layout: NCHW}}\n"
             f"  - {{type: batch, size: {batch}, last: drop}}\n"
@@ -79,13 +80,14 @@ def read_rate(path, what):
     return rate, data
 
 
-def run_millrace(args, recipe, reduce, work):
-    label = recipe if reduce == "off" else f"{recipe}, reduce: {reduce}"
-    text = millrace_config(recipe, args.root, args.images, args.threads, args.batch, reduce)
-    config = os.path.join(work, f"millrace_{recipe}_{reduce}.yaml")
+def run_millrace(args, recipe, reduce, dct, work):
+    label = recipe + ("" if reduce == "off" else f", reduce: {reduce}") + (
+        "" if dct == "accurate" else f", dct: {dct}")
+    text = millrace_config(recipe, args.root, args.images, args.threads, args.batch, reduce, dct)
+    config = os.path.join(work, f"millrace_{recipe}_{reduce}_{dct}.yaml")
     with open(config, "w") as f:
         f.write(text)
-    millrace_json = os.path.join(work, f"millrace_{recipe}_{reduce}.json")
+    millrace_json = os.path.join(work, f"millrace_{recipe}_{reduce}_{dct}.json")
     print(f"[{label}] millrace bench {config}", flush=True)
     _, seconds = run([args.millrace, "bench", config, "--json", millrace_json], args.timeout,
                      "millrace")
@@ -96,7 +98,9 @@ def run_millrace(args, recipe, reduce, work):
 
 def compare_recipe(args, recipe, work):
     reduces = ["off", "auto"] if args.reduce == "both" else [args.reduce]
-    millrace_runs = [run_millrace(args, recipe, reduce, work) for reduce in reduces]
+    dcts = ["accurate", "fast"] if args.dct == "both" else [args.dct]
+    millrace_runs = [run_millrace(args, recipe, reduce, dct, work)
+                     for dct in dcts for reduce in reduces]
 
     peer_runs = []
     for repeat in range(args.peer_repeats):
@@ -139,6 +143,8 @@ def main():
     parser.add_argument("--images", type=int, default=1000, help="first N images of the list")
     parser.add_argument("--reduce", choices=["off", "auto", "both"], default="off",
                         help="millrace's decode.reduce (both: each, against the same peer runs)")
+    parser.add_argument("--dct", choices=["accurate", "fast", "both"], default="accurate",
+                        help="millrace's decode.dct (both: each, against the same peer runs)")
     parser.add_argument("--json", help="write the table and both sides' results here")
     parser.add_argument("--threads", type=int, default=2, help="millrace pipeline threads")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
@@ -188,6 +194,7 @@ def main():
             "workers": args.workers,
             "batch": args.batch,
             "reduce": args.reduce,
+            "dct": args.dct,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "processor": platform.processor()},
             "results": rows,

@@ -561,7 +561,9 @@ Info decode_jpeg(const std::uint8_t* d, std::size_t n, const Options& options,
   Info info;
   info.format = format_name(Format::kJpeg);
   decompress(tj, d, n, target.data(), w, h, cmyk ? TJPF_CMYK : TJPF_RGB,
-             plan.bottom_up ? TJFLAG_BOTTOMUP : 0, options.strict, info.warnings);
+             (plan.bottom_up ? TJFLAG_BOTTOMUP : 0) |
+                 (options.fast_dct ? TJFLAG_FASTDCT | TJFLAG_FASTUPSAMPLE : 0),
+             options.strict, info.warnings);
   if (cmyk) {
     cmyk_to_rgb_in_place(target.data(), pixels);
     target.resize(pixels * 3);
@@ -685,11 +687,17 @@ bool libjpeg_read_header(LibjpegDecompressor& dj, const std::uint8_t* d, std::si
   return jpeg_read_header(&dj.cinfo, TRUE) == JPEG_HEADER_OK && !dj.errors.warned;
 }
 
-bool libjpeg_start_window(LibjpegDecompressor& dj, int scale, JDIMENSION& x, JDIMENSION& width) {
+bool libjpeg_start_window(LibjpegDecompressor& dj, int scale, bool fast, JDIMENSION& x,
+                          JDIMENSION& width) {
   if (setjmp(dj.errors.jump) != 0) return false;
   dj.cinfo.scale_num = 1;
   dj.cinfo.scale_denom = static_cast<unsigned int>(scale);
   dj.cinfo.out_color_space = JCS_EXT_RGB;
+  // The same two choices as TurboJPEG's TJFLAG_FASTDCT and TJFLAG_FASTUPSAMPLE on the full path.
+  if (fast) {
+    dj.cinfo.dct_method = JDCT_IFAST;
+    dj.cinfo.do_fancy_upsampling = FALSE;
+  }
   jpeg_start_decompress(&dj.cinfo);
   jpeg_crop_scanline(&dj.cinfo, &x, &width);
   return true;
@@ -752,6 +760,9 @@ std::optional<Info> decode_jpeg_reduced(const std::uint8_t* d, std::size_t n,
   if (!markers.has_dqt || !(markers.has_dht || markers.arithmetic) || !ends_with_eoi(d, n)) {
     return std::nullopt;
   }
+  // libjpeg-turbo 2.1's merged upsampler (fast mode's plain chroma) does not give an
+  // arithmetic-coded file's cropped window the pixels of the whole image; such files are rare.
+  if (options.fast_dct && markers.arithmetic) return std::nullopt;
 
   LibjpegDecompressor& dj = thread_libjpeg();
   dj.reset_errors(options.strict);
@@ -788,7 +799,9 @@ std::optional<Info> decode_jpeg_reduced(const std::uint8_t* d, std::size_t n,
 
   auto x = static_cast<JDIMENSION>(x0);
   auto columns = static_cast<JDIMENSION>(x1 - x0);
-  if (!libjpeg_start_window(dj, scale, x, columns)) throw_libjpeg_failure(dj.errors);
+  if (!libjpeg_start_window(dj, scale, options.fast_dct, x, columns)) {
+    throw_libjpeg_failure(dj.errors);
+  }
   if (dj.cinfo.output_width != static_cast<JDIMENSION>(columns) ||
       dj.cinfo.output_components != 3) {
     throw std::logic_error("decode: libjpeg's cropped output does not have the expected shape");

@@ -50,6 +50,13 @@ struct Options {
   // Images with more pixels than this are refused from their header, before any pixel buffer is
   // allocated (decompression bombs). The default keeps width*height*12 below 2^31.
   std::int64_t max_pixels = 178956970;
+  // JPEG only: trade a little fidelity for speed, as TurboJPEG's TJFLAG_FASTDCT |
+  // TJFLAG_FASTUPSAMPLE and tf.io.decode_jpeg's dct_method "INTEGER_FAST" do: libjpeg's fast
+  // integer inverse DCT (JDCT_IFAST) instead of the accurate one, and chroma upsampled by
+  // replication (merged with the colour conversion) instead of the triangle filter. Against the
+  // accurate decode: about 43 dB PSNR on photos at 1/1 (docs/PERFORMANCE.md). The reduced inverse
+  // DCTs (1/2, 1/4, 1/8) have one kind only; the upsampling choice still applies there.
+  bool fast_dct = false;
 };
 
 // What a reduced decode delivered instead of the whole image at full size.

@@ -1326,6 +1326,45 @@ TEST_P(ReducedDecode, WindowAtFullScaleIsBitIdenticalToTheFullDecode) {
   }
 }
 
+// dct: fast decodes the whole image (TurboJPEG with TJFLAG_FASTDCT | TJFLAG_FASTUPSAMPLE) and the
+// window (libjpeg with JDCT_IFAST and plain upsampling) by the same arithmetic: the window is
+// still the same region of the whole image, bit for bit. The fast image is not the accurate one,
+// but close to it.
+TEST_P(ReducedDecode, FastWindowAtFullScaleIsBitIdenticalToTheFastFullDecode) {
+  const cv::Mat rgb = textured_rgb(419, 311, 5);
+  const Bytes jpeg = encode_case(GetParam(), rgb);
+  Options fast;
+  fast.fast_dct = true;
+  const Decoded accurate = decode_bytes(jpeg);
+  const Decoded full = decode_bytes(jpeg, fast);
+  ASSERT_EQ(full.pixels.size(), accurate.pixels.size());
+  // This image is fine coloured texture, the worst case for replicated chroma (on photos the
+  // two decodes are about 43 dB apart).
+  const double p = psnr(full.pixels, accurate.pixels);
+  EXPECT_GE(p, 25.0) << "PSNR " << p << " dB";
+  EXPECT_LT(p, 99.0) << "the fast decode gave the accurate pixels";
+  const std::array<std::array<int, 4>, 5> windows = {{{37, 53, 150, 120},
+                                                      {0, 0, 64, 48},
+                                                      {300, 200, 119, 111},
+                                                      {16, 150, 224, 9},
+                                                      {101, 1, 17, 309}}};
+  for (const auto& [x, y, w, h] : windows) {
+    SCOPED_TRACE(::testing::Message() << "window " << x << "," << y << " " << w << "x" << h);
+    const FixedWindow chooser(crop_request(x, y, w, h));
+    const Decoded got = decode_window(jpeg, chooser, fast);
+    // Arithmetic-coded files take the whole-image path when fast (see decode_jpeg_reduced).
+    if (GetParam().kind == 2) {
+      EXPECT_EQ(got.info.reduction.scale, 0);
+      EXPECT_TRUE(same_bytes(got.pixels, full.pixels));
+      continue;
+    }
+    ASSERT_EQ(got.info.reduction.scale, 1);
+    EXPECT_LT(got.pixels.size(), full.pixels.size());
+    EXPECT_TRUE(
+        same_bytes(delivered_window(got, x, y, w, h), window_of(full.pixels, 419, x, y, w, h)));
+  }
+}
+
 // The whole image decoded by libjpeg at 1/scale, without cropping or skipping.
 Bytes libjpeg_scaled(const Bytes& jpeg, int scale, int* width) {
   jpeg_decompress_struct cinfo{};

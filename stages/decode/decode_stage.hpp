@@ -42,11 +42,13 @@ class DecodeWindowSource {
 class DecodeStage final : public TransformStage {
  public:
   enum class Reduce { kOff, kAuto };
+  enum class Dct { kAccurate, kFast };
   struct Params {
     bool exif = true;
     bool strict = true;
     std::int64_t max_pixels = decode::Options{}.max_pixels;
     Reduce reduce = Reduce::kOff;
+    Dct dct = Dct::kAccurate;
   };
   static StageInfo info();
   static const Schema<Params>& schema();
