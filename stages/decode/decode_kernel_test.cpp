@@ -1290,6 +1290,14 @@ Bytes encode_case(const ReducedCase& c, const cv::Mat& rgb) {
 
 class ReducedDecode : public ::testing::TestWithParam<ReducedCase> {};
 
+// (x, y, w, h) windows of a 419x311 image: inside, at the corners and edges, one row tall, one
+// column wide, none of them aligned to an iMCU.
+constexpr std::array<std::array<int, 4>, 5> kWindowsOf419x311 = {{{37, 53, 150, 120},
+                                                                  {0, 0, 64, 48},
+                                                                  {300, 200, 119, 111},
+                                                                  {16, 150, 224, 9},
+                                                                  {101, 1, 17, 309}}};
+
 // libjpeg documents a cropped decode as identical to the same region of a full decode, except
 // for the chroma upsampling at the cut edges, which the kernel keeps out of the window by its
 // margin: so the window itself must match bit for bit, whatever the position, also at the image
@@ -1299,12 +1307,7 @@ TEST_P(ReducedDecode, WindowAtFullScaleIsBitIdenticalToTheFullDecode) {
   const Bytes jpeg = encode_case(GetParam(), rgb);
   const Decoded full = decode_bytes(jpeg);
   ASSERT_EQ(full.info.width, 419);
-  const std::array<std::array<int, 4>, 5> windows = {{{37, 53, 150, 120},
-                                                      {0, 0, 64, 48},
-                                                      {300, 200, 119, 111},
-                                                      {16, 150, 224, 9},
-                                                      {101, 1, 17, 309}}};
-  for (const auto& [x, y, w, h] : windows) {
+  for (const auto& [x, y, w, h] : kWindowsOf419x311) {
     SCOPED_TRACE(::testing::Message() << "window " << x << "," << y << " " << w << "x" << h);
     const FixedWindow chooser(crop_request(x, y, w, h));
     const Decoded got = decode_window(jpeg, chooser);
@@ -1343,12 +1346,7 @@ TEST_P(ReducedDecode, FastWindowAtFullScaleIsBitIdenticalToTheFastFullDecode) {
   const double p = psnr(full.pixels, accurate.pixels);
   EXPECT_GE(p, 25.0) << "PSNR " << p << " dB";
   EXPECT_LT(p, 99.0) << "the fast decode gave the accurate pixels";
-  const std::array<std::array<int, 4>, 5> windows = {{{37, 53, 150, 120},
-                                                      {0, 0, 64, 48},
-                                                      {300, 200, 119, 111},
-                                                      {16, 150, 224, 9},
-                                                      {101, 1, 17, 309}}};
-  for (const auto& [x, y, w, h] : windows) {
+  for (const auto& [x, y, w, h] : kWindowsOf419x311) {
     SCOPED_TRACE(::testing::Message() << "window " << x << "," << y << " " << w << "x" << h);
     const FixedWindow chooser(crop_request(x, y, w, h));
     const Decoded got = decode_window(jpeg, chooser, fast);
