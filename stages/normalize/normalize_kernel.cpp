@@ -129,18 +129,18 @@ __attribute__((target_clones("avx2", "default"))) void subtract_row(
   const int m1 = mean[1];
   const int m2 = mean[2];
   if (mirror) {
-    for (int x = 0; x < w; ++x) {
+    for (int x = 0; x < w; ++x, s += 3) {
       const int o = w - 1 - x;
-      p0[o] = static_cast<std::int8_t>(std::clamp(s[3 * x] - m0, -128, 127));
-      p1[o] = static_cast<std::int8_t>(std::clamp(s[3 * x + 1] - m1, -128, 127));
-      p2[o] = static_cast<std::int8_t>(std::clamp(s[3 * x + 2] - m2, -128, 127));
+      p0[o] = static_cast<std::int8_t>(std::clamp(s[0] - m0, -128, 127));
+      p1[o] = static_cast<std::int8_t>(std::clamp(s[1] - m1, -128, 127));
+      p2[o] = static_cast<std::int8_t>(std::clamp(s[2] - m2, -128, 127));
     }
     return;
   }
-  for (int x = 0; x < w; ++x) {
-    p0[x] = static_cast<std::int8_t>(std::clamp(s[3 * x] - m0, -128, 127));
-    p1[x] = static_cast<std::int8_t>(std::clamp(s[3 * x + 1] - m1, -128, 127));
-    p2[x] = static_cast<std::int8_t>(std::clamp(s[3 * x + 2] - m2, -128, 127));
+  for (int x = 0; x < w; ++x, s += 3) {
+    p0[x] = static_cast<std::int8_t>(std::clamp(s[0] - m0, -128, 127));
+    p1[x] = static_cast<std::int8_t>(std::clamp(s[1] - m1, -128, 127));
+    p2[x] = static_cast<std::int8_t>(std::clamp(s[2] - m2, -128, 127));
   }
 }
 
