@@ -448,6 +448,23 @@ class Builder {
     use(v.tensor, static_cast<int>(&step - program_->steps.data()));
   }
 
+  // The common tail of a builder: `op`'s output gets a tensor of its own in the primitive's
+  // destination layout at `scale`, the new step writes it, and calibration observes it. Returns
+  // the step, for the caller to bind the sources.
+  Step& push_output_step(const Op& op, dnnl::primitive primitive,
+                         const dnnl::primitive_desc_base& pd, std::string what, float scale) {
+    ValueState dst;
+    dst.md = pd.dst_desc();
+    dst.tensor = new_tensor(dst.md);
+    dst.scale = scale;
+    dst.ready = true;
+    Step& step = push_step(std::move(primitive), pd, std::move(what));
+    bind_view(step, DNNL_ARG_DST, dst);
+    step.observed_value = op.output;
+    states_[op.output] = dst;
+    return step;
+  }
+
   static dnnl::primitive_attr base_attr() {
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
@@ -804,16 +821,9 @@ class Builder {
     dnnl::pooling_v2_forward::desc d(dnnl::prop_kind::forward_inference, alg, src.md, dst_md,
                                      strides, kernel, dilation, pad_l, pad_r);
     dnnl::pooling_v2_forward::primitive_desc pd(d, base_attr(), engine_);
-    ValueState dst;
-    dst.md = pd.dst_desc();
-    dst.tensor = new_tensor(dst.md);
-    dst.scale = src.scale;
-    dst.ready = true;
-    Step& step = push_step(dnnl::pooling_v2_forward(pd), pd, "pool '" + op.name + "'");
+    Step& step =
+        push_output_step(op, dnnl::pooling_v2_forward(pd), pd, "pool '" + op.name + "'", src.scale);
     bind_view(step, DNNL_ARG_SRC, src);
-    bind_view(step, DNNL_ARG_DST, dst);
-    step.observed_value = op.output;
-    states_[op.output] = dst;
   }
 
   void build_add(const Op& op) {
@@ -838,17 +848,9 @@ class Builder {
     dnnl::binary::desc d(dnnl::algorithm::binary_add, a.md, b.md,
                          memory::desc(a.md.dims(), dst_type, Tag::any));
     dnnl::binary::primitive_desc pd(d, attr, engine_);
-    ValueState dst;
-    dst.md = pd.dst_desc();
-    dst.tensor = new_tensor(dst.md);
-    dst.scale = out_scale;
-    dst.ready = true;
-    Step& step = push_step(dnnl::binary(pd), pd, "add '" + op.name + "'");
+    Step& step = push_output_step(op, dnnl::binary(pd), pd, "add '" + op.name + "'", out_scale);
     bind_view(step, DNNL_ARG_SRC_0, a);
     bind_view(step, DNNL_ARG_SRC_1, b);
-    bind_view(step, DNNL_ARG_DST, dst);
-    step.observed_value = op.output;
-    states_[op.output] = dst;
   }
 
   void build_eltwise(const Op& op) {
@@ -861,9 +863,6 @@ class Builder {
       alpha = op.clip_min * src.scale;
       beta = op.clip_max * src.scale;
     }
-    ValueState dst;
-    dst.scale = src.scale;
-    dst.ready = true;
     if (int8_ && op.kind == OpKind::kClip) {
       // oneDNN 2.6 has no int8 clip primitive; a binary add of a zero scalar computes in f32 and
       // takes the clip as a post-op.
@@ -878,25 +877,16 @@ class Builder {
       dnnl::binary::primitive_desc pd(d, attr, engine_);
       memory zero(zero_md, engine_);
       std::memset(zero.get_data_handle(), 0, zero_md.get_size());
-      dst.md = pd.dst_desc();
-      dst.tensor = new_tensor(dst.md);
-      Step& step = push_step(dnnl::binary(pd), pd, "clip '" + op.name + "'");
+      Step& step = push_output_step(op, dnnl::binary(pd), pd, "clip '" + op.name + "'", src.scale);
       bind_view(step, DNNL_ARG_SRC_0, src);
-      bind_view(step, DNNL_ARG_DST, dst);
       step.args[DNNL_ARG_SRC_1] = zero;
-      step.observed_value = op.output;
-      states_[op.output] = dst;
       return;
     }
     dnnl::eltwise_forward::desc d(dnnl::prop_kind::forward_inference, alg, src.md, alpha, beta);
     dnnl::eltwise_forward::primitive_desc pd(d, base_attr(), engine_);
-    dst.md = pd.dst_desc();
-    dst.tensor = new_tensor(dst.md);
-    Step& step = push_step(dnnl::eltwise_forward(pd), pd, "eltwise '" + op.name + "'");
+    Step& step =
+        push_output_step(op, dnnl::eltwise_forward(pd), pd, "eltwise '" + op.name + "'", src.scale);
     bind_view(step, DNNL_ARG_SRC, src);
-    bind_view(step, DNNL_ARG_DST, dst);
-    step.observed_value = op.output;
-    states_[op.output] = dst;
   }
 
   void build_gemm(const Op& op) {
@@ -971,18 +961,11 @@ class Builder {
     const ValueState src = adapt(source, pd.src_desc(), int8_ ? src_scale : 1.0F);
     memory w_mem = weights(memory::desc(wdims, Dt::f32, wtag), op.weight.data, pd.weights_desc(),
                            int8_ ? &w_scales : nullptr, 1);
-    ValueState dst;
-    dst.md = pd.dst_desc();
-    dst.tensor = new_tensor(dst.md);
-    dst.scale = out_scale;
-    dst.ready = true;
-    Step& step = push_step(dnnl::inner_product_forward(pd), pd, "gemm '" + op.name + "'");
+    Step& step = push_output_step(op, dnnl::inner_product_forward(pd), pd, "gemm '" + op.name + "'",
+                                  out_scale);
     bind_view(step, DNNL_ARG_SRC, src);
-    bind_view(step, DNNL_ARG_DST, dst);
     step.args[DNNL_ARG_WEIGHTS] = w_mem;
     if (!bias.empty()) step.args[DNNL_ARG_BIAS] = constant(b_md, bias);
-    step.observed_value = op.output;
-    states_[op.output] = dst;
   }
 
   void build_concat(const Op& op) {
@@ -1000,18 +983,10 @@ class Builder {
     const int axis = op.axis < 0 ? op.axis + ndims : op.axis;
     if (axis < 0 || axis >= ndims) throw ModelError(model_where(model_, op) + ": bad Concat axis");
     dnnl::concat::primitive_desc pd(axis, mds, engine_, base_attr());
-    ValueState dst;
-    dst.md = pd.dst_desc();
-    dst.tensor = new_tensor(dst.md);
-    dst.scale = out_scale;
-    dst.ready = true;
-    Step& step = push_step(dnnl::concat(pd), pd, "concat '" + op.name + "'");
+    Step& step = push_output_step(op, dnnl::concat(pd), pd, "concat '" + op.name + "'", out_scale);
     for (std::size_t i = 0; i < srcs.size(); ++i) {
       bind_view(step, DNNL_ARG_MULTIPLE_SRC + static_cast<int>(i), srcs[i]);
     }
-    bind_view(step, DNNL_ARG_DST, dst);
-    step.observed_value = op.output;
-    states_[op.output] = dst;
   }
 
   void build_flatten(const Op& op) {

@@ -120,27 +120,44 @@ void copy_with_table(const ImageView& src, bool mirror, Layout layout,
 // One row of an MXNet-mode int8 image into the three planes of an NCHW destination: pixel -
 // mean, saturated to int8, which is what the table holds, computed so that the compiler
 // vectorizes it (the lookups cannot be): about 21 us instead of 50-60 us per 224x224 image.
-// `plane` and `mean` are indexed by source (RGB) channel. AVX2 where the CPU has it, the
-// baseline otherwise, chosen once when the library is loaded.
-__attribute__((target_clones("avx2", "default"))) void subtract_row(
-    const std::uint8_t* __restrict s, int w, bool mirror, const std::array<int, 3>& mean,
-    std::int8_t* __restrict p0, std::int8_t* __restrict p1, std::int8_t* __restrict p2) {
-  const int m0 = mean[0];
-  const int m1 = mean[1];
-  const int m2 = mean[2];
-  if (mirror) {
-    for (int x = 0; x < w; ++x, s += 3) {
-      const int o = w - 1 - x;
-      p0[o] = static_cast<std::int8_t>(std::clamp(s[0] - m0, -128, 127));
-      p1[o] = static_cast<std::int8_t>(std::clamp(s[1] - m1, -128, 127));
-      p2[o] = static_cast<std::int8_t>(std::clamp(s[2] - m2, -128, 127));
-    }
-    return;
-  }
+// The means and planes are indexed by source (RGB) channel.
+template <bool kMirror>
+[[gnu::always_inline]] inline void subtract_row_body(const std::uint8_t* __restrict s, int w,
+                                                     int m0, int m1, int m2,
+                                                     std::int8_t* __restrict p0,
+                                                     std::int8_t* __restrict p1,
+                                                     std::int8_t* __restrict p2) {
   for (int x = 0; x < w; ++x, s += 3) {
-    p0[x] = static_cast<std::int8_t>(std::clamp(s[0] - m0, -128, 127));
-    p1[x] = static_cast<std::int8_t>(std::clamp(s[1] - m1, -128, 127));
-    p2[x] = static_cast<std::int8_t>(std::clamp(s[2] - m2, -128, 127));
+    const int o = kMirror ? w - 1 - x : x;
+    p0[o] = static_cast<std::int8_t>(std::clamp(s[0] - m0, -128, 127));
+    p1[o] = static_cast<std::int8_t>(std::clamp(s[1] - m1, -128, 127));
+    p2[o] = static_cast<std::int8_t>(std::clamp(s[2] - m2, -128, 127));
+  }
+}
+
+// The same loop compiled for AVX2 and for the baseline, picked per call from a flag read once.
+// (Not GCC's target_clones: its ifunc resolver runs before the sanitizers' runtimes start, and
+// crashes ThreadSanitizer builds.)
+template <bool kMirror>
+[[gnu::target("avx2")]] void subtract_row_avx2(const std::uint8_t* s, int w,
+                                               const std::array<int, 3>& m, std::int8_t* p0,
+                                               std::int8_t* p1, std::int8_t* p2) {
+  subtract_row_body<kMirror>(s, w, m[0], m[1], m[2], p0, p1, p2);
+}
+
+template <bool kMirror>
+void subtract_row_baseline(const std::uint8_t* s, int w, const std::array<int, 3>& m,
+                           std::int8_t* p0, std::int8_t* p1, std::int8_t* p2) {
+  subtract_row_body<kMirror>(s, w, m[0], m[1], m[2], p0, p1, p2);
+}
+
+void subtract_row(const std::uint8_t* s, int w, bool mirror, const std::array<int, 3>& mean,
+                  std::int8_t* p0, std::int8_t* p1, std::int8_t* p2) {
+  static const bool avx2 = __builtin_cpu_supports("avx2") != 0;
+  if (avx2) {
+    (mirror ? subtract_row_avx2<true> : subtract_row_avx2<false>)(s, w, mean, p0, p1, p2);
+  } else {
+    (mirror ? subtract_row_baseline<true> : subtract_row_baseline<false>)(s, w, mean, p0, p1, p2);
   }
 }
 
