@@ -19,10 +19,10 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
+
+from benchlib import RunFailed, print_table, run, write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PEER = os.path.join(HERE, "peers", "torch_dataloader.py")
@@ -48,24 +48,6 @@ def millrace_config(recipe, root, images, threads, batch, reduce="off", dct="acc
             f"  - {{type: normalize, dtype: int8, mean: {IMAGENET_MEAN_PIXELS}, layout: NCHW}}\n"
             f"  - {{type: batch, size: {batch}, last: drop}}\n"
             "  - {type: discard}\n")
-
-
-class RunFailed(Exception):
-    pass
-
-
-def run(cmd, timeout, what):
-    started = time.perf_counter()
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise RunFailed(f"{what} did not finish within {timeout} s: {' '.join(cmd)}")
-    except OSError as e:
-        raise RunFailed(f"{what} could not start: {e}")
-    if result.returncode != 0:
-        raise RunFailed(f"{what} failed with status {result.returncode}: {' '.join(cmd)}\n"
-                        f"{result.stdout}{result.stderr}")
-    return result, time.perf_counter() - started
 
 
 def read_rate(path, what):
@@ -123,16 +105,10 @@ def compare_recipe(args, recipe, work):
     } for label, rate, data, text in millrace_runs]
 
 
-def print_table(rows):
-    header = ("recipe", "millrace images/s", "pytorch images/s", "ratio")
-    lines = [(r["recipe"], f"{r['millrace_images_per_second']:.1f}",
-              f"{r['peer_images_per_second']:.1f}", f"{r['ratio']:.2f}x") for r in rows]
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) if i == 0 else h.rjust(w)
-                    for i, (h, w) in enumerate(zip(header, widths))))
-    for line in lines:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(line, widths))))
+def print_rows(rows):
+    print_table(("recipe", "millrace images/s", "pytorch images/s", "ratio"),
+                [(r["recipe"], f"{r['millrace_images_per_second']:.1f}",
+                  f"{r['peer_images_per_second']:.1f}", f"{r['ratio']:.2f}x") for r in rows])
 
 
 def main():
@@ -185,7 +161,7 @@ def main():
             work_context.cleanup()
 
     print()
-    print_table(rows)
+    print_rows(rows)
     if args.json:
         report = {
             "root": os.path.abspath(args.root),
@@ -199,11 +175,7 @@ def main():
                         "processor": platform.processor()},
             "results": rows,
         }
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, report)
     return 0
 
 

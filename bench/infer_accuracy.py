@@ -58,6 +58,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(HERE, "peers"))
 import torch_int8  # noqa: E402  (the peer's model building and quantization)
+from benchlib import print_table  # noqa: E402
 
 MODELS = ("resnet18", "resnet50", "mobilenet_v2")
 GATED = ("resnet18", "resnet50")  # (b) is a requirement for these, a report for the others
@@ -341,18 +342,6 @@ def fmt_error(ref):
     if ref.get("error") is None:
         return "n/a"
     return f"{ref['error']:.2e}"
-
-
-def print_table(header, rows):
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-
-    def line(cells):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths)))
-
-    print(line(header))
-    for r in rows:
-        print(line(r))
 
 
 def main():

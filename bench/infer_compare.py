@@ -32,10 +32,10 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
+
+from benchlib import RunFailed, print_table, run, write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -43,24 +43,6 @@ PEER = os.path.join(HERE, "peers", "torch_int8.py")
 MODEL_STD = "[58.395,57.12,57.375]"  # torchvision's std in pixel units, as the configs give it
 IMAGE_ELEMENTS = 224 * 224 * 3
 BYTES_PER_ELEMENT = {"int8": 1, "uint8": 1, "float32": 4}
-
-
-class RunFailed(Exception):
-    pass
-
-
-def run(cmd, timeout, what):
-    started = time.perf_counter()
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    except subprocess.TimeoutExpired:
-        raise RunFailed(f"{what} did not finish within {timeout} s: {' '.join(cmd)}")
-    except OSError as e:
-        raise RunFailed(f"{what} could not start: {e}")
-    if result.returncode != 0:
-        raise RunFailed(f"{what} failed with status {result.returncode}: {' '.join(cmd)}\n"
-                        f"{result.stdout}{result.stderr}")
-    return result, time.perf_counter() - started
 
 
 def millrace_run(args, model, variant, work, images, calibrate):
@@ -83,7 +65,7 @@ def millrace_run(args, model, variant, work, images, calibrate):
     cmd = [args.millrace, "run", config, "--json", result_json, "--quiet"]
     for s in sets:
         cmd += ["--set", s]
-    _, seconds = run(cmd, args.timeout, f"millrace ({model}, {variant})")
+    _, seconds = run(cmd, args.timeout, f"millrace ({model}, {variant})", cwd=REPO)
     try:
         with open(result_json) as f:
             report = json.load(f)
@@ -141,7 +123,7 @@ def peer_round(args, work, number):
            "--threads", str(args.infer_threads), "--batches", str(args.peer_batches),
            "--calibration-batches", str(args.calibration_batches), "--repeats", "1",
            "--json", peer_json]
-    result, _ = run(cmd, args.timeout, "the PyTorch peer")
+    result, _ = run(cmd, args.timeout, "the PyTorch peer", cwd=REPO)
     for line in result.stdout.strip().splitlines():
         print(f"[round {number + 1}] {line}", flush=True)
     with open(peer_json) as f:
@@ -183,18 +165,6 @@ def measure(args, work):
             peer_rates[(model, precision)] = statistics.median(rounds)
             peer_rates[(model, precision, "best")] = max(rounds)
     return millrace, peer_runs, peer_rates
-
-
-def print_table(header, lines):
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
-
-    def fmt(cells):
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths)))
-
-    print(fmt(header))
-    for line in lines:
-        print(fmt(line))
 
 
 def main():
@@ -347,11 +317,7 @@ def main():
             "millrace": millrace,
             "peer_rounds": peer_runs,
         }
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-            f.write("\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, report)
     return 0
 
 

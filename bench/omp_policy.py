@@ -24,9 +24,10 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
+
+from benchlib import RunFailed, print_table, run, write_json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -52,12 +53,8 @@ def run_once(args, work, name, env_extra, sets):
     for s in sets:
         cmd += ["--set", s]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO,
-                            timeout=args.timeout)
+    run(cmd, args.timeout, f"millrace ({name})", cwd=REPO, env=env)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if result.returncode != 0:
-        sys.exit(f"omp_policy: {' '.join(cmd)} failed ({result.returncode}):\n"
-                 f"{result.stdout}{result.stderr}")
     with open(result_json) as f:
         report = json.load(f)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -79,7 +76,14 @@ def main():
     parser.add_argument("--timeout", type=int, default=1200)
     parser.add_argument("--json")
     args = parser.parse_args()
+    try:
+        return measure(args)
+    except RunFailed as e:
+        print(f"omp_policy: {e}", file=sys.stderr)
+        return 1
 
+
+def measure(args):
     runs = {name: [] for name, _, _ in POLICIES}
     with tempfile.TemporaryDirectory(prefix="millrace-omp-") as work:
         # The first run writes the calibration table the others load.
@@ -105,14 +109,9 @@ def main():
         rows.append((name, f"{med['end_to_end']:.1f}", f"{med['in_pipeline']:.1f}",
                      f"{med['alone']:.1f}", f"{med['end_to_end'] / med['alone']:.2f}",
                      f"{med['cpu_ms_per_image']:.2f}"))
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    for row in (header, *rows):
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    print_table(header, rows)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"model": args.model, "images": args.images, "policies": summary}, f,
-                      indent=1)
+        write_json(args.json, {"model": args.model, "images": args.images, "policies": summary})
     return 0
 
 
