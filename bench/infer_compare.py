@@ -23,8 +23,9 @@ ready tensors. From each run's JSON it takes `metrics["infer.alone_images_per_se
 (inference alone: the figure held against the peer), `metrics["infer.inference_images_per_second"]`
 (time in the network during the run, while the data stages share the cores) and the end-to-end
 `images_per_second` (steady state, JPEG files to logits). Medians over the rounds go
-into two tables with the ratios. Runs are short (a few hundred images), so absolute rates move
-with the machine's load: compare the ratios of one run.
+into two tables with the ratios; each round's own int8 ratio (millrace's rate over the peer's in
+that round) and their median follow. Runs are short (a few hundred images), so absolute rates
+move with the machine's load: compare the ratios of one run.
 """
 
 import argparse
@@ -164,6 +165,7 @@ def measure(args, work):
                       if r["model"] == model and r["precision"] == precision]
             peer_rates[(model, precision)] = statistics.median(rounds)
             peer_rates[(model, precision, "best")] = max(rounds)
+            peer_rates[(model, precision, "rounds")] = rounds
     return millrace, peer_runs, peer_rates
 
 
@@ -249,6 +251,13 @@ def main():
         row["best_round_torch_int8"] = peer_rates[(m, "int8", "best")]
         row["best_round_int8_ratio_vs_torch"] = (row["best_round_millrace_int8"] /
                                                  row["best_round_torch_int8"])
+        # Each round's own ratio: the two sides ran minutes apart, so a slow phase of the machine
+        # touches both; the median of these is the steadiest of the three figures.
+        row["round_int8_ratios_vs_torch"] = [
+            a / b for a, b in zip(mr["int8"]["round_inference_images_per_second"],
+                                  peer_rates[(m, "int8", "rounds")])]
+        row["median_round_int8_ratio_vs_torch"] = statistics.median(
+            row["round_int8_ratios_vs_torch"])
         row["int8_ratio_vs_torch"] = row["millrace_int8"] / row["torch_int8"]
         row["fp32_ratio_vs_torch"] = row["millrace_fp32"] / row["torch_fp32"]
         row["millrace_int8_over_fp32"] = row["millrace_int8"] / row["millrace_fp32"]
@@ -288,6 +297,9 @@ def main():
         print(f"{r['model']}: best rounds, int8 inference: millrace "
               f"{r['best_round_millrace_int8']:.1f}, torch {r['best_round_torch_int8']:.1f} "
               f"images/s, ratio {r['best_round_int8_ratio_vs_torch']:.2f}x")
+        print(f"{r['model']}: each round's int8 ratio: "
+              f"{', '.join(f'{x:.2f}x' for x in r['round_int8_ratios_vs_torch'])} "
+              f"(median {r['median_round_int8_ratio_vs_torch']:.2f}x)")
 
     # The speed targets of the infer stage's specification, reported, not enforced: absolute
     # rates on a shared 2-core machine move too much for a benchmark to fail a build.
@@ -297,6 +309,8 @@ def main():
                         r["int8_ratio_vs_torch"] >= 1.3))
         targets.append((f"{r['model']}: millrace int8 / torch int8 >= 1.3 (best rounds)",
                         r["best_round_int8_ratio_vs_torch"] >= 1.3))
+        targets.append((f"{r['model']}: millrace int8 / torch int8 >= 1.3 (median of the "
+                        f"rounds' ratios)", r["median_round_int8_ratio_vs_torch"] >= 1.3))
         if r["model"] == "resnet50":
             targets.append((f"{r['model']}: end-to-end / inference-only >= 0.9",
                             r["end_to_end_over_inference"] >= 0.9))
