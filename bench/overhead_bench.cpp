@@ -31,6 +31,7 @@
 #include <system_error>
 #include <vector>
 
+#include "bench/two_buffer_emitter.hpp"
 #include "engine/config.hpp"
 #include "engine/registry.hpp"
 #include "engine/stage.hpp"
@@ -97,21 +98,12 @@ class CountingReporter final : public RunReporter {
   std::uint64_t warnings_ = 0;
 };
 
-// The batch stage's buffers in the loop: two are all it needs (the batch being filled and, with
-// `last: pad`, the epoch's first batch). An emitted batch goes through the sinks and straight
-// back; the first and last emits time the steady state.
-class LoopEmitter final : public BatchEmitter {
+// The batch stage's buffers in the loop (see TwoBufferEmitter). An emitted batch goes through the
+// sinks and straight back; the first and last emits time the steady state.
+class LoopEmitter final : public TwoBufferEmitter {
  public:
-  explicit LoopEmitter(std::vector<SinkStage*> sinks) : sinks_(std::move(sinks)) {
-    for (BatchData& b : buffers_) free_.push_back(&b);
-  }
+  explicit LoopEmitter(std::vector<SinkStage*> sinks) : sinks_(std::move(sinks)) {}
 
-  BatchData& acquire() override {
-    if (free_.empty()) throw std::logic_error("the batch stage holds more than two buffers");
-    BatchData* b = free_.back();
-    free_.pop_back();
-    return *b;
-  }
   void emit(BatchData& batch) override {
     batch.index = batches_++;
     for (SinkStage* sink : sinks_) sink->consume(batch);
@@ -124,7 +116,6 @@ class LoopEmitter final : public BatchEmitter {
     last_ = now;
     recycle(batch);
   }
-  void discard(BatchData& batch) override { recycle(batch); }
 
   double images_per_second() const {
     const double seconds = std::chrono::duration<double>(last_ - first_).count();
@@ -133,14 +124,7 @@ class LoopEmitter final : public BatchEmitter {
   std::uint64_t batches() const { return batches_; }
 
  private:
-  void recycle(BatchData& batch) {
-    batch.reset();
-    free_.push_back(&batch);
-  }
-
   std::vector<SinkStage*> sinks_;
-  std::array<BatchData, 2> buffers_;
-  std::vector<BatchData*> free_;
   std::uint64_t batches_ = 0;
   std::uint64_t images_after_first_ = 0;
   Clock::time_point first_{};

@@ -17,6 +17,7 @@
 #include <system_error>
 #include <vector>
 
+#include "bench/two_buffer_emitter.hpp"
 #include "datasets/make_dataset.hpp"
 #include "millrace/millrace.hpp"
 #include "stages/batch/batch_stage.hpp"
@@ -30,38 +31,18 @@ constexpr int kAssemblyBatch = 64;
 constexpr int kDatasetImages = 64;
 constexpr int kPipelineBatch = 32;
 
-// Two recycled buffers are all the assembler needs with `last: pad`: the batch being filled and
-// the copy of the epoch's first batch that it keeps for padding. An emitted batch comes straight
-// back, as if its consumer had released it at once.
-class RecyclingEmitter final : public BatchEmitter {
+// See TwoBufferEmitter: an emitted batch comes straight back.
+class RecyclingEmitter final : public TwoBufferEmitter {
  public:
-  RecyclingEmitter() {
-    for (BatchData& b : buffers_) free_.push_back(&b);
-  }
-
-  BatchData& acquire() override {
-    if (free_.empty()) throw std::logic_error("the batch stage holds more than two buffers");
-    BatchData* b = free_.back();
-    free_.pop_back();
-    return *b;
-  }
   void emit(BatchData& batch) override {
     benchmark::DoNotOptimize(batch.data.storage.data());
     ++emitted_;
     recycle(batch);
   }
-  void discard(BatchData& batch) override { recycle(batch); }
 
   std::int64_t emitted() const { return emitted_; }
 
  private:
-  void recycle(BatchData& batch) {
-    batch.reset();
-    free_.push_back(&batch);
-  }
-
-  std::array<BatchData, 2> buffers_;
-  std::vector<BatchData*> free_;
   std::int64_t emitted_ = 0;
 };
 

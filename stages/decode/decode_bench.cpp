@@ -42,35 +42,26 @@ cv::Mat procedural_bgr(int width, int height, int seed) {
   return bgr;
 }
 
+// JPEGs (quality 90) of procedural images of the given sizes, seeds counting up from `seed`.
+std::vector<std::vector<std::uint8_t>> encode_corpus(const std::vector<std::array<int, 2>>& sizes,
+                                                     int seed) {
+  std::vector<std::vector<std::uint8_t>> out;
+  for (const auto& [width, height] : sizes) {
+    std::vector<std::uint8_t> jpeg;
+    cv::imencode(".jpg", procedural_bgr(width, height, seed++), jpeg,
+                 {cv::IMWRITE_JPEG_QUALITY, 90});
+    out.push_back(std::move(jpeg));
+  }
+  return out;
+}
+
 const std::vector<std::vector<std::uint8_t>>& corpus() {
-  static const std::vector<std::vector<std::uint8_t>> jpegs = [] {
-    std::vector<std::vector<std::uint8_t>> out;
-    const int sizes[][2] = {{500, 375}, {375, 500}, {500, 375}, {500, 333}};
-    int seed = 0;
-    for (const auto& size : sizes) {
-      std::vector<std::uint8_t> jpeg;
-      cv::imencode(".jpg", procedural_bgr(size[0], size[1], seed++), jpeg,
-                   {cv::IMWRITE_JPEG_QUALITY, 90});
-      out.push_back(std::move(jpeg));
-    }
-    return out;
-  }();
+  static const auto jpegs = encode_corpus({{500, 375}, {375, 500}, {500, 375}, {500, 333}}, 0);
   return jpegs;
 }
 
 const std::vector<std::vector<std::uint8_t>>& large_corpus() {
-  static const std::vector<std::vector<std::uint8_t>> jpegs = [] {
-    std::vector<std::vector<std::uint8_t>> out;
-    const int sizes[][2] = {{2400, 1800}, {1800, 2400}};
-    int seed = 10;
-    for (const auto& size : sizes) {
-      std::vector<std::uint8_t> jpeg;
-      cv::imencode(".jpg", procedural_bgr(size[0], size[1], seed++), jpeg,
-                   {cv::IMWRITE_JPEG_QUALITY, 90});
-      out.push_back(std::move(jpeg));
-    }
-    return out;
-  }();
+  static const auto jpegs = encode_corpus({{2400, 1800}, {1800, 2400}}, 10);
   return jpegs;
 }
 
