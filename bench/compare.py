@@ -29,16 +29,16 @@ PEER = os.path.join(HERE, "peers", "torch_dataloader.py")
 IMAGENET_MEAN_PIXELS = "[123.68, 116.779, 103.939]"
 
 
-def millrace_config(recipe, root, images, threads, batch, reduce="off", dct="accurate"):
+def millrace_config(recipe, root, images, threads, batch, reduce="off", dct="accurate", epochs=1):
     """The config of one recipe; `root` goes in as a JSON string, which YAML reads verbatim."""
     root_text = json.dumps(os.path.abspath(root))
     if recipe == "train":
         files = (f"{{type: files, root: {root_text}, list: labels.lst, shuffle: true, seed: 1, "
-                 f"limit: {images}}}")
+                 f"limit: {images}, epochs: {epochs}}}")
         augment = "{type: augment, crop: random_resized, size: [224, 224], mirror: 0.5}"
     else:
         files = (f"{{type: files, root: {root_text}, list: labels.lst, shuffle: false, "
-                 f"limit: {images}}}")
+                 f"limit: {images}, epochs: {epochs}}}")
         augment = "{type: augment, resize: 256, crop: center, size: [224, 224]}"
     return (f"pipeline: {{name: {recipe}-int8, threads: {threads}, queue: 8, ordered: true}}\n"
             "stages:\n"
