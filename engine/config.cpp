@@ -129,7 +129,9 @@ std::vector<ParamDoc> pipeline_key_docs() {
   return {
       {"name", "string", "pipeline", "a name for reports", false},
       {"threads", "integer", "all cores", "TBB worker threads", false},
-      {"queue", "integer", "8", "default capacity, in items, of every edge between two stages",
+      {"queue", "integer", "8",
+       "default queue of every edge between two stages: items that may wait in it, on top of one "
+       "per slot of the stage that fills it",
        false},
       {"ordered", "boolean", "true", "deliver samples in source order (false: as they complete)",
        false},
@@ -160,8 +162,9 @@ std::vector<ParamDoc> common_stage_key_docs() {
        "item over the first items, then split pipeline.threads between them in proportion",
        false},
       {"queue", "integer", "pipeline.queue",
-       "capacity of the edge into this stage, in items (ordered mode: the batch stage's edge "
-       "defaults to the sum of the edges before it, its reordering window)",
+       "items that may wait in the edge into this stage; the edge also holds one item per slot "
+       "of the stage before it, so that stage always runs at its full concurrency (ordered mode: "
+       "the batch stage's edge defaults to the sum of the edges before it, its reordering window)",
        false},
       {"on_error", "skip | fail", "skip",
        "per-sample errors: skip the sample and list it, or fail the run (stages that can fail on "

@@ -359,6 +359,14 @@ void FlowGraph::build() {
     steps_.push_back(std::move(deliver));
   }
 
+  // A step's body holds a token of its output edge while it works, so an edge of `queue` tokens
+  // would cap its producer at `queue` items at once whatever its concurrency (16 decode slots
+  // behind an edge of 8 ran 8 at a time). Each edge gets one more token per slot of its producer:
+  // `queue` is what may wait in it beyond the items being made for it.
+  for (std::size_t i = 0; i < steps_.size(); ++i) {
+    steps_[i]->capacity += i == 0 ? 1 : steps_[i - 1]->concurrency;  // the source: one at a time
+  }
+
   // Bounds: a sample exists only while it holds a token of a sample edge (or waits in the input
   // node's one-item buffer); a batch only while it holds a token of a batch edge, is held by the
   // consumer (prefetch tokens) or is kept by the batch stage (a partial batch and the epoch's
@@ -827,8 +835,8 @@ void FlowGraph::balance_concurrency() {
     const double share = total > 0 ? cost / total : 1.0 / static_cast<double>(costs.size());
     const int floor = std::min(2, step->concurrency);
     const int chosen = std::clamp(
-        static_cast<int>(std::ceil(2.0 * share * static_cast<double>(plan_.threads) - 1e-9)),
-        floor, step->concurrency);
+        static_cast<int>(std::ceil(2.0 * share * static_cast<double>(plan_.threads) - 1e-9)), floor,
+        step->concurrency);
     step->slot_debt.fetch_add(step->concurrency - chosen, std::memory_order_relaxed);
     step->chosen.store(chosen, std::memory_order_relaxed);
     char line[160];

@@ -73,6 +73,10 @@ class SyntheticSource final : public SourceStage {
   int epoch_ = 0;
 };
 
+// The most `work` bodies with `count_in_flight: true` seen running at once, and how many run now.
+std::atomic<int> g_work_in_flight{0};
+std::atomic<int> g_work_peak{0};
+
 // A concurrent transform that burns an id-dependent amount of CPU (so samples finish out of
 // order), mixes a random draw into the data, and fails on chosen ids.
 class WorkStage final : public TransformStage {
@@ -82,6 +86,7 @@ class WorkStage final : public TransformStage {
     std::vector<double> fail_ids;  // SampleError (a data problem)
     std::int64_t throw_id = -1;    // std::runtime_error (a stage failure)
     int sleep_us = 0;  // a slow stage that needs no CPU, so the others run even on a busy machine
+    bool count_in_flight = false;  // keep g_work_peak
   };
   static StageInfo info() {
     return {"work", "test transform", StageShape::kTransform, "samples", "samples", true, true};
@@ -93,12 +98,25 @@ class WorkStage final : public TransformStage {
       x.numbers("fail_ids", &Params::fail_ids, "ids that fail", {});
       x.integer64("throw_id", &Params::throw_id, "id that throws", -1, 1LL << 40);
       x.integer("sleep_us", &Params::sleep_us, "sleep per sample", 0, 1 << 30);
+      x.boolean("count_in_flight", &Params::count_in_flight, "keep g_work_peak");
       return x;
     }();
     return s;
   }
   WorkStage(StageContext c, Params p) : TransformStage(std::move(c)), p_(std::move(p)) {}
   void process(Sample& s, RunReporter&) const override {
+    if (p_.count_in_flight) {
+      const int now = g_work_in_flight.fetch_add(1) + 1;
+      int peak = g_work_peak.load();
+      while (now > peak && !g_work_peak.compare_exchange_weak(peak, now)) {
+      }
+    }
+    struct Leave {
+      bool counting;
+      ~Leave() {
+        if (counting) g_work_in_flight.fetch_sub(1);
+      }
+    } leave{p_.count_in_flight};
     CounterRng rng(context().seed, context().stage_key, s.epoch, s.id);
     const int units = p_.spin > 0 ? rng.uniform_int(0, p_.spin) : 0;
     volatile std::uint64_t sink = 0;
@@ -363,6 +381,19 @@ TEST(Engine, BatchStreamIsIdenticalForAnyThreadCountAndQueueSize) {
       EXPECT_EQ(d.hash, *reference) << "threads " << threads << " queue " << queue;
     }
   }
+}
+
+TEST(Engine, AStageRunsAtItsFullConcurrencyBehindAQueueSmallerThanIt) {
+  // A body holds a token of its output edge while it works: with edges of `queue` tokens alone,
+  // four slots behind `queue: 1` would run one at a time. The sleep needs no CPU, so all four
+  // can overlap on any machine.
+  g_work_peak = 0;
+  Pipeline p = PipelineAccess::from_string(
+      config(4, 1, true, ", spin: 0, sleep_us: 2000, concurrency: 4, count_in_flight: true", 200),
+      test_registry());
+  drain(p);
+  EXPECT_EQ(g_work_peak.load(), 4);
+  EXPECT_EQ(g_work_in_flight.load(), 0);
 }
 
 TEST(Engine, ABatchTransformRunsOnItsOwnThreadAndMayHoldBatches) {

@@ -9,8 +9,8 @@
 // queued after it a token of the edge after that, and so on; a sample in the body of the stage
 // that reads the image has given its input token back. So the samples holding a decoded image are
 // at most, for each stage after decode up to the one that reads it (augment when it resizes or
-// resamples, else normalize), the capacity of the edge into the stage plus the stage's
-// concurrency; the same for a resized image from augment to normalize. Each sample holds at most
+// resamples, else normalize), the capacity of the edge into the stage (its queue plus one per slot
+// of the stage before it) plus the stage's concurrency; the same for a resized image from augment to normalize. Each sample holds at most
 // one buffer of each pool. The ordering window in front of the batch stage appears in neither.
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -538,14 +538,17 @@ std::string recipe_yaml(const Recipe& r, int threads, int queue) {
 }
 
 // The bound of the file's opening comment, from the plan: for each stage after `lender` up to
-// `reader` (indices into plan.stages), its input edge's capacity plus its concurrency.
+// `reader` (indices into plan.stages), its input edge's capacity (its queue plus one token per
+// slot of the stage before it) plus its concurrency.
 std::size_t bound_between(const PipelinePlan& plan, std::size_t lender, std::size_t reader,
                           int threads) {
+  auto concurrency = [&](const StagePlan& s) {
+    return static_cast<std::size_t>(s.concurrency_auto ? threads : s.concurrency);
+  };
   std::size_t bound = 0;
   for (std::size_t i = lender + 1; i <= reader; ++i) {
     const StagePlan& s = plan.stages[i];
-    const int concurrency = s.concurrency_auto ? threads : s.concurrency;
-    bound += static_cast<std::size_t>(s.queue) + static_cast<std::size_t>(concurrency);
+    bound += static_cast<std::size_t>(s.queue) + concurrency(plan.stages[i - 1]) + concurrency(s);
   }
   return bound;
 }
