@@ -1,21 +1,27 @@
 // Engine overhead: a pipeline against the same stage objects called back to back on one thread.
 //
 // BM_EngineOverhead/<config> takes a real config (configs/train.yaml, configs/default.yaml) and
-// runs it three ways over the same files, one after the other in every iteration:
+// runs it four ways over the same files in every repetition, each repetition starting with the
+// next of the four (so that none always runs first on a machine whose speed drifts):
 // - loop: the config's stages, built by the same config loader, called in a plain loop on the
 //   benchmark's thread (source next + load, every transform's process, the batch stage's push,
 //   the sinks' consume), one recycled sample, no engine at all;
+// - two loops: two such loops at once on two threads, each over every file: what two cores
+//   give with no engine, their shared caches and memory included;
 // - pipeline at `pipeline.threads` 1 and 2: Pipeline::from_file with the same overrides.
-// Both sides read the files from the page cache (one untimed loop pass reads every file first)
-// and are timed alike: images after the first batch over the time from the first batch to the
-// last (the pipeline's steady-state images_per_second). Counters: the three rates,
-// pipeline_1t_over_loop (the engine's own per-item cost at one thread: 1.0 is free) and
-// pipeline_2t_over_2x_loop (the two-core scaling against a perfect 2x of the loop).
+// All read the files from the page cache (one untimed loop pass reads every file first) and are
+// timed alike: images after the first batch over the time from the first batch to the last (the
+// pipeline's steady-state images_per_second). Counters: the rates; pipeline_1t_over_loop (the
+// engine's own per-item cost at one thread: 1.0 is free); pipeline_2t_over_2x_loop (two-core
+// scaling against a perfect 2x of the loop); two_loops_over_2x_loop (what the machine itself
+// loses on the second core); pipeline_2t_over_two_loops; and the process's CPU time per pass
+// over the loop's (*_cpu_over_loop, per file): above 1 is work added, not time spent idle.
 //
 // Data: MILLRACE_BENCH_DATA, default data/imagenet-like of the source tree
 // (`millrace make-dataset data/imagenet-like --count 2000`); MILLRACE_BENCH_IMAGES > 0 takes the
 // first N entries. default.yaml's npy sink writes into a temporary folder, removed at exit.
 #include <benchmark/benchmark.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <array>
@@ -29,6 +35,7 @@
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 #include "bench/two_buffer_emitter.hpp"
@@ -77,12 +84,15 @@ const ScratchDir& scratch() {
   return instance;
 }
 
-// The --set overrides both sides use: the data set, the thread count, the output folder.
-std::vector<std::string> overrides(const std::string& config, int threads) {
+// The --set overrides both sides use: the data set, the thread count, the output folder (one per
+// lane, for loops that run side by side).
+std::vector<std::string> overrides(const std::string& config, int threads, int lane = 0) {
   std::vector<std::string> out = {"files.root=" + data_root(),
                                   "pipeline.threads=" + std::to_string(threads)};
   if (image_limit() > 0) out.push_back("files.limit=" + std::to_string(image_limit()));
-  if (config == "default") out.push_back("npy.dir=" + scratch().path());
+  if (config == "default") {
+    out.push_back("npy.dir=" + scratch().path() + (lane > 0 ? "/" + std::to_string(lane) : ""));
+  }
   return out;
 }
 
@@ -132,7 +142,7 @@ class LoopEmitter final : public TwoBufferEmitter {
 };
 
 // One pass of the config's stages in a plain loop on this thread; returns steady-state images/s.
-double loop_pass(const std::string& config) {
+double loop_pass(const std::string& config, int lane = 0) {
   std::ifstream in(config_path(config), std::ios::binary);
   if (!in) throw std::runtime_error(config_path(config) + ": cannot open");
   std::ostringstream text;
@@ -141,7 +151,8 @@ double loop_pass(const std::string& config) {
   ConfigNode root = load_config_document(text.str(), config_path(config), diagnostics);
   PipelinePlan plan;
   if (!diagnostics.has_errors()) {
-    plan = parse_pipeline(std::move(root), overrides(config, 1), Registry::builtin(), diagnostics);
+    plan = parse_pipeline(std::move(root), overrides(config, 1, lane), Registry::builtin(),
+                          diagnostics);
   }
   diagnostics.throw_if_errors();
 
@@ -199,6 +210,52 @@ double loop_pass(const std::string& config) {
   return emitter.images_per_second();
 }
 
+// Seconds of CPU (user + system) the whole process has used: every thread, TBB's workers too.
+double process_cpu_seconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) * 1e-6;
+  };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
+// Two loops at once, each on its own thread over the same files: what two cores give with no
+// engine at all (their shared caches and memory bus included). Returns the sum of their rates.
+double two_loops_pass(const std::string& config) {
+  double rates[2] = {0, 0};
+  std::exception_ptr errors[2];
+  auto lane = [&](int i) {
+    try {
+      rates[i] = loop_pass(config, i + 1);
+    } catch (...) {
+      errors[i] = std::current_exception();
+    }
+  };
+  std::thread second(lane, 1);
+  lane(0);
+  second.join();
+  for (const auto& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
+  return rates[0] + rates[1];
+}
+
+// A pass's steady-state rate and the CPU time the whole pass took (set-up included).
+struct Pass {
+  double images_per_second = 0;
+  double cpu_seconds = 0;
+};
+
+template <class F>
+Pass measured(F&& pass) {
+  const double cpu0 = process_cpu_seconds();
+  Pass p;
+  p.images_per_second = pass();
+  p.cpu_seconds = process_cpu_seconds() - cpu0;
+  return p;
+}
+
 double pipeline_pass(const std::string& config, int threads) {
   Pipeline pipeline = Pipeline::from_file(config_path(config), overrides(config, threads));
   const RunStats stats = pipeline.run([](const Batch&) {});
@@ -217,12 +274,44 @@ void BM_EngineOverhead(benchmark::State& state, const std::string& config) {
   double loop = 0;
   double one = 0;
   double two = 0;
+  double loops = 0;
+  double loops_cpu = 0;
+  double loop_cpu = 0;
+  double one_cpu = 0;
+  double two_cpu = 0;
   try {
-    loop_pass(config);  // reads every file into the page cache, warms the buffers
+    loop_pass(config);    // reads every file into the page cache, warms the buffers
+    static int turn = 0;  // repetitions are separate calls with one iteration each
     for (auto _ : state) {
-      loop += loop_pass(config);
-      one += pipeline_pass(config, 1);
-      two += pipeline_pass(config, 2);
+      // Each repetition starts with the next of the four, so that none always runs first (or
+      // always right after another) on a machine whose speed drifts.
+      Pass l;
+      Pass p1;
+      Pass p2;
+      for (int k = 0; k < 4; ++k) {
+        switch ((turn + k) % 4) {
+          case 0:
+            l = measured([&] { return loop_pass(config); });
+            break;
+          case 1:
+            p1 = measured([&] { return pipeline_pass(config, 1); });
+            break;
+          case 2:
+            p2 = measured([&] { return pipeline_pass(config, 2); });
+            break;
+          default:
+            const Pass both = measured([&] { return two_loops_pass(config); });
+            loops += both.images_per_second;
+            loops_cpu += both.cpu_seconds / 2;  // each loop reads every file: per file, as the rest
+        }
+      }
+      ++turn;
+      loop += l.images_per_second;
+      one += p1.images_per_second;
+      two += p2.images_per_second;
+      loop_cpu += l.cpu_seconds;
+      one_cpu += p1.cpu_seconds;
+      two_cpu += p2.cpu_seconds;
     }
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
@@ -232,11 +321,22 @@ void BM_EngineOverhead(benchmark::State& state, const std::string& config) {
   loop /= runs;
   one /= runs;
   two /= runs;
+  loops /= runs;
   state.counters["loop_images_per_second"] = loop;
+  state.counters["two_loops_images_per_second"] = loops;
   state.counters["pipeline_1t_images_per_second"] = one;
   state.counters["pipeline_2t_images_per_second"] = two;
   state.counters["pipeline_1t_over_loop"] = loop > 0 ? one / loop : 0.0;
   state.counters["pipeline_2t_over_2x_loop"] = loop > 0 ? two / (2 * loop) : 0.0;
+  // Against what two cores deliver without an engine (two loops side by side): 2 x loop assumes
+  // that a second busy core leaves the first one's speed alone.
+  state.counters["two_loops_over_2x_loop"] = loop > 0 ? loops / (2 * loop) : 0.0;
+  state.counters["pipeline_2t_over_two_loops"] = loops > 0 ? two / loops : 0.0;
+  // CPU per pass against the loop's (the same files each time): above 1 is work the pipeline
+  // adds; a rate gap with a CPU ratio near 1 is time the threads spend idle.
+  state.counters["pipeline_1t_cpu_over_loop"] = loop_cpu > 0 ? one_cpu / loop_cpu : 0.0;
+  state.counters["pipeline_2t_cpu_over_loop"] = loop_cpu > 0 ? two_cpu / loop_cpu : 0.0;
+  state.counters["two_loops_cpu_over_loop"] = loop_cpu > 0 ? loops_cpu / loop_cpu : 0.0;
 }
 BENCHMARK_CAPTURE(BM_EngineOverhead, train, std::string("train"))
     ->Iterations(1)
