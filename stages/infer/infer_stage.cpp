@@ -272,7 +272,7 @@ void InferStage::check_calibration_table(const std::string& where, Diagnostics& 
   // The table is a cache of calibration: one made for another model, another loader format or
   // another mode is remade (and said so), never used for this network.
   try {
-    const infer::CalibrationTable table = infer::load_calibration_table(path);
+    infer::CalibrationTable table = infer::load_calibration_table(path);
     const std::string ours = infer::calibration_fingerprint(model_, options_.input);
     std::string why;
     if (table.fingerprint != ours) {
@@ -289,7 +289,8 @@ void InferStage::check_calibration_table(const std::string& where, Diagnostics& 
                                      "; this run calibrates on its first " +
                                      std::to_string(params_.calibration_batches) +
                                      " batches and rewrites the table");
-      recalibrate_ = true;
+    } else {
+      table_ = std::move(table);
     }
   } catch (const infer::CalibrationError& e) {
     d.error(context().where, where + ": " + e.what() + " (delete it to calibrate again)");
@@ -298,10 +299,15 @@ void InferStage::check_calibration_table(const std::string& where, Diagnostics& 
 
 void InferStage::thread_start() {
   network_ = std::make_unique<infer::Network>(model_, options_);
-  if (network_->needs_calibration() && !params_.calibration_table.empty() && !recalibrate_ &&
-      std::filesystem::exists(params_.calibration_table)) {
-    network_->load_calibration(params_.calibration_table);
+  if (network_->needs_calibration() && table_) {
+    network_->load_calibration(std::move(*table_), params_.calibration_table);
+    table_.reset();
   }
+  store_network_stats();
+}
+
+void InferStage::store_network_stats() {
+  // They change only when the network builds its primitives: at start, and when calibrated.
   input_reorders_.store(network_->stats().input_reorders_per_batch);
   winograd_convolutions_.store(network_->stats().winograd_convolutions);
 }
@@ -321,8 +327,6 @@ void InferStage::run(BatchData& b) {
     timed_images_.fetch_add(static_cast<std::uint64_t>(rows));
   }
   warm_ = true;
-  input_reorders_.store(network_->stats().input_reorders_per_batch);
-  winograd_convolutions_.store(network_->stats().winograd_convolutions);
   // One copy, of the first full batch: the int8 and fp32 kernels' speed does not depend on the
   // values, so one batch stands for all of them.
   if (params_.alone > 0 && alone_input_.empty() && rows == batch_size_ && b.pad == 0) {
@@ -353,6 +357,7 @@ void InferStage::finish_calibration(BatchEmitter& out) {
   const auto t0 = std::chrono::steady_clock::now();
   network_->finalize_calibration();
   if (!params_.calibration_table.empty()) network_->save_calibration(params_.calibration_table);
+  store_network_stats();
   calibration_seconds_.store(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   for (BatchData* h : held_) {

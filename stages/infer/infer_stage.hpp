@@ -12,10 +12,12 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "engine/registry.hpp"
+#include "stages/infer/calibration.hpp"
 #include "stages/infer/model.hpp"
 #include "stages/infer/network.hpp"
 
@@ -57,13 +59,16 @@ class InferStage final : public BatchTransformStage {
   void finish_calibration(BatchEmitter& out);
   void run_alone();
   void check_calibration_table(const std::string& where, Diagnostics& d);
+  void store_network_stats();
 
   Params params_;
   infer::Model model_;
   infer::NetworkOptions options_;
   int batch_size_ = 0;
   std::unique_ptr<infer::Network> network_;
-  bool recalibrate_ = false;  // the table on disk is for another network: remake it
+  // The calibration table read from disk and checked at link, loaded into the network on its
+  // thread; empty when there is none or it is for another network (this run remakes it).
+  std::optional<infer::CalibrationTable> table_;
   std::vector<BatchData*> held_;
   std::atomic<std::uint64_t> scored_{0};
   std::atomic<std::uint64_t> top1_{0};

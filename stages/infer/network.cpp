@@ -1285,12 +1285,18 @@ void Network::save_calibration(const std::string& path) const {
 }
 
 void Network::load_calibration(const std::string& path) {
+  if (impl_->options.precision != Precision::kInt8) {
+    throw std::logic_error("infer: only an int8 network takes a calibration table");
+  }
+  load_calibration(load_calibration_table(path), path);
+}
+
+void Network::load_calibration(CalibrationTable t, const std::string& path) {
   Impl& m = *impl_;
   if (m.options.precision != Precision::kInt8) {
     throw std::logic_error("infer: only an int8 network takes a calibration table");
   }
   m.set_threads();
-  CalibrationTable t = load_calibration_table(path);
   const std::string ours = calibration_fingerprint(m.model, m.options.input);
   if (t.fingerprint != ours) {
     throw CalibrationError(path + ": error: the table was made for " +

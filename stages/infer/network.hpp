@@ -43,6 +43,7 @@ enum class Precision { kFp32, kInt8 };
 enum class InputType { kS8, kU8, kF32 };
 enum class InputLayout { kNCHW, kNHWC };
 enum class CalibrationMode { kMinMax, kEntropy };
+struct CalibrationTable;  // calibration.hpp
 
 // How the loader's batch relates to what the model was trained on, per channel c:
 //   loader: pixel_c - loader_mean_c = (q - zero_point) * unit_c      (int8-contract.md)
@@ -109,6 +110,8 @@ class Network {
   // the network uncalibrated.
   void save_calibration(const std::string& path) const;
   void load_calibration(const std::string& path);
+  // The same for a table already read (`source` names where it came from, for errors).
+  void load_calibration(CalibrationTable table, const std::string& source);
 
   // Runs one batch (batch <= options.batch; a smaller last batch is copied into a padded buffer
   // first) and writes batch x classes() float32 logits (the outputs before any softmax).
