@@ -37,7 +37,6 @@ std::int64_t product(const std::vector<std::int64_t>& v, std::size_t from = 0) {
 }
 
 bool is_reference(std::string_view impl) { return impl.find("ref") != std::string_view::npos; }
-bool is_winograd(std::string_view impl) { return impl.find("wino") != std::string_view::npos; }
 
 // The same memory descriptor with another element type of the same size (u8 <-> s8): how the
 // in-place sum reads an addend of the other signedness, and how a value keeps its layout when
@@ -301,8 +300,9 @@ class Builder {
       if (input_zero_point() != 0) attr.set_zero_points(DNNL_ARG_SRC, 0, {input_zero_point()});
     }
     const Dims src_dims = dims_of(model_.input);
+    bool winograd = false;
     auto pd = conv_pd(op, memory::desc(src_dims, src_type, Tag::any),
-                      memory::desc(dims_of(out), dst_type, Tag::any), attr);
+                      memory::desc(dims_of(out), dst_type, Tag::any), attr, winograd);
     return pd.src_desc() == memory::desc(src_dims, src_type, Tag::nchw) ? InputLayout::kNCHW
                                                                         : InputLayout::kNHWC;
   }
@@ -604,9 +604,12 @@ class Builder {
     }
   }
 
+  // The convolution's primitive descriptor; `winograd` says whether it is the Winograd algorithm
+  // (asked for on the shapes where it pays, and kept when oneDNN has a kernel for it).
   dnnl::convolution_forward::primitive_desc conv_pd(const Op& op, const memory::desc& src,
                                                     const memory::desc& dst,
-                                                    const dnnl::primitive_attr& attr) const {
+                                                    const dnnl::primitive_attr& attr,
+                                                    bool& winograd) const {
     const auto& ws = op.weight.shape;
     if (ws.size() != 4 || op.groups < 1 || ws[0] % op.groups != 0) {
       throw ModelError(model_where(model_, op) +
@@ -635,13 +638,15 @@ class Builder {
       dnnl::convolution_forward::desc d(prop, alg, src, w, dst, strides, dilation, pad_l, pad_r);
       return {d, attr, engine_};
     };
-    const bool winograd = options_.winograd && wtype == Dt::s8 && op.groups == 1 && ws[2] == 3 &&
-                          ws[3] == 3 && strides == Dims{1, 1} && dilation == Dims{0, 0} &&
-                          ws[1] >= kWinogradMinChannels;
-    if (winograd) {
+    winograd = false;
+    if (options_.winograd && wtype == Dt::s8 && op.groups == 1 && ws[2] == 3 && ws[3] == 3 &&
+        strides == Dims{1, 1} && dilation == Dims{0, 0} && ws[1] >= kWinogradMinChannels) {
       try {
         auto pd = make(dnnl::algorithm::convolution_winograd);
-        if (!is_reference(pd.impl_info_str())) return pd;
+        if (!is_reference(pd.impl_info_str())) {
+          winograd = true;
+          return pd;
+        }
       } catch (const dnnl::error&) {
         // No Winograd kernel for this shape, type or post-op chain on this CPU: direct it is.
       }
@@ -651,6 +656,7 @@ class Builder {
 
   struct ConvChoice {
     bool fused = false;
+    bool winograd = false;
     int out = -1;
     float out_scale = 1.0F;
     dnnl::convolution_forward::primitive_desc pd;
@@ -733,7 +739,7 @@ class Builder {
         dst_md = with_type(addend.md, dst_type);
       }
       attr.set_post_ops(post);
-      c.pd = conv_pd(op, memory::desc(dims_of(in), src_type, Tag::any), dst_md, attr);
+      c.pd = conv_pd(op, memory::desc(dims_of(in), src_type, Tag::any), dst_md, attr, c.winograd);
       return c;
     };
     // The residual add rides on the convolution unless that forces oneDNN onto its reference
@@ -773,7 +779,7 @@ class Builder {
     step.observed_value = choice.out;
     if (reads_input && program_->first_conv_step < 0) program_->first_conv_step = step_index() - 1;
     if (choice.fused) ++program_->stats.fused_adds;
-    if (is_winograd(pd.impl_info_str())) ++program_->stats.winograd_convolutions;
+    if (choice.winograd) ++program_->stats.winograd_convolutions;
     states_[choice.out] = dst;
   }
 
