@@ -105,6 +105,23 @@ def compare_recipe(args, recipe, work):
     } for label, rate, data, text in millrace_runs]
 
 
+def add_run_arguments(parser):
+    """The options every script that runs millrace beside the peer takes after its own."""
+    parser.add_argument("--peer-python", default=sys.executable,
+                        help="interpreter for the peer (it needs torch and torchvision)")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per run")
+
+
+def check_root_and_millrace(parser, args):
+    """Usage errors for a dataset without labels.lst or a millrace that is not executable; makes
+    args.millrace absolute (the runs change folder)."""
+    if not os.path.isfile(os.path.join(args.root, "labels.lst")):
+        parser.error(f"{args.root} holds no labels.lst (make one with the dataset generator)")
+    if not (os.path.isfile(args.millrace) and os.access(args.millrace, os.X_OK)):
+        parser.error(f"{args.millrace} is not an executable file")
+    args.millrace = os.path.abspath(args.millrace)
+
+
 def print_rows(rows):
     print_table(("recipe", "millrace images/s", "pytorch images/s", "ratio"),
                 [(r["recipe"], f"{r['millrace_images_per_second']:.1f}",
@@ -127,19 +144,13 @@ def main():
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--peer-repeats", type=int, default=3,
                         help="peer runs per recipe; the median is compared")
-    parser.add_argument("--peer-python", default=sys.executable,
-                        help="interpreter for the peer (it needs torch and torchvision)")
     parser.add_argument("--keep", help="keep the generated configs and raw results in this folder")
-    parser.add_argument("--timeout", type=int, default=1800, help="seconds per run")
+    add_run_arguments(parser)
     args = parser.parse_args()
 
-    if not os.path.isfile(os.path.join(args.root, "labels.lst")):
-        parser.error(f"{args.root} holds no labels.lst (make one with the dataset generator)")
-    if not (os.path.isfile(args.millrace) and os.access(args.millrace, os.X_OK)):
-        parser.error(f"{args.millrace} is not an executable file")
+    check_root_and_millrace(parser, args)
     if args.images < 2 * args.batch or args.peer_repeats < 1:
         parser.error("--images must cover at least two batches and --peer-repeats be >= 1")
-    args.millrace = os.path.abspath(args.millrace)
 
     recipes = ["train", "val"] if args.recipe == "both" else [args.recipe]
     if args.keep:

@@ -22,7 +22,8 @@ import sys
 import tempfile
 
 from benchlib import RunFailed, print_table, run, write_json
-from compare import PEER, millrace_config, read_rate
+from compare import (PEER, add_run_arguments, check_root_and_millrace, millrace_config,
+                     read_rate)
 
 
 def millrace_point(args, threads, reduce, work):
@@ -121,23 +122,17 @@ def main():
     parser.add_argument("--no-peer", action="store_true", help="millrace only")
     parser.add_argument("--peer-repeats", type=int, default=1,
                         help="peer runs per point; the median is compared")
-    parser.add_argument("--peer-python", default=sys.executable,
-                        help="interpreter for the peer (it needs torch and torchvision)")
     parser.add_argument("--json", help="write the points here")
-    parser.add_argument("--timeout", type=int, default=1800, help="seconds per run")
+    add_run_arguments(parser)
     args = parser.parse_args()
 
-    if not os.path.isfile(os.path.join(args.root, "labels.lst")):
-        parser.error(f"{args.root} holds no labels.lst (make one with the dataset generator)")
-    if not (os.path.isfile(args.millrace) and os.access(args.millrace, os.X_OK)):
-        parser.error(f"{args.millrace} is not an executable file")
+    check_root_and_millrace(parser, args)
     cores = os.cpu_count() or 1
     if args.threads[-1] > cores:
         parser.error(f"{args.threads[-1]} threads on a machine with {cores} cores")
     if args.images < 2 * args.batch or args.epochs_per_thread < 1 or args.peer_repeats < 1:
         parser.error("--images must cover two batches; --epochs-per-thread and --peer-repeats "
                      "must be >= 1")
-    args.millrace = os.path.abspath(args.millrace)
 
     with tempfile.TemporaryDirectory(prefix="millrace_scaling_") as work:
         try:
