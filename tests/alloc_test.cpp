@@ -245,8 +245,8 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr int kBatchSize = 8;
-constexpr int kFirstBatch = 20;  // the pools and buffers have warmed up by then
-constexpr int kLastBatch = 50;
+constexpr int kFirstBatch = 25;  // the pools and buffers have warmed up by then
+constexpr int kLastBatch = 55;
 // Enough images for kLastBatch full batches plus what is in flight when the window closes.
 constexpr int kImages = 480;
 
@@ -541,16 +541,16 @@ enum class Recipe { kTrain, kValidation };
 enum class Source { kFiles, kRecordIo };
 
 // The stages of configs/train.yaml and configs/default.yaml with smaller batches, a discarding
-// sink and the generated data. The edges hold 2 items instead of the configs' 8: the pools create
-// their objects on demand, up to what the edges let be in flight at once, and with an ordering
-// window of 32 the last few are created only when a worker is held up long enough for 32 samples
-// to pile up behind one (on a busy machine, at any time in a run). Objects created and buffers
-// grown for the first time are warm-up, not steady state; small edges get the warm-up done within
-// the first batches.
+// sink and the generated data. The edges queue 1 item instead of the configs' 8 (each also holds
+// one per slot of its producer): the pools create their objects on demand, up to what the edges
+// let be in flight at once, and with an ordering window of 39 the last few are created only when
+// a worker is held up long enough for 39 samples to pile up behind one (on a busy machine, at any
+// time in a run). Objects created and buffers grown for the first time are warm-up, not steady
+// state; small edges get the warm-up done within the first batches.
 std::string recipe_yaml(Recipe recipe, Source source, int threads) {
   const bool train = recipe == Recipe::kTrain;
   std::string yaml = "pipeline: {threads: " + std::to_string(threads) +
-                     ", queue: 2, ordered: true, seed: 1}\nstages:\n";
+                     ", queue: 1, ordered: true, seed: 1}\nstages:\n";
   if (source == Source::kFiles) {
     yaml += "  - {type: files, root: '" + Dataset::images() +
             "', list: labels.lst, shuffle: " + (train ? "true" : "false") + "}\n";
