@@ -281,11 +281,12 @@ Bottleneck find_bottleneck(const RunStats& s) {
     const StageStats& up = s.stages[i - 1];
     const StageStats& down = s.stages[i];
     if (down.queue_capacity > 0 && blocked(up) >= kNotable && waits(down) >= kNotable) {
+      const int queue = down.queue > 0 ? down.queue : down.queue_capacity;  // the setting now
       r << " The queue into " << quoted(down.name) << " is bursty (" << quoted(up.name)
         << " blocked " << percent(blocked(up)) << ", " << quoted(down.name) << " waiting "
-        << percent(waits(down)) << "): a larger `" << down.name << ".queue` (e.g. "
-        << 2 * down.queue_capacity << ") lets them overlap.";
-      b.changes.push_back(down.name + ".queue: " + std::to_string(2 * down.queue_capacity));
+        << percent(waits(down)) << "): a larger `" << down.name << ".queue` (e.g. " << 2 * queue
+        << ") lets them overlap.";
+      b.changes.push_back(down.name + ".queue: " + std::to_string(2 * queue));
     }
   }
   b.report = r.str();
@@ -329,6 +330,7 @@ std::string summary_json(const std::string& name, const RunStats& s) {
     j.begin_object().key("name").value(st.name).key("type").value(st.type);
     j.key("concurrency").value(st.concurrency).key("items").value(st.items);
     j.key("busy_seconds").value(st.busy_seconds).key("busy_share").value(st.busy_share);
+    j.key("queue").value(st.queue);
     j.key("queue_capacity").value(st.queue_capacity).key("queue_peak").value(st.queue_peak);
     j.key("queue_mean").value(st.queue_mean).key("errors").value(st.errors);
     j.key("wait_input_seconds").value(st.wait_input_seconds);

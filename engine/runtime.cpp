@@ -1267,6 +1267,7 @@ RunStats Pipeline::Impl::build_stats(bool final) const {
     st.type = p.type;
     st.concurrency = p.concurrency;
     st.concurrency_auto = p.concurrency_auto;
+    st.queue = p.queue;
     st.queue_capacity = p.queue;
     std::uint64_t busy = 0;
     double idle_input = 0;

@@ -19,6 +19,7 @@ StageStats make_stage(const std::string& name, const std::string& type, int conc
   st.busy_seconds = busy;
   st.wait_input_seconds = wait_input;
   st.blocked_output_seconds = blocked;
+  st.queue = capacity;
   st.queue_capacity = capacity;
   st.queue_mean = queue_mean;
   return st;
@@ -103,6 +104,9 @@ TEST(Bottleneck, ABurstyEdgeGetsALargerQueue) {
   // turns, the queue between them too shallow to let both run.
   s.stages[2].blocked_output_seconds = 0.3 * 2 * 10.0;
   s.stages[3].wait_input_seconds = 0.4 * 2 * 10.0;
+  // Its edge holds its queue of 8 plus one item per slot of augment: the advice is about the
+  // queue, the setting the user changes.
+  s.stages[3].queue_capacity = 10;
   const Bottleneck b = find_bottleneck(s);
   EXPECT_TRUE(suggests(b, "normalize.queue: 16")) << b.report;
 }

@@ -33,7 +33,8 @@ struct StageStats {
   std::uint64_t items = 0;   // invocations, markers excluded
   double busy_seconds = 0;   // summed over threads
   double busy_share = 0;     // busy_seconds / (elapsed * pipeline threads)
-  int queue_capacity = 0;    // of the stage's input edge
+  int queue = 0;             // its `queue` setting: items that may wait in its input edge
+  int queue_capacity = 0;    // of that edge: `queue` plus one per slot of the stage before it
   int queue_peak = 0;        // the most items ever in that edge
   double queue_mean = 0;     // mean items in that edge over the run (time-weighted)
   std::uint64_t errors = 0;  // per-sample errors raised by the stage
