@@ -247,14 +247,12 @@ Bottleneck find_bottleneck(const RunStats& s) {
   } else if (cpu >= kAllThreads) {
     r << "Every thread is busy, so more concurrency cannot help: make " << quoted(st.name)
       << " cheaper";
-    if (st.type == "decode") {
-      r << " (`" << st.name << ".reduce: auto` decodes JPEGs at a reduced scale when the resize "
-        << "allows it)";
-      b.changes.push_back(st.name + ".reduce: auto");
-    } else if (st.type == "augment") {
-      r << " (a smaller `resize`)";
-      b.changes.push_back(st.name + ".resize (smaller)");
+    for (std::size_t i = 0; i < st.cheaper.size(); ++i) {
+      const CheaperSetting& c = st.cheaper[i];
+      r << (i == 0 ? " (" : "; ") << "`" << st.name << "." << c.change << "` " << c.effect;
+      b.changes.push_back(st.name + "." + c.change);
     }
+    if (!st.cheaper.empty()) r << ")";
     if (infer != nullptr) {
       r << ", or give oneDNN fewer threads (`" << infer->name
         << ".threads`) to leave the data stages more cores";

@@ -1268,6 +1268,7 @@ RunStats Pipeline::Impl::build_stats(bool final) const {
     st.concurrency = p.concurrency;
     st.concurrency_auto = p.concurrency_auto;
     st.queue = p.queue;
+    st.cheaper = p.stage->cheaper_settings();
     st.queue_capacity = p.queue;
     std::uint64_t busy = 0;
     double idle_input = 0;

@@ -23,6 +23,7 @@
 
 #include "engine/config_node.hpp"
 #include "engine/item.hpp"
+#include "millrace/stats.hpp"
 
 namespace millrace {
 
@@ -84,6 +85,9 @@ class Stage {
   virtual void open() {}
   // Called once after the last item, on the engine's thread; sinks flush files here.
   virtual void finish() {}
+  // Settings this stage leaves off that would make each item cheaper (the bottleneck report
+  // offers them when the stage limits throughput); none by default.
+  virtual std::vector<CheaperSetting> cheaper_settings() const { return {}; }
 
  private:
   StageContext context_;

@@ -49,9 +49,17 @@ RunStats validation_run(int threads, int decode_concurrency, double decode_busy_
 
 TEST(Bottleneck, ASaturatedStageOnBusyThreadsIsNamedWithACheaperDecode) {
   // decode busy 97% of its 2 slots on 2 threads, its queue full, files blocked, augment starved.
-  const Bottleneck b = find_bottleneck(validation_run(2, 2, 0.97));
+  RunStats s = validation_run(2, 2, 0.97);
+  s.stages[1].cheaper = {{"reduce: auto", "decodes only the crop window"},
+                         {"dct: fast", "uses the fast inverse DCT"}};
+  const Bottleneck b = find_bottleneck(s);
   EXPECT_EQ(b.stage, "decode") << b.report;
   EXPECT_TRUE(suggests(b, "decode.reduce: auto")) << b.report;
+  EXPECT_TRUE(suggests(b, "decode.dct: fast")) << b.report;
+  EXPECT_NE(b.report.find("(`decode.reduce: auto` decodes only the crop window; `decode.dct: "
+                          "fast` uses the fast inverse DCT)"),
+            std::string::npos)
+      << b.report;
   EXPECT_FALSE(suggests(b, "decode.concurrency: 2")) << b.report;
   EXPECT_NE(b.report.find("'files' is blocked on it 90%"), std::string::npos) << b.report;
   EXPECT_NE(b.report.find("'augment' waits for its output 85%"), std::string::npos) << b.report;
@@ -96,6 +104,15 @@ TEST(Bottleneck, DataStagesStarvedOfCoresByTheNetworkGetFewerOneDnnThreads) {
   const Bottleneck b = find_bottleneck(s);
   EXPECT_EQ(b.stage, "decode") << b.report;
   EXPECT_TRUE(suggests(b, "infer.threads (fewer)")) << b.report;
+}
+
+TEST(Bottleneck, ASettingAlreadyOnIsNotOffered) {
+  // The same saturated decode with `reduce: auto` and `dct: fast` on: it has nothing to offer.
+  const Bottleneck b = find_bottleneck(validation_run(2, 2, 0.97));
+  EXPECT_EQ(b.stage, "decode") << b.report;
+  EXPECT_FALSE(suggests(b, "decode.reduce: auto")) << b.report;
+  EXPECT_EQ(b.report.find("reduce"), std::string::npos) << b.report;
+  EXPECT_NE(b.report.find("run on more cores"), std::string::npos) << b.report;
 }
 
 TEST(Bottleneck, ABurstyEdgeGetsALargerQueue) {

@@ -26,6 +26,13 @@ struct SkippedSample {
   std::string error;
 };
 
+// A setting a stage does not use that would make each of its items cheaper, for the bottleneck
+// report: `change` as `--set NAME.` takes it, `effect` what it does.
+struct CheaperSetting {
+  std::string change;  // e.g. "reduce: auto"
+  std::string effect;  // e.g. "decodes only the crop window, at a reduced DCT scale"
+};
+
 struct StageStats {
   std::string name;
   std::string type;
@@ -42,7 +49,8 @@ struct StageStats {
   double wait_input_seconds = 0;
   double blocked_output_seconds = 0;  // the source: its next item waited for a token
   double wait_worker_seconds = 0;
-  bool concurrency_auto = false;  // `concurrency: auto`: `concurrency` is what it chose
+  bool concurrency_auto = false;        // `concurrency: auto`: `concurrency` is what it chose
+  std::vector<CheaperSetting> cheaper;  // what the report may suggest when the stage limits
 };
 
 struct TraceInfo {

@@ -76,6 +76,11 @@ void AugmentStage::check(const Params& p, const ConfigNode& node, const std::str
   }
 }
 
+std::vector<CheaperSetting> AugmentStage::cheaper_settings() const {
+  if (params_.resize <= 0) return {};
+  return {{"resize (smaller)", "leaves fewer pixels to resample"}};
+}
+
 AugmentStage::AugmentStage(StageContext context, Params params)
     : TransformStage(std::move(context)), params_(params) {
   seed_ = params_.seed >= 0 ? static_cast<std::uint64_t>(params_.seed) : this->context().seed;

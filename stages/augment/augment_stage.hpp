@@ -55,6 +55,8 @@ class AugmentStage final : public TransformStage, public DecodeWindowSource {
   void link(const std::vector<Stage*>& upstream, Diagnostics& diagnostics) override;
   void prepare() override;
   void process(Sample& sample, RunReporter& reporter) const override;
+  // A smaller `resize`, when it resizes before cropping.
+  std::vector<CheaperSetting> cheaper_settings() const override;
   std::optional<decode::WindowRequest> decode_window(int width, int height,
                                                      const Sample& sample) const noexcept override;
   const Params& params() const { return params_; }

@@ -71,6 +71,21 @@ bool DecodeStage::attach_window_source(const DecodeWindowSource* source) {
   return true;
 }
 
+std::vector<CheaperSetting> DecodeStage::cheaper_settings() const {
+  std::vector<CheaperSetting> out;
+  if (params_.reduce == Reduce::kOff) {
+    out.push_back(
+        {"reduce: auto",
+         "decodes only the crop window, at a reduced DCT scale when the resize allows it"});
+  }
+  if (params_.dct == Dct::kAccurate) {
+    out.push_back({"dct: fast",
+                   "uses the fast integer inverse DCT, 10-20 % less decode time at "
+                   "about 43 dB from the accurate decode"});
+  }
+  return out;
+}
+
 void DecodeStage::process(Sample& sample, RunReporter& reporter) const {
   decode::Info info;
   // No stage reads a sample's scratch tensor after the stage that filled it.

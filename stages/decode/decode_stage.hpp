@@ -55,6 +55,8 @@ class DecodeStage final : public TransformStage {
 
   DecodeStage(StageContext context, Params params);
   void process(Sample& sample, RunReporter& reporter) const override;
+  // `reduce: auto` and `dct: fast`, each while it is off.
+  std::vector<CheaperSetting> cheaper_settings() const override;
   // The decoded images' buffers (its created() is what tests hold against the graph's bound).
   const std::shared_ptr<BufferPool>& buffer_pool() const { return buffers_; }
 

@@ -10,8 +10,9 @@
 // that reads the image has given its input token back. So the samples holding a decoded image are
 // at most, for each stage after decode up to the one that reads it (augment when it resizes or
 // resamples, else normalize), the capacity of the edge into the stage (its queue plus one per slot
-// of the stage before it) plus the stage's concurrency; the same for a resized image from augment to normalize. Each sample holds at most
-// one buffer of each pool. The ordering window in front of the batch stage appears in neither.
+// of the stage before it) plus the stage's concurrency; the same for a resized image from augment
+// to normalize. Each sample holds at most one buffer of each pool. The ordering window in front of
+// the batch stage appears in neither.
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
@@ -235,6 +236,27 @@ AugmentStage::Params random_resized() {
   p.size = {48, 48};
   p.mirror = 0.5;
   return p;
+}
+
+// What the bottleneck report may offer for a limiting decode or augment: only settings they
+// leave off.
+TEST(CheaperSettings, DecodeOffersReduceAndFastDctWhileTheyAreOff) {
+  auto changes = [](const DecodeStage::Params& p) {
+    std::vector<std::string> out;
+    for (const CheaperSetting& c : DecodeStage(context_for("decode"), p).cheaper_settings()) {
+      EXPECT_FALSE(c.effect.empty()) << c.change;
+      out.push_back(c.change);
+    }
+    return out;
+  };
+  DecodeStage::Params p;
+  EXPECT_EQ(changes(p), (std::vector<std::string>{"reduce: auto", "dct: fast"}));
+  p.reduce = DecodeStage::Reduce::kAuto;
+  EXPECT_EQ(changes(p), (std::vector<std::string>{"dct: fast"}));
+  p.dct = DecodeStage::Dct::kFast;
+  EXPECT_TRUE(changes(p).empty());
+  EXPECT_EQ(AugmentStage(context_for("augment"), center(256)).cheaper_settings().size(), 1U);
+  EXPECT_TRUE(AugmentStage(context_for("augment"), random_resized()).cheaper_settings().empty());
 }
 
 TEST(ImageBuffers, EachBufferGoesBackToThePoolItCameFrom) {
