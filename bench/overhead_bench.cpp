@@ -31,6 +31,7 @@
 #include <exception>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -247,8 +248,7 @@ struct Pass {
   double cpu_seconds = 0;
 };
 
-template <class F>
-Pass measured(F&& pass) {
+Pass measured(const std::function<double()>& pass) {
   const double cpu0 = process_cpu_seconds();
   Pass p;
   p.images_per_second = pass();
@@ -271,72 +271,53 @@ void BM_EngineOverhead(benchmark::State& state, const std::string& config) {
                             .c_str());
     return;
   }
-  double loop = 0;
-  double one = 0;
-  double two = 0;
-  double loops = 0;
-  double loops_cpu = 0;
-  double loop_cpu = 0;
-  double one_cpu = 0;
-  double two_cpu = 0;
+  // The four passes, summed over the repetitions (the two loops' CPU time counts per file, as
+  // the others': each of them reads every file).
+  enum Kind { kLoop, kPipeline1, kPipeline2, kTwoLoops, kKinds };
+  const std::array<std::function<double()>, kKinds> passes = {
+      [&] { return loop_pass(config); }, [&] { return pipeline_pass(config, 1); },
+      [&] { return pipeline_pass(config, 2); }, [&] { return two_loops_pass(config); }};
+  std::array<Pass, kKinds> total{};
   try {
     loop_pass(config);    // reads every file into the page cache, warms the buffers
     static int turn = 0;  // repetitions are separate calls with one iteration each
     for (auto _ : state) {
       // Each repetition starts with the next of the four, so that none always runs first (or
       // always right after another) on a machine whose speed drifts.
-      Pass l;
-      Pass p1;
-      Pass p2;
-      for (int k = 0; k < 4; ++k) {
-        switch ((turn + k) % 4) {
-          case 0:
-            l = measured([&] { return loop_pass(config); });
-            break;
-          case 1:
-            p1 = measured([&] { return pipeline_pass(config, 1); });
-            break;
-          case 2:
-            p2 = measured([&] { return pipeline_pass(config, 2); });
-            break;
-          default:
-            const Pass both = measured([&] { return two_loops_pass(config); });
-            loops += both.images_per_second;
-            loops_cpu += both.cpu_seconds / 2;  // each loop reads every file: per file, as the rest
-        }
+      for (int k = 0; k < kKinds; ++k) {
+        const int kind = (turn + k) % kKinds;
+        const Pass p = measured(passes[kind]);
+        total[kind].images_per_second += p.images_per_second;
+        total[kind].cpu_seconds += kind == kTwoLoops ? p.cpu_seconds / 2 : p.cpu_seconds;
       }
       ++turn;
-      loop += l.images_per_second;
-      one += p1.images_per_second;
-      two += p2.images_per_second;
-      loop_cpu += l.cpu_seconds;
-      one_cpu += p1.cpu_seconds;
-      two_cpu += p2.cpu_seconds;
     }
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
     return;
   }
   const auto runs = static_cast<double>(state.iterations());
-  loop /= runs;
-  one /= runs;
-  two /= runs;
-  loops /= runs;
+  const double loop = total[kLoop].images_per_second / runs;
+  const double one = total[kPipeline1].images_per_second / runs;
+  const double two = total[kPipeline2].images_per_second / runs;
+  const double loops = total[kTwoLoops].images_per_second / runs;
+  auto ratio = [](double a, double b) { return b > 0 ? a / b : 0.0; };
   state.counters["loop_images_per_second"] = loop;
   state.counters["two_loops_images_per_second"] = loops;
   state.counters["pipeline_1t_images_per_second"] = one;
   state.counters["pipeline_2t_images_per_second"] = two;
-  state.counters["pipeline_1t_over_loop"] = loop > 0 ? one / loop : 0.0;
-  state.counters["pipeline_2t_over_2x_loop"] = loop > 0 ? two / (2 * loop) : 0.0;
+  state.counters["pipeline_1t_over_loop"] = ratio(one, loop);
+  state.counters["pipeline_2t_over_2x_loop"] = ratio(two, 2 * loop);
   // Against what two cores deliver without an engine (two loops side by side): 2 x loop assumes
   // that a second busy core leaves the first one's speed alone.
-  state.counters["two_loops_over_2x_loop"] = loop > 0 ? loops / (2 * loop) : 0.0;
-  state.counters["pipeline_2t_over_two_loops"] = loops > 0 ? two / loops : 0.0;
+  state.counters["two_loops_over_2x_loop"] = ratio(loops, 2 * loop);
+  state.counters["pipeline_2t_over_two_loops"] = ratio(two, loops);
   // CPU per pass against the loop's (the same files each time): above 1 is work the pipeline
   // adds; a rate gap with a CPU ratio near 1 is time the threads spend idle.
-  state.counters["pipeline_1t_cpu_over_loop"] = loop_cpu > 0 ? one_cpu / loop_cpu : 0.0;
-  state.counters["pipeline_2t_cpu_over_loop"] = loop_cpu > 0 ? two_cpu / loop_cpu : 0.0;
-  state.counters["two_loops_cpu_over_loop"] = loop_cpu > 0 ? loops_cpu / loop_cpu : 0.0;
+  const double loop_cpu = total[kLoop].cpu_seconds;
+  state.counters["pipeline_1t_cpu_over_loop"] = ratio(total[kPipeline1].cpu_seconds, loop_cpu);
+  state.counters["pipeline_2t_cpu_over_loop"] = ratio(total[kPipeline2].cpu_seconds, loop_cpu);
+  state.counters["two_loops_cpu_over_loop"] = ratio(total[kTwoLoops].cpu_seconds, loop_cpu);
 }
 BENCHMARK_CAPTURE(BM_EngineOverhead, train, std::string("train"))
     ->Iterations(1)
