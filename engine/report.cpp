@@ -278,13 +278,13 @@ Bottleneck find_bottleneck(const RunStats& s) {
   for (std::size_t i = 1; i < n; ++i) {
     const StageStats& up = s.stages[i - 1];
     const StageStats& down = s.stages[i];
-    if (down.queue_capacity > 0 && blocked(up) >= kNotable && waits(down) >= kNotable) {
-      const int queue = down.queue > 0 ? down.queue : down.queue_capacity;  // the setting now
+    if (down.queue > 0 && blocked(up) >= kNotable && waits(down) >= kNotable) {
+      // Doubles the setting, not the edge's capacity (which also counts the producer's slots).
       r << " The queue into " << quoted(down.name) << " is bursty (" << quoted(up.name)
         << " blocked " << percent(blocked(up)) << ", " << quoted(down.name) << " waiting "
-        << percent(waits(down)) << "): a larger `" << down.name << ".queue` (e.g. " << 2 * queue
-        << ") lets them overlap.";
-      b.changes.push_back(down.name + ".queue: " + std::to_string(2 * queue));
+        << percent(waits(down)) << "): a larger `" << down.name << ".queue` (e.g. "
+        << 2 * down.queue << ") lets them overlap.";
+      b.changes.push_back(down.name + ".queue: " + std::to_string(2 * down.queue));
     }
   }
   b.report = r.str();

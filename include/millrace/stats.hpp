@@ -27,9 +27,10 @@ struct SkippedSample {
 };
 
 // A setting a stage does not use that would make each of its items cheaper, for the bottleneck
-// report: `change` as `--set NAME.` takes it, `effect` what it does.
+// report: `change` is the key and value (or, with no one value to name, the key and a direction),
+// `effect` what it does.
 struct CheaperSetting {
-  std::string change;  // e.g. "reduce: auto"
+  std::string change;  // e.g. "reduce: auto", "resize (smaller)"
   std::string effect;  // e.g. "decodes only the crop window, at a reduced DCT scale"
 };
 
