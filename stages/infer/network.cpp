@@ -1290,18 +1290,24 @@ void Network::save_calibration(const std::string& path) const {
   save_calibration_table(table, path);
 }
 
-void Network::load_calibration(const std::string& path) {
-  if (impl_->options.precision != Precision::kInt8) {
+namespace {
+
+void require_int8_for_table(const NetworkOptions& options) {
+  if (options.precision != Precision::kInt8) {
     throw std::logic_error("infer: only an int8 network takes a calibration table");
   }
+}
+
+}  // namespace
+
+void Network::load_calibration(const std::string& path) {
+  require_int8_for_table(impl_->options);  // before reading: an fp32 network has no use for it
   load_calibration(load_calibration_table(path), path);
 }
 
 void Network::load_calibration(CalibrationTable t, const std::string& path) {
   Impl& m = *impl_;
-  if (m.options.precision != Precision::kInt8) {
-    throw std::logic_error("infer: only an int8 network takes a calibration table");
-  }
+  require_int8_for_table(m.options);
   m.set_threads();
   const std::string ours = calibration_fingerprint(m.model, m.options.input);
   if (t.fingerprint != ours) {

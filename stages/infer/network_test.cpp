@@ -900,6 +900,9 @@ TEST(Network, MisuseIsReported) {
   std::vector<float> out(30);
   EXPECT_THROW(fp32.observe(in.data(), 2), std::logic_error);
   EXPECT_THROW(fp32.save_calibration(temp_path("none.json")), std::logic_error);
+  // Refused before the file is read: a missing one is not the error.
+  EXPECT_THROW(fp32.load_calibration(temp_path("missing.json")), std::logic_error);
+  EXPECT_THROW(fp32.load_calibration(CalibrationTable{}, "in memory"), std::logic_error);
   EXPECT_THROW(fp32.run(in.data(), 3, out.data()), std::invalid_argument);
   EXPECT_THROW(fp32.run(in.data(), 0, out.data()), std::invalid_argument);
 
