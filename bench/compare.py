@@ -78,21 +78,28 @@ def run_millrace(args, recipe, reduce, dct, work):
     return label, rate, data, text
 
 
+def run_peer(args, recipe, workers, epochs, work):
+    """The peer on the first args.images images, args.peer_repeats times; returns the median
+    images/s and each run's JSON."""
+    peer_runs = []
+    for repeat in range(args.peer_repeats):
+        peer_json = os.path.join(work, f"peer_{recipe}_{workers}w_{repeat}.json")
+        result, _ = run([args.peer_python, PEER, "--root", args.root, "--recipe", recipe,
+                         "--workers", str(workers), "--batch", str(args.batch), "--images",
+                         str(args.images), "--epochs", str(epochs), "--json", peer_json],
+                        args.timeout, "the peer")
+        print(f"[{recipe}] {result.stdout.strip()}", flush=True)
+        peer_runs.append(read_rate(peer_json, "the peer")[1])
+    return statistics.median(r["images_per_second"] for r in peer_runs), peer_runs
+
+
 def compare_recipe(args, recipe, work):
     reduces = ["off", "auto"] if args.reduce == "both" else [args.reduce]
     dcts = ["accurate", "fast"] if args.dct == "both" else [args.dct]
     millrace_runs = [run_millrace(args, recipe, reduce, dct, work)
                      for dct in dcts for reduce in reduces]
 
-    peer_runs = []
-    for repeat in range(args.peer_repeats):
-        peer_json = os.path.join(work, f"peer_{recipe}_{repeat}.json")
-        result, _ = run([args.peer_python, PEER, "--root", args.root, "--recipe", recipe,
-                         "--workers", str(args.workers), "--batch", str(args.batch), "--images",
-                         str(args.images), "--json", peer_json], args.timeout, "the peer")
-        print(f"[{recipe}] {result.stdout.strip()}", flush=True)
-        peer_runs.append(read_rate(peer_json, "the peer")[1])
-    peer_rate = statistics.median(r["images_per_second"] for r in peer_runs)
+    peer_rate, peer_runs = run_peer(args, recipe, args.workers, 1, work)
 
     return [{
         "recipe": label,

@@ -17,13 +17,12 @@ cores are refused: they would measure the scheduler, not the engine.
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
 
 from benchlib import RunFailed, print_table, run, write_json
-from compare import (PEER, add_run_arguments, check_root_and_millrace, millrace_config,
-                     read_rate)
+from compare import (add_run_arguments, check_root_and_millrace, millrace_config, read_rate,
+                     run_peer)
 
 
 def millrace_point(args, threads, reduce, work):
@@ -40,16 +39,8 @@ def millrace_point(args, threads, reduce, work):
 
 
 def peer_point(args, threads, work):
-    rates = []
-    for repeat in range(args.peer_repeats):
-        result_json = os.path.join(work, f"peer_{threads}w_{repeat}.json")
-        run([args.peer_python, PEER, "--root", args.root, "--recipe", args.recipe, "--workers",
-             str(threads), "--batch", str(args.batch), "--images", str(args.images), "--epochs",
-             str(threads * args.epochs_per_thread), "--json", result_json], args.timeout,
-            "the peer")
-        rates.append(read_rate(result_json, "the peer")[0])
-    rate = statistics.median(rates)
-    print(f"[{threads} threads] peer: {rate:.1f} images/s (median of {len(rates)})", flush=True)
+    rate, runs = run_peer(args, args.recipe, threads, threads * args.epochs_per_thread, work)
+    print(f"[{threads} threads] peer: {rate:.1f} images/s (median of {len(runs)})", flush=True)
     return rate
 
 
