@@ -5,14 +5,17 @@
       [--images 192] [--json out/infer_compare.json] [--keep DIR]
 
 For each model, the repository's config configs/<model>_int8.yaml runs through
-`millrace run CONFIG --set files.limit=N --json F --quiet` in three variants:
+`millrace run CONFIG --set files.limit=N --json F --quiet` in four variants:
 
-  int8          as configured: int8 loader (s8 straight into the first convolution), int8 network
+  int8          as configured: int8 loader (s8 straight into the first convolution), int8 network,
+                the batch cut into one part per inference thread (infer.parallel: samples)
+  int8-layers   --set infer.parallel=layers: the same network and calibration table, oneDNN
+                splitting every primitive across the threads instead
   fp32          --set infer.precision=fp32 (same int8 batches, fp32 network)
   f32-loader    --set normalize.dtype=float32 --set normalize.std=[58.395,57.12,57.375]: the
                 float32 loader, whose batches take the network's calibrated quantize path
 
-The int8 variants first run once on --calibration-images images to write their calibration
+The int8 and f32-loader variants first run once on --calibration-images images to write their calibration
 table, so that the timed runs load it and no batch is held back for calibration. Then --repeats
 rounds: each runs every variant of every model once and then bench/peers/torch_int8.py, which
 times PyTorch's eager int8 and fp32 on the same models, batch and thread count; taking turns lets
@@ -51,7 +54,8 @@ def millrace_run(args, model, variant, work, images, calibrate):
     config = os.path.join(REPO, "configs", f"{model}_int8.yaml")
     stem = f"{model}_{variant}" + ("_calibration" if calibrate else "")
     result_json = os.path.join(work, stem + ".json")
-    table = os.path.join(work, f"{model}_{variant}.calib.json")
+    table_variant = "int8" if variant == "int8-layers" else variant
+    table = os.path.join(work, f"{model}_{table_variant}.calib.json")
     sets = [f"files.limit={images}", f"predictions.path={os.path.join(work, stem + '.jsonl')}",
             f"infer.threads={args.infer_threads}", f"pipeline.threads={args.threads}"]
     if not calibrate:
@@ -63,6 +67,8 @@ def millrace_run(args, model, variant, work, images, calibrate):
         sets.append(f"infer.calibration={{batches: {batches}, mode: minmax, table: {table}}}")
     if variant == "f32-loader":
         sets += ["normalize.dtype=float32", f"normalize.std={MODEL_STD}"]
+    if variant == "int8-layers":
+        sets.append("infer.parallel=layers")
     cmd = [args.millrace, "run", config, "--json", result_json, "--quiet"]
     for s in sets:
         cmd += ["--set", s]
@@ -90,7 +96,7 @@ def metric(report, key, what):
     return value
 
 
-VARIANTS = ("int8", "fp32", "f32-loader")
+VARIANTS = ("int8", "int8-layers", "fp32", "f32-loader")
 
 
 def summarise_millrace(model, reports):
@@ -139,7 +145,7 @@ def measure(args, work):
     """
     for model in args.models:
         for variant in VARIANTS:
-            if variant != "fp32":
+            if variant in ("int8", "f32-loader"):
                 millrace_run(args, model, variant, work, args.calibration_images, calibrate=True)
     reports = {m: {v: [] for v in VARIANTS} for m in args.models}
     peer_runs = []
@@ -234,6 +240,7 @@ def main():
         row = {
             "model": m,
             "millrace_int8": mr["int8"]["inference_images_per_second"],
+            "millrace_int8_layers": mr["int8-layers"]["inference_images_per_second"],
             "torch_int8": peer_rates[(m, "int8")],
             "millrace_fp32": mr["fp32"]["inference_images_per_second"],
             "torch_fp32": peer_rates[(m, "fp32")],
@@ -260,6 +267,10 @@ def main():
             row["round_int8_ratios_vs_torch"])
         row["int8_ratio_vs_torch"] = row["millrace_int8"] / row["torch_int8"]
         row["fp32_ratio_vs_torch"] = row["millrace_fp32"] / row["torch_fp32"]
+        row["samples_over_layers"] = row["millrace_int8"] / row["millrace_int8_layers"]
+        row["round_samples_over_layers"] = [
+            a / b for a, b in zip(mr["int8"]["round_inference_images_per_second"],
+                                  mr["int8-layers"]["round_inference_images_per_second"])]
         row["millrace_int8_over_fp32"] = row["millrace_int8"] / row["millrace_fp32"]
         row["torch_int8_over_fp32"] = row["torch_int8"] / row["torch_fp32"]
         row["end_to_end_over_inference"] = row["millrace_int8_end_to_end"] / row["millrace_int8"]
@@ -291,6 +302,13 @@ def main():
                   str(r["int8_batch_bytes_per_image"]), str(r["f32_batch_bytes_per_image"]),
                   f"{r['int8_input_reorders_per_batch']:g}/"
                   f"{r['f32_loader_input_reorders_per_batch']:g}") for r in rows])
+
+    print()
+    print("int8 network, threads sharing a batch by samples (default) or by layers")
+    print_table(("model", "samples", "layers", "ratio", "rounds' ratios"),
+                [(r["model"], f"{r['millrace_int8']:.1f}", f"{r['millrace_int8_layers']:.1f}",
+                  f"{r['samples_over_layers']:.2f}x",
+                  ", ".join(f"{x:.2f}x" for x in r["round_samples_over_layers"])) for r in rows])
 
     print()
     for r in rows:

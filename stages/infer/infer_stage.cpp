@@ -115,6 +115,11 @@ const Schema<InferStage::Params>& InferStage::schema() {
              });
     s.integer("threads", &Params::threads,
               "oneDNN (OpenMP) threads of the stage's own inference thread", 1, 1024);
+    s.choice("parallel", &Params::parallel,
+             "how the threads share a batch: samples (each thread runs its own contiguous part of "
+             "the batch through the whole network, one join per batch) or layers (oneDNN splits "
+             "every primitive across the threads, a join per primitive)",
+             {{"samples", infer::Parallelism::kSamples}, {"layers", infer::Parallelism::kLayers}});
     s.boolean("winograd", &Params::winograd,
               "int8: 3x3 stride-1 convolutions with at least 128 input channels run oneDNN's "
               "Winograd kernel (fewer multiplications, the same result up to rounding); false: "
@@ -164,6 +169,7 @@ InferStage::InferStage(StageContext context, Params params)
   model_ = infer::import_onnx(params_.model);
   options_.precision = params_.precision;
   options_.threads = params_.threads;
+  options_.parallel = params_.parallel;
   options_.winograd = params_.winograd;
   options_.calibration = params_.calibration_mode;
   if (!params_.input_std.empty()) {

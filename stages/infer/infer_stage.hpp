@@ -32,6 +32,7 @@ class InferStage final : public BatchTransformStage {
     infer::CalibrationMode calibration_mode = infer::CalibrationMode::kMinMax;
     std::string calibration_table;
     int threads = 1;
+    infer::Parallelism parallel = infer::Parallelism::kSamples;
     bool winograd = true;            // int8: Winograd kernel for wide 3x3 convolutions
     std::vector<double> input_mean;  // the model's expectations, pixel units (empty: none given)
     std::vector<double> input_std;

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <limits>
 #include <memory>
@@ -1181,6 +1182,15 @@ void execute(Program& p, dnnl::stream& stream, const void* input, int batch, int
 
 // ---------------------------------------------------------------------------------------------
 
+// One part of the batch under Parallelism::kSamples (the whole batch under kLayers): its own
+// options (batch = the part's size), stream and program, so that parts never share a buffer.
+struct Part {
+  NetworkOptions options;
+  int first = 0;  // its first sample in the batch
+  dnnl::stream stream;
+  std::unique_ptr<Program> program;
+};
+
 struct Network::Impl {
   Impl(const Model& m, NetworkOptions o)
       : model(m),
@@ -1195,12 +1205,54 @@ struct Network::Impl {
     return Builder(model, graph, options, engine, stream, precision, table, observe);
   }
 
+  int part_count() const {
+    return options.parallel == Parallelism::kSamples ? std::min(options.threads, options.batch) : 1;
+  }
+
+  // Builds what run() executes. Parts' primitives are created while the team size is 1, so that
+  // oneDNN plans each of them for the one thread that will run it.
+  void build_parts(Precision precision, const CalibrationTable* t) {
+    const int count = part_count();
+    std::vector<Part> built(static_cast<std::size_t>(count));
+    if (count > 1) omp_set_num_threads(1);
+    int first = 0;
+    for (int k = 0; k < count; ++k) {
+      Part& part = built[static_cast<std::size_t>(k)];
+      part.options = options;
+      part.options.batch = options.batch / count + (k < options.batch % count ? 1 : 0);
+      part.options.threads = count > 1 ? 1 : options.threads;
+      part.first = first;
+      first += part.options.batch;
+      part.stream = dnnl::stream(engine);
+      part.program =
+          Builder(model, graph, part.options, engine, part.stream, precision, t, false).build();
+    }
+    set_threads();
+    parts = std::move(built);
+    part_errors.assign(parts.size(), nullptr);
+  }
+
   void build_int8(CalibrationTable t) {
-    auto built = builder(Precision::kInt8, &t, false).build();
-    program = std::move(built);
+    build_parts(Precision::kInt8, &t);
     table = std::move(t);
     calibration_program.reset();
     observers.clear();
+  }
+
+  // Runs part k's share of a batch of `batch` samples (nothing when the batch ends before it).
+  void run_part(std::size_t k, const void* input, int batch, float* logits) {
+    Part& part = parts[k];
+    Program& p = *part.program;
+    const int count = std::min(batch - part.first, part.options.batch);
+    if (count <= 0) return;
+    execute(p, part.stream,
+            static_cast<const std::uint8_t*>(input) +
+                p.input_sample_bytes * static_cast<std::size_t>(part.first),
+            count, part.options.batch, nullptr);
+    std::memcpy(
+        logits + static_cast<std::size_t>(p.classes) * static_cast<std::size_t>(part.first),
+        p.output.get_data_handle(),
+        sizeof(float) * static_cast<std::size_t>(p.classes) * static_cast<std::size_t>(count));
   }
 
   Model model;
@@ -1209,7 +1261,8 @@ struct Network::Impl {
   dnnl::stream stream;
   Graph graph;
   InputLayout preferred = InputLayout::kNHWC;
-  std::unique_ptr<Program> program;              // what run() executes
+  std::vector<Part> parts;                       // what run() executes; empty until built
+  std::vector<std::exception_ptr> part_errors;   // one per part, for the parallel region
   std::unique_ptr<Program> calibration_program;  // int8 only: the fp32 graph that observe() runs
   std::vector<RangeObserver> observers;
   int observed_batches = 0;
@@ -1223,21 +1276,19 @@ Network::Network(const Model& model, NetworkOptions options) {
   impl_ = std::make_unique<Impl>(model, options);
   impl_->set_threads();
   impl_->preferred = impl_->builder(options.precision, nullptr, false).probe_input_layout();
-  if (options.precision == Precision::kFp32) {
-    impl_->program = impl_->builder(Precision::kFp32, nullptr, false).build();
-  }
+  if (options.precision == Precision::kFp32) impl_->build_parts(Precision::kFp32, nullptr);
 }
 
 Network::~Network() = default;
 
-bool Network::needs_calibration() const { return !impl_->program; }
+bool Network::needs_calibration() const { return impl_->parts.empty(); }
 
 void Network::observe(const void* input, int batch) {
   Impl& m = *impl_;
   if (m.options.precision != Precision::kInt8) {
     throw std::logic_error("infer: observe() calibrates an int8 network; this one is fp32");
   }
-  if (m.program) throw std::logic_error("infer: the network is already calibrated");
+  if (!m.parts.empty()) throw std::logic_error("infer: the network is already calibrated");
   if (batch < 1 || batch > m.options.batch) {
     throw std::invalid_argument("infer: batch " + std::to_string(batch) + " outside 1.." +
                                 std::to_string(m.options.batch));
@@ -1266,7 +1317,7 @@ void Network::finalize_calibration() {
   if (m.options.precision != Precision::kInt8) {
     throw std::logic_error("infer: only an int8 network is calibrated");
   }
-  if (m.program) throw std::logic_error("infer: the network is already calibrated");
+  if (!m.parts.empty()) throw std::logic_error("infer: the network is already calibrated");
   if (m.observed_batches == 0) {
     throw std::logic_error("infer: finalize_calibration() before any observe()");
   }
@@ -1328,21 +1379,40 @@ void Network::load_calibration(CalibrationTable t, const std::string& path) {
 
 void Network::run(const void* input, int batch, float* logits) {
   Impl& m = *impl_;
-  if (!m.program) throw std::logic_error("infer: run() before the int8 network is calibrated");
+  if (m.parts.empty()) throw std::logic_error("infer: run() before the int8 network is calibrated");
   if (batch < 1 || batch > m.options.batch) {
     throw std::invalid_argument("infer: batch " + std::to_string(batch) + " outside 1.." +
                                 std::to_string(m.options.batch));
   }
   m.set_threads();
-  Program& p = *m.program;
-  execute(p, m.stream, input, batch, m.options.batch, nullptr);
-  std::memcpy(
-      logits, p.output.get_data_handle(),
-      sizeof(float) * static_cast<std::size_t>(p.classes) * static_cast<std::size_t>(batch));
+  const std::size_t count = m.parts.size();
+  if (count == 1) {
+    m.run_part(0, input, batch, logits);
+  } else {
+    // One fork and join per batch. The loop covers every part even if libgomp gives the region
+    // fewer threads than asked for; exceptions must not leave the region, so each part keeps its
+    // own and the first is rethrown after the join.
+    const int team = static_cast<int>(count);
+#pragma omp parallel num_threads(team)
+    for (auto k = static_cast<std::size_t>(omp_get_thread_num()); k < count;
+         k += static_cast<std::size_t>(omp_get_num_threads())) {
+      try {
+        m.run_part(k, input, batch, logits);
+      } catch (...) {
+        m.part_errors[k] = std::current_exception();
+      }
+    }
+    for (std::exception_ptr& e : m.part_errors) {
+      if (e) std::rethrow_exception(std::exchange(e, nullptr));
+    }
+  }
+  const Program& p = *m.parts.front().program;
   m.last_source = p.first_conv_step >= 0
                       ? p.steps[p.first_conv_step].args.at(DNNL_ARG_SRC).get_data_handle()
                       : nullptr;
 }
+
+int Network::parts() const { return impl_->part_count(); }
 
 int Network::classes() const {
   return static_cast<int>(product(impl_->model.value_shapes.at(impl_->model.output), 1));
@@ -1351,15 +1421,15 @@ int Network::classes() const {
 InputLayout Network::preferred_layout() const { return impl_->preferred; }
 
 NetworkStats Network::stats() const {
-  return impl_->program ? impl_->program->stats : NetworkStats{};
+  return impl_->parts.empty() ? NetworkStats{} : impl_->parts.front().program->stats;
 }
 
 const void* Network::last_source_handle() const { return impl_->last_source; }
 
 std::string Network::describe() const {
   std::string out;
-  if (!impl_->program) return out;
-  for (const Step& s : impl_->program->steps) out += s.line + "\n";
+  if (impl_->parts.empty()) return out;
+  for (const Step& s : impl_->parts.front().program->steps) out += s.line + "\n";
   return out;
 }
 

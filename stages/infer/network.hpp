@@ -8,7 +8,11 @@
 // first convolution as its source memory, with no quantize or reorder pass.
 //
 // Threads: every call sets the calling thread's OpenMP team size to `threads`
-// (omp_set_num_threads), so oneDNN uses exactly that many threads for this Network. libgomp
+// (omp_set_num_threads), so oneDNN uses exactly that many threads for this Network. How run()
+// uses them is NetworkOptions::parallel: by default the batch is cut into `threads` contiguous
+// parts and each OpenMP thread runs its part through the whole network on single-threaded
+// primitives (one fork and join per batch); with kLayers every primitive is split across all
+// threads by oneDNN (a fork and join per primitive, some 60 per ResNet-50 batch). libgomp
 // keeps its team spinning after each parallel region unless told otherwise through the
 // environment before the process starts (libgomp reads it once, when loaded): millrace expects
 // GOMP_SPINCOUNT=1000 (a spin of tens of microseconds, then a sleep), so that idle oneDNN threads
@@ -43,6 +47,11 @@ enum class Precision { kFp32, kInt8 };
 enum class InputType { kS8, kU8, kF32 };
 enum class InputLayout { kNCHW, kNHWC };
 enum class CalibrationMode { kMinMax, kEntropy };
+// How run() spreads a batch over the threads (see the contract above). kSamples gives each thread
+// its own samples and primitives built for one thread: no synchronisation between layers, and
+// each core keeps its own part's activations in its cache; the same total batch and thread
+// count, and the same per-sample results. kLayers is oneDNN's own threading of each primitive.
+enum class Parallelism { kSamples, kLayers };
 struct CalibrationTable;  // calibration.hpp
 
 // How the loader's batch relates to what the model was trained on, per channel c:
@@ -65,6 +74,8 @@ struct NetworkOptions {
   InputFormat input;
   int batch = 32;
   int threads = 2;  // OpenMP threads of the calling thread's team
+  // kSamples with min(threads, batch) parts; 1 thread or a batch of 1 runs as kLayers would.
+  Parallelism parallel = Parallelism::kSamples;
   CalibrationMode calibration = CalibrationMode::kMinMax;
   // int8 only: 3x3, stride-1, undilated, ungrouped convolutions with at least
   // kWinogradMinChannels input channels run oneDNN's int8 Winograd kernel where it accepts the
@@ -114,11 +125,15 @@ class Network {
   void load_calibration(CalibrationTable table, const std::string& source);
 
   // Runs one batch (batch <= options.batch; a smaller last batch is copied into a padded buffer
-  // first) and writes batch x classes() float32 logits (the outputs before any softmax).
+  // first) and writes batch x classes() float32 logits (the outputs before any softmax). With
+  // kSamples, part k of the batch is the samples from parts() offset on; a short batch leaves the
+  // last parts with fewer samples or none.
   // std::logic_error while the int8 network needs calibration.
   void run(const void* input, int batch, float* logits);
 
   int classes() const;
+  // The number of parts run() cuts a batch into (1 with kLayers).
+  int parts() const;
   // The source layout the first primitive prefers for this input type (so that the loader can
   // write batches in it and no reorder runs).
   InputLayout preferred_layout() const;

@@ -878,6 +878,55 @@ TEST(Network, SmallerLastBatch) {
   }
 }
 
+// Cutting the batch into per-thread parts changes who computes a sample, not what: every part
+// runs the same graph with the same calibration, so int8 logits are identical to oneDNN's own
+// threading of each primitive, and fp32 ones agree to rounding. Batch 7 leaves unequal parts, and
+// the short batches leave the last parts partly or wholly empty.
+TEST(Network, PartsOfTheBatchComputeWhatLayerThreadingComputes) {
+  const Model m = tiny_resnet();
+  const int batch = 7;
+  const Images im = make_images(m, batch, 86);
+  const std::vector<std::int8_t> in = im.s8(InputLayout::kNHWC);
+  const std::size_t classes = 10;
+  const std::string table = temp_path("parts.json");
+  for (Precision precision : {Precision::kInt8, Precision::kFp32}) {
+    NetworkOptions layers = options_for(precision, InputType::kS8, InputLayout::kNHWC, batch);
+    layers.parallel = Parallelism::kLayers;
+    Network reference(m, layers);
+    EXPECT_EQ(reference.parts(), 1);
+    if (precision == Precision::kInt8) {
+      calibrate(reference, m, 2, batch, InputType::kS8, InputLayout::kNHWC);
+      reference.save_calibration(table);
+    }
+    for (int threads : {1, 2, 3, 8}) {
+      NetworkOptions o = layers;
+      o.parallel = Parallelism::kSamples;
+      o.threads = threads;
+      Network net(m, o);
+      EXPECT_EQ(net.parts(), std::min(threads, batch));
+      if (precision == Precision::kInt8) net.load_calibration(table);
+      for (int n : {batch, 4, 2, 1}) {
+        std::vector<float> want(static_cast<std::size_t>(n) * classes);
+        std::vector<float> got(static_cast<std::size_t>(n) * classes + 1, -7.0F);
+        reference.run(in.data(), n, want.data());
+        net.run(in.data(), n, got.data());
+        EXPECT_EQ(got.back(), -7.0F) << "written past " << n << " samples";
+        got.pop_back();
+        if (precision == Precision::kInt8) {
+          EXPECT_EQ(got, want) << threads << " threads, " << n << " samples";
+        } else {
+          EXPECT_LE(relative_error(got, want), 1e-5) << threads << " threads, " << n << " samples";
+        }
+        if (precision == Precision::kInt8 && n == batch) {
+          EXPECT_EQ(net.last_source_handle(), in.data()) << "the first part copied the batch";
+        }
+      }
+      EXPECT_EQ(omp_get_max_threads(), threads);
+    }
+  }
+  std::filesystem::remove(table);
+}
+
 TEST(Network, ThreadsSetTheCallingThreadsOpenMPTeam) {
   const Model m = tiny_resnet();
   for (int threads : {1, 2}) {
