@@ -1027,6 +1027,7 @@ Pipeline::Impl::Impl(PipelinePlan plan, std::vector<Diagnostic> warnings, Clock:
   }
   flow_ = std::make_unique<FlowGraph>(*this);
   flow_->build();
+  for (const StagePlan& p : plan_.stages) cheaper_.push_back(p.stage->cheaper_settings());
   built_ns_ = nanos_since(created_);
 }
 
@@ -1268,7 +1269,7 @@ RunStats Pipeline::Impl::build_stats(bool final) const {
     st.concurrency = p.concurrency;
     st.concurrency_auto = p.concurrency_auto;
     st.queue = p.queue;
-    st.cheaper = p.stage->cheaper_settings();
+    st.cheaper = cheaper_[i];
     st.queue_capacity = p.queue;
     std::uint64_t busy = 0;
     double idle_input = 0;

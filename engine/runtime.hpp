@@ -196,6 +196,9 @@ class Pipeline::Impl final : public detail::BatchOwner, public RunReporter {
   std::vector<Diagnostic> warnings_;
   std::chrono::steady_clock::time_point created_;
   std::unique_ptr<FlowGraph> flow_;
+  // Per stage, what it could change to cost less (Stage::cheaper_settings), read once when the
+  // graph is built: a stage's settings do not change while it runs.
+  std::vector<std::vector<CheaperSetting>> cheaper_;
   std::thread runner_;
   std::atomic<bool> started_{false};
   std::atomic<bool> stopping_{false};
