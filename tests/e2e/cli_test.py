@@ -1169,5 +1169,32 @@ class CalibrationTableTest(CliCase):
             self.assertEqual(json.load(f)["mode"], "entropy")
 
 
+class InferParallelTest(CliCase):
+    """However the inference threads share a batch (by samples, with one to three threads, or by
+    layers), an int8 run predicts the same classes with the same scores."""
+
+    def test_every_split_gives_the_same_predictions(self):
+        config = e2e.source_path("configs", "resnet18_int8.yaml")
+        infer = e2e.Config(config).stage_of_type("infer")["name"]
+        out = e2e.new_dir("infer_parallel")
+
+        def predictions(*overrides):
+            json_path = os.path.join(out, "summary.json")
+            self.millrace("run", config, *sets(*shipped_overrides(e2e.Config(config), out),
+                                               *overrides),
+                          "--json", json_path, "--quiet", expect=0)
+            self.assertTrue(load_json(json_path)["finished"])
+            with open(os.path.join(out, "predictions.jsonl"), "rb") as f:
+                return f.read()
+
+        reference = predictions(f"{infer}.parallel=layers")  # calibrates and writes the table
+        again = predictions(f"{infer}.parallel=layers")      # loads it
+        self.assertEqual(again, reference)
+        self.assertGreater(len(reference.splitlines()), 0)
+        for threads in (1, 2, 3):
+            self.assertEqual(predictions(f"{infer}.parallel=samples", f"{infer}.threads={threads}"),
+                             reference, f"samples on {threads} threads")
+
+
 if __name__ == "__main__":
     e2e.main()
