@@ -1402,9 +1402,12 @@ void Network::run(const void* input, int batch, float* logits) {
         m.part_errors[k] = std::current_exception();
       }
     }
+    std::exception_ptr first;
     for (std::exception_ptr& e : m.part_errors) {
-      if (e) std::rethrow_exception(std::exchange(e, nullptr));
+      if (!first) first = e;
+      e = nullptr;  // none may outlive this batch
     }
+    if (first) std::rethrow_exception(first);
   }
   const Program& p = *m.parts.front().program;
   m.last_source = p.first_conv_step >= 0
