@@ -301,9 +301,8 @@ class Builder {
       if (input_zero_point() != 0) attr.set_zero_points(DNNL_ARG_SRC, 0, {input_zero_point()});
     }
     const Dims src_dims = dims_of(model_.input);
-    bool winograd = false;
     auto pd = conv_pd(op, memory::desc(src_dims, src_type, Tag::any),
-                      memory::desc(dims_of(out), dst_type, Tag::any), attr, winograd);
+                      memory::desc(dims_of(out), dst_type, Tag::any), attr);
     return pd.src_desc() == memory::desc(src_dims, src_type, Tag::nchw) ? InputLayout::kNCHW
                                                                         : InputLayout::kNHWC;
   }
@@ -605,12 +604,12 @@ class Builder {
     }
   }
 
-  // The convolution's primitive descriptor; `winograd` says whether it is the Winograd algorithm
-  // (asked for on the shapes where it pays, and kept when oneDNN has a kernel for it).
+  // The convolution's primitive descriptor; `*winograd` (when given) says whether it is the
+  // Winograd algorithm (asked for on the shapes where it pays, kept when oneDNN has a kernel).
   dnnl::convolution_forward::primitive_desc conv_pd(const Op& op, const memory::desc& src,
                                                     const memory::desc& dst,
                                                     const dnnl::primitive_attr& attr,
-                                                    bool& winograd) const {
+                                                    bool* winograd = nullptr) const {
     const auto& ws = op.weight.shape;
     if (ws.size() != 4 || op.groups < 1 || ws[0] % op.groups != 0) {
       throw ModelError(model_where(model_, op) +
@@ -639,13 +638,13 @@ class Builder {
       dnnl::convolution_forward::desc d(prop, alg, src, w, dst, strides, dilation, pad_l, pad_r);
       return {d, attr, engine_};
     };
-    winograd = false;
+    if (winograd != nullptr) *winograd = false;
     if (options_.winograd && wtype == Dt::s8 && op.groups == 1 && ws[2] == 3 && ws[3] == 3 &&
         strides == Dims{1, 1} && dilation == Dims{0, 0} && ws[1] >= kWinogradMinChannels) {
       try {
         auto pd = make(dnnl::algorithm::convolution_winograd);
         if (!is_reference(pd.impl_info_str())) {
-          winograd = true;
+          if (winograd != nullptr) *winograd = true;
           return pd;
         }
       } catch (const dnnl::error&) {
@@ -740,7 +739,7 @@ class Builder {
         dst_md = with_type(addend.md, dst_type);
       }
       attr.set_post_ops(post);
-      c.pd = conv_pd(op, memory::desc(dims_of(in), src_type, Tag::any), dst_md, attr, c.winograd);
+      c.pd = conv_pd(op, memory::desc(dims_of(in), src_type, Tag::any), dst_md, attr, &c.winograd);
       return c;
     };
     // The residual add rides on the convolution unless that forces oneDNN onto its reference
@@ -1183,10 +1182,10 @@ void execute(Program& p, dnnl::stream& stream, const void* input, int batch, int
 // ---------------------------------------------------------------------------------------------
 
 // One part of the batch under Parallelism::kSamples (the whole batch under kLayers): its own
-// options (batch = the part's size), stream and program, so that parts never share a buffer.
+// stream and program, built for its size, so that parts never share a buffer.
 struct Part {
-  NetworkOptions options;
   int first = 0;  // its first sample in the batch
+  int batch = 0;  // its samples in a whole batch
   dnnl::stream stream;
   std::unique_ptr<Program> program;
 };
@@ -1218,14 +1217,14 @@ struct Network::Impl {
     int first = 0;
     for (int k = 0; k < count; ++k) {
       Part& part = built[static_cast<std::size_t>(k)];
-      part.options = options;
-      part.options.batch = options.batch / count + (k < options.batch % count ? 1 : 0);
-      part.options.threads = count > 1 ? 1 : options.threads;
+      NetworkOptions own = options;
+      own.batch = options.batch / count + (k < options.batch % count ? 1 : 0);
+      own.threads = count > 1 ? 1 : options.threads;
       part.first = first;
-      first += part.options.batch;
+      part.batch = own.batch;
+      first += own.batch;
       part.stream = dnnl::stream(engine);
-      part.program =
-          Builder(model, graph, part.options, engine, part.stream, precision, t, false).build();
+      part.program = Builder(model, graph, own, engine, part.stream, precision, t, false).build();
     }
     set_threads();
     parts = std::move(built);
@@ -1243,12 +1242,12 @@ struct Network::Impl {
   void run_part(std::size_t k, const void* input, int batch, float* logits) {
     Part& part = parts[k];
     Program& p = *part.program;
-    const int count = std::min(batch - part.first, part.options.batch);
+    const int count = std::min(batch - part.first, part.batch);
     if (count <= 0) return;
     execute(p, part.stream,
             static_cast<const std::uint8_t*>(input) +
                 p.input_sample_bytes * static_cast<std::size_t>(part.first),
-            count, part.options.batch, nullptr);
+            count, part.batch, nullptr);
     std::memcpy(
         logits + static_cast<std::size_t>(p.classes) * static_cast<std::size_t>(part.first),
         p.output.get_data_handle(),
