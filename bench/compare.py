@@ -113,7 +113,10 @@ def compare_recipe(args, recipe, work):
 
 
 def add_run_arguments(parser):
-    """The options every script that runs millrace beside the peer takes after its own."""
+    """The options every script that runs millrace beside the peer takes (after its own), those
+    that check_root_and_millrace checks among them."""
+    parser.add_argument("--millrace", required=True, help="the millrace executable")
+    parser.add_argument("--root", required=True, help="dataset folder holding labels.lst")
     parser.add_argument("--peer-python", default=sys.executable,
                         help="interpreter for the peer (it needs torch and torchvision)")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per run")
@@ -137,8 +140,6 @@ def print_rows(rows):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--millrace", required=True, help="the millrace executable")
-    parser.add_argument("--root", required=True, help="dataset folder holding labels.lst")
     parser.add_argument("--recipe", choices=["train", "val", "both"], default="both")
     parser.add_argument("--images", type=int, default=1000, help="first N images of the list")
     parser.add_argument("--reduce", choices=["off", "auto", "both"], default="off",

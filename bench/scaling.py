@@ -100,8 +100,6 @@ def thread_list(text):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--millrace", required=True, help="the millrace executable")
-    parser.add_argument("--root", required=True, help="dataset folder holding labels.lst")
     parser.add_argument("--threads", type=thread_list, default=[1, 2],
                         help="comma-separated thread counts, increasing (default 1,2)")
     parser.add_argument("--recipe", choices=["train", "val"], default="train")
