@@ -15,8 +15,9 @@ For each model, the repository's config configs/<model>_int8.yaml runs through
   f32-loader    --set normalize.dtype=float32 --set normalize.std=[58.395,57.12,57.375]: the
                 float32 loader, whose batches take the network's calibrated quantize path
 
-The int8 and f32-loader variants first run once on --calibration-images images to write their calibration
-table, so that the timed runs load it and no batch is held back for calibration. Then --repeats
+The int8 and f32-loader variants first run once on --calibration-images images to write their
+calibration table (int8-layers loads int8's), so that the timed runs load it and no batch is held
+back for calibration. Then --repeats
 rounds: each runs every variant of every model once and then bench/peers/torch_int8.py, which
 times PyTorch's eager int8 and fp32 on the same models, batch and thread count; taking turns lets
 a change in the machine's load touch both sides alike. Each timed millrace run also sets
@@ -54,8 +55,6 @@ def millrace_run(args, model, variant, work, images, calibrate):
     config = os.path.join(REPO, "configs", f"{model}_int8.yaml")
     stem = f"{model}_{variant}" + ("_calibration" if calibrate else "")
     result_json = os.path.join(work, stem + ".json")
-    table_variant = "int8" if variant == "int8-layers" else variant
-    table = os.path.join(work, f"{model}_{table_variant}.calib.json")
     sets = [f"files.limit={images}", f"predictions.path={os.path.join(work, stem + '.jsonl')}",
             f"infer.threads={args.infer_threads}", f"pipeline.threads={args.threads}"]
     if not calibrate:
@@ -64,6 +63,7 @@ def millrace_run(args, model, variant, work, images, calibrate):
         sets.append("infer.precision=fp32")
     else:
         batches = args.calibration_batches
+        table = os.path.join(work, f"{model}_{TABLE_OF[variant]}.calib.json")
         sets.append(f"infer.calibration={{batches: {batches}, mode: minmax, table: {table}}}")
     if variant == "f32-loader":
         sets += ["normalize.dtype=float32", f"normalize.std={MODEL_STD}"]
@@ -97,6 +97,9 @@ def metric(report, key, what):
 
 
 VARIANTS = ("int8", "int8-layers", "fp32", "f32-loader")
+# The variant whose calibration table each one loads (fp32 needs none): a variant that owns its
+# table writes it in a calibration run first.
+TABLE_OF = {"int8": "int8", "int8-layers": "int8", "fp32": None, "f32-loader": "f32-loader"}
 
 
 def summarise_millrace(model, reports):
@@ -145,7 +148,7 @@ def measure(args, work):
     """
     for model in args.models:
         for variant in VARIANTS:
-            if variant in ("int8", "f32-loader"):
+            if TABLE_OF[variant] == variant:
                 millrace_run(args, model, variant, work, args.calibration_images, calibrate=True)
     reports = {m: {v: [] for v in VARIANTS} for m in args.models}
     peer_runs = []
