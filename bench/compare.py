@@ -6,12 +6,18 @@
       [--json out/compare.json]
 
 For each recipe a millrace config is written to a temporary folder and run with
-`MILLRACE bench CONFIG --json RESULT.json` (warm-up and repeats are millrace's; its JSON gives the
-median "images_per_second"), then bench/peers/torch_dataloader.py runs on the same first N images
-of ROOT/labels.lst with the same worker count and batch size, --peer-repeats times (median). Both
-sides deliver full batches only. --reduce picks millrace's `decode.reduce` and --dct its
-`decode.dct` (both: each, against the same peer runs; two boths: every pairing). Absolute rates
-drift on shared machines; the ratio of two runs made back to back is the number to quote.
+`MILLRACE bench CONFIG --repeats M --json RESULT.json` (its JSON gives the median
+"images_per_second" of the M runs), then bench/peers/torch_dataloader.py runs on the same first N
+images of ROOT/labels.lst with the same worker count and batch size, --peer-repeats times
+(median). Both sides deliver full batches only. --reduce picks millrace's `decode.reduce` and
+--dct its `decode.dct` (both: each, against the same peer runs; two boths: every pairing).
+
+Absolute rates drift on shared machines; the ratio of runs made back to back is the number to
+quote. With --rounds R the whole measurement is made R times, millrace's variants and the peer
+taking turns to go first, and each variant reports the ratio of the medians over the rounds
+beside the median of the rounds' own ratios and their range: a drift that slows one side's runs
+moves one round, not the result. `--rounds 7 --millrace-repeats 1 --peer-repeats 1` interleaves
+single runs.
 """
 
 import argparse
@@ -62,28 +68,32 @@ def read_rate(path, what):
     return rate, data
 
 
-def run_millrace(args, recipe, reduce, dct, work):
-    label = recipe + ("" if reduce == "off" else f", reduce: {reduce}") + (
+def variant_label(recipe, reduce, dct):
+    return recipe + ("" if reduce == "off" else f", reduce: {reduce}") + (
         "" if dct == "accurate" else f", dct: {dct}")
+
+
+def run_millrace(args, recipe, reduce, dct, work, tag=""):
+    label = variant_label(recipe, reduce, dct)
     text = millrace_config(recipe, args.root, args.images, args.threads, args.batch, reduce, dct)
     config = os.path.join(work, f"millrace_{recipe}_{reduce}_{dct}.yaml")
     with open(config, "w") as f:
         f.write(text)
-    millrace_json = os.path.join(work, f"millrace_{recipe}_{reduce}_{dct}.json")
+    millrace_json = os.path.join(work, f"millrace_{recipe}_{reduce}_{dct}{tag}.json")
     print(f"[{label}] millrace bench {config}", flush=True)
-    _, seconds = run([args.millrace, "bench", config, "--json", millrace_json], args.timeout,
-                     "millrace")
+    _, seconds = run([args.millrace, "bench", config, "--repeats", str(args.millrace_repeats),
+                      "--json", millrace_json], args.timeout, "millrace")
     rate, data = read_rate(millrace_json, "millrace")
     print(f"[{label}] millrace: {rate:.1f} images/s ({seconds:.1f} s wall)", flush=True)
     return label, rate, data, text
 
 
-def run_peer(args, recipe, workers, epochs, work):
+def run_peer(args, recipe, workers, epochs, work, tag=""):
     """The peer on the first args.images images, args.peer_repeats times; returns the median
-    images/s and each run's JSON."""
+    images/s and each run's JSON. `tag` keeps one round's result files from the next's."""
     peer_runs = []
     for repeat in range(args.peer_repeats):
-        peer_json = os.path.join(work, f"peer_{recipe}_{workers}w_{repeat}.json")
+        peer_json = os.path.join(work, f"peer_{recipe}_{workers}w{tag}_{repeat}.json")
         result, _ = run([args.peer_python, PEER, "--root", args.root, "--recipe", recipe,
                          "--workers", str(workers), "--batch", str(args.batch), "--images",
                          str(args.images), "--epochs", str(epochs), "--json", peer_json],
@@ -94,22 +104,50 @@ def run_peer(args, recipe, workers, epochs, work):
 
 
 def compare_recipe(args, recipe, work):
+    """Every millrace variant and the peer, args.rounds times; one row per variant."""
     reduces = ["off", "auto"] if args.reduce == "both" else [args.reduce]
     dcts = ["accurate", "fast"] if args.dct == "both" else [args.dct]
-    millrace_runs = [run_millrace(args, recipe, reduce, dct, work)
-                     for dct in dcts for reduce in reduces]
+    variants = [(reduce, dct) for dct in dcts for reduce in reduces]
+    ours = {variant: [] for variant in variants}  # (rate, JSON, config) per round
+    peer = []  # (median rate, runs) per round
 
-    peer_rate, peer_runs = run_peer(args, recipe, args.workers, 1, work)
+    def millrace_turn(tag):
+        for variant in variants:
+            _, rate, data, text = run_millrace(args, recipe, *variant, work, tag)
+            ours[variant].append((rate, data, text))
 
-    return [{
-        "recipe": label,
-        "millrace_images_per_second": rate,
-        "peer_images_per_second": peer_rate,
-        "ratio": rate / peer_rate,
-        "millrace": data,
-        "peer_runs": peer_runs,
-        "config": text,
-    } for label, rate, data, text in millrace_runs]
+    def peer_turn(tag):
+        peer.append(run_peer(args, recipe, args.workers, 1, work, tag))
+
+    for number in range(args.rounds):
+        tag = f"_round{number}" if args.rounds > 1 else ""
+        if args.rounds > 1:
+            print(f"[{recipe}] round {number + 1} of {args.rounds}", flush=True)
+        # Taking turns to go first: neither side always runs on a machine the other just warmed.
+        turns = (millrace_turn, peer_turn) if number % 2 == 0 else (peer_turn, millrace_turn)
+        for turn in turns:
+            turn(tag)
+
+    peer_rates = [rate for rate, _ in peer]
+    peer_rate = statistics.median(peer_rates)
+    rows = []
+    for variant in variants:
+        rates = [rate for rate, _, _ in ours[variant]]
+        round_ratios = [a / b for a, b in zip(rates, peer_rates)]
+        rate = statistics.median(rates)
+        rows.append({
+            "recipe": variant_label(recipe, *variant),
+            "millrace_images_per_second": rate,
+            "peer_images_per_second": peer_rate,
+            "ratio": rate / peer_rate,
+            "rounds": args.rounds,
+            "round_ratios": round_ratios,
+            "median_round_ratio": statistics.median(round_ratios),
+            "millrace": [data for _, data, _ in ours[variant]],
+            "peer_runs": [runs for _, runs in peer],
+            "config": ours[variant][0][2],
+        })
+    return rows
 
 
 def add_run_arguments(parser):
@@ -133,9 +171,15 @@ def check_root_and_millrace(parser, args):
 
 
 def print_rows(rows):
-    print_table(("recipe", "millrace images/s", "pytorch images/s", "ratio"),
-                [(r["recipe"], f"{r['millrace_images_per_second']:.1f}",
-                  f"{r['peer_images_per_second']:.1f}", f"{r['ratio']:.2f}x") for r in rows])
+    header = ("recipe", "millrace images/s", "pytorch images/s", "ratio")
+    cells = [(r["recipe"], f"{r['millrace_images_per_second']:.1f}",
+              f"{r['peer_images_per_second']:.1f}", f"{r['ratio']:.2f}x") for r in rows]
+    if rows and rows[0]["rounds"] > 1:
+        header += ("median of rounds' ratios", "rounds' ratios")
+        cells = [c + (f"{r['median_round_ratio']:.2f}x",
+                      f"{min(r['round_ratios']):.2f}-{max(r['round_ratios']):.2f}x")
+                 for c, r in zip(cells, rows)]
+    print_table(header, cells)
 
 
 def main():
@@ -151,14 +195,21 @@ def main():
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--peer-repeats", type=int, default=3,
-                        help="peer runs per recipe; the median is compared")
+                        help="peer runs per recipe and round; the median is compared")
+    parser.add_argument("--millrace-repeats", type=int, default=3,
+                        help="`millrace bench --repeats` per variant and round")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure everything this many times, the sides taking turns to go "
+                             "first; rows give medians over the rounds")
     parser.add_argument("--keep", help="keep the generated configs and raw results in this folder")
     add_run_arguments(parser)
     args = parser.parse_args()
 
     check_root_and_millrace(parser, args)
-    if args.images < 2 * args.batch or args.peer_repeats < 1:
-        parser.error("--images must cover at least two batches and --peer-repeats be >= 1")
+    if args.images < 2 * args.batch or min(args.peer_repeats, args.millrace_repeats,
+                                            args.rounds) < 1:
+        parser.error("--images must cover at least two batches; --peer-repeats, "
+                     "--millrace-repeats and --rounds must be >= 1")
 
     recipes = ["train", "val"] if args.recipe == "both" else [args.recipe]
     if args.keep:
@@ -190,6 +241,9 @@ def main():
             "batch": args.batch,
             "reduce": args.reduce,
             "dct": args.dct,
+            "rounds": args.rounds,
+            "millrace_repeats": args.millrace_repeats,
+            "peer_repeats": args.peer_repeats,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "processor": platform.processor()},
             "results": rows,
