@@ -73,19 +73,29 @@ def variant_label(recipe, reduce, dct):
         "" if dct == "accurate" else f", dct: {dct}")
 
 
-def run_millrace(args, recipe, reduce, dct, work, tag=""):
-    label = variant_label(recipe, reduce, dct)
-    text = millrace_config(recipe, args.root, args.images, args.threads, args.batch, reduce, dct)
-    config = os.path.join(work, f"millrace_{recipe}_{reduce}_{dct}.yaml")
+def bench_config(args, text, stem, work, repeats=None):
+    """Writes `text` to WORK/STEM.yaml and runs `millrace bench` on it (`--repeats` when given);
+    returns the median images/s, the run's JSON and the wall seconds."""
+    config = os.path.join(work, stem + ".yaml")
     with open(config, "w") as f:
         f.write(text)
-    millrace_json = os.path.join(work, f"millrace_{recipe}_{reduce}_{dct}{tag}.json")
-    print(f"[{label}] millrace bench {config}", flush=True)
-    _, seconds = run([args.millrace, "bench", config, "--repeats", str(args.millrace_repeats),
-                      "--json", millrace_json], args.timeout, "millrace")
-    rate, data = read_rate(millrace_json, "millrace")
+    result_json = os.path.join(work, stem + ".json")
+    cmd = [args.millrace, "bench", config, "--json", result_json]
+    if repeats is not None:
+        cmd += ["--repeats", str(repeats)]
+    _, seconds = run(cmd, args.timeout, "millrace")
+    rate, data = read_rate(result_json, "millrace")
+    return rate, data, seconds
+
+
+def run_millrace(args, recipe, variant, text, work, tag=""):
+    """One `millrace bench` of a variant's config `text`; returns its images/s and JSON."""
+    label = variant_label(recipe, *variant)
+    stem = f"millrace_{recipe}_{'_'.join(variant)}{tag}"
+    print(f"[{label}] millrace bench {os.path.join(work, stem + '.yaml')}", flush=True)
+    rate, data, seconds = bench_config(args, text, stem, work, args.millrace_repeats)
     print(f"[{label}] millrace: {rate:.1f} images/s ({seconds:.1f} s wall)", flush=True)
-    return label, rate, data, text
+    return rate, data
 
 
 def run_peer(args, recipe, workers, epochs, work, tag=""):
@@ -108,13 +118,14 @@ def compare_recipe(args, recipe, work):
     reduces = ["off", "auto"] if args.reduce == "both" else [args.reduce]
     dcts = ["accurate", "fast"] if args.dct == "both" else [args.dct]
     variants = [(reduce, dct) for dct in dcts for reduce in reduces]
-    ours = {variant: [] for variant in variants}  # (rate, JSON, config) per round
+    configs = {variant: millrace_config(recipe, args.root, args.images, args.threads, args.batch,
+                                        *variant) for variant in variants}
+    ours = {variant: [] for variant in variants}  # (rate, JSON) per round
     peer = []  # (median rate, runs) per round
 
     def millrace_turn(tag):
         for variant in variants:
-            _, rate, data, text = run_millrace(args, recipe, *variant, work, tag)
-            ours[variant].append((rate, data, text))
+            ours[variant].append(run_millrace(args, recipe, variant, configs[variant], work, tag))
 
     def peer_turn(tag):
         peer.append(run_peer(args, recipe, args.workers, 1, work, tag))
@@ -132,7 +143,7 @@ def compare_recipe(args, recipe, work):
     peer_rate = statistics.median(peer_rates)
     rows = []
     for variant in variants:
-        rates = [rate for rate, _, _ in ours[variant]]
+        rates = [rate for rate, _ in ours[variant]]
         round_ratios = [a / b for a, b in zip(rates, peer_rates)]
         rate = statistics.median(rates)
         rows.append({
@@ -143,9 +154,9 @@ def compare_recipe(args, recipe, work):
             "rounds": args.rounds,
             "round_ratios": round_ratios,
             "median_round_ratio": statistics.median(round_ratios),
-            "millrace": [data for _, data, _ in ours[variant]],
+            "millrace": [data for _, data in ours[variant]],
             "peer_runs": [runs for _, runs in peer],
-            "config": ours[variant][0][2],
+            "config": configs[variant],
         })
     return rows
 

@@ -20,20 +20,15 @@ import platform
 import sys
 import tempfile
 
-from benchlib import RunFailed, print_table, run, write_json
-from compare import (add_run_arguments, check_root_and_millrace, millrace_config, read_rate,
+from benchlib import RunFailed, print_table, write_json
+from compare import (add_run_arguments, bench_config, check_root_and_millrace, millrace_config,
                      run_peer)
 
 
 def millrace_point(args, threads, reduce, work):
-    epochs = threads * args.epochs_per_thread
-    config = os.path.join(work, f"millrace_{threads}t_{reduce}.yaml")
-    with open(config, "w") as f:
-        f.write(millrace_config(args.recipe, args.root, args.images, threads, args.batch, reduce,
-                                epochs=epochs))
-    result_json = os.path.join(work, f"millrace_{threads}t_{reduce}.json")
-    run([args.millrace, "bench", config, "--json", result_json], args.timeout, "millrace")
-    rate, _ = read_rate(result_json, "millrace")
+    text = millrace_config(args.recipe, args.root, args.images, threads, args.batch, reduce,
+                           epochs=threads * args.epochs_per_thread)
+    rate, _, _ = bench_config(args, text, f"millrace_{threads}t_{reduce}", work)
     print(f"[{threads} threads] millrace reduce {reduce}: {rate:.1f} images/s", flush=True)
     return rate
 
