@@ -155,6 +155,10 @@ struct Sample {
   std::uint64_t seq = 0;  // dense position in the stream, assigned by the engine
   std::uint64_t id = 0;   // the dataset's id for this sample
   std::uint32_t epoch = 0;
+  std::uint64_t position = 0;  // in the epoch's source order, assigned by the engine
+  // Read again only to pad the epoch's last batch in a resumed run (`last: pad`): the batch stage
+  // keeps it for padding and never delivers it as a row of its own.
+  bool pad_only = false;
   std::string path;  // where it came from, for errors and outputs
   std::vector<float> labels;
   std::vector<std::uint8_t> bytes;             // encoded input, as read
@@ -169,8 +173,9 @@ struct Sample {
 
   // Readies a recycled sample for reuse, keeping buffer capacity.
   void reset() {
-    seq = id = 0;
+    seq = id = position = 0;
     epoch = 0;
+    pad_only = false;
     path.clear();
     labels.clear();
     bytes.clear();
@@ -191,6 +196,7 @@ namespace detail {
 struct BatchData {
   std::uint64_t index = 0;
   std::uint32_t epoch = 0;
+  StreamPosition position;  // after this batch, stamped by the engine when the batch is made
   Tensor data;
   std::size_t rows = 0;  // samples, pad rows included
   int pad = 0;
@@ -206,6 +212,7 @@ struct BatchData {
   void reset() {
     index = 0;
     epoch = 0;
+    position = {};
     data.rank = 0;
     rows = 0;
     pad = 0;

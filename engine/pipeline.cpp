@@ -65,6 +65,11 @@ std::span<const float> Batch::labels() const {
 std::span<const std::uint64_t> Batch::ids() const { return {data_->ids.data(), data_->rows}; }
 const std::vector<std::string>& Batch::paths() const { return data_->paths; }
 const Quantization& Batch::quantization() const { return data_->quantization; }
+StreamPosition Batch::position() const { return data_->position; }
+std::span<const float> Batch::outputs() const {
+  return {data_->outputs.data(), data_->rows * static_cast<std::size_t>(data_->output_width)};
+}
+int Batch::output_width() const { return data_->output_width; }
 
 // ---- Pipeline ----------------------------------------------------------------------------------
 
@@ -112,8 +117,16 @@ Pipeline Pipeline::from_string(std::string_view yaml, const std::string& source_
   return Pipeline(build(yaml, source_name, overrides, std::chrono::steady_clock::now()));
 }
 
+void Pipeline::start_at(const StreamPosition& from, std::uint32_t epochs) {
+  impl_->start_at(from, epochs);
+}
 void Pipeline::start() { impl_->start(); }
 std::optional<Batch> Pipeline::next() { return impl_->next(); }
+bool Pipeline::wait_for(std::chrono::nanoseconds timeout) { return impl_->wait_for(timeout); }
+std::optional<std::uint64_t> Pipeline::batches_per_epoch() const {
+  return impl_->batches_per_epoch();
+}
+int Pipeline::prefetch() const { return impl_->plan().prefetch; }
 void Pipeline::cancel() { impl_->cancel(); }
 RunStats Pipeline::stats() const { return impl_->stats(); }
 const std::string& Pipeline::name() const { return impl_->plan().name; }

@@ -106,7 +106,10 @@ class StepEmitter final : public BatchEmitter {
       : graph_(graph), emit_(emit), number_(number) {}
   BatchData& acquire() override { return *graph_.batches_->acquire(); }
   void emit(BatchData& b) override {
-    if (number_) b.index = graph_.next_batch_index_++;
+    if (number_) {
+      b.index = graph_.next_batch_index_++;
+      graph_.stamp_position(b);
+    }
     Msg out;
     out.kind = Msg::Kind::kBatch;
     out.batch = &b;
@@ -206,7 +209,33 @@ class FlowGraph {
     std::uint64_t seen = 0;
     std::uint64_t expected = 0;
     bool marker = false;
+    // Where the epoch's stream stands for the batches it makes (see StreamPosition): the
+    // samples seen so far by source position, the batches made, and the end of the first one.
+    std::uint64_t position = 0;
+    std::uint64_t batches = 0;
+    std::uint64_t first_batch_position = 0;
   };
+  // Where the source starts (Pipeline::start_at): in epoch `epoch`, positions [prefix, skip) are
+  // not sent and positions below `prefix` are sent marked pad_only.
+  struct SourceRange {
+    std::uint32_t epoch = 0;
+    std::uint64_t skip = 0;
+    std::uint64_t prefix = 0;
+  };
+  void set_range(const StreamPosition& from, bool resend_first_batch) {
+    range_ = {from.epoch, from.samples, resend_first_batch ? from.first_batch_samples : 0};
+    epoch_ = from.epoch;
+    EpochProgress& p = epochs_[from.epoch];
+    p.position = from.samples;
+    p.batches = from.batches;
+    p.first_batch_position = from.first_batch_samples;
+  }
+  // Stamps a batch the batch stage made with the stream position after it.
+  void stamp_position(BatchData& b) {
+    EpochProgress& p = epochs_[b.epoch];
+    if (p.batches++ == 0) p.first_batch_position = p.position;
+    b.position = {b.epoch, p.position, p.batches, p.first_batch_position};
+  }
 
   explicit FlowGraph(Pipeline::Impl& owner);
   ~FlowGraph();
@@ -283,7 +312,9 @@ class FlowGraph {
   // Source state: touched only by the serial input_node body.
   std::uint64_t next_seq_ = 0;
   std::uint32_t epoch_ = 0;
-  std::uint64_t epoch_samples_ = 0;
+  std::uint64_t epoch_samples_ = 0;   // messages sent for the epoch (its marker's count)
+  std::uint64_t epoch_position_ = 0;  // samples the source gave for the epoch, sent or not
+  SourceRange range_;
   bool source_ended_ = false;
 
   // Batch step state: touched only by the serial batch body.
@@ -538,11 +569,23 @@ Msg FlowGraph::source_next(oneapi::tbb::flow_control& control) {
   const std::int64_t t0 = now_ns();
   SlotCounters& counters = source_counters_[slot(nullptr)];
   try {
-    switch (source.next(*sample)) {
+    SourceStatus status = source.next(*sample);
+    // A resumed epoch: the samples before the resume point are passed over here, unloaded (the
+    // source's next() only names them), except the ones a padding batch stage needs again.
+    while (status == SourceStatus::kSample && epoch_ == range_.epoch &&
+           epoch_position_ >= range_.prefix && epoch_position_ < range_.skip) {
+      ++epoch_position_;
+      sample->reset();
+      status = source.next(*sample);
+    }
+    switch (status) {
       case SourceStatus::kSample:
         m.kind = Msg::Kind::kSample;
         m.sample = sample;
         sample->seq = next_seq_;
+        sample->position = epoch_position_;
+        sample->pad_only = epoch_ == range_.epoch && epoch_position_ < range_.prefix;
+        ++epoch_position_;
         m.epoch = sample->epoch;
         ++epoch_samples_;
         owner_.samples_read_.fetch_add(1, std::memory_order_relaxed);
@@ -554,6 +597,7 @@ Msg FlowGraph::source_next(oneapi::tbb::flow_control& control) {
         m.epoch = epoch_++;
         m.count = epoch_samples_;
         epoch_samples_ = 0;
+        epoch_position_ = 0;
         break;
       case SourceStatus::kEnd:
         samples_->release(sample);
@@ -666,6 +710,8 @@ void FlowGraph::run_step(Step& step, Step* prev, Step* next, const Msg& msg, boo
           StepEmitter<FlowGraph, decltype(emit)> emitter(*this, emit, true);
           ++batch_seen_;
           if (m.kind == Msg::Kind::kSample) {
+            EpochProgress& progress = epochs_[m.sample->epoch];
+            progress.position = std::max(progress.position, m.sample->position + 1);
             if (!m.sample->skipped) {
               try {
                 stage.push(*m.sample, emitter);
@@ -673,7 +719,7 @@ void FlowGraph::run_step(Step& step, Step* prev, Step* next, const Msg& msg, boo
                 sample_failure(e, true);
               }
             }
-            ++epochs_[m.sample->epoch].seen;
+            ++progress.seen;
             samples_->release(m.sample);
           } else if (m.kind == Msg::Kind::kEpochEnd) {
             EpochProgress& p = epochs_[m.epoch];
@@ -1067,8 +1113,79 @@ void Pipeline::Impl::run_graph() {
     if (error_.empty()) error_ = "pipeline stopped before its end of stream";
   }
   done_.store(true, std::memory_order_release);
+  wake_consumer();
+}
+
+void Pipeline::Impl::wake_consumer() {
   signal_.fetch_add(1, std::memory_order_release);
   signal_.notify_all();
+  // A consumer in wait_for() sleeps on the condition variable instead (a timed wait that the
+  // atomic cannot do); it announced itself before checking for work, so one of the two sees the
+  // other (both sides order their announcement and their check with a full fence).
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (timed_waiters_.load(std::memory_order_relaxed) > 0) {
+    { std::lock_guard<std::mutex> lock(wait_mutex_); }
+    wait_cv_.notify_all();
+  }
+}
+
+bool Pipeline::Impl::ready_for_consumer() const {
+  return flow_->ready_.read_available() > 0 || done_.load(std::memory_order_acquire);
+}
+
+bool Pipeline::Impl::wait_for(std::chrono::nanoseconds timeout) {
+  start();
+  if (ready_for_consumer()) return true;
+  timed_waiters_.fetch_add(1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  bool ready = false;
+  {
+    std::unique_lock<std::mutex> lock(wait_mutex_);
+    ready = wait_cv_.wait_for(lock, timeout, [this] { return ready_for_consumer(); });
+  }
+  timed_waiters_.fetch_sub(1, std::memory_order_relaxed);
+  return ready;
+}
+
+void Pipeline::Impl::start_at(const StreamPosition& from, std::uint32_t epochs) {
+  if (started_.load()) throw std::logic_error("millrace: start_at() after the run started");
+  if (from.first_batch_samples > from.samples) {
+    throw std::invalid_argument("millrace: start_at(): first_batch_samples " +
+                                std::to_string(from.first_batch_samples) + " is past samples " +
+                                std::to_string(from.samples));
+  }
+  const StagePlan& s = plan_.stages.front();
+  if (from.samples > 0 && !plan_.ordered) {
+    throw ConfigError({{plan_.file, 0, 0,
+                        "pipeline: resuming mid-epoch needs 'ordered: true' (batches are made in "
+                        "source order only then)"}});
+  }
+  auto& source = static_cast<SourceStage&>(*s.stage);
+  if ((from.epoch != 0 || epochs != 0) && !source.set_epochs(from.epoch, epochs)) {
+    throw ConfigError({{s.where.file, s.where.line, s.where.column,
+                        "stage '" + s.name + "' (" + s.type +
+                            ") cannot start at another epoch or read a chosen number of epochs"}});
+  }
+  bool pads = false;
+  for (const StagePlan& p : plan_.stages) {
+    if (const auto* b = dynamic_cast<const BatchStage*>(p.stage.get())) {
+      pads = b->pads_from_epoch_start();
+    }
+  }
+  flow_->set_range(from, pads);
+  expected_samples_ = source.total_samples();
+}
+
+std::optional<std::uint64_t> Pipeline::Impl::batches_per_epoch() const {
+  const auto& source = static_cast<const SourceStage&>(*plan_.stages.front().stage);
+  const std::optional<std::uint64_t> samples = source.samples_per_epoch();
+  if (!samples) return std::nullopt;
+  for (const StagePlan& p : plan_.stages) {
+    if (const auto* b = dynamic_cast<const BatchStage*>(p.stage.get())) {
+      return b->batches_for(*samples);
+    }
+  }
+  return std::nullopt;
 }
 
 void Pipeline::Impl::note_concurrency(const std::string& note) {
@@ -1101,8 +1218,7 @@ void Pipeline::Impl::deliver(const Msg& msg) {
     flow_->return_prefetch_token();
     return;
   }
-  signal_.fetch_add(1, std::memory_order_release);
-  signal_.notify_all();
+  wake_consumer();
 }
 
 std::optional<Batch> Pipeline::Impl::next() {
@@ -1157,8 +1273,7 @@ void Pipeline::Impl::cancel() {
     flow_->graph_->cancel();
     if (!wait_released_.exchange(true)) flow_->graph_->release_wait();
   }
-  signal_.fetch_add(1, std::memory_order_release);
-  signal_.notify_all();
+  wake_consumer();
 }
 
 void Pipeline::Impl::fail(const std::string& message) {

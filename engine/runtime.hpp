@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -159,10 +160,13 @@ class Pipeline::Impl final : public detail::BatchOwner, public RunReporter {
        std::chrono::steady_clock::time_point created);
   ~Impl();
 
+  void start_at(const StreamPosition& from, std::uint32_t epochs);
   void start();
   std::optional<Batch> next();
+  bool wait_for(std::chrono::nanoseconds timeout);
   void cancel();
   RunStats stats() const;
+  std::optional<std::uint64_t> batches_per_epoch() const;
   std::string graph_dot() const;
   const PipelinePlan& plan() const { return plan_; }
   const std::vector<Diagnostic>& warnings() const { return warnings_; }
@@ -191,6 +195,9 @@ class Pipeline::Impl final : public detail::BatchOwner, public RunReporter {
   friend class FlowGraph;
   void run_graph();
   RunStats build_stats(bool final) const;
+  // Tells the consumer that a batch, the end or a failure is ready for it.
+  void wake_consumer();
+  bool ready_for_consumer() const;
 
   PipelinePlan plan_;
   std::vector<Diagnostic> warnings_;
@@ -207,6 +214,10 @@ class Pipeline::Impl final : public detail::BatchOwner, public RunReporter {
   std::atomic<bool> ended_{false};  // the end of stream reached the consumer's queue
   std::atomic<bool> cancelled_{false};
   std::atomic<std::uint64_t> signal_{0};  // bumped on every hand-off to the consumer
+  // For wait_for(): a consumer waiting with a timeout, and what it sleeps on.
+  std::atomic<int> timed_waiters_{0};
+  std::mutex wait_mutex_;
+  std::condition_variable wait_cv_;
 
   mutable std::mutex report_mutex_;  // guards the lists below: only errors and warnings take it
   std::string error_;

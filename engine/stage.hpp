@@ -109,6 +109,16 @@ class SourceStage : public Stage {
   virtual std::optional<std::uint64_t> total_samples() const { return std::nullopt; }
   // The part of the dataset this source reads: {part_index, num_parts}.
   virtual std::pair<int, int> part() const { return {0, 1}; }
+  // Samples in one epoch, when known before the run.
+  virtual std::optional<std::uint64_t> samples_per_epoch() const { return std::nullopt; }
+  // Called before the run, at most once: read `count` epochs (0: up to the configured last one)
+  // starting with `first`, each exactly as it would be in a run from epoch 0. A source whose
+  // epochs cannot be entered directly returns false (the default), and the pipeline reports it.
+  virtual bool set_epochs(std::uint32_t first, std::uint32_t count) {
+    (void)first;
+    (void)count;
+    return false;
+  }
 };
 
 class TransformStage : public Stage {
@@ -136,6 +146,14 @@ class BatchStage : public Stage {
   virtual void push(const Sample& sample, BatchEmitter& out) = 0;
   // Every sample of `epoch` has been pushed: emit what remains (at most one batch).
   virtual void finish_epoch(std::uint32_t epoch, BatchEmitter& out) = 0;
+  // Whether the stage needs an epoch's first samples again to finish it (padding from them): a
+  // run resumed mid-epoch then sends them once more, marked Sample::pad_only.
+  virtual bool pads_from_epoch_start() const { return false; }
+  // Batches made from an epoch of `samples` usable samples.
+  virtual std::optional<std::uint64_t> batches_for(std::uint64_t samples) const {
+    (void)samples;
+    return std::nullopt;
+  }
 };
 
 // Works on whole batches on a thread of its own (one per stage, created by the engine), for

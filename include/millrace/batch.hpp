@@ -28,6 +28,20 @@ struct Quantization {
   bool mxnet_compatible = false;
 };
 
+// A place in a pipeline's stream, counted within one epoch of the source: what a run has consumed
+// up to and including a batch (Batch::position()), or where a run starts (Pipeline::start_at()).
+// Positions count the source's samples in its order for the epoch, skipped (bad) ones included,
+// so a run resumed from a batch's position reads exactly the samples after it.
+struct StreamPosition {
+  std::uint32_t epoch = 0;
+  std::uint64_t samples = 0;  // samples of `epoch` consumed, in source order
+  std::uint64_t batches = 0;  // batches of `epoch` delivered
+  // The samples (from the epoch's start) that made its first batch; 0 while there is none. With
+  // `last: pad` a resumed run reads these again, and only these, to pad the epoch's last batch
+  // exactly as an uninterrupted run does.
+  std::uint64_t first_batch_samples = 0;
+};
+
 namespace detail {
 struct BatchData;
 class BatchOwner;
@@ -60,6 +74,13 @@ class Batch {
   std::span<const std::uint64_t> ids() const;     // sample ids, one per row
   const std::vector<std::string>& paths() const;  // where each row came from
   const Quantization& quantization() const;
+  // Where the stream stands after this batch: a run started at this position (Pipeline::start_at)
+  // delivers the batches after it, byte for byte. Meaningful in ordered mode (the default).
+  StreamPosition position() const;
+  // What a batch transform computed per row (an `infer` stage's logits), size() x output_width()
+  // values; empty without one.
+  std::span<const float> outputs() const;
+  int output_width() const;
 
  private:
   void release();

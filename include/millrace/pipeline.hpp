@@ -17,8 +17,13 @@
 //   (`PipelineBuilder::set("trace", "\"run.json\"")`, or the override `pipeline.trace=FILE`) the
 //   run writes a Chrome trace event file when it ends, before next() returns its end; a file that
 //   cannot be written is a ConfigError when the Pipeline is built.
+// - start_at() chooses, before the run starts, the epoch it begins with, how many epochs it reads
+//   and how far into the first one it resumes; wait_for() lets a consumer that must stay
+//   responsive (an interpreter checking for Ctrl-C) wait for the next batch in slices.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -46,14 +51,29 @@ class Pipeline {
   Pipeline& operator=(Pipeline&&) noexcept;
   ~Pipeline();
 
+  // Before the run starts (std::logic_error after): the run reads `epochs` epochs (0: up to the
+  // source's configured `epochs`) starting with `from.epoch`, resuming after `from.samples` samples
+  // of it, which are not loaded or decoded (with `last: pad`, the first `from.first_batch_samples`
+  // are, once, to pad the epoch's last batch). Batches then carry positions within their epoch
+  // continuing from `from`. Resuming mid-epoch needs ordered mode; a source that cannot start at
+  // another epoch is a ConfigError naming it.
+  void start_at(const StreamPosition& from, std::uint32_t epochs = 0);
   void start();
   std::optional<Batch> next();
+  // Starts the run if needed and blocks until next() would return without waiting (a batch, the
+  // end or a failure is ready) or `timeout` passes; true when ready.
+  bool wait_for(std::chrono::nanoseconds timeout);
   // Calls on_batch for every batch on the calling thread; returns the final statistics.
   RunStats run(const std::function<void(const Batch&)>& on_batch);
   void cancel();
   RunStats stats() const;
 
   const std::string& name() const;
+  // Batches in one epoch when the source knows its size (an indexed or listed dataset) and no
+  // sample is skipped; empty otherwise.
+  std::optional<std::uint64_t> batches_per_epoch() const;
+  // pipeline.prefetch: the batches a consumer may hold at once before the run stalls.
+  int prefetch() const;
   // The lowered flow graph, as Graphviz DOT.
   std::string graph_dot() const;
   // Non-fatal configuration remarks (e.g. an int8 mean of 0).

@@ -91,7 +91,7 @@ void BatchAssembler::copy_row(BatchData& to, std::size_t to_row, const BatchData
   to.paths[to_row] = from.paths[from_row];
 }
 
-void BatchAssembler::push(const Sample& s, BatchEmitter& out) {
+void BatchAssembler::check_shape(const Sample& s) {
   if (s.region.height != 0 || s.deferred != 0) {
     // A crop or flip still pending means nothing materialised the sample: a pipeline bug, not a
     // data error.
@@ -120,19 +120,36 @@ void BatchAssembler::push(const Sample& s, BatchEmitter& out) {
                       std::to_string(expected_labels_) +
                       " (set augment.size so that all samples match)");
   }
-  Open& open = open_[s.epoch];
-  if (open.partial == nullptr) {
-    open.partial = &out.acquire();
-    start_batch(*open.partial, s);
-  }
-  BatchData& b = *open.partial;
+}
+
+void BatchAssembler::append_row(BatchData& b, const Sample& s) {
   const std::size_t bytes = row_bytes(b);
-  std::memcpy(b.data.storage.data() + b.rows * bytes, t.storage.data(), bytes);
+  std::memcpy(b.data.storage.data() + b.rows * bytes, s.tensor.storage.data(), bytes);
   std::copy(s.labels.begin(), s.labels.end(),
             b.labels.begin() + static_cast<std::ptrdiff_t>(b.rows * s.labels.size()));
   b.ids[b.rows] = s.id;
   b.paths[b.rows] = s.path;
   ++b.rows;
+}
+
+void BatchAssembler::push(const Sample& s, BatchEmitter& out) {
+  check_shape(s);
+  Open& open = open_[s.epoch];
+  if (s.pad_only) {
+    // The epoch's first batch again, in a resumed run: kept to pad from, never delivered.
+    if (open.first == nullptr) {
+      open.first = &out.acquire();
+      start_batch(*open.first, s);
+    }
+    if (open.first->rows < static_cast<std::size_t>(params_.size)) append_row(*open.first, s);
+    return;
+  }
+  if (open.partial == nullptr) {
+    open.partial = &out.acquire();
+    start_batch(*open.partial, s);
+  }
+  BatchData& b = *open.partial;
+  append_row(b, s);
   if (b.rows < static_cast<std::size_t>(params_.size)) return;
 
   if (params_.last == Last::kPad && open.first == nullptr) {
@@ -146,6 +163,11 @@ void BatchAssembler::push(const Sample& s, BatchEmitter& out) {
   }
   open.partial = nullptr;
   out.emit(b);
+}
+
+std::optional<std::uint64_t> BatchAssembler::batches_for(std::uint64_t samples) const {
+  const auto size = static_cast<std::uint64_t>(params_.size);
+  return params_.last == Last::kDrop ? samples / size : (samples + size - 1) / size;
 }
 
 void BatchAssembler::finish_epoch(std::uint32_t epoch, BatchEmitter& out) {

@@ -3,7 +3,8 @@
 // Contract: serial (the engine never overlaps its calls). It copies each sample's tensor into a
 // pooled batch buffer (one memcpy per sample) and keeps, per open epoch, the partial batch and,
 // for `last: pad`, a copy of the epoch's first batch to pad from: memory bounded by the number of
-// epochs open at once, which the engine's in-flight window bounds.
+// epochs open at once, which the engine's in-flight window bounds. In a run resumed mid-epoch the
+// epoch's first samples arrive again marked pad_only: they fill that padding copy and nothing else.
 #pragma once
 
 #include <map>
@@ -26,6 +27,8 @@ class BatchAssembler final : public BatchStage {
 
   void push(const Sample& sample, BatchEmitter& out) override;
   void finish_epoch(std::uint32_t epoch, BatchEmitter& out) override;
+  bool pads_from_epoch_start() const override { return params_.last == Last::kPad; }
+  std::optional<std::uint64_t> batches_for(std::uint64_t samples) const override;
   const Params& params() const { return params_; }
 
  private:
@@ -34,6 +37,8 @@ class BatchAssembler final : public BatchStage {
     BatchData* first = nullptr;  // the epoch's first rows, kept for padding
   };
   void start_batch(BatchData& b, const Sample& s) const;
+  void check_shape(const Sample& s);
+  static void append_row(BatchData& b, const Sample& s);
   static void copy_row(BatchData& to, std::size_t to_row, const BatchData& from,
                        std::size_t from_row);
 

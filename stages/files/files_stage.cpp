@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <numeric>
 #include <sstream>
 #include <stdexcept>
@@ -233,6 +234,7 @@ void FilesSource::check(const Params& p, const ConfigNode& node, const std::stri
 FilesSource::FilesSource(StageContext context, Params params)
     : SourceStage(std::move(context)), params_(std::move(params)) {
   seed_ = params_.seed >= 0 ? static_cast<std::uint64_t>(params_.seed) : this->context().seed;
+  end_epoch_ = params_.epochs;
 }
 
 void FilesSource::prepare() {
@@ -284,7 +286,7 @@ void FilesSource::begin_epoch() {
 }
 
 SourceStatus FilesSource::next(Sample& sample) {
-  if (epoch_ >= params_.epochs) return SourceStatus::kEnd;
+  if (epoch_ >= end_epoch_) return SourceStatus::kEnd;
   if (!epoch_open_) begin_epoch();
   if (position_ == order_.size()) {
     epoch_open_ = false;
@@ -325,8 +327,22 @@ void FilesSource::load(Sample& sample) const {
   ::close(fd);
 }
 
+std::optional<std::uint64_t> FilesSource::samples_per_epoch() const { return entries_.size(); }
+
 std::optional<std::uint64_t> FilesSource::total_samples() const {
-  return static_cast<std::uint64_t>(entries_.size()) * static_cast<std::uint64_t>(params_.epochs);
+  return static_cast<std::uint64_t>(entries_.size()) *
+         static_cast<std::uint64_t>(end_epoch_ - epoch_);  // before the run: epochs it will read
+}
+
+bool FilesSource::set_epochs(std::uint32_t first, std::uint32_t count) {
+  // Every epoch's order is drawn from (seed, epoch) alone, so an epoch can be entered directly.
+  constexpr auto kMax = static_cast<std::uint32_t>(std::numeric_limits<int>::max());
+  if (epoch_open_ || first >= kMax) return false;
+  epoch_ = static_cast<int>(first);
+  end_epoch_ = count == 0
+                   ? std::max(params_.epochs, epoch_)
+                   : static_cast<int>(std::min<std::uint64_t>(std::uint64_t{first} + count, kMax));
+  return true;
 }
 
 }  // namespace millrace

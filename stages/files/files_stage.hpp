@@ -100,6 +100,8 @@ class FilesSource final : public SourceStage {
   bool has_load() const override { return true; }
   std::optional<std::uint64_t> total_samples() const override;
   std::pair<int, int> part() const override { return {part_index_, num_parts_}; }
+  std::optional<std::uint64_t> samples_per_epoch() const override;
+  bool set_epochs(std::uint32_t first, std::uint32_t count) override;
 
   const FileIndex& entries() const { return entries_; }
 
@@ -112,6 +114,7 @@ class FilesSource final : public SourceStage {
   std::vector<std::uint32_t> order_;
   std::size_t position_ = 0;
   int epoch_ = 0;
+  int end_epoch_ = 0;  // one past the last epoch to read: `epochs`, or as set_epochs says
   bool epoch_open_ = false;
   int part_index_ = 0;
   int num_parts_ = 1;

@@ -186,6 +186,7 @@ void RecordIoSource::check(const Params& p, const ConfigNode& node, const std::s
 RecordIoSource::RecordIoSource(StageContext context, Params params)
     : SourceStage(std::move(context)), params_(std::move(params)) {
   seed_ = params_.seed >= 0 ? static_cast<std::uint64_t>(params_.seed) : this->context().seed;
+  end_epoch_ = params_.epochs;
 }
 
 RecordIoSource::~RecordIoSource() {
@@ -359,7 +360,7 @@ void RecordIoSource::emit(Sample& sample, Pending& item) {
 }
 
 SourceStatus RecordIoSource::next(Sample& sample) {
-  if (epoch_ >= params_.epochs) return SourceStatus::kEnd;
+  if (epoch_ >= end_epoch_) return SourceStatus::kEnd;
   if (!epoch_open_) begin_epoch();
   auto end_epoch = [&] {
     epoch_open_ = false;
@@ -457,9 +458,26 @@ void RecordIoSource::load(Sample& sample) const {
   finish_load(sample, r.offset);
 }
 
+std::optional<std::uint64_t> RecordIoSource::samples_per_epoch() const {
+  if (!indexed_) return std::nullopt;
+  return records_.size();
+}
+
 std::optional<std::uint64_t> RecordIoSource::total_samples() const {
   if (!indexed_) return std::nullopt;
-  return static_cast<std::uint64_t>(records_.size()) * static_cast<std::uint64_t>(params_.epochs);
+  return static_cast<std::uint64_t>(records_.size()) *
+         static_cast<std::uint64_t>(end_epoch_ - epoch_);  // before the run: epochs it will read
+}
+
+bool RecordIoSource::set_epochs(std::uint32_t first, std::uint32_t count) {
+  // Every epoch's order is drawn from (seed, epoch) alone, so an epoch can be entered directly.
+  constexpr auto kMax = static_cast<std::uint32_t>(std::numeric_limits<int>::max());
+  if (epoch_open_ || first >= kMax) return false;
+  epoch_ = static_cast<int>(first);
+  end_epoch_ = count == 0
+                   ? std::max(params_.epochs, epoch_)
+                   : static_cast<int>(std::min<std::uint64_t>(std::uint64_t{first} + count, kMax));
+  return true;
 }
 
 }  // namespace millrace

@@ -69,6 +69,8 @@ class RecordIoSource final : public SourceStage {
   bool has_load() const override { return true; }
   std::optional<std::uint64_t> total_samples() const override;
   std::pair<int, int> part() const override { return {part_index_, num_parts_}; }
+  std::optional<std::uint64_t> samples_per_epoch() const override;
+  bool set_epochs(std::uint32_t first, std::uint32_t count) override;
 
   // What prepare() found: the .rec files in reading order and whether they are read by index.
   const std::vector<std::string>& files() const { return file_paths_; }
@@ -125,6 +127,7 @@ class RecordIoSource final : public SourceStage {
   CounterRng rng_{0, 0, 0, 0};
 
   int epoch_ = 0;
+  int end_epoch_ = 0;  // one past the last epoch to read: `epochs`, or as set_epochs says
   bool epoch_open_ = false;
 };
 
