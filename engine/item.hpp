@@ -196,7 +196,8 @@ namespace detail {
 struct BatchData {
   std::uint64_t index = 0;
   std::uint32_t epoch = 0;
-  StreamPosition position;  // after this batch, stamped by the engine when the batch is made
+  StreamPosition position;     // after this batch, stamped by the engine when the batch is made
+  bool last_in_epoch = false;  // no batch of its epoch can follow it
   Tensor data;
   std::size_t rows = 0;  // samples, pad rows included
   int pad = 0;
@@ -213,6 +214,7 @@ struct BatchData {
     index = 0;
     epoch = 0;
     position = {};
+    last_in_epoch = false;
     data.rank = 0;
     rows = 0;
     pad = 0;

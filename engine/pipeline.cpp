@@ -66,6 +66,7 @@ std::span<const std::uint64_t> Batch::ids() const { return {data_->ids.data(), d
 const std::vector<std::string>& Batch::paths() const { return data_->paths; }
 const Quantization& Batch::quantization() const { return data_->quantization; }
 StreamPosition Batch::position() const { return data_->position; }
+bool Batch::last_in_epoch() const { return data_->last_in_epoch; }
 std::span<const float> Batch::outputs() const {
   return {data_->outputs.data(), data_->rows * static_cast<std::size_t>(data_->output_width)};
 }

@@ -235,6 +235,8 @@ class FlowGraph {
     EpochProgress& p = epochs_[b.epoch];
     if (p.batches++ == 0) p.first_batch_position = p.position;
     b.position = {b.epoch, p.position, p.batches, p.first_batch_position};
+    b.last_in_epoch = finishing_epoch_ || (epoch_size_ && *epoch_size_ >= p.position &&
+                                           *epoch_size_ - p.position < samples_for_batch_);
   }
 
   explicit FlowGraph(Pipeline::Impl& owner);
@@ -323,6 +325,11 @@ class FlowGraph {
   std::uint64_t end_total_ = 0;
   bool end_seen_ = false;
   std::uint64_t next_batch_index_ = 0;
+  // For Batch::last_in_epoch: the source's epoch size when known, the fewest samples the batch
+  // stage makes a batch from, and whether it is finishing an epoch.
+  std::optional<std::uint64_t> epoch_size_;
+  std::uint64_t samples_for_batch_ = 1;
+  bool finishing_epoch_ = false;
 
  private:
   Msg source_next(oneapi::tbb::flow_control& control);
@@ -372,6 +379,7 @@ void FlowGraph::build() {
       case StageShape::kBatch:
         batch_step = steps_.size();
         add(StepKind::kBatch, 1);
+        samples_for_batch_ = static_cast<const BatchStage&>(*s.stage).samples_for_another_batch();
         break;
       case StageShape::kBatchTransform:
         add(StepKind::kBatchTransform, 1);
@@ -423,6 +431,7 @@ void FlowGraph::build() {
     window_capacity_ = static_cast<int>(sample_tokens) + 1;
   }
   samples_ = std::make_unique<ObjectPool<Sample>>("sample", sample_tokens + 2);
+  epoch_size_ = static_cast<const SourceStage&>(*plan_.stages.front().stage).samples_per_epoch();
   std::size_t held = 0;  // batches that batch-transform stages may keep beyond their tokens
   for (const auto& step : steps_) {
     if (step->kind == StepKind::kBatchTransform) {
@@ -731,7 +740,9 @@ void FlowGraph::run_step(Step& step, Step* prev, Step* next, const Msg& msg, boo
           }
           for (auto it = epochs_.begin(); it != epochs_.end();) {
             if (it->second.marker && it->second.seen == it->second.expected) {
+              finishing_epoch_ = true;
               stage.finish_epoch(it->first, emitter);
+              finishing_epoch_ = false;
               it = epochs_.erase(it);
             } else {
               ++it;

@@ -149,6 +149,8 @@ class BatchStage : public Stage {
   // Whether the stage needs an epoch's first samples again to finish it (padding from them): a
   // run resumed mid-epoch then sends them once more, marked Sample::pad_only.
   virtual bool pads_from_epoch_start() const { return false; }
+  // The fewest samples still to come in an epoch from which it can make another batch.
+  virtual std::uint64_t samples_for_another_batch() const { return 1; }
   // Batches made from an epoch of `samples` usable samples.
   virtual std::optional<std::uint64_t> batches_for(std::uint64_t samples) const {
     (void)samples;

@@ -77,6 +77,10 @@ class Batch {
   // Where the stream stands after this batch: a run started at this position (Pipeline::start_at)
   // delivers the batches after it, byte for byte. Meaningful in ordered mode (the default).
   StreamPosition position() const;
+  // No batch of this epoch can follow: the epoch ended with it, or the samples left in the epoch
+  // (its size known to the source) are too few for another batch. False when that is not known
+  // yet, as for a batch followed only by samples that turn out to be skipped.
+  bool last_in_epoch() const;
   // What a batch transform computed per row (an `infer` stage's logits), size() x output_width()
   // values; empty without one.
   std::span<const float> outputs() const;

@@ -180,9 +180,12 @@ class Pipeline:
                 self._state = _start_state(batch.epoch)
                 return
             self._state = dict(batch.position)
+            if batch.last_in_epoch:
+                # The epoch ends with this batch; the run goes on making the next one's.
+                self._state = _start_state(n + 1)
+                yield batch
+                return
             yield batch
-            # The consumer holds this batch while the next is made; the stream moves on only
-            # when it asks.
 
     def __len__(self) -> int:
         """Batches in one epoch, when the source knows its size (no sample skipped)."""

@@ -171,9 +171,12 @@ class PyRun {
       }
       if (PyErr_CheckSignals() != 0) {
         // KeyboardInterrupt (or whatever a handler raised): the run stops now.
-        py::gil_scoped_release release;
-        p.cancel();
-        throw py::error_already_set();
+        py::error_already_set raised;  // takes the pending exception, under the GIL
+        {
+          py::gil_scoped_release release;
+          p.cancel();
+        }
+        throw raised;
       }
       if (ready) break;
       const int held = run_->held.load();
@@ -283,6 +286,8 @@ PYBIND11_MODULE(_millrace, m) {
                              [](const PyBatch& b) { return std::string(b.batch().layout()); })
       .def_property_readonly("paths", [](const PyBatch& b) { return b.batch().paths(); })
       .def_property_readonly("quantization", &batch_quantization)
+      .def_property_readonly("last_in_epoch",
+                             [](const PyBatch& b) { return b.batch().last_in_epoch(); })
       .def_property_readonly("position",
                              [](const PyBatch& b) { return position_dict(b.batch().position()); })
       .def("__len__", [](const PyBatch& b) { return b.batch().size(); })

@@ -29,6 +29,9 @@ class BatchAssembler final : public BatchStage {
   void finish_epoch(std::uint32_t epoch, BatchEmitter& out) override;
   bool pads_from_epoch_start() const override { return params_.last == Last::kPad; }
   std::optional<std::uint64_t> batches_for(std::uint64_t samples) const override;
+  std::uint64_t samples_for_another_batch() const override {
+    return params_.last == Last::kDrop ? static_cast<std::uint64_t>(params_.size) : 1;
+  }
   const Params& params() const { return params_; }
 
  private:
