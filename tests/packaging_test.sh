@@ -81,4 +81,22 @@ step "make a dataset with the installed CLI"
 
 step "run the consumer"
 "$work_dir/consumer-build/millrace_consumer" "$work_dir/dataset"
+
+step "import the installed Python package and read a batch"
+site=$(compgen -G "$prefix/lib/python3*/dist-packages" | head -n 1)
+if [[ -z $site || ! -f $site/millrace/__init__.py ]]; then
+  echo "error: the install is missing the Python package (lib/python3.X/dist-packages/millrace)" >&2
+  exit 1
+fi
+(cd "$work_dir" && PYTHONPATH=$site /usr/bin/python3 -B -c '
+import sys, millrace
+pipe = millrace.Pipeline({"stages": [
+    {"type": "files", "root": sys.argv[1]}, {"type": "decode"},
+    {"type": "augment", "resize": 36, "size": [32, 32]},
+    {"type": "normalize", "dtype": "int8", "mean": [124, 117, 104]},
+    {"type": "batch", "size": 4}]})
+batch = next(iter(pipe))
+assert millrace.__file__.startswith(sys.argv[2]), millrace.__file__
+assert batch.data.shape == (4, 3, 32, 32) and str(batch.data.dtype) == "int8", batch
+' "$work_dir/dataset" "$site")
 echo "packaging test passed"
