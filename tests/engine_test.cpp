@@ -19,6 +19,9 @@
 namespace millrace {
 namespace {
 
+// Samples loaded by every SyntheticSource (the loads a resumed run must not repeat).
+std::atomic<std::uint64_t> g_synthetic_loads{0};
+
 // A source of `count` samples per epoch whose 16-byte tensor is derived from the id.
 class SyntheticSource final : public SourceStage {
  public:
@@ -44,7 +47,7 @@ class SyntheticSource final : public SourceStage {
   SourceStatus next(Sample& s) override {
     if (p_.next_sleep_us > 0)
       std::this_thread::sleep_for(std::chrono::microseconds(p_.next_sleep_us));
-    if (epoch_ == p_.epochs) return SourceStatus::kEnd;
+    if (epoch_ >= end_epoch_) return SourceStatus::kEnd;
     if (i_ == p_.count) {
       i_ = 0;
       ++epoch_;
@@ -58,19 +61,29 @@ class SyntheticSource final : public SourceStage {
   }
   bool has_load() const override { return true; }
   void load(Sample& s) const override {
+    g_synthetic_loads.fetch_add(1);
     s.tensor.reshape(DType::kInt8, {16}, "C");
     for (int k = 0; k < 16; ++k)
       s.tensor.storage[static_cast<std::size_t>(k)] =
           static_cast<std::uint8_t>(s.id * 7 + static_cast<std::uint64_t>(k));
   }
   std::optional<std::uint64_t> total_samples() const override {
-    return static_cast<std::uint64_t>(p_.count) * static_cast<std::uint64_t>(p_.epochs);
+    return static_cast<std::uint64_t>(p_.count) * static_cast<std::uint64_t>(end_epoch_ - epoch_);
+  }
+  std::optional<std::uint64_t> samples_per_epoch() const override {
+    return static_cast<std::uint64_t>(p_.count);
+  }
+  bool set_epochs(std::uint32_t first, std::uint32_t count) override {
+    epoch_ = static_cast<int>(first);
+    end_epoch_ = count == 0 ? p_.epochs : static_cast<int>(first + count);
+    return true;
   }
 
  private:
   Params p_;
   std::int64_t i_ = 0;
   int epoch_ = 0;
+  int end_epoch_ = p_.epochs;
 };
 
 // The most `work` bodies with `count_in_flight: true` seen running at once, and how many run now.
@@ -265,6 +278,114 @@ TEST_P(EngineAtThreads, UnorderedDeliversEverySampleExactlyOnce) {
   ASSERT_EQ(d.ids.size(), 1000U);
   std::multiset<std::uint64_t> ids(d.ids.begin(), d.ids.end());
   for (std::uint64_t i = 0; i < 500; ++i) EXPECT_EQ(ids.count(i), 2U) << i;
+}
+
+// One delivered batch, whole, with where the stream stood after it.
+struct Taken {
+  std::vector<std::uint8_t> bytes;
+  std::vector<std::uint64_t> ids;
+  int pad = 0;
+  StreamPosition position;
+  bool last_in_epoch = false;
+};
+
+std::vector<Taken> take_all(Pipeline& p) {
+  std::vector<Taken> out;
+  while (auto b = p.next()) {
+    const auto* bytes = static_cast<const std::uint8_t*>(b->data());
+    out.push_back({{bytes, bytes + b->bytes()},
+                   {b->ids().begin(), b->ids().end()},
+                   b->pad(),
+                   b->position(),
+                   b->last_in_epoch()});
+  }
+  return out;
+}
+
+TEST_P(EngineAtThreads, AResumedRunDeliversTheRestByteForByteAndLoadsNothingBeforeIt) {
+  // 50 samples an epoch in batches of 8, over two epochs, with failing samples on both sides of
+  // the resume points: each policy for the short last batch, resumed after every batch.
+  for (const std::string last : {"pad", "drop", "partial"}) {
+    const std::string cfg = config(GetParam(), 3, true, ", fail_ids: [2, 20, 49]", 50, 8, last, 2);
+    Pipeline whole = PipelineAccess::from_string(cfg, test_registry());
+    const std::vector<Taken> all = take_all(whole);
+    const std::size_t per_epoch = last == "drop" ? 5 : 6;  // 47 good samples an epoch
+    ASSERT_EQ(all.size(), 2 * per_epoch) << last;
+    EXPECT_EQ(all[per_epoch - 1].position.samples, last == "drop" ? 42U : 50U) << last;
+    for (std::size_t k = 0; k < all.size(); ++k) {
+      // Known at once, except under `drop` here: the 8 samples after the epoch's last batch could
+      // have made another one, had sample 49 not failed.
+      const bool known_last = k % per_epoch == per_epoch - 1 && last != "drop";
+      EXPECT_EQ(all[k].last_in_epoch, known_last) << last << " batch " << k;
+      EXPECT_EQ(all[k].position.batches, k % per_epoch + 1) << last << " batch " << k;
+    }
+    for (std::size_t k = 0; k + 1 < all.size(); ++k) {
+      const StreamPosition from = all[k].position;
+      Pipeline resumed = PipelineAccess::from_string(cfg, test_registry());
+      resumed.start_at(from);
+      const std::uint64_t loads_before = g_synthetic_loads.load();
+      const std::vector<Taken> rest = take_all(resumed);
+      const std::uint64_t loads = g_synthetic_loads.load() - loads_before;
+      ASSERT_EQ(rest.size(), all.size() - k - 1) << last << " after batch " << k;
+      for (std::size_t i = 0; i < rest.size(); ++i) {
+        const Taken& want = all[k + 1 + i];
+        EXPECT_EQ(rest[i].bytes, want.bytes) << last << " after batch " << k << ", batch " << i;
+        EXPECT_EQ(rest[i].ids, want.ids) << last << " after batch " << k << ", batch " << i;
+        EXPECT_EQ(rest[i].pad, want.pad);
+        EXPECT_EQ(rest[i].position.samples, want.position.samples);
+        EXPECT_EQ(rest[i].position.batches, want.position.batches);
+        EXPECT_EQ(rest[i].position.first_batch_samples, want.position.first_batch_samples);
+      }
+      // Loaded: the rest of the resumed epoch and all of the next; with `last: pad` also the
+      // epoch's first batch again, to pad its last one from.
+      const std::uint64_t again = last == "pad" ? from.first_batch_samples : 0;
+      const std::uint64_t later_epochs = from.epoch == 0 ? 50 : 0;
+      EXPECT_EQ(loads, 50 - from.samples + again + later_epochs) << last << " after batch " << k;
+    }
+  }
+}
+
+TEST_P(EngineAtThreads, AnEpochStartedDirectlyIsTheSameAsInAFullRun) {
+  const std::string cfg = config(GetParam(), 2, true, "", 30, 7, "pad", 3);
+  Pipeline whole = PipelineAccess::from_string(cfg, test_registry());
+  const std::vector<Taken> all = take_all(whole);
+  ASSERT_EQ(all.size(), 15U);
+  Pipeline second = PipelineAccess::from_string(cfg, test_registry());
+  second.start_at({1, 0, 0, 0}, 1);
+  const std::vector<Taken> one = take_all(second);
+  ASSERT_EQ(one.size(), 5U);
+  for (std::size_t i = 0; i < one.size(); ++i) {
+    EXPECT_EQ(one[i].bytes, all[5 + i].bytes) << i;
+    EXPECT_EQ(one[i].position.epoch, 1U);
+  }
+  // Past the configured epochs when asked for more.
+  Pipeline more = PipelineAccess::from_string(cfg, test_registry());
+  more.start_at({2, 0, 0, 0}, 4);
+  EXPECT_EQ(take_all(more).size(), 20U);
+}
+
+TEST_P(EngineAtThreads, WaitForTimesOutWhileNothingIsReadyAndWakesForABatch) {
+  Pipeline p = PipelineAccess::from_string(
+      config(GetParam(), 2, true, ", sleep_us: 20000", 8, 4, "pad"), test_registry());
+  // The first batch needs 4 samples of 20 ms each (on at most GetParam() threads): not in 1 ms.
+  EXPECT_FALSE(p.wait_for(std::chrono::milliseconds(1)));
+  EXPECT_TRUE(p.wait_for(std::chrono::seconds(30)));
+  EXPECT_TRUE(p.next().has_value());
+  std::size_t rest = 0;
+  while (p.wait_for(std::chrono::seconds(30))) {
+    if (!p.next()) break;
+    ++rest;
+  }
+  EXPECT_EQ(rest, 1U);
+}
+
+TEST(Engine, StartAtIsRefusedWhereItCannotHoldItsPromise) {
+  Pipeline unordered = PipelineAccess::from_string(config(2, 2, false), test_registry());
+  EXPECT_THROW(unordered.start_at({0, 10, 1, 10}), ConfigError);
+  Pipeline p = PipelineAccess::from_string(config(2, 2, true), test_registry());
+  EXPECT_THROW(p.start_at({0, 10, 1, 20}), std::invalid_argument);
+  p.start();
+  EXPECT_THROW(p.start_at({1, 0, 0, 0}), std::logic_error);
 }
 
 TEST_P(EngineAtThreads, InFlightItemsNeverExceedTheEdgeCapacities) {
