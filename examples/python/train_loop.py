@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""A PyTorch training loop fed by millrace, and the same loop fed by torchvision's DataLoader.
+
+    PYTHONPATH=build/python /usr/bin/python3 examples/python/train_loop.py \\
+        --root data/imagenet-like --loader millrace --steps 20
+    /usr/bin/python3 examples/python/train_loop.py --root data/imagenet-like --loader dataloader
+
+Both loaders apply ImageNet's training recipe to the same files (random-resized crop to 224,
+horizontal flip, a new shuffle each epoch) and hand the loop a float tensor normalised with
+ImageNet's mean and std. millrace's batches arrive as int8 with the mean already subtracted
+(configs/train.yaml), viewed by torch without a copy; the loop divides by the std on the fly, as
+an int8 network would fold it into its first convolution instead.
+
+`--model resnet18` (any torchvision classifier) trains that network, with random weights, by SGD;
+`--model none` only takes the batches, so that the figure printed is the loader's data rate. Each
+run prints one line: loader, images, seconds, images/s (timed from the first batch on).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+import torchvision
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.dirname(os.path.dirname(HERE))
+
+
+def millrace_batches(args):
+    """(float NCHW tensor, int64 labels) from millrace's train recipe, epoch after epoch."""
+    import millrace
+
+    overrides = {"files.root": args.root, "batch.size": args.batch,
+                 "pipeline.threads": args.threads}
+    pipe = millrace.Pipeline(os.path.join(SOURCE, "configs", "train.yaml"), overrides)
+    # int8 = pixel - round(255 * mean): one unit is one pixel unit, so dividing by 255 * std gives
+    # torchvision's (pixel / 255 - mean) / std, up to the rounding of the mean.
+    inv_std = torch.tensor([1 / (255 * s) for s in IMAGENET_STD]).view(1, 3, 1, 1)
+    with pipe:
+        while True:
+            for batch in pipe:
+                x = torch.from_numpy(batch.data)  # a view of the engine's buffer: no copy
+                yield x.float().mul_(inv_std), torch.from_numpy(batch.labels).long()
+
+
+def dataloader_batches(args):
+    """The same recipe with torch.utils.data.DataLoader and torchvision's transforms."""
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms
+    from torchvision.datasets.folder import default_loader
+
+    items = []
+    with open(os.path.join(args.root, "labels.lst")) as f:
+        for line in f:
+            fields = line.rstrip("\n").split("\t")
+            items.append((os.path.join(args.root, fields[-1]), int(float(fields[1]))))
+
+    class Files(Dataset):
+        transform = transforms.Compose([
+            transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+        def __len__(self):
+            return len(items)
+
+        def __getitem__(self, i):
+            path, label = items[i]
+            return self.transform(default_loader(path)), label
+
+    loader = DataLoader(Files(), batch_size=args.batch, shuffle=True, drop_last=True,
+                        num_workers=args.workers, persistent_workers=args.workers > 0,
+                        worker_init_fn=lambda _: torch.set_num_threads(1))
+    while True:
+        for x, y in loader:
+            yield x, y
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", required=True, help="dataset folder with labels.lst")
+    parser.add_argument("--loader", choices=["millrace", "dataloader"], default="millrace")
+    parser.add_argument("--model", default="resnet18",
+                        help="a torchvision classifier to train, or 'none' (data rate only)")
+    parser.add_argument("--steps", type=int, default=20, help="batches to take")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=os.cpu_count(),
+                        help="millrace's worker threads")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be at least 2 (the first batch is not timed)")
+
+    torch.manual_seed(0)
+    model = None
+    if args.model != "none":
+        model = getattr(torchvision.models, args.model)(weights=None, num_classes=1000)
+        model.train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+    batches = millrace_batches(args) if args.loader == "millrace" else dataloader_batches(args)
+    first = None
+    images = 0
+    checksum = 0.0
+    for step, (x, y) in enumerate(batches):
+        if first is None:
+            first = time.perf_counter()
+        else:
+            images += x.shape[0]
+        if model is not None:
+            optimizer.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            optimizer.step()
+            checksum += loss.item()
+        else:
+            checksum += float(x[:, :, 0, 0].sum())  # touch the data, as a step would
+        if step + 1 == args.steps:
+            break
+    seconds = time.perf_counter() - first
+    print(f"{args.loader}: {images} images in {seconds:.3f} s, {images / seconds:.1f} images/s "
+          f"(model {args.model}, batch {args.batch}, checksum {checksum:.4g})")
+    sys.stdout.flush()
+    # The DataLoader's worker processes and millrace's threads stop with the generator.
+    batches.close()
+
+
+if __name__ == "__main__":
+    main()
