@@ -1,4 +1,4 @@
-// `normalize`: the int8 contract (shared/docs/int8-contract.md) applied in one pass.
+// `normalize`: the int8 contract (docs/int8-contract.md) applied in one pass.
 //
 // Contract: concurrent; the lookup table is built once and only read. process() applies the
 // sample's pending crop region and mirror while mapping every pixel through the per-channel
