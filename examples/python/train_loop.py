@@ -7,9 +7,10 @@
 
 Both loaders apply ImageNet's training recipe to the same files (random-resized crop to 224,
 horizontal flip, a new shuffle each epoch) and hand the loop a float tensor normalised with
-ImageNet's mean and std. millrace's batches arrive as int8 with the mean already subtracted
-(configs/train.yaml), viewed by torch without a copy; the loop divides by the std on the fly, as
-an int8 network would fold it into its first convolution instead.
+ImageNet's mean and std, (pixel / 255 - mean) / std. millrace (configs/train.yaml with a float32
+`normalize`) writes that tensor in its one pass over the crop, and torch views it without a copy.
+`--dtype int8` takes the recipe's own int8 batches (pixel - mean, what an int8 network consumes
+as it is) and divides by the std in the loop instead.
 
 `--model resnet18` (any torchvision classifier) trains that network, with random weights, by SGD;
 `--model none` only takes the batches, so that the figure printed is the loader's data rate. Each
@@ -35,7 +36,11 @@ def millrace_batches(args):
     import millrace
 
     overrides = {"files.root": args.root, "batch.size": args.batch,
-                 "pipeline.threads": args.threads}
+                 "pipeline.threads": args.threads,
+                 "normalize.mean": [255 * m for m in IMAGENET_MEAN]}
+    if args.dtype == "float32":
+        overrides.update({"normalize.dtype": "float32",
+                          "normalize.std": [255 * s for s in IMAGENET_STD]})
     pipe = millrace.Pipeline(os.path.join(SOURCE, "configs", "train.yaml"), overrides)
     # int8 = pixel - round(255 * mean): one unit is one pixel unit, so dividing by 255 * std gives
     # torchvision's (pixel / 255 - mean) / std, up to the rounding of the mean.
@@ -44,7 +49,9 @@ def millrace_batches(args):
         while True:
             for batch in pipe:
                 x = torch.from_numpy(batch.data)  # a view of the engine's buffer: no copy
-                yield x.float().mul_(inv_std), torch.from_numpy(batch.labels).long()
+                if args.dtype == "int8":
+                    x = x.float().mul_(inv_std)
+                yield x, torch.from_numpy(batch.labels).long()
 
 
 def dataloader_batches(args):
@@ -87,6 +94,8 @@ def main():
                         help="a torchvision classifier to train, or 'none' (data rate only)")
     parser.add_argument("--steps", type=int, default=20, help="batches to take")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--dtype", choices=["float32", "int8"], default="float32",
+                        help="what millrace delivers (int8: converted to float in the loop)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
                         help="millrace's worker threads")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
@@ -123,7 +132,9 @@ def main():
             break
     seconds = time.perf_counter() - first
     print(f"{args.loader}: {images} images in {seconds:.3f} s, {images / seconds:.1f} images/s "
-          f"(model {args.model}, batch {args.batch}, checksum {checksum:.4g})")
+          f"(model {args.model}, batch {args.batch}, checksum {checksum:.4g}, "
+          f"{tuple(x.shape)} {str(x.dtype).replace('torch.', '')}, "
+          f"mean {float(x.mean()):.3f}, std {float(x.std()):.3f})")
     sys.stdout.flush()
     # The DataLoader's worker processes and millrace's threads stop with the generator.
     batches.close()
