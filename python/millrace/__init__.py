@@ -38,8 +38,10 @@ os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 from ._millrace import Batch, ConfigError, Diagnostic, RunError  # noqa: E402
 from ._millrace import Run as _Run  # noqa: E402
+from ._millrace import stage_reference as _stage_reference  # noqa: E402
+from ._millrace import validate as _validate  # noqa: E402
 
-__all__ = ["Pipeline", "Batch", "ConfigError", "RunError", "Diagnostic"]
+__all__ = ["Pipeline", "Batch", "ConfigError", "RunError", "Diagnostic", "validate", "stages"]
 
 # The epochs one run is asked to read: as many as a training loop can ask for. One run streams
 # epoch after epoch, so the next epoch's first batches are made while the last ones are used.
@@ -58,6 +60,18 @@ def _override_strings(overrides: Union[None, Mapping[str, Any], Sequence[str]]) 
     if isinstance(overrides, str):
         raise TypeError("overrides: a dict or a list of 'key=value' strings, not one string")
     return [str(o) for o in overrides]
+
+
+def validate(config: Union[str, os.PathLike],
+             overrides: Union[None, Mapping[str, Any], Sequence[str]] = None) -> list:
+    """Every problem in a config file, errors and warnings, as `millrace validate` finds them,
+    without touching the dataset: a list of Diagnostic (empty for a clean config)."""
+    return _validate(os.fspath(config), _override_strings(overrides))
+
+
+def stages(markdown: bool = False) -> str:
+    """The reference of every stage type: its keys, their types, defaults and documentation."""
+    return _stage_reference(markdown)
 
 
 def _start_state(epoch: int) -> dict:

@@ -302,6 +302,15 @@ PYBIND11_MODULE(_millrace, m) {
                std::string(b.batch().layout()) + ", pad " + std::to_string(b.batch().pad()) + ">";
       });
 
+  m.def(
+      "validate",
+      [](const std::string& path, const std::vector<std::string>& overrides) {
+        py::gil_scoped_release release;
+        return millrace::validate_file(path, overrides);
+      },
+      py::arg("path"), py::arg("overrides"));
+  m.def("stage_reference", &millrace::stage_reference, py::arg("markdown"));
+
   py::class_<PyRun>(m, "Run")
       .def_static("from_file", &PyRun::from_file, py::arg("path"), py::arg("overrides"))
       .def_static("from_string", &PyRun::from_string, py::arg("yaml"), py::arg("source_name"),

@@ -274,6 +274,14 @@ def test_config_errors_carry_every_problem_with_its_place(cli, source):
     assert isinstance(raised.value, ValueError)
 
 
+def test_validate_lists_problems_without_raising(source, dataset):
+    assert millrace.validate(os.path.join(source, "configs", "train.yaml"),
+                             {"files.root": dataset}) == []
+    problems = millrace.validate(os.path.join(source, "configs", "broken.yaml"))
+    assert len([d for d in problems if not d.warning]) >= 5
+    assert "| `mirror` |" in millrace.stages(markdown=True)
+
+
 def test_an_override_error_names_the_override(source, dataset):
     with pytest.raises(millrace.ConfigError, match=r"--set batch.sizee=3: error: .*'sizee'"):
         train(source, dataset, **{"batch.sizee": 3})
