@@ -222,6 +222,43 @@ def test_resume_without_padding_reads_nothing_before_the_resume_point(source, da
     assert read <= DATASET_COUNT - 24 + 40  # the rest of epoch 0, and at most epoch 1 read ahead
 
 
+@pytest.mark.parametrize("indexed", [True, False])
+def test_resume_and_epochs_from_a_recordio_file(cli, dataset, tmp_path, indexed):
+    rec = tmp_path / "train.rec"
+    result = run_cli(cli, "pack", "--list", os.path.join(dataset, "labels.lst"), "--root", dataset,
+                     "--resize", 48, rec)
+    assert result.returncode == 0, result.stderr
+    if not indexed:
+        os.remove(tmp_path / "train.idx")
+    config = {
+        "pipeline": {"threads": 2, "seed": 5},
+        "stages": [
+            # Without an index the shuffle goes through a buffer of 16 records.
+            {"type": "recordio", "path": str(rec), "shuffle": True, "shuffle_buffer": 16},
+            {"type": "decode"},
+            {"type": "augment", "crop": "random_resized", "size": [32, 32], "mirror": 0.5},
+            {"type": "normalize", "dtype": "int8", "mean": [124, 117, 104]},
+            {"type": "batch", "size": 6, "last": "pad"},
+        ],
+    }
+    with millrace.Pipeline(config) as pipe:
+        if indexed:
+            assert len(pipe) == 7
+        else:
+            with pytest.raises(TypeError):
+                len(pipe)
+        first = epoch_snapshots(pipe)
+        it = iter(pipe)
+        head = [snapshot(next(it)) for _ in range(3)]
+        state = pipe.state()
+        tail = [snapshot(b) for b in it]
+    assert len(first) == len(head) + len(tail) == 7
+    with millrace.Pipeline(config, {"pipeline.threads": 1}, state=state) as resumed:
+        assert_same(epoch_snapshots(resumed), tail)
+    with millrace.Pipeline(config) as other:
+        assert_same(epoch_snapshots(other.epoch(1)), head + tail)
+
+
 def test_a_bad_state_is_refused(source, dataset):
     with pytest.raises(ValueError, match="samples"):
         train(source, dataset, state={"epoch": 0, "batches": 1, "first_batch_samples": 0})
