@@ -114,7 +114,8 @@ class FilesSource final : public SourceStage {
   std::vector<std::uint32_t> order_;
   std::size_t position_ = 0;
   int epoch_ = 0;
-  int end_epoch_ = 0;  // one past the last epoch to read: `epochs`, or as set_epochs says
+  int first_epoch_ = 0;  // the epochs to read: [0, `epochs`), or as set_epochs says
+  int end_epoch_ = 0;
   bool epoch_open_ = false;
   int part_index_ = 0;
   int num_parts_ = 1;

@@ -466,14 +466,14 @@ std::optional<std::uint64_t> RecordIoSource::samples_per_epoch() const {
 std::optional<std::uint64_t> RecordIoSource::total_samples() const {
   if (!indexed_) return std::nullopt;
   return static_cast<std::uint64_t>(records_.size()) *
-         static_cast<std::uint64_t>(end_epoch_ - epoch_);  // before the run: epochs it will read
+         static_cast<std::uint64_t>(end_epoch_ - first_epoch_);
 }
 
 bool RecordIoSource::set_epochs(std::uint32_t first, std::uint32_t count) {
   // Every epoch's order is drawn from (seed, epoch) alone, so an epoch can be entered directly.
   constexpr auto kMax = static_cast<std::uint32_t>(std::numeric_limits<int>::max());
   if (epoch_open_ || first >= kMax) return false;
-  epoch_ = static_cast<int>(first);
+  epoch_ = first_epoch_ = static_cast<int>(first);
   end_epoch_ = count == 0
                    ? std::max(params_.epochs, epoch_)
                    : static_cast<int>(std::min<std::uint64_t>(std::uint64_t{first} + count, kMax));

@@ -127,7 +127,8 @@ class RecordIoSource final : public SourceStage {
   CounterRng rng_{0, 0, 0, 0};
 
   int epoch_ = 0;
-  int end_epoch_ = 0;  // one past the last epoch to read: `epochs`, or as set_epochs says
+  int first_epoch_ = 0;  // the epochs to read: [0, `epochs`), or as set_epochs says
+  int end_epoch_ = 0;
   bool epoch_open_ = false;
 };
 
