@@ -260,6 +260,8 @@ PYBIND11_MODULE(_millrace, m) {
       PyExc_RuntimeError, nullptr));
   m.attr("ConfigError") = config_error_type;
   m.attr("RunError") = run_error_type;
+  // pybind11 takes a plain function pointer whose parameter is a std::exception_ptr by value.
+  // NOLINTNEXTLINE(performance-unnecessary-value-param)
   py::register_exception_translator([](std::exception_ptr e) {
     try {
       if (e) std::rethrow_exception(e);
