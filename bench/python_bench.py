@@ -12,7 +12,8 @@ overhead  The same config (configs/train.yaml on ROOT, `--epochs` epochs a run) 
 loop      examples/python/train_loop.py --model none (the loop takes each batch and touches it,
           as a training step would, so its rate is the loader's data rate) fed by millrace and
           by torchvision's DataLoader with `--workers` worker processes, in interleaved rounds; the
-          ratio is millrace / DataLoader.
+          ratio is millrace / DataLoader. `--loop-config` names millrace's recipe (default
+          configs/train.yaml; configs/train_reduced.yaml decodes only each crop's window).
 
 Prints a table per part and, with --json, writes every round's figures.
 """
@@ -75,7 +76,7 @@ def loop_rate(args, loader):
     result, _ = benchlib.run(
         [sys.executable, "-B", EXAMPLE, "--root", args.root, "--loader", loader, "--model", "none",
          "--steps", str(args.steps), "--batch", str(args.batch), "--threads", str(args.threads),
-         "--workers", str(args.workers)], args.timeout, f"train_loop.py --loader {loader}",
+         "--workers", str(args.workers), "--config", args.loop_config], args.timeout, f"train_loop.py --loader {loader}",
         env=dict(os.environ))
     m = LOOP_LINE.search(result.stdout)
     if not m:
@@ -115,6 +116,7 @@ def main():
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--steps", type=int, default=40, help="batches per loop run")
+    parser.add_argument("--loop-config", default=os.path.join(SOURCE, "configs", "train.yaml"))
     parser.add_argument("--parts", default="overhead,loop")
     parser.add_argument("--timeout", type=int, default=1800)
     parser.add_argument("--json", help="write the figures here")
@@ -135,6 +137,7 @@ def main():
                                     lambda: loop_rate(args, "dataloader"))
                 report["loop"] = summary("millrace", mr, "dataloader", dl)
                 report["loop"]["dataloader_workers"] = args.workers
+                report["loop"]["config"] = os.path.relpath(args.loop_config, SOURCE)
     except benchlib.RunFailed as e:
         raise SystemExit(f"python_bench: {e}")
 
@@ -148,7 +151,8 @@ def main():
     if "loop" in report:
         o = report["loop"]
         lo, hi = o["round_ratio_range"]
-        rows.append([f"train_loop.py: millrace / DataLoader ({args.workers} workers)",
+        rows.append([f"train_loop.py ({os.path.basename(args.loop_config)}): millrace / "
+                     f"DataLoader ({args.workers} workers)",
                      f"{o['millrace']:.1f}", f"{o['dataloader']:.1f}",
                      f"{o['ratio_of_medians']:.2f}", f"{o['median_round_ratio']:.2f}",
                      f"{lo:.2f}-{hi:.2f}"])

@@ -9,7 +9,8 @@ Both loaders apply ImageNet's training recipe to the same files (random-resized 
 horizontal flip, a new shuffle each epoch) and hand the loop a float tensor normalised with
 ImageNet's mean and std, (pixel / 255 - mean) / std. millrace (configs/train.yaml with a float32
 `normalize`) writes that tensor in its one pass over the crop, and torch views it without a copy.
-`--dtype int8` takes the recipe's own int8 batches (pixel - mean, what an int8 network consumes
+`--config configs/train_reduced.yaml` is the same recipe decoding only each crop's window, at a
+reduced DCT scale where it still covers the output. `--dtype int8` takes the recipe's own int8 batches (pixel - mean, what an int8 network consumes
 as it is) and divides by the std in the loop instead.
 
 `--model resnet18` (any torchvision classifier) trains that network, with random weights, by SGD;
@@ -41,7 +42,7 @@ def millrace_batches(args):
     if args.dtype == "float32":
         overrides.update({"normalize.dtype": "float32",
                           "normalize.std": [255 * s for s in IMAGENET_STD]})
-    pipe = millrace.Pipeline(os.path.join(SOURCE, "configs", "train.yaml"), overrides)
+    pipe = millrace.Pipeline(args.config, overrides)
     # int8 = pixel - round(255 * mean): one unit is one pixel unit, so dividing by 255 * std gives
     # torchvision's (pixel / 255 - mean) / std, up to the rounding of the mean.
     inv_std = torch.tensor([1 / (255 * s) for s in IMAGENET_STD]).view(1, 3, 1, 1)
@@ -94,6 +95,8 @@ def main():
                         help="a torchvision classifier to train, or 'none' (data rate only)")
     parser.add_argument("--steps", type=int, default=20, help="batches to take")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--config", default=os.path.join(SOURCE, "configs", "train.yaml"),
+                        help="millrace's recipe (configs/train_reduced.yaml decodes only the crop)")
     parser.add_argument("--dtype", choices=["float32", "int8"], default="float32",
                         help="what millrace delivers (int8: converted to float in the loop)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(),
