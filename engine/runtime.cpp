@@ -1177,26 +1177,24 @@ void Pipeline::Impl::start_at(const StreamPosition& from, std::uint32_t epochs) 
                         "stage '" + s.name + "' (" + s.type +
                             ") cannot start at another epoch or read a chosen number of epochs"}});
   }
-  bool pads = false;
-  for (const StagePlan& p : plan_.stages) {
-    if (const auto* b = dynamic_cast<const BatchStage*>(p.stage.get())) {
-      pads = b->pads_from_epoch_start();
-    }
-  }
-  flow_->set_range(from, pads);
+  const BatchStage* batch = batch_stage();
+  flow_->set_range(from, batch != nullptr && batch->pads_from_epoch_start());
   expected_samples_ = source.total_samples();
+}
+
+const BatchStage* Pipeline::Impl::batch_stage() const {
+  for (const StagePlan& p : plan_.stages) {
+    if (const auto* b = dynamic_cast<const BatchStage*>(p.stage.get())) return b;
+  }
+  return nullptr;
 }
 
 std::optional<std::uint64_t> Pipeline::Impl::batches_per_epoch() const {
   const auto& source = static_cast<const SourceStage&>(*plan_.stages.front().stage);
   const std::optional<std::uint64_t> samples = source.samples_per_epoch();
-  if (!samples) return std::nullopt;
-  for (const StagePlan& p : plan_.stages) {
-    if (const auto* b = dynamic_cast<const BatchStage*>(p.stage.get())) {
-      return b->batches_for(*samples);
-    }
-  }
-  return std::nullopt;
+  const BatchStage* batch = batch_stage();
+  if (!samples || batch == nullptr) return std::nullopt;
+  return batch->batches_for(*samples);
 }
 
 void Pipeline::Impl::note_concurrency(const std::string& note) {

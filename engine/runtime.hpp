@@ -198,6 +198,7 @@ class Pipeline::Impl final : public detail::BatchOwner, public RunReporter {
   // Tells the consumer that a batch, the end or a failure is ready for it.
   void wake_consumer();
   bool ready_for_consumer() const;
+  const BatchStage* batch_stage() const;  // the pipeline's batch stage (a valid plan has one)
 
   PipelinePlan plan_;
   std::vector<Diagnostic> warnings_;
