@@ -3,7 +3,6 @@
 // line. The expected files were written by hand, each location counted in the YAML file.
 // Also: `--set` overrides are validated like the file itself.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -15,6 +14,7 @@
 #include "millrace/errors.hpp"
 #include "millrace/pipeline.hpp"
 #include "millrace/report.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace millrace {
 namespace {
@@ -110,8 +110,8 @@ INSTANTIATE_TEST_SUITE_P(Golden, ConfigErrorCase, ::testing::ValuesIn(case_names
 
 TEST(ConfigErrors, AValidConfigHasNoDiagnostics) {
   // The cases' stages written correctly: their errors come from what each case changes.
-  const fs::path file =
-      fs::temp_directory_path() / ("millrace_valid_" + std::to_string(::getpid()) + ".yaml");
+  const testing::TempDir dir("millrace_valid");
+  const fs::path file = dir / "valid.yaml";
   std::ofstream(file) << "pipeline:\n  threads: 2\n  max_errors: 5%\nstages:\n"
                          "  - type: files\n    root: "
                       << kCaseDir.string()
@@ -122,7 +122,6 @@ TEST(ConfigErrors, AValidConfigHasNoDiagnostics) {
                          "  - type: batch\n    size: 8\n    concurrency: serial\n"
                          "  - type: npy\n    dir: out\n";
   const auto diagnostics = validate_file(file.string());
-  fs::remove(file);
   for (const auto& d : diagnostics) ADD_FAILURE() << d.to_string();
 }
 

@@ -20,6 +20,7 @@
 
 #include "stages/infer/calibration.hpp"
 #include "stages/infer/onnx_import.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace millrace::infer {
 namespace {
@@ -528,8 +529,10 @@ double centred_cosine(std::vector<float> a, std::vector<float> b, int classes) {
   return cosine(a, b);
 }
 
+// A file in the binary's own scratch folder, which is removed at exit.
 std::string temp_path(const std::string& name) {
-  return (std::filesystem::temp_directory_path() / ("millrace_network_test_" + name)).string();
+  static const testing::TempDir dir("millrace_network_test");
+  return dir.file(name);
 }
 
 // ---------------------------------------------------------------------------------------------
