@@ -134,7 +134,9 @@ Graph analyze(const Model& model, InputType input_type) {
     return false;
   };
   // Add(a, b) runs as conv_b(...) + a written over a's buffer when b comes from a convolution
-  // read by nothing else, and a is computed before that convolution and read by nothing after it.
+  // read by nothing else, and a is computed before that convolution and read by nothing from that
+  // convolution on: not even by the convolution itself, which would overwrite its own source
+  // while its later output pixels still read it (Add(x, Conv(x)) must stay unfused).
   for (int k = 0; k < ops; ++k) {
     const Op& add = model.ops[k];
     if (add.kind != OpKind::kAdd || add.inputs.size() != 2 || add.output == model.output) continue;
@@ -148,7 +150,7 @@ Graph analyze(const Model& model, InputType input_type) {
         continue;
       if (model.ops[g.producer[a]].kind == OpKind::kFlatten) continue;
       if (model.value_shapes[a] != model.value_shapes[b]) continue;
-      if (read_after(a, c, k)) continue;
+      if (read_after(a, c - 1, k)) continue;
       g.sum_into[c] = k;
       g.fused_conv[k] = c;
       g.sum_addend[k] = a;

@@ -632,7 +632,7 @@ Model winograd_net() {
   const int c1 = b.conv(0, 128, 3, 1, 1, 1, 1, Activation::kRelu);  // 3 input channels
   const int c2 = b.conv(c1, 128, 3, 1, 1, 1, 1, Activation::kRelu);
   const int c3 = b.conv(c2, 128, 3, 1, 1);
-  const int sum = b.add(c2, c3, Activation::kRelu);
+  const int sum = b.add(c1, c3, Activation::kRelu);
   const int c4 = b.conv(sum, 64, 3, 2, 1, 1, 1, Activation::kRelu);  // stride 2
   const int c5 = b.conv(c4, 64, 3, 1, 1, 1, 1, Activation::kRelu);   // 64 input channels
   const int flat = b.flatten(b.global_avg_pool(c5));
@@ -682,12 +682,39 @@ TEST(Network, Int8WinogradTakesOnlyWideStrideOneConvolutionsAndMatchesDirect) {
   EXPECT_GE(cosine(d, f), 0.99);
   EXPECT_GE(centred_cosine(d, f, 9), 0.95);
   // oneDNN's int8 Winograd scales the source by 1/4 and the weights by 4/9 before its transforms
-  // (so that they fit 8 bits), about two bits of source precision: on this small random network,
-  // whose two Winograd layers follow each other, that shows (centred 0.84 against direct's 0.98);
-  // on the exported ResNets it costs 0.001-0.003 of centred cosine (docs/PERFORMANCE.md). The
-  // bounds here catch a wrong kernel or weight layout (which gives unrelated logits), not that.
-  EXPECT_GE(cosine(w, f), 0.97);
-  EXPECT_GE(centred_cosine(w, f, 9), 0.75);
+  // (so that they fit 8 bits), about two bits of source precision: it may cost a little more than
+  // direct (0.001-0.003 of centred cosine on the exported ResNets, docs/PERFORMANCE.md), never
+  // unrelated logits, which a wrong kernel or weight layout gives.
+  EXPECT_GE(cosine(w, f), 0.99);
+  EXPECT_GE(centred_cosine(w, f, 9), 0.95);
+}
+
+// Add(x, Conv(x)): the convolution reads x, so its sum cannot be written over x's buffer (the
+// kernel would read pixels it has already overwritten). The add runs on its own, and the int8
+// network stays as close to fp32 as the others; written in place, the logits measured a cosine
+// of 0.988 (AVX512-VNNI kernels) or 0.913 (AMX kernels).
+TEST(Network, AddOfAConvolutionsOwnSourceIsNotFusedInPlace) {
+  ModelBuilder b(3, 12, 12, 13);
+  const int c1 = b.conv(0, 128, 3, 1, 1, 1, 1, Activation::kRelu);
+  const int c2 = b.conv(c1, 128, 3, 1, 1, 1, 1, Activation::kRelu);
+  const int c3 = b.conv(c2, 128, 3, 1, 1);
+  const int sum = b.add(c2, c3, Activation::kRelu);
+  const Model m = b.finish(b.flatten(b.global_avg_pool(sum)));
+  const int batch = 8;
+  Network fp32(m, options_for(Precision::kFp32, InputType::kS8, InputLayout::kNHWC, batch));
+  NetworkOptions o = options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, batch);
+  o.winograd = false;
+  Network int8(m, o);
+  calibrate(int8, m, 4, batch, InputType::kS8, InputLayout::kNHWC);
+  EXPECT_EQ(int8.stats().fused_adds, 0);
+  EXPECT_EQ(fp32.stats().fused_adds, 0);
+  const Images im = make_images(m, batch, 79);
+  const auto a = run_network(int8, im, InputType::kS8, InputLayout::kNHWC);
+  const auto f = run_network(fp32, im, InputType::kS8, InputLayout::kNHWC);
+  const auto again = run_network(fp32, im, InputType::kS8, InputLayout::kNHWC);
+  EXPECT_EQ(f, again);  // fp32 reads its input unchanged too
+  std::printf("add of a convolution's own source, int8 vs fp32: cosine %.5f\n", cosine(a, f));
+  EXPECT_GE(cosine(a, f), 0.999);
 }
 
 TEST(Network, S8InputAgreesWithF32Input) {
