@@ -1,6 +1,7 @@
 #include "stages/infer/calibration.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
@@ -460,7 +461,7 @@ class ModelHasher {
 
 }  // namespace
 
-std::string calibration_fingerprint(const Model& model, const InputFormat& input) {
+std::uint64_t model_digest(const Model& model) {
   // The imported graph, not the file: what the ranges were measured on (weights after folding,
   // the ops and their wiring), and it also covers models built in memory.
   ModelHasher h;
@@ -487,25 +488,81 @@ std::string calibration_fingerprint(const Model& model, const InputFormat& input
     h.value(op.clip_max);
     h.value(op.axis);
   }
+  return h.digest();
+}
+
+namespace {
+
+// The fewest digits that read back as the same float: 116.28, not 116.279999.
+std::string shortest(float v) {
+  char buffer[32];
+  for (int digits = 6; digits <= 9; ++digits) {
+    std::snprintf(buffer, sizeof buffer, "%.*g", digits, static_cast<double>(v));
+    if (std::strtof(buffer, nullptr) == v) break;
+  }
+  return buffer;
+}
+
+std::string three(const std::array<float, 3>& v) {
+  return "[" + shortest(v[0]) + ", " + shortest(v[1]) + ", " + shortest(v[2]) + "]";
+}
+
+// The fields of a fingerprint in order, as (key, value); empty for text that is not one (a table
+// written before fingerprints had fields).
+std::vector<std::pair<std::string, std::string>> fingerprint_fields(const std::string& text) {
+  std::vector<std::pair<std::string, std::string>> fields;
+  std::size_t start = 0;
+  while (start < text.size()) {
+    std::size_t end = text.find("; ", start);
+    if (end == std::string::npos) end = text.size();
+    const std::string part = text.substr(start, end - start);
+    const std::size_t space = part.find(' ');
+    if (space == std::string::npos || space == 0) return {};
+    fields.emplace_back(part.substr(0, space), part.substr(space + 1));
+    start = end + 2;
+  }
+  return fields;
+}
+
+}  // namespace
+
+std::string calibration_fingerprint(const Model& model, const InputFormat& input) {
+  const std::uint64_t digest = model.digest != 0 ? model.digest : model_digest(model);
   const char* type = input.type == InputType::kS8   ? "s8"
                      : input.type == InputType::kU8 ? "u8"
                                                     : "f32";
-  const std::string name = model.path.empty()
-                               ? std::string("(in memory)")
-                               : std::filesystem::path(model.path).filename().string();
-  char buffer[512];
-  std::snprintf(buffer, sizeof buffer,
-                "model %s (graph hash %016llx); input %s, unit [%.9g, %.9g, %.9g], zero point "
-                "%.9g, model std [%.9g, %.9g, %.9g]",
-                name.c_str(), static_cast<unsigned long long>(h.digest()), type,
-                static_cast<double>(input.unit[0]), static_cast<double>(input.unit[1]),
-                static_cast<double>(input.unit[2]), static_cast<double>(input.zero_point),
-                static_cast<double>(input.model_std[0]), static_cast<double>(input.model_std[1]),
-                static_cast<double>(input.model_std[2]));
-  std::string out = buffer;
-  // The text goes into JSON unescaped: a quote or backslash in a file name adds nothing to the key.
-  std::replace(out.begin(), out.end(), '"', '_');
-  std::replace(out.begin(), out.end(), '\\', '_');
+  std::string name = model.path.empty() ? std::string("(in memory)")
+                                        : std::filesystem::path(model.path).filename().string();
+  // The text goes into JSON unescaped and is split on "; ": a quote, backslash or semicolon in a
+  // file name adds nothing to the key.
+  for (char& c : name) {
+    if (c == '"' || c == '\\' || c == ';') c = '_';
+  }
+  char hash[32];
+  std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(digest));
+  return "model " + name + "; graph " + hash + "; input " + type + "; layout " +
+         (input.layout == InputLayout::kNHWC ? "nhwc" : "nchw") + "; mean " + three(input.mean) +
+         "; unit " + three(input.unit) + "; zero_point " + shortest(input.zero_point) +
+         "; model_std " + three(input.model_std);
+}
+
+std::string fingerprint_mismatch(const std::string& table, const std::string& ours) {
+  const auto theirs = fingerprint_fields(table);
+  const auto mine = fingerprint_fields(ours);
+  if (theirs.empty()) {
+    return table.empty() ? "the table has no fingerprint (an earlier version wrote it)"
+                         : "the table's fingerprint is in an earlier version's form";
+  }
+  std::string out;
+  for (const auto& [key, value] : mine) {
+    if (key == "model") continue;  // a renamed or moved file is the same model
+    std::string other = "(none)";
+    for (const auto& [k, v] : theirs) {
+      if (k == key) other = v;
+    }
+    if (other == value) continue;
+    out += (out.empty() ? "" : "; ") + key + " " + other + " in the table, " + value + " here";
+  }
   return out;
 }
 

@@ -1198,7 +1198,9 @@ struct Network::Impl {
         options(o),
         engine(dnnl::engine::kind::cpu, 0),
         stream(engine),
-        graph(analyze(model, options.input.type)) {}
+        graph(analyze(model, options.input.type)) {
+    if (model.digest == 0) model.digest = model_digest(model);
+  }
 
   void set_threads() const { omp_set_num_threads(options.threads); }
 
@@ -1362,12 +1364,10 @@ void Network::load_calibration(CalibrationTable t, const std::string& path) {
   require_int8_for_table(m.options);
   m.set_threads();
   const std::string ours = calibration_fingerprint(m.model, m.options.input);
-  if (t.fingerprint != ours) {
-    throw CalibrationError(path + ": error: the table was made for " +
-                           (t.fingerprint.empty() ? std::string("an unknown network (it has no "
-                                                                "fingerprint)")
-                                                  : t.fingerprint) +
-                           ", not for this one: " + ours);
+  if (const std::string differs = fingerprint_mismatch(t.fingerprint, ours); !differs.empty()) {
+    throw CalibrationError(path + ": error: the calibration table was made for another model or " +
+                           "preprocessing (" + differs + "): the table's fingerprint is '" +
+                           t.fingerprint + "', this network's is '" + ours + "'");
   }
   for (const ValueRange& r : t.values) {
     if (r.id >= m.model.value_count()) {

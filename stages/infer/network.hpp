@@ -67,6 +67,9 @@ struct InputFormat {
   std::array<float, 3> unit{1.0F, 1.0F, 1.0F};
   float zero_point = 0.0F;
   std::array<float, 3> model_std{1.0F, 1.0F, 1.0F};
+  // The loader's mean, in pixel units. The arithmetic does not use it (the stage has checked it
+  // against the model's), but the activations, and so a calibration table, depend on it.
+  std::array<float, 3> mean{0.0F, 0.0F, 0.0F};
 };
 
 struct NetworkOptions {

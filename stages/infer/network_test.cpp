@@ -855,19 +855,58 @@ TEST(Network, ACalibrationTableServesOnlyTheNetworkItWasMadeFor) {
   }
   EXPECT_NE(calibration_fingerprint(other, o.input), table.fingerprint);
   Network changed_model(other, o);
-  try {
-    changed_model.load_calibration(path);
-    ADD_FAILURE() << "a table for another model was accepted";
-  } catch (const CalibrationError& e) {
-    EXPECT_NE(std::string(e.what()).find("was made for model"), std::string::npos) << e.what();
-  }
-  EXPECT_TRUE(changed_model.needs_calibration());
+  const auto refusal = [&](Network& net) -> std::string {
+    try {
+      net.load_calibration(path);
+    } catch (const CalibrationError& e) {
+      EXPECT_TRUE(net.needs_calibration());
+      return e.what();
+    }
+    ADD_FAILURE() << "a table made for another network was accepted";
+    return "";
+  };
+  // The error names the table, both fingerprints and what differs: the graph, not the recipe.
+  const std::string error = refusal(changed_model);
+  EXPECT_EQ(error.rfind(path + ": error:", 0), 0U) << error;
+  EXPECT_NE(error.find(table.fingerprint), std::string::npos) << error;
+  EXPECT_NE(error.find(calibration_fingerprint(other, o.input)), std::string::npos) << error;
+  EXPECT_NE(error.find("(graph "), std::string::npos) << error;
+  EXPECT_EQ(error.find(" in the table, "), error.rfind(" in the table, "))
+      << "only the graph differs: " << error;
 
-  // The same model fed another loader format (a different unit): also refused.
-  NetworkOptions rescaled = o;
-  rescaled.input.unit = {2.0F, 2.0F, 2.0F};
-  Network changed_input(m, rescaled);
-  EXPECT_THROW(changed_input.load_calibration(path), CalibrationError);
+  // The same model behind another recipe: each field of the preprocessing is part of the key.
+  const auto with = [&](auto change) {
+    NetworkOptions changed = o;
+    change(changed.input);
+    return changed;
+  };
+  const std::vector<std::pair<std::string, NetworkOptions>> recipes = {
+      {"mean", with([](InputFormat& in) {
+         in.mean = {123.0F, 116.0F, 104.0F};
+       })},
+      {"unit", with([](InputFormat& in) {
+         in.unit = {2.0F, 2.0F, 2.0F};
+       })},
+      {"model_std", with([](InputFormat& in) {
+         in.model_std = {1.0F, 1.0F, 1.0F};
+       })},
+      {"layout", with([](InputFormat& in) { in.layout = InputLayout::kNCHW; })},
+      {"input", with([](InputFormat& in) {
+         in.type = InputType::kU8;
+         in.zero_point = 128.0F;
+       })}};
+  for (const auto& [field, options] : recipes) {
+    Network changed_input(m, options);
+    const std::string e = refusal(changed_input);
+    EXPECT_NE(e.find("(" + field + " "), std::string::npos) << field << ": " << e;
+  }
+
+  // The file name only informs: the same graph under another name takes the table.
+  Model renamed = m;
+  renamed.path = "elsewhere/renamed.onnx";
+  Network moved(renamed, o);
+  moved.load_calibration(path);
+  EXPECT_FALSE(moved.needs_calibration());
 
   // A table without a fingerprint (as older versions wrote them) matches nothing.
   CalibrationTable bare = table;
@@ -880,6 +919,31 @@ TEST(Network, ACalibrationTableServesOnlyTheNetworkItWasMadeFor) {
   same.load_calibration(path);
   EXPECT_FALSE(same.needs_calibration());
   std::filesystem::remove(path);
+}
+
+TEST(Network, TheModelIsHashedOnceAndTheDigestReused) {
+  // A Network takes the model's digest as it is given (the infer stage computes it once per
+  // run): a table saved by a network given a marked digest carries that mark, not a new hash.
+  Model m = tiny_resnet();
+  const std::uint64_t real = model_digest(m);
+  EXPECT_EQ(model_digest(m), real);  // a pure function of the graph
+  m.digest = 0x00c0ffee00c0ffeeULL;
+  const NetworkOptions o = options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, 4);
+  Network net(m, o);
+  calibrate(net, m, 1, 4, InputType::kS8, InputLayout::kNHWC);
+  const std::string path = temp_path("digest.json");
+  net.save_calibration(path);
+  const std::string fingerprint = load_calibration_table(path).fingerprint;
+  EXPECT_NE(fingerprint.find("graph 00c0ffee00c0ffee;"), std::string::npos) << fingerprint;
+  // Without a digest the Network computes the real one, once, for itself.
+  m.digest = 0;
+  Network fresh(m, o);
+  calibrate(fresh, m, 1, 4, InputType::kS8, InputLayout::kNHWC);
+  fresh.save_calibration(path);
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(real));
+  EXPECT_NE(load_calibration_table(path).fingerprint.find(std::string("graph ") + hex + ";"),
+            std::string::npos);
 }
 
 TEST(Network, SmallerLastBatch) {
