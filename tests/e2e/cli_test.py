@@ -390,6 +390,20 @@ class OverrideTest(CliCase):
         self.assertEqual(summary.get("threads"), 1)
         self.assertTrue(result.stdout.startswith("renamed-run: "), result.stdout)
 
+    def test_stages_by_index_and_nested_keys(self):
+        """stages.INDEX.key and stages.NAME.key reach the same stage as NAME.key."""
+        batch = e2e.Config(self.DEFAULT).stage_of_type("batch")
+        index = e2e.Config(self.DEFAULT).names().index(batch["name"])
+        for override in (f"stages.{index}.size=8", f"stages.{batch['name']}.size=8"):
+            with self.subTest(override=override):
+                _, summary, _ = self.run_config(self.DEFAULT, override)
+                images, batches = e2e.expected_delivery(e2e.DATASET_COUNT, 8, batch["last"])
+                self.assertEqual(summary["batches"], batches)
+        result = self.millrace("validate", self.DEFAULT, "--set", f"stages.{index}.szie=8",
+                               expect=2)
+        self.assertIn(f"--set stages.{index}.szie=8: error: stage '{batch['name']}' (batch): "
+                      "unknown key 'szie' (did you mean 'size'?); known keys:", result.stderr)
+
     def test_unknown_stage_exits_2_naming_it(self):
         result = self.millrace("run", self.DEFAULT, *sets(f"files.root={e2e.dataset()}",
                                                           "nosuch.size=8"), expect=2)
