@@ -24,7 +24,15 @@ const ValueRange* CalibrationTable::find(int id) const {
 }
 
 const char* calibration_mode_name(CalibrationMode mode) {
-  return mode == CalibrationMode::kEntropy ? "entropy" : "minmax";
+  switch (mode) {
+    case CalibrationMode::kEntropy:
+      return "entropy";
+    case CalibrationMode::kMse:
+      return "mse";
+    case CalibrationMode::kMinMax:
+      break;
+  }
+  return "minmax";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -45,7 +53,7 @@ void RangeObserver::add(const float* data, std::size_t count) {
   min_ = count_ == 0 ? batch_min : std::min(min_, batch_min);
   max_ = count_ == 0 ? batch_max : std::max(max_, batch_max);
   count_ += seen;
-  if (mode_ != CalibrationMode::kEntropy) return;
+  if (mode_ == CalibrationMode::kMinMax) return;
 
   // Exact zeros stay out of the histogram: every scale quantizes them exactly, so they say
   // nothing about the threshold, and the half of a ReLU's outputs that are 0 would otherwise
@@ -83,11 +91,14 @@ ValueRange RangeObserver::finish(int id, int levels) const {
   if (count_ == 0) return {id, 0.0F, 0.0F};
   double counted = 0.0;
   for (double c : histogram_) counted += c;
-  if (mode_ != CalibrationMode::kEntropy || limit_ <= 0.0F || counted == 0.0) {
+  if (mode_ == CalibrationMode::kMinMax || limit_ <= 0.0F || counted == 0.0) {
     return {id, min_, max_};
   }
+  const float bin_width = limit_ / kHistogramBins;
   const float threshold =
-      std::min(entropy_threshold(histogram_, limit_ / kHistogramBins, levels), limit_);
+      std::min(mode_ == CalibrationMode::kMse ? mse_threshold(histogram_, bin_width, levels)
+                                              : entropy_threshold(histogram_, bin_width, levels),
+               limit_);
   return {id, std::max(min_, -threshold), std::min(max_, threshold)};
 }
 
@@ -170,6 +181,40 @@ float entropy_threshold(const std::vector<double>& histogram, float bin_width, i
     }
   }
   // The clipped range covers bins 0..best-1 entirely: its upper edge.
+  return static_cast<float>(best) * bin_width;
+}
+
+float mse_threshold(const std::vector<double>& histogram, float bin_width, int levels) {
+  const int bins = static_cast<int>(histogram.size());
+  double total = 0.0;
+  for (double c : histogram) total += c;
+  if (bins == 0 || total == 0.0 || levels <= 0) return static_cast<float>(bins) * bin_width;
+  // Each bin's values taken at its centre x_k. With threshold T (the upper edge of bin i-1) and
+  // step T / levels, a value inside is off by the rounding, step^2 / 12 on average, a value above
+  // by x - T: error(T) = step^2 / 12 * inside + sum over k >= i of c_k (x_k - T)^2, where the
+  // clipped sum is C2 - 2 T C1 + T^2 C0 over the suffix sums of c, c x and c x^2.
+  std::vector<double> c0(bins + 1, 0.0);
+  std::vector<double> c1(bins + 1, 0.0);
+  std::vector<double> c2(bins + 1, 0.0);
+  for (int k = bins - 1; k >= 0; --k) {
+    const double x = (k + 0.5) * static_cast<double>(bin_width);
+    c0[k] = c0[k + 1] + histogram[k];
+    c1[k] = c1[k + 1] + histogram[k] * x;
+    c2[k] = c2[k + 1] + histogram[k] * x * x;
+  }
+  int best = bins;
+  double best_error = std::numeric_limits<double>::infinity();
+  for (int i = 1; i <= bins; ++i) {
+    const double t = i * static_cast<double>(bin_width);
+    const double step = t / levels;
+    const double inside = c0[0] - c0[i];
+    const double error = step * step / 12.0 * inside + (c2[i] - 2.0 * t * c1[i] + t * t * c0[i]);
+    // Ties keep the wider range: it clips nothing more for the same error.
+    if (error <= best_error) {
+      best_error = error;
+      best = i;
+    }
+  }
   return static_cast<float>(best) * bin_width;
 }
 
@@ -378,14 +423,16 @@ CalibrationTable calibration_from_json(std::string_view text, const std::string&
   CalibrationTable table;
   const JsonValue* mode = doc.member("mode");
   if (mode == nullptr || mode->kind != JsonValue::Kind::kString) {
-    reader.fail("'mode' must be the string \"minmax\" or \"entropy\"");
+    reader.fail("'mode' must be the string \"minmax\", \"entropy\" or \"mse\"");
   }
   if (mode->text == "minmax") {
     table.mode = CalibrationMode::kMinMax;
   } else if (mode->text == "entropy") {
     table.mode = CalibrationMode::kEntropy;
+  } else if (mode->text == "mse") {
+    table.mode = CalibrationMode::kMse;
   } else {
-    reader.fail("unknown mode '" + mode->text + "' (expected minmax or entropy)");
+    reader.fail("unknown mode '" + mode->text + "' (expected minmax, entropy or mse)");
   }
 
   // Tables written before fingerprints existed have none: they match no network and are remade.
@@ -504,7 +551,13 @@ std::string shortest(float v) {
 }
 
 std::string three(const std::array<float, 3>& v) {
-  return "[" + shortest(v[0]) + ", " + shortest(v[1]) + ", " + shortest(v[2]) + "]";
+  std::string out = "[";
+  for (std::size_t c = 0; c < v.size(); ++c) {
+    if (c > 0) out += ", ";
+    out += shortest(v[c]);
+  }
+  out += ']';
+  return out;
 }
 
 // The fields of a fingerprint in order, as (key, value); empty for text that is not one (a table

@@ -92,12 +92,13 @@ class RangeObserver {
   bool empty() const { return count_ == 0; }
   float min() const { return min_; }
   float max() const { return max_; }
-  // The histogram of |x| over [0, histogram_limit()] (entropy mode only).
+  // The histogram of |x| over [0, histogram_limit()] (entropy and mse modes).
   const std::vector<double>& histogram() const { return histogram_; }
   float histogram_limit() const { return limit_; }
 
   // The range to quantize over: what was seen (minmax), or [-T, T] clipped to what was seen,
-  // T the KL-optimal threshold for `levels` quantized levels (entropy).
+  // T the KL-optimal threshold for `levels` quantized levels (entropy) or the one of least
+  // squared error (mse).
   ValueRange finish(int id, int levels) const;
 
  private:
@@ -116,5 +117,11 @@ class RangeObserver {
 // i / levels bins each, a bin straddling two levels split between them). An empty histogram, or
 // one with no more bins than levels, keeps its full range.
 float entropy_threshold(const std::vector<double>& histogram, float bin_width, int levels);
+
+// The threshold (a bin edge, in the histogram's units) that minimises the mean squared error of
+// quantizing the histogram's values to `levels` levels over [0, T]: rounding inside the range,
+// clipping beyond it. Unlike the KL search it weighs a clipped outlier by how far it is clipped,
+// which suits values whose tails carry signal (the linear bottlenecks of MobileNetV2).
+float mse_threshold(const std::vector<double>& histogram, float bin_width, int levels);
 
 }  // namespace millrace::infer

@@ -81,7 +81,8 @@ const Schema<InferStage::Params>& InferStage::schema() {
              "int8 (calibrated post-training quantization) or fp32",
              {{"int8", infer::Precision::kInt8}, {"fp32", infer::Precision::kFp32}});
     s.custom("calibration", "{batches, mode, table}",
-             "int8: calibrate on the first `batches` batches (minmax | entropy); `table` (JSON) is "
+             "int8: calibrate on the first `batches` batches (minmax | entropy | mse); `table` "
+             "(JSON) is "
              "loaded when it exists (one made for another model, preprocessing or mode is an "
              "error), else written after calibrating; without it nothing is written",
              "{batches: 8, mode: minmax}",
@@ -105,9 +106,12 @@ const Schema<InferStage::Params>& InferStage::schema() {
                               p.calibration_mode = infer::CalibrationMode::kMinMax;
                             } else if (m == "entropy") {
                               p.calibration_mode = infer::CalibrationMode::kEntropy;
+                            } else if (m == "mse") {
+                              p.calibration_mode = infer::CalibrationMode::kMse;
                             } else {
-                              d.error(v.where,
-                                      ctx + " expects one of minmax | entropy, got '" + m + "'");
+                              d.error(
+                                  v.where,
+                                  ctx + " expects one of minmax | entropy | mse, got '" + m + "'");
                             }
                           } else {
                             read_string(v, p.calibration_table, ctx, d);
