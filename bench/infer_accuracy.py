@@ -354,7 +354,7 @@ def main():
     parser.add_argument("--calibration-batches", type=int, default=8,
                         help="batches of 32 to calibrate on, as the configs do (default "
                              "%(default)s)")
-    parser.add_argument("--calibration-mode", choices=["minmax", "entropy"], default="minmax",
+    parser.add_argument("--calibration-mode", choices=["minmax", "entropy", "mse"], default="minmax",
                         help="millrace's calibration mode (default %(default)s, as the configs)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the permutation of labels.lst that the calibration and "

@@ -44,6 +44,7 @@
 #include "engine/registry.hpp"
 #include "engine/stage.hpp"
 #include "millrace/millrace.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace millrace {
 namespace {
@@ -63,25 +64,8 @@ long image_limit() {
 }
 
 // Where default.yaml's npy sink writes during the benchmark; removed at exit.
-class ScratchDir {
- public:
-  ScratchDir()
-      : dir_(fs::temp_directory_path() /
-             ("millrace_overhead_bench_" + std::to_string(::getpid()))) {}
-  ~ScratchDir() {
-    std::error_code ignored;
-    fs::remove_all(dir_, ignored);
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-  std::string path() const { return dir_.string(); }
-
- private:
-  fs::path dir_;
-};
-
-const ScratchDir& scratch() {
-  static const ScratchDir instance;
+const millrace::testing::TempDir& scratch() {
+  static const millrace::testing::TempDir instance("millrace_overhead_bench");
   return instance;
 }
 
@@ -92,7 +76,7 @@ std::vector<std::string> overrides(const std::string& config, int threads, int l
                                   "pipeline.threads=" + std::to_string(threads)};
   if (image_limit() > 0) out.push_back("files.limit=" + std::to_string(image_limit()));
   if (config == "default") {
-    out.push_back("npy.dir=" + scratch().path() + (lane > 0 ? "/" + std::to_string(lane) : ""));
+    out.push_back("npy.dir=" + scratch().str() + (lane > 0 ? "/" + std::to_string(lane) : ""));
   }
   return out;
 }

@@ -21,6 +21,7 @@
 #include "datasets/make_dataset.hpp"
 #include "millrace/millrace.hpp"
 #include "stages/batch/batch_stage.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace millrace {
 namespace {
@@ -85,12 +86,10 @@ BENCHMARK(BM_BatchAssembly);
 // The generated dataset, written once per process on first use and removed at exit.
 class TempDataset {
  public:
-  TempDataset()
-      : dir_(std::filesystem::temp_directory_path() /
-             ("millrace_pipeline_bench_" + std::to_string(::getpid()))) {
+  TempDataset() {
     try {
       datasets::DatasetSpec spec;
-      spec.dir = dir_.string();
+      spec.dir = dir_.str();
       spec.count = kDatasetImages;
       spec.classes = 4;
       const datasets::DatasetReport report = datasets::make_dataset(spec, {});
@@ -101,18 +100,14 @@ class TempDataset {
       error_ = std::string("make_dataset failed: ") + e.what();
     }
   }
-  ~TempDataset() {
-    std::error_code ignored;
-    std::filesystem::remove_all(dir_, ignored);
-  }
   TempDataset(const TempDataset&) = delete;
   TempDataset& operator=(const TempDataset&) = delete;
 
-  std::string dir() const { return dir_.string(); }
+  std::string dir() const { return dir_.str(); }
   const std::string& error() const { return error_; }
 
  private:
-  std::filesystem::path dir_;
+  millrace::testing::TempDir dir_{"millrace_pipeline_bench"};
   std::string error_;
 };
 

@@ -49,7 +49,9 @@ commands:
       write an MXNet RecordIO OUT.rec and OUT.idx (as im2rec does); the original file bytes
       unless --resize (shorter side, INTER_AREA) or --quality (JPEG) re-encode them
 
-NAME is `pipeline` or a stage name (a stage's name defaults to its type).
+NAME is `pipeline`, a stage name (a stage's name defaults to its type) or stages.INDEX; a key may
+be a path: --set stages.infer.winograd=false, --set infer.calibration.mode=mse,
+--set normalize.mean.0=124 (a list element by index, or by name when the elements are named).
 exit codes: 0 success, 1 run failed, 2 config or usage error, 130 interrupted
 )";
 

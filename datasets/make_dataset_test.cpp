@@ -2,7 +2,6 @@
 
 #include <gtest/gtest.h>
 #include <turbojpeg.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -21,6 +20,8 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "tests/support/temp_dir.hpp"
 
 namespace millrace::datasets {
 namespace {
@@ -123,14 +124,6 @@ std::vector<std::string> jpegs_under(const fs::path& root) {
 
 class MakeDatasetTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    root_ = fs::temp_directory_path() /
-            ("millrace_datasets_" + std::to_string(::getpid()) + "_" + info->name());
-    fs::remove_all(root_);
-  }
-  void TearDown() override { fs::remove_all(root_); }
-
   DatasetSpec spec(const std::string& sub, int count) const {
     DatasetSpec s;
     s.dir = (root_ / sub).string();
@@ -192,7 +185,8 @@ class MakeDatasetTest : public ::testing::Test {
     return dir;
   }
 
-  fs::path root_;
+  const millrace::testing::TempDir dir_{"millrace_datasets"};
+  const fs::path root_ = dir_.path();
 };
 
 // The quality probe used below, checked on encodings of known quality.
@@ -381,7 +375,6 @@ TEST_F(MakeDatasetTest, RejectsImpossibleSpecs) {
 }
 
 TEST_F(MakeDatasetTest, NamesThePathWhenItCannotWrite) {
-  fs::create_directories(root_);
   const fs::path blocker = root_ / "plain_file";
   std::ofstream(blocker.string()) << "x";
   DatasetSpec s = spec("unused", 2);

@@ -44,6 +44,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <memory>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -55,6 +56,7 @@
 #include "datasets/make_dataset.hpp"
 #include "millrace/millrace.hpp"
 #include "stages/recordio/pack.hpp"
+#include "tests/support/temp_dir.hpp"
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define MILLRACE_ALLOC_TEST_MALLOC 0
@@ -299,9 +301,8 @@ class Symbolizer {
       }
     }
     if (local.empty()) return;
-    const std::string base =
-        (fs::temp_directory_path() / ("millrace_alloc_test_" + std::to_string(::getpid())))
-            .string();
+    const testing::TempDir scratch("millrace_alloc_test_names");
+    const std::string base = scratch.file("addresses");
     {
       std::ofstream in(base + ".in");
       for (void* a : local) {
@@ -329,9 +330,6 @@ class Symbolizer {
         function_line = !function_line;
       }
     }
-    std::error_code ignored;
-    fs::remove(base + ".in", ignored);
-    fs::remove(base + ".out", ignored);
   }
 
   const std::vector<std::string>& names(void* address) const {
@@ -506,33 +504,28 @@ void* volatile g_escape = nullptr;  // keeps the compiler from eliding the probe
 class Dataset : public ::testing::Environment {
  public:
   void SetUp() override {
-    std::string pattern = (fs::temp_directory_path() / "millrace_alloc_test_XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    root_ = pattern;
+    dir_ = std::make_unique<testing::TempDir>("millrace_alloc_test");
     datasets::DatasetSpec spec;
-    spec.dir = (root_ / "images").string();
+    spec.dir = images();
     spec.count = kImages;
     spec.classes = 10;
     spec.seed = 11;
     datasets::make_dataset(spec, {});
     recordio::PackOptions pack;
-    pack.list = (root_ / "images" / "labels.lst").string();
-    pack.output = (root_ / "images.rec").string();
+    pack.list = dir_->file("images/labels.lst");
+    pack.output = rec();
     recordio::pack(pack);
     // backtrace() loads its unwinder on first use: do that now, outside any window.
     std::array<void*, 4> frames{};
     ::backtrace(frames.data(), static_cast<int>(frames.size()));
   }
-  void TearDown() override {
-    std::error_code ignored;
-    fs::remove_all(root_, ignored);
-  }
+  void TearDown() override { dir_.reset(); }
 
-  static std::string images() { return (root_ / "images").string(); }
-  static std::string rec() { return (root_ / "images.rec").string(); }
+  static std::string images() { return dir_->file("images"); }
+  static std::string rec() { return dir_->file("images.rec"); }
 
  private:
-  static inline fs::path root_;
+  static inline std::unique_ptr<testing::TempDir> dir_;
 };
 
 const auto* const kDatasetEnvironment = ::testing::AddGlobalTestEnvironment(new Dataset);

@@ -3,7 +3,6 @@
 // line. The expected files were written by hand, each location counted in the YAML file.
 // Also: `--set` overrides are validated like the file itself.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -15,6 +14,7 @@
 #include "millrace/errors.hpp"
 #include "millrace/pipeline.hpp"
 #include "millrace/report.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace millrace {
 namespace {
@@ -110,8 +110,8 @@ INSTANTIATE_TEST_SUITE_P(Golden, ConfigErrorCase, ::testing::ValuesIn(case_names
 
 TEST(ConfigErrors, AValidConfigHasNoDiagnostics) {
   // The cases' stages written correctly: their errors come from what each case changes.
-  const fs::path file =
-      fs::temp_directory_path() / ("millrace_valid_" + std::to_string(::getpid()) + ".yaml");
+  const testing::TempDir dir("millrace_valid");
+  const fs::path file = dir / "valid.yaml";
   std::ofstream(file) << "pipeline:\n  threads: 2\n  max_errors: 5%\nstages:\n"
                          "  - type: files\n    root: "
                       << kCaseDir.string()
@@ -122,7 +122,6 @@ TEST(ConfigErrors, AValidConfigHasNoDiagnostics) {
                          "  - type: batch\n    size: 8\n    concurrency: serial\n"
                          "  - type: npy\n    dir: out\n";
   const auto diagnostics = validate_file(file.string());
-  fs::remove(file);
   for (const auto& d : diagnostics) ADD_FAILURE() << d.to_string();
 }
 
@@ -255,6 +254,77 @@ TEST(ConfigOverrides, DottedKeysReachIntoMappings) {
     ASSERT_EQ(errors.size(), 1U) << bad;
     EXPECT_NE(errors[0].find("got an empty key"), std::string::npos) << errors[0];
   }
+}
+
+std::vector<std::string> validate_with(const std::string& file,
+                                       const std::vector<std::string>& overrides) {
+  InFolder here(kCaseDir);
+  std::vector<std::string> out;
+  for (const auto& d : validate_file(file, overrides)) out.push_back(d.to_string());
+  return out;
+}
+
+TEST(ConfigOverrides, StagesAreReachedByIndexOrNameUnderStages) {
+  // infer_mean_mismatch.yaml's one error is normalize's mean (stage 3): each form that reaches
+  // that key, the whole list or each element of it, repairs the case.
+  ASSERT_EQ(validate_with("infer_mean_mismatch.yaml", {}).size(), 1U);
+  for (const std::vector<std::string>& overrides :
+       {std::vector<std::string>{"normalize.mean=[123.675,116.28,103.53]"},
+        std::vector<std::string>{"stages.3.mean=[123.675,116.28,103.53]"},
+        std::vector<std::string>{"stages.normalize.mean=[123.675,116.28,103.53]"},
+        std::vector<std::string>{"stages.normalize.mean.0=123.675", "stages.3.mean.1=116.28",
+                                 "normalize.mean.2=103.53"}}) {
+    EXPECT_EQ(validate_with("infer_mean_mismatch.yaml", overrides), std::vector<std::string>{})
+        << joined(overrides);
+  }
+  // Nested keys of a stage reached through `stages`, checked like the file.
+  const std::vector<std::string> repaired = {"stages.3.mean=[123.675,116.28,103.53]"};
+  auto with = [&](const std::string& extra) {
+    std::vector<std::string> overrides = repaired;
+    overrides.push_back(extra);
+    return validate_with("infer_mean_mismatch.yaml", overrides);
+  };
+  EXPECT_EQ(with("stages.infer.winograd=false"), std::vector<std::string>{});
+  EXPECT_EQ(with("stages.5.calibration.mode=entropy"), std::vector<std::string>{});
+  EXPECT_EQ(with("stages.2.size=[32,32]"), std::vector<std::string>{});
+  EXPECT_EQ(with("stages.infer.winograd=maybe"),
+            std::vector<std::string>{"--set stages.infer.winograd=maybe: error: stage 'infer' "
+                                     "(infer): 'winograd' expects true or false, got 'maybe'"});
+  EXPECT_EQ(with("stages.infer.winogard=false"),
+            std::vector<std::string>{
+                "--set stages.infer.winogard=false: error: stage 'infer' (infer): unknown key "
+                "'winogard' (did you mean 'winograd'?); known keys: type, name, concurrency, "
+                "queue, model, precision, calibration, threads, parallel, winograd, input, top_k, "
+                "alone"});
+  EXPECT_EQ(with("stages.infer.calibration.mdoe=entropy"),
+            std::vector<std::string>{
+                "--set stages.infer.calibration.mdoe=entropy: error: stage 'infer' (infer): "
+                "'calibration': unknown key 'mdoe' (did you mean 'mode'?); known keys: batches, "
+                "mode, table"});
+}
+
+TEST(ConfigOverrides, AWrongIndexOrNameListsWhatExists) {
+  EXPECT_EQ(validate_with("infer_mean_mismatch.yaml", {"stages.6.size=4"}),
+            std::vector<std::string>{
+                "--set stages.6.size=4: error: 'stages' is a list of 6 with no element '6' "
+                "(index 0..5, or a name: files, decode, augment, normalize, batch, infer)"});
+  EXPECT_EQ(validate_with("infer_mean_mismatch.yaml", {"stages.normalise.mean=1"}),
+            std::vector<std::string>{
+                "--set stages.normalise.mean=1: error: 'stages' is a list of 6 with no element "
+                "'normalise' (did you mean 'normalize'?) (index 0..5, or a name: files, decode, "
+                "augment, normalize, batch, infer)"});
+  EXPECT_EQ(validate_with("infer_mean_mismatch.yaml", {"normalize.mean.3=1"}),
+            std::vector<std::string>{"--set normalize.mean.3=1: error: 'mean' is a list of 3 "
+                                     "with no element '3' (index 0..2)"});
+  EXPECT_EQ(
+      validate_with("infer_mean_mismatch.yaml", {"stages.batch=4"}),
+      std::vector<std::string>{"--set stages.batch=4: error: expected stages.INDEX.key=value or "
+                               "stages.NAME.key=value"});
+  // A list element of the wrong kind is reported by the stage, at the override.
+  const auto wrong = validate_with("infer_mean_mismatch.yaml", {"normalize.mean.1=high"});
+  ASSERT_EQ(wrong.size(), 1U) << joined(wrong);
+  EXPECT_EQ(wrong[0].rfind("--set normalize.mean.1=high: error: stage 'normalize'", 0), 0U)
+      << wrong[0];
 }
 
 TEST(ConfigOverrides, ValidOverridePassesValidation) {

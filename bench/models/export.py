@@ -287,6 +287,11 @@ def export_big(name, out, data, seed, fit_batches, batch_size):
     path = out / f"{name}.onnx"
     export(model, check[:1], path, "logits")
     print(f"wrote {path}")
+    # A calibration table made for the previous weights no longer matches (a run refuses it).
+    stale = out / f"{name}.calib.json"
+    if stale.exists():
+        stale.unlink()
+        print(f"removed {stale} (made for the previous model)")
     describe_logits(name, logits)
     check_with_opencv(path, check, logits)
 

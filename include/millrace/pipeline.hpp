@@ -41,7 +41,10 @@ namespace millrace {
 class Pipeline {
  public:
   // `overrides` are `key=value` strings, as the CLI's --set: `pipeline.threads=1`,
-  // `batch.size=32` (a stage is addressed by its name, which defaults to its type).
+  // `batch.size=32` (a stage is addressed by its name, which defaults to its type, or as
+  // `stages.NAME` / `stages.INDEX`), nested keys by their path (`infer.calibration.mode=entropy`),
+  // list elements by index or name (`normalize.mean.0=124`). They are checked like the file; a
+  // wrong one is a ConfigError located at `--set <override>`.
   static Pipeline from_file(const std::string& path,
                             const std::vector<std::string>& overrides = {});
   static Pipeline from_string(std::string_view yaml, const std::string& source_name = "<string>",

@@ -18,6 +18,7 @@
 #include "stages/augment/augment_stage.hpp"
 #include "stages/common/stage_testing.hpp"
 #include "stages/decode/decode_stage.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace millrace {
 namespace {
@@ -221,8 +222,8 @@ TEST(Reduce, ACropLargerThanTheImageIsStillAugmentsError) {
 // A whole pipeline, files to int8 batches, on photos cut by the dataset generator (ImageNet-like
 // and large), reduce: auto against off: PSNR of the int8 outputs at least 35 dB.
 TEST(Reduce, WholePipelineOutputsStayWithin35DbOfWholeImageDecoding) {
-  const std::filesystem::path root =
-      std::filesystem::temp_directory_path() / ("millrace_reduce_" + std::to_string(::getpid()));
+  const testing::TempDir dir("millrace_reduce");
+  const std::filesystem::path& root = dir.path();
   for (const auto& [name, size] : {std::pair{"imagenet", datasets::DatasetSpec::Size::kImageNet},
                                    std::pair{"large", datasets::DatasetSpec::Size::kLarge}}) {
     datasets::DatasetSpec spec;
@@ -263,7 +264,6 @@ TEST(Reduce, WholePipelineOutputsStayWithin35DbOfWholeImageDecoding) {
       EXPECT_GE(psnr, 35.0);
     }
   }
-  std::filesystem::remove_all(root);
 }
 
 }  // namespace

@@ -14,7 +14,6 @@
 // to normalize. Each sample holds at most one buffer of each pool. The ordering window in front of
 // the batch stage appears in neither.
 #include <gtest/gtest.h>
-#include <stdlib.h>
 
 #include <chrono>
 #include <cstddef>
@@ -27,7 +26,6 @@
 #include <opencv2/imgcodecs.hpp>
 #include <stdexcept>
 #include <string>
-#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -41,6 +39,7 @@
 #include "stages/decode/decode_stage.hpp"
 #include "stages/normalize/normalize_stage.hpp"
 #include "stages/recordio/pack.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace millrace {
 namespace {
@@ -407,7 +406,8 @@ TEST(ImageBuffers, ASampleThatFailsGivesItsBufferBack) {
 }
 
 TEST(ImageBuffers, NormalizeGivesBackWhenTheMeanImageDoesNotFit) {
-  const fs::path npy = fs::temp_directory_path() / "millrace_image_buffers_mean.npy";
+  const testing::TempDir dir;
+  const fs::path npy = dir / "mean.npy";
   {
     // A (3, 4, 4) float32 mean image: the crop below is 64x64, so every sample is an error.
     const std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4, 4), }";
@@ -434,8 +434,6 @@ TEST(ImageBuffers, NormalizeGivesBackWhenTheMeanImageDoesNotFit) {
   EXPECT_FALSE(s.tensor.borrowed());
   EXPECT_FALSE(s.scratch.borrowed());
   EXPECT_TRUE(all_returned(chain.decoded()));
-  std::error_code ignored;
-  fs::remove(npy, ignored);
 }
 
 // ---- Whole pipelines ----------------------------------------------------------------------------
@@ -448,9 +446,7 @@ constexpr int kCorrupt = 12;
 class Dataset : public ::testing::Environment {
  public:
   void SetUp() override {
-    std::string pattern = (fs::temp_directory_path() / "millrace_image_buffers_XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    root_ = pattern;
+    dir_ = std::make_unique<testing::TempDir>("millrace_image_buffers");
     datasets::DatasetSpec spec;
     spec.dir = images();
     spec.count = kImages;
@@ -498,16 +494,13 @@ class Dataset : public ::testing::Environment {
     pack.output = rec();
     recordio::pack(pack);
   }
-  void TearDown() override {
-    std::error_code ignored;
-    fs::remove_all(root_, ignored);
-  }
-  static std::string images() { return (root_ / "images").string(); }
-  static std::string rec() { return (root_ / "images.rec").string(); }
-  static std::string fixed() { return (root_ / "fixed").string(); }
+  void TearDown() override { dir_.reset(); }
+  static std::string images() { return dir_->file("images"); }
+  static std::string rec() { return dir_->file("images.rec"); }
+  static std::string fixed() { return dir_->file("fixed"); }
 
  private:
-  static inline fs::path root_;
+  static inline std::unique_ptr<testing::TempDir> dir_;
 };
 
 const auto* const kDatasetEnvironment = ::testing::AddGlobalTestEnvironment(new Dataset);

@@ -18,7 +18,7 @@
 #include "engine/config_node.hpp"
 #include "engine/registry.hpp"
 #include "stages/common/stage_testing.hpp"
-#include "stages/common/temp_dir.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace millrace {
 namespace {

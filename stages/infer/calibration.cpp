@@ -1,6 +1,7 @@
 #include "stages/infer/calibration.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
@@ -23,7 +24,15 @@ const ValueRange* CalibrationTable::find(int id) const {
 }
 
 const char* calibration_mode_name(CalibrationMode mode) {
-  return mode == CalibrationMode::kEntropy ? "entropy" : "minmax";
+  switch (mode) {
+    case CalibrationMode::kEntropy:
+      return "entropy";
+    case CalibrationMode::kMse:
+      return "mse";
+    case CalibrationMode::kMinMax:
+      break;
+  }
+  return "minmax";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -44,7 +53,7 @@ void RangeObserver::add(const float* data, std::size_t count) {
   min_ = count_ == 0 ? batch_min : std::min(min_, batch_min);
   max_ = count_ == 0 ? batch_max : std::max(max_, batch_max);
   count_ += seen;
-  if (mode_ != CalibrationMode::kEntropy) return;
+  if (mode_ == CalibrationMode::kMinMax) return;
 
   // Exact zeros stay out of the histogram: every scale quantizes them exactly, so they say
   // nothing about the threshold, and the half of a ReLU's outputs that are 0 would otherwise
@@ -82,11 +91,14 @@ ValueRange RangeObserver::finish(int id, int levels) const {
   if (count_ == 0) return {id, 0.0F, 0.0F};
   double counted = 0.0;
   for (double c : histogram_) counted += c;
-  if (mode_ != CalibrationMode::kEntropy || limit_ <= 0.0F || counted == 0.0) {
+  if (mode_ == CalibrationMode::kMinMax || limit_ <= 0.0F || counted == 0.0) {
     return {id, min_, max_};
   }
+  const float bin_width = limit_ / kHistogramBins;
   const float threshold =
-      std::min(entropy_threshold(histogram_, limit_ / kHistogramBins, levels), limit_);
+      std::min(mode_ == CalibrationMode::kMse ? mse_threshold(histogram_, bin_width, levels)
+                                              : entropy_threshold(histogram_, bin_width, levels),
+               limit_);
   return {id, std::max(min_, -threshold), std::min(max_, threshold)};
 }
 
@@ -169,6 +181,40 @@ float entropy_threshold(const std::vector<double>& histogram, float bin_width, i
     }
   }
   // The clipped range covers bins 0..best-1 entirely: its upper edge.
+  return static_cast<float>(best) * bin_width;
+}
+
+float mse_threshold(const std::vector<double>& histogram, float bin_width, int levels) {
+  const int bins = static_cast<int>(histogram.size());
+  double total = 0.0;
+  for (double c : histogram) total += c;
+  if (bins == 0 || total == 0.0 || levels <= 0) return static_cast<float>(bins) * bin_width;
+  // Each bin's values taken at its centre x_k. With threshold T (the upper edge of bin i-1) and
+  // step T / levels, a value inside is off by the rounding, step^2 / 12 on average, a value above
+  // by x - T: error(T) = step^2 / 12 * inside + sum over k >= i of c_k (x_k - T)^2, where the
+  // clipped sum is C2 - 2 T C1 + T^2 C0 over the suffix sums of c, c x and c x^2.
+  std::vector<double> c0(bins + 1, 0.0);
+  std::vector<double> c1(bins + 1, 0.0);
+  std::vector<double> c2(bins + 1, 0.0);
+  for (int k = bins - 1; k >= 0; --k) {
+    const double x = (k + 0.5) * static_cast<double>(bin_width);
+    c0[k] = c0[k + 1] + histogram[k];
+    c1[k] = c1[k + 1] + histogram[k] * x;
+    c2[k] = c2[k + 1] + histogram[k] * x * x;
+  }
+  int best = bins;
+  double best_error = std::numeric_limits<double>::infinity();
+  for (int i = 1; i <= bins; ++i) {
+    const double t = i * static_cast<double>(bin_width);
+    const double step = t / levels;
+    const double inside = c0[0] - c0[i];
+    const double error = step * step / 12.0 * inside + (c2[i] - 2.0 * t * c1[i] + t * t * c0[i]);
+    // Ties keep the wider range: it clips nothing more for the same error.
+    if (error <= best_error) {
+      best_error = error;
+      best = i;
+    }
+  }
   return static_cast<float>(best) * bin_width;
 }
 
@@ -377,14 +423,16 @@ CalibrationTable calibration_from_json(std::string_view text, const std::string&
   CalibrationTable table;
   const JsonValue* mode = doc.member("mode");
   if (mode == nullptr || mode->kind != JsonValue::Kind::kString) {
-    reader.fail("'mode' must be the string \"minmax\" or \"entropy\"");
+    reader.fail("'mode' must be the string \"minmax\", \"entropy\" or \"mse\"");
   }
   if (mode->text == "minmax") {
     table.mode = CalibrationMode::kMinMax;
   } else if (mode->text == "entropy") {
     table.mode = CalibrationMode::kEntropy;
+  } else if (mode->text == "mse") {
+    table.mode = CalibrationMode::kMse;
   } else {
-    reader.fail("unknown mode '" + mode->text + "' (expected minmax or entropy)");
+    reader.fail("unknown mode '" + mode->text + "' (expected minmax, entropy or mse)");
   }
 
   // Tables written before fingerprints existed have none: they match no network and are remade.
@@ -460,7 +508,7 @@ class ModelHasher {
 
 }  // namespace
 
-std::string calibration_fingerprint(const Model& model, const InputFormat& input) {
+std::uint64_t model_digest(const Model& model) {
   // The imported graph, not the file: what the ranges were measured on (weights after folding,
   // the ops and their wiring), and it also covers models built in memory.
   ModelHasher h;
@@ -487,25 +535,87 @@ std::string calibration_fingerprint(const Model& model, const InputFormat& input
     h.value(op.clip_max);
     h.value(op.axis);
   }
+  return h.digest();
+}
+
+namespace {
+
+// The fewest digits that read back as the same float: 116.28, not 116.279999.
+std::string shortest(float v) {
+  char buffer[32];
+  for (int digits = 6; digits <= 9; ++digits) {
+    std::snprintf(buffer, sizeof buffer, "%.*g", digits, static_cast<double>(v));
+    if (std::strtof(buffer, nullptr) == v) break;
+  }
+  return buffer;
+}
+
+std::string three(const std::array<float, 3>& v) {
+  std::string out = "[";
+  for (std::size_t c = 0; c < v.size(); ++c) {
+    if (c > 0) out += ", ";
+    out += shortest(v[c]);
+  }
+  out += ']';
+  return out;
+}
+
+// The fields of a fingerprint in order, as (key, value); empty for text that is not one (a table
+// written before fingerprints had fields).
+std::vector<std::pair<std::string, std::string>> fingerprint_fields(const std::string& text) {
+  std::vector<std::pair<std::string, std::string>> fields;
+  std::size_t start = 0;
+  while (start < text.size()) {
+    std::size_t end = text.find("; ", start);
+    if (end == std::string::npos) end = text.size();
+    const std::string part = text.substr(start, end - start);
+    const std::size_t space = part.find(' ');
+    if (space == std::string::npos || space == 0) return {};
+    fields.emplace_back(part.substr(0, space), part.substr(space + 1));
+    start = end + 2;
+  }
+  return fields;
+}
+
+}  // namespace
+
+std::string calibration_fingerprint(const Model& model, const InputFormat& input) {
+  const std::uint64_t digest = model.digest != 0 ? model.digest : model_digest(model);
   const char* type = input.type == InputType::kS8   ? "s8"
                      : input.type == InputType::kU8 ? "u8"
                                                     : "f32";
-  const std::string name = model.path.empty()
-                               ? std::string("(in memory)")
-                               : std::filesystem::path(model.path).filename().string();
-  char buffer[512];
-  std::snprintf(buffer, sizeof buffer,
-                "model %s (graph hash %016llx); input %s, unit [%.9g, %.9g, %.9g], zero point "
-                "%.9g, model std [%.9g, %.9g, %.9g]",
-                name.c_str(), static_cast<unsigned long long>(h.digest()), type,
-                static_cast<double>(input.unit[0]), static_cast<double>(input.unit[1]),
-                static_cast<double>(input.unit[2]), static_cast<double>(input.zero_point),
-                static_cast<double>(input.model_std[0]), static_cast<double>(input.model_std[1]),
-                static_cast<double>(input.model_std[2]));
-  std::string out = buffer;
-  // The text goes into JSON unescaped: a quote or backslash in a file name adds nothing to the key.
-  std::replace(out.begin(), out.end(), '"', '_');
-  std::replace(out.begin(), out.end(), '\\', '_');
+  std::string name = model.path.empty() ? std::string("(in memory)")
+                                        : std::filesystem::path(model.path).filename().string();
+  // The text goes into JSON unescaped and is split on "; ": a quote, backslash or semicolon in a
+  // file name adds nothing to the key.
+  for (char& c : name) {
+    if (c == '"' || c == '\\' || c == ';') c = '_';
+  }
+  char hash[32];
+  std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(digest));
+  return "model " + name + "; graph " + hash + "; input " + type + "; layout " +
+         (input.layout == InputLayout::kNHWC ? "nhwc" : "nchw") + "; mean " + three(input.mean) +
+         "; unit " + three(input.unit) + "; zero_point " + shortest(input.zero_point) +
+         "; model_std " + three(input.model_std);
+}
+
+std::string fingerprint_mismatch(const std::string& table, const std::string& ours) {
+  const auto theirs = fingerprint_fields(table);
+  const auto mine = fingerprint_fields(ours);
+  if (theirs.empty()) {
+    return table.empty() ? "the table has no fingerprint (an earlier version wrote it)"
+                         : "the table's fingerprint is in an earlier version's form";
+  }
+  std::string out;
+  for (const auto& [key, value] : mine) {
+    if (key == "model") continue;  // a renamed or moved file is the same model
+    std::string other = "(none)";
+    for (const auto& [k, v] : theirs) {
+      if (k == key) other = v;
+    }
+    if (other == value) continue;
+    out += (out.empty() ? "" : "; ") + key + " " + other + " in the table, " + value + " here";
+  }
   return out;
 }
 

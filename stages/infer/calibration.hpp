@@ -6,15 +6,20 @@
 // thread (the inference thread that runs calibration); CalibrationTable is a value that may be
 // copied and read anywhere. The JSON form is
 //   {"mode": "minmax", "fingerprint": "...", "values": [{"id": 3, "min": -1.25, "max": 4.5}, ...]}
-// The fingerprint names what the ranges are valid for: the model (by a hash of its graph and
-// weights) and the input format the loader feeds it. A table is a cache of calibration, and a cache
-// must not be used for another key: a network refuses a table whose fingerprint is not its own.
 // with every number written with enough digits (%.9g) to read back the identical float, so a
 // loaded table reproduces the calibrated network bit for bit. Reading rejects anything else with
 // CalibrationError naming the file and what is wrong.
+// The fingerprint names what the ranges are valid for, as `key value` fields joined by "; ":
+//   model resnet18.onnx; graph 9f0c...; input s8; layout nhwc; mean [...]; unit [...];
+//   zero_point 0; model_std [...]
+// the model (a hash of its imported graph and weights; the file name only informs) and the
+// preprocessing that feeds it (loader type, layout, mean, units, zero point, the model's std). A
+// table must not serve another model or recipe: a network refuses a table whose fingerprint
+// differs from its own in any field but the file name, naming both and what differs.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -49,10 +54,17 @@ struct CalibrationTable {
 
 const char* calibration_mode_name(CalibrationMode mode);
 
-// What a calibration table is valid for, in words a user can compare: the model (its file name
-// and a 64-bit hash of the imported graph: ops, wiring, folded weights) and the input format
-// (type, units per channel, zero point, the model's std).
+// A 64-bit hash of the imported graph (ops, wiring, folded weights): reads every weight, so it
+// is computed once per model and kept in Model::digest.
+std::uint64_t model_digest(const Model& model);
+
+// What a calibration table is valid for (see above): the model's digest (Model::digest, computed
+// here when it is 0) and the input format.
 std::string calibration_fingerprint(const Model& model, const InputFormat& input);
+
+// "" when a table made for `table` may serve `ours` (every field equal but the model's file
+// name); otherwise what differs, field by field: "graph 0123... in the table, 4567... here".
+std::string fingerprint_mismatch(const std::string& table, const std::string& ours);
 
 std::string calibration_to_json(const CalibrationTable& table);
 // `origin` names the text's source in error messages (a file path, or "<string>").
@@ -80,12 +92,13 @@ class RangeObserver {
   bool empty() const { return count_ == 0; }
   float min() const { return min_; }
   float max() const { return max_; }
-  // The histogram of |x| over [0, histogram_limit()] (entropy mode only).
+  // The histogram of |x| over [0, histogram_limit()] (entropy and mse modes).
   const std::vector<double>& histogram() const { return histogram_; }
   float histogram_limit() const { return limit_; }
 
   // The range to quantize over: what was seen (minmax), or [-T, T] clipped to what was seen,
-  // T the KL-optimal threshold for `levels` quantized levels (entropy).
+  // T the KL-optimal threshold for `levels` quantized levels (entropy) or the one of least
+  // squared error (mse).
   ValueRange finish(int id, int levels) const;
 
  private:
@@ -104,5 +117,11 @@ class RangeObserver {
 // i / levels bins each, a bin straddling two levels split between them). An empty histogram, or
 // one with no more bins than levels, keeps its full range.
 float entropy_threshold(const std::vector<double>& histogram, float bin_width, int levels);
+
+// The threshold (a bin edge, in the histogram's units) that minimises the mean squared error of
+// quantizing the histogram's values to `levels` levels over [0, T]: rounding inside the range,
+// clipping beyond it. Unlike the KL search it weighs a clipped outlier by how far it is clipped,
+// which suits values whose tails carry signal (the linear bottlenecks of MobileNetV2).
+float mse_threshold(const std::vector<double>& histogram, float bin_width, int levels);
 
 }  // namespace millrace::infer

@@ -81,8 +81,10 @@ const Schema<InferStage::Params>& InferStage::schema() {
              "int8 (calibrated post-training quantization) or fp32",
              {{"int8", infer::Precision::kInt8}, {"fp32", infer::Precision::kFp32}});
     s.custom("calibration", "{batches, mode, table}",
-             "int8: calibrate on the first `batches` batches (minmax | entropy); `table` (JSON) is "
-             "loaded when it exists, else written after calibrating",
+             "int8: calibrate on the first `batches` batches (minmax | entropy | mse); `table` "
+             "(JSON) is "
+             "loaded when it exists (one made for another model, preprocessing or mode is an "
+             "error), else written after calibrating; without it nothing is written",
              "{batches: 8, mode: minmax}",
              [](Params& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
                read_map(n, c, {"batches", "mode", "table"}, d,
@@ -104,9 +106,12 @@ const Schema<InferStage::Params>& InferStage::schema() {
                               p.calibration_mode = infer::CalibrationMode::kMinMax;
                             } else if (m == "entropy") {
                               p.calibration_mode = infer::CalibrationMode::kEntropy;
+                            } else if (m == "mse") {
+                              p.calibration_mode = infer::CalibrationMode::kMse;
                             } else {
-                              d.error(v.where,
-                                      ctx + " expects one of minmax | entropy, got '" + m + "'");
+                              d.error(
+                                  v.where,
+                                  ctx + " expects one of minmax | entropy | mse, got '" + m + "'");
                             }
                           } else {
                             read_string(v, p.calibration_table, ctx, d);
@@ -167,6 +172,8 @@ void InferStage::check(const Params& p, const ConfigNode& node, const std::strin
 InferStage::InferStage(StageContext context, Params params)
     : BatchTransformStage(std::move(context)), params_(std::move(params)) {
   model_ = infer::import_onnx(params_.model);
+  // Hashed once, here: the calibration table's check and the Network reuse the digest.
+  model_.digest = infer::model_digest(model_);
   options_.precision = params_.precision;
   options_.threads = params_.threads;
   options_.parallel = params_.parallel;
@@ -234,6 +241,10 @@ void InferStage::link(const std::vector<Stage*>& upstream, Diagnostics& d) {
       }
     }
   }
+  for (std::size_t c = 0; c < 3; ++c) {
+    options_.input.mean[c] =
+        np.mean.empty() ? 0.0F : static_cast<float>(np.mean[np.mean.size() == 1 ? 0 : c]);
+  }
   switch (np.dtype) {
     case normalize::DType::kInt8:
       options_.input.type = infer::InputType::kS8;
@@ -275,29 +286,26 @@ void InferStage::check_calibration_table(const std::string& where, Diagnostics& 
       !std::filesystem::exists(path)) {
     return;
   }
-  // The table is a cache of calibration: one made for another model, another loader format or
-  // another mode is remade (and said so), never used for this network.
+  // A table that exists was named to be used: one made for another model, preprocessing or mode
+  // would give wrong logits without a word, so it is an error, never silently used or replaced.
   try {
     infer::CalibrationTable table = infer::load_calibration_table(path);
     const std::string ours = infer::calibration_fingerprint(model_, options_.input);
-    std::string why;
-    if (table.fingerprint != ours) {
-      why = "was made for " +
-            (table.fingerprint.empty() ? std::string("an unknown network (it has no fingerprint)")
-                                       : table.fingerprint) +
-            ", not for " + ours;
-    } else if (table.mode != params_.calibration_mode) {
-      why = std::string("holds ") + infer::calibration_mode_name(table.mode) + " ranges, not " +
-            infer::calibration_mode_name(params_.calibration_mode);
+    std::string differs = infer::fingerprint_mismatch(table.fingerprint, ours);
+    if (table.mode != params_.calibration_mode) {
+      differs += std::string(differs.empty() ? "" : "; ") + "mode " +
+                 infer::calibration_mode_name(table.mode) + " in the table, " +
+                 infer::calibration_mode_name(params_.calibration_mode) + " here";
     }
-    if (!why.empty()) {
-      d.warning(context().where, where + ": calibration table '" + path + "' " + why +
-                                     "; this run calibrates on its first " +
-                                     std::to_string(params_.calibration_batches) +
-                                     " batches and rewrites the table");
-    } else {
+    if (differs.empty()) {
       table_ = std::move(table);
+      return;
     }
+    d.error(context().where,
+            where + ": calibration table '" + path + "' was made for another model or recipe (" +
+                differs + "); the table's fingerprint: '" + table.fingerprint +
+                "'; this stage's: '" + ours +
+                "'. Delete the file to calibrate again, or set calibration.table to another file");
   } catch (const infer::CalibrationError& e) {
     d.error(context().where, where + ": " + e.what() + " (delete it to calibrate again)");
   }

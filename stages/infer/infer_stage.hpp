@@ -4,10 +4,11 @@
 // Contract: a batch-transform stage; every call after construction happens on the stage's thread
 // (see engine/stage.hpp). The model is imported and checked when the pipeline is built, so a
 // missing, corrupt or unsupported model, or one whose input does not match the batches, is a
-// config error before any data flows. With int8 precision and no calibration table on disk, the
+// config error before any data flows, and so is a calibration table on disk made for another
+// model, preprocessing or mode. With int8 precision and no calibration table on disk, the
 // first `calibration.batches` batches calibrate the network and are then inferred and delivered
-// like the rest: no sample is lost to calibration. The logits (outputs before any softmax) are
-// attached to each batch for the sinks after it.
+// like the rest: no sample is lost to calibration. The model is hashed once, at construction. The
+// logits (outputs before any softmax) are attached to each batch for the sinks after it.
 #pragma once
 
 #include <atomic>
@@ -68,7 +69,8 @@ class InferStage final : public BatchTransformStage {
   int batch_size_ = 0;
   std::unique_ptr<infer::Network> network_;
   // The calibration table read from disk and checked at link, loaded into the network on its
-  // thread; empty when there is none or it is for another network (this run remakes it).
+  // thread; empty when there is none (this run calibrates and writes it). A table for another
+  // network is a config error at link.
   std::optional<infer::CalibrationTable> table_;
   std::vector<BatchData*> held_;
   std::atomic<std::uint64_t> scored_{0};

@@ -73,6 +73,10 @@ struct Model {
   int output = -1;                 // value id of the logits: the outputs before a softmax
   bool ends_with_softmax = false;  // the ONNX graph applied a softmax to the logits
   std::vector<std::vector<std::int64_t>> value_shapes;  // per value id, batch 1
+  // model_digest() of this graph (calibration.hpp), or 0 when not computed yet. Hashing reads
+  // every weight, so whoever prepares a model for a run computes it once and every Network built
+  // from the model reuses it; a Network given a model with 0 computes it once itself.
+  std::uint64_t digest = 0;
   int value_count() const { return static_cast<int>(value_shapes.size()); }
 };
 

@@ -134,7 +134,9 @@ Graph analyze(const Model& model, InputType input_type) {
     return false;
   };
   // Add(a, b) runs as conv_b(...) + a written over a's buffer when b comes from a convolution
-  // read by nothing else, and a is computed before that convolution and read by nothing after it.
+  // read by nothing else, and a is computed before that convolution and read by nothing from that
+  // convolution on: not even by the convolution itself, which would overwrite its own source
+  // while its later output pixels still read it (Add(x, Conv(x)) must stay unfused).
   for (int k = 0; k < ops; ++k) {
     const Op& add = model.ops[k];
     if (add.kind != OpKind::kAdd || add.inputs.size() != 2 || add.output == model.output) continue;
@@ -148,7 +150,7 @@ Graph analyze(const Model& model, InputType input_type) {
         continue;
       if (model.ops[g.producer[a]].kind == OpKind::kFlatten) continue;
       if (model.value_shapes[a] != model.value_shapes[b]) continue;
-      if (read_after(a, c, k)) continue;
+      if (read_after(a, c - 1, k)) continue;
       g.sum_into[c] = k;
       g.fused_conv[k] = c;
       g.sum_addend[k] = a;
@@ -1196,7 +1198,9 @@ struct Network::Impl {
         options(o),
         engine(dnnl::engine::kind::cpu, 0),
         stream(engine),
-        graph(analyze(model, options.input.type)) {}
+        graph(analyze(model, options.input.type)) {
+    if (model.digest == 0) model.digest = model_digest(model);
+  }
 
   void set_threads() const { omp_set_num_threads(options.threads); }
 
@@ -1360,12 +1364,10 @@ void Network::load_calibration(CalibrationTable t, const std::string& path) {
   require_int8_for_table(m.options);
   m.set_threads();
   const std::string ours = calibration_fingerprint(m.model, m.options.input);
-  if (t.fingerprint != ours) {
-    throw CalibrationError(path + ": error: the table was made for " +
-                           (t.fingerprint.empty() ? std::string("an unknown network (it has no "
-                                                                "fingerprint)")
-                                                  : t.fingerprint) +
-                           ", not for this one: " + ours);
+  if (const std::string differs = fingerprint_mismatch(t.fingerprint, ours); !differs.empty()) {
+    throw CalibrationError(path + ": error: the calibration table was made for another model or " +
+                           "preprocessing (" + differs + "): the table's fingerprint is '" +
+                           t.fingerprint + "', this network's is '" + ours + "'");
   }
   for (const ValueRange& r : t.values) {
     if (r.id >= m.model.value_count()) {

@@ -46,7 +46,10 @@ namespace millrace::infer {
 enum class Precision { kFp32, kInt8 };
 enum class InputType { kS8, kU8, kF32 };
 enum class InputLayout { kNCHW, kNHWC };
-enum class CalibrationMode { kMinMax, kEntropy };
+// How calibration turns what it saw into a value's range: all of it (kMinMax), the threshold
+// that keeps the quantized histogram closest in KL divergence (kEntropy), or the one with the
+// least mean squared quantization error, rounding and clipping together (kMse).
+enum class CalibrationMode { kMinMax, kEntropy, kMse };
 // How run() spreads a batch over the threads (see the contract above). kSamples gives each thread
 // its own samples and primitives built for one thread: no synchronisation between layers, and
 // each core keeps its own part's activations in its cache; the same total batch and thread
@@ -67,6 +70,9 @@ struct InputFormat {
   std::array<float, 3> unit{1.0F, 1.0F, 1.0F};
   float zero_point = 0.0F;
   std::array<float, 3> model_std{1.0F, 1.0F, 1.0F};
+  // The loader's mean, in pixel units. The arithmetic does not use it (the stage has checked it
+  // against the model's), but the activations, and so a calibration table, depend on it.
+  std::array<float, 3> mean{0.0F, 0.0F, 0.0F};
 };
 
 struct NetworkOptions {
@@ -109,8 +115,8 @@ class Network {
   // int8: true until calibrated (observe + finalize, or load_calibration).
   bool needs_calibration() const;
   // int8 calibration: runs the batch in fp32 (the same graph, the same folding of the input) and
-  // records the range of every value (min/max, or a histogram for kEntropy). std::logic_error
-  // on an fp32 network or one already calibrated.
+  // records the range of every value (min/max, and a histogram for kEntropy and kMse).
+  // std::logic_error on an fp32 network or one already calibrated.
   void observe(const void* input, int batch);
   // Turns the ranges into the table and builds the int8 primitives; std::logic_error before any
   // observe().

@@ -1,6 +1,6 @@
 #include "stages/infer/onnx_import.hpp"
 
-#include "stages/common/temp_dir.hpp"
+#include "tests/support/temp_dir.hpp"
 
 #ifndef ONNX_ML
 #define ONNX_ML 1

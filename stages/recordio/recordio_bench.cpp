@@ -3,7 +3,6 @@
 // does). Items are records; bytes are payload bytes.
 #include <benchmark/benchmark.h>
 #include <fcntl.h>
-#include <stdlib.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -13,6 +12,7 @@
 #include <vector>
 
 #include "stages/recordio/recordio_kernel.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace millrace::recordio {
 namespace {
@@ -34,13 +34,11 @@ std::vector<std::uint8_t> payload(std::size_t i) {
 
 // A .rec of kRecords records in the temp folder, written once per process.
 struct Corpus {
-  std::string path;
+  millrace::testing::TempDir dir{"millrace_recordio_bench"};
+  std::string path = dir.file("bench.rec");
   std::vector<IndexEntry> index;
   std::uint64_t payload_bytes = 0;
   Corpus() {
-    std::string pattern = (fs::temp_directory_path() / "millrace_recordio_bench_XXXXXX").string();
-    if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-    path = pattern + "/bench.rec";
     RecordWriter writer(path);
     std::vector<std::pair<std::uint64_t, std::uint64_t>> keys;
     for (std::size_t i = 0; i < kRecords; ++i) {
@@ -49,12 +47,8 @@ struct Corpus {
       keys.emplace_back(i, writer.write(p));
     }
     writer.close();
-    write_index(pattern + "/bench.idx", keys);
-    index = read_index(pattern + "/bench.idx", fs::file_size(path));
-  }
-  ~Corpus() {
-    std::error_code ec;
-    fs::remove_all(fs::path(path).parent_path(), ec);
+    write_index(dir.file("bench.idx"), keys);
+    index = read_index(dir.file("bench.idx"), fs::file_size(path));
   }
 };
 

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "engine/config_node.hpp"
-#include "stages/common/temp_dir.hpp"
+#include "tests/support/temp_dir.hpp"
 
 namespace millrace {
 namespace {

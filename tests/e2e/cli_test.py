@@ -390,6 +390,20 @@ class OverrideTest(CliCase):
         self.assertEqual(summary.get("threads"), 1)
         self.assertTrue(result.stdout.startswith("renamed-run: "), result.stdout)
 
+    def test_stages_by_index_and_nested_keys(self):
+        """stages.INDEX.key and stages.NAME.key reach the same stage as NAME.key."""
+        batch = e2e.Config(self.DEFAULT).stage_of_type("batch")
+        index = e2e.Config(self.DEFAULT).names().index(batch["name"])
+        for override in (f"stages.{index}.size=8", f"stages.{batch['name']}.size=8"):
+            with self.subTest(override=override):
+                _, summary, _ = self.run_config(self.DEFAULT, override)
+                images, batches = e2e.expected_delivery(e2e.DATASET_COUNT, 8, batch["last"])
+                self.assertEqual(summary["batches"], batches)
+        result = self.millrace("validate", self.DEFAULT, "--set", f"stages.{index}.szie=8",
+                               expect=2)
+        self.assertIn(f"--set stages.{index}.szie=8: error: stage '{batch['name']}' (batch): "
+                      "unknown key 'szie' (did you mean 'size'?); known keys:", result.stderr)
+
     def test_unknown_stage_exits_2_naming_it(self):
         result = self.millrace("run", self.DEFAULT, *sets(f"files.root={e2e.dataset()}",
                                                           "nosuch.size=8"), expect=2)
@@ -1119,27 +1133,30 @@ class MakeDatasetTest(CliCase):
 
 
 class CalibrationTableTest(CliCase):
-    """An int8 run writes its calibration table with a fingerprint of the model and the loader's
-    format; a later run loads it, and one for another network is remade, with a warning."""
+    """An int8 run writes its calibration table with a fingerprint of the model and of the
+    preprocessing; a later run loads it, and one made for another model, recipe or mode is a config
+    error naming both fingerprints and what differs, with the table left as it was."""
 
-    def test_table_is_reused_and_a_stale_one_is_remade(self):
+    def test_table_is_reused_and_a_foreign_one_is_an_error(self):
         config = e2e.source_path("configs", "resnet18_int8.yaml")
-        infer = e2e.Config(config).stage_of_type("infer")["name"]
+        cfg = e2e.Config(config)
+        infer = cfg.stage_of_type("infer")["name"]
+        normalize = cfg.stage_of_type("normalize")["name"]
         out = e2e.new_dir("calibration")
         table_path = os.path.join(out, "calib.json")  # where shipped_overrides puts it
 
-        def run(*overrides):
+        def run(*overrides, expect=0):
             json_path = os.path.join(out, "summary.json")
             result = self.millrace("run", config,
                                    *sets(*shipped_overrides(e2e.Config(config), out), *overrides),
-                                   "--json", json_path, "--quiet", expect=0)
-            return result, load_json(json_path)
+                                   "--json", json_path, "--quiet", expect=expect)
+            return result, (load_json(json_path) if expect == 0 else None)
 
         result, summary = run(f"{infer}.alone=3")
         with open(table_path) as f:
             table = json.load(f)
-        self.assertIn("model tiny.onnx", table["fingerprint"])
-        self.assertIn("input s8", table["fingerprint"])
+        self.assertIn("model tiny.onnx; graph ", table["fingerprint"])
+        self.assertIn("; input s8; layout nhwc; mean [", table["fingerprint"])
         self.assertEqual(table["mode"], "minmax")
         self.assertGreater(summary["metrics"][f"{infer}.alone_images_per_second"], 0)
         self.assertGreater(summary["metrics"][f"{infer}.calibration_seconds"], 0)
@@ -1150,23 +1167,30 @@ class CalibrationTableTest(CliCase):
         self.assertNotIn("calibration table", result.stderr)
         self.assertNotIn(f"{infer}.alone_images_per_second", summary["metrics"])
 
-        # A table made for something else is remade, and the run says why.
-        stale = dict(table, fingerprint=table["fingerprint"].replace("tiny.onnx", "other.onnx"))
-        with open(table_path, "w") as f:
-            json.dump(stale, f)
-        result, summary = run()
-        self.assertIn("calibration table", result.stderr)
-        self.assertIn("other.onnx", result.stderr)
-        self.assertIn("rewrites the table", result.stderr)
-        self.assertGreater(summary["metrics"][f"{infer}.calibration_seconds"], 0)
-        with open(table_path) as f:
-            self.assertEqual(json.load(f), table)
+        def refused(stale_table, *overrides, differs):
+            with open(table_path, "w") as f:
+                json.dump(stale_table, f)
+            result, _ = run(*overrides, expect=2)
+            self.assertIn(f"calibration table '{table_path}' was made for another model or "
+                          "recipe", result.stderr)
+            self.assertIn(differs, result.stderr)
+            self.assertIn(stale_table["fingerprint"], result.stderr)  # both fingerprints
+            self.assertIn("this stage's: 'model tiny.onnx; graph ", result.stderr)
+            with open(table_path) as f:  # untouched
+                self.assertEqual(json.load(f), stale_table)
 
-        # A nested key reached by --set: another mode makes the table stale too.
-        result, summary = run(f"{infer}.calibration.mode=entropy")
-        self.assertIn("holds minmax ranges, not entropy", result.stderr)
-        with open(table_path) as f:
-            self.assertEqual(json.load(f)["mode"], "entropy")
+        # Another model (its graph hash), another mean, another mode: each an error.
+        graph = table["fingerprint"].split("; ")[1]
+        other = dict(table, fingerprint=table["fingerprint"].replace(graph, "graph 0123456789abcdef"))
+        refused(other, differs="(graph 0123456789abcdef in the table, ")
+        refused(table, f"{normalize}.mean=[120,110,100]", f"{infer}.input.mean=[120,110,100]",
+                differs="(mean [123.675, 116.28, 103.53] in the table, [120, 110, 100] here)")
+        refused(table, f"{infer}.calibration.mode=entropy",
+                differs="(mode minmax in the table, entropy here)")
+
+        # The same table is used again once the recipe is back.
+        result, summary = run()
+        self.assertEqual(summary["metrics"][f"{infer}.calibration_seconds"], 0)
 
 
 class InferParallelTest(CliCase):

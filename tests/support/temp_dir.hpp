@@ -1,5 +1,9 @@
-// A fresh folder under the system temp folder for a test, removed with everything in it at scope
-// exit. Test code only.
+// A fresh folder under the system temp folder, removed with everything in it at scope exit: the
+// one scratch-folder helper of the tests and benchmarks (a function-local static one lives until
+// the process exits). Test and benchmark code only; not installed.
+//
+// Contract: the constructor creates the folder (mkdtemp, so concurrent processes never share
+// one) or throws std::runtime_error; the destructor never throws. One owner; not copyable.
 #pragma once
 
 #include <stdlib.h>
