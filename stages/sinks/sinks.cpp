@@ -48,6 +48,25 @@ bool write_all(int fd, iovec* parts, int count) {
   return true;
 }
 
+// Appends `text` to `fd` (opened O_APPEND) in one write where the system allows, resuming after
+// short writes; a write cut short (a full disk) is cut back off, so that the file never ends in
+// part of `text`. `size` is the file's length, kept up to date. On failure returns the errno.
+int append_whole(int fd, const std::string& text, std::uint64_t& size) {
+  std::size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int error = n < 0 ? errno : EIO;
+      if (done > 0 && ::ftruncate(fd, static_cast<off_t>(size)) != 0) return errno;
+      return error;
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  size += text.size();
+  return 0;
+}
+
 const char* npy_descr(DType dtype) {
   switch (dtype) {
     case DType::kUInt8:
@@ -227,10 +246,9 @@ void NpySink::consume(const BatchData& b) {
   append_index_line(files_);
 }
 
-// The renames reach the disk before the line that names them; then the line goes in one write,
-// and a write cut short (a full disk) is cut back off, so that the index never holds a partial
-// line. A batch whose line cannot be written loses its files too: a reader of the folder sees
-// the batches the index names and nothing else.
+// With `fsync: batch` the renames reach the disk before the line that names them. The line is
+// appended whole or not at all; a batch whose line cannot be written loses its files too, so that
+// a reader of the folder sees the batches the index names and nothing else.
 void NpySink::append_index_line(const std::vector<std::string>& files) {
   const std::string index = dir_ + "/batches.jsonl";
   auto drop_batch = [&](const std::string& path, const char* what, int error) {
@@ -247,20 +265,8 @@ void NpySink::append_index_line(const std::vector<std::string>& files) {
     }
     ::close(dir);
   }
-  std::size_t done = 0;
-  while (done < line_.size()) {
-    const ssize_t n = ::write(index_, line_.data() + done, line_.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int error = n < 0 ? errno : EIO;
-      if (done > 0 && ::ftruncate(index_, static_cast<off_t>(index_bytes_)) != 0) {
-        drop_batch(index, "write (nor remove the partial line)", error);
-      }
-      drop_batch(index, "write", error);
-    }
-    done += static_cast<std::size_t>(n);
-  }
-  index_bytes_ += line_.size();
+  if (const int error = append_whole(index_, line_, index_bytes_))
+    drop_batch(index, "write", error);
 }
 
 // Runs at the end of every run, also one that failed or was interrupted: what was written is then
@@ -313,7 +319,7 @@ PredictionsSink::PredictionsSink(StageContext context, Params params)
 }
 
 PredictionsSink::~PredictionsSink() {
-  if (out_ != nullptr) std::fclose(out_);
+  if (out_ >= 0) ::close(out_);
 }
 
 void PredictionsSink::link(const std::vector<Stage*>& upstream, Diagnostics& d) {
@@ -332,8 +338,9 @@ void PredictionsSink::open() {
   const auto parent = std::filesystem::path(path_).parent_path();
   std::error_code ec;
   if (!parent.empty()) std::filesystem::create_directories(parent, ec);
-  out_ = std::fopen(path_.c_str(), "w");
-  if (out_ == nullptr) throw std::runtime_error(io_error(path_, "create"));
+  out_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0666);
+  if (out_ < 0) throw std::runtime_error(io_error(path_, "create"));
+  out_bytes_ = 0;
 }
 
 void PredictionsSink::consume(const BatchData& b) {
@@ -345,6 +352,7 @@ void PredictionsSink::consume(const BatchData& b) {
   order_.resize(classes);
   scores_.resize(classes);
   const std::size_t real = b.rows - static_cast<std::size_t>(b.pad);
+  lines_.clear();
   for (std::size_t r = 0; r < real; ++r) {
     const float* logits = b.outputs.data() + r * classes;
     const double top = *std::max_element(logits, logits + classes);
@@ -367,16 +375,20 @@ void PredictionsSink::consume(const BatchData& b) {
       json.begin_array().value(order_[i]).value(scores_[c] / sum).end_array();
     }
     json.end_array().end_object();
-    line_ = json.str();
-    line_ += '\n';
-    if (std::fwrite(line_.data(), 1, line_.size(), out_) != line_.size()) {
-      throw std::runtime_error(io_error(path_, "write"));
-    }
+    lines_ += json.str();
+    lines_ += '\n';
+  }
+  // A batch's lines in one append: a killed run leaves no partial line.
+  if (const int error = append_whole(out_, lines_, out_bytes_)) {
+    throw std::runtime_error(io_error(path_, "write", error));
   }
 }
 
 void PredictionsSink::finish() {
-  if (out_ != nullptr && std::fflush(out_) != 0) throw std::runtime_error(io_error(path_, "write"));
+  if (out_ < 0) return;
+  const int fd = out_;
+  out_ = -1;
+  if (::close(fd) != 0) throw std::runtime_error(io_error(path_, "write"));
 }
 
 StageInfo DiscardSink::info() {

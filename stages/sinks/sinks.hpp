@@ -66,7 +66,8 @@ class NpySink final : public SinkStage {
 };
 
 // One JSON line per sample (pad rows excluded): id, path, label, and the top_k classes with their
-// softmax scores, from the logits a batch transform (infer) attached.
+// softmax scores, from the logits a batch transform (infer) attached. A batch's lines are appended
+// in one write, cut back if it is cut short: the file never ends in a partial line.
 class PredictionsSink final : public SinkStage {
  public:
   struct Params {
@@ -87,8 +88,9 @@ class PredictionsSink final : public SinkStage {
  private:
   Params params_;
   std::string path_;
-  std::FILE* out_ = nullptr;
-  std::string line_;
+  int out_ = -1;  // opened for appending
+  std::uint64_t out_bytes_ = 0;
+  std::string lines_;  // the batch's lines, appended in one write
   std::vector<int> order_;
   std::vector<double> scores_;
 };

@@ -523,6 +523,43 @@ TEST(NpySink, EveryFsyncModeWritesTheSameFiles) {
   EXPECT_NE(contents[0].find("batch_000001_label.npy"), std::string::npos);
 }
 
+TEST(PredictionsSink, ABatchsLinesAreAppendedWholeOrNotAtAll) {
+  TempDir dir;
+  StageContext context;
+  context.name = "predictions";
+  context.type = "predictions";
+  PredictionsSink::Params params;
+  params.path = dir.file("p.jsonl");
+  params.top_k = 2;
+  PredictionsSink sink(context, params);
+  sink.open();
+  BatchData b = uint8_batch();
+  b.output_width = 3;
+  b.outputs = {0.0F, 2.0F, 1.0F, 5.0F, 4.0F, 3.0F};
+  sink.consume(b);
+  const auto whole = fs::file_size(params.path);
+  std::string error;
+  {
+    FileSizeLimit limit(whole + 30);  // room for part of the next batch's first line only
+    try {
+      sink.consume(b);
+    } catch (const std::runtime_error& e) {
+      error = e.what();
+    }
+  }
+  sink.finish();
+  EXPECT_NE(error.find(params.path + ": cannot write: "), std::string::npos) << error;
+  EXPECT_EQ(fs::file_size(params.path), whole);
+  EXPECT_EQ(run_python(dir, R"(
+lines = open(d + '/p.jsonl').read().splitlines()
+assert len(lines) == 2, lines
+first, second = (json.loads(l) for l in lines)
+assert first['id'] == 7 and [c for c, _ in first['top_k']] == [1, 2], first
+assert second['id'] == 8 and [c for c, _ in second['top_k']] == [0, 1], second
+)"),
+            0);
+}
+
 TEST(DiscardSink, CountsBatches) {
   StageContext context;
   context.name = "discard";
