@@ -306,7 +306,7 @@ const char* file_kind(mode_t mode) {
   if (S_ISFIFO(mode)) return "a FIFO";
   if (S_ISSOCK(mode)) return "a socket";
   if (S_ISCHR(mode) || S_ISBLK(mode)) return "a device";
-  return "not a regular file";
+  return "of another kind";
 }
 
 }  // namespace
@@ -320,10 +320,14 @@ void FilesSource::load(Sample& sample) const {
     throw SampleError("cannot open file: " +
                       std::string(std::error_code(errno, std::generic_category()).message()));
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    const mode_t mode = st.st_mode;
+  if (::fstat(fd, &st) != 0) {
+    const std::string reason = std::error_code(errno, std::generic_category()).message();
     ::close(fd);
-    throw SampleError(std::string("not a regular file: ") + file_kind(mode));
+    throw SampleError("cannot read file: " + reason);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw SampleError(std::string("not a regular file: ") + file_kind(st.st_mode));
   }
   resize_reusing(sample.bytes, static_cast<std::size_t>(st.st_size));
   std::size_t done = 0;
