@@ -188,6 +188,7 @@ std::string trace_override(const std::string& path, const ProcessGroup& group) {
 }
 
 int cmd_run(const Args& a) {
+  ProgressReporter::catch_stop_signals();
   const ProcessGroup& group = process_group();
   const bool leader = group.rank == 0;
   std::vector<std::string> overrides = a.overrides;

@@ -28,13 +28,17 @@ void on_stop_signal(int signal) {
 
 int ProgressReporter::stop_signal() { return g_signal.load(); }
 
-ProgressReporter::ProgressReporter(Pipeline& pipeline, bool quiet)
-    : pipeline_(pipeline), quiet_(quiet), tty_(isatty(STDERR_FILENO) == 1) {
+void ProgressReporter::catch_stop_signals() {
   struct sigaction action {};
   action.sa_handler = on_stop_signal;
   sigemptyset(&action.sa_mask);
   sigaction(SIGINT, &action, nullptr);
   sigaction(SIGTERM, &action, nullptr);
+}
+
+ProgressReporter::ProgressReporter(Pipeline& pipeline, bool quiet)
+    : pipeline_(pipeline), quiet_(quiet), tty_(isatty(STDERR_FILENO) == 1) {
+  catch_stop_signals();
   thread_ = std::thread([this] { loop(); });
 }
 

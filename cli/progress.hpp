@@ -26,6 +26,9 @@ class ProgressReporter {
 
   // The signal that stopped the run (SIGINT or SIGTERM), 0 when none did.
   static int stop_signal();
+  // Catches the stop signals from now on (a reporter does it too): one that comes while the
+  // pipeline is still being built stops the run as soon as it starts, with its summary.
+  static void catch_stop_signals();
 
  private:
   void loop();
