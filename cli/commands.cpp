@@ -25,7 +25,9 @@ namespace {
 constexpr int kOk = 0;
 constexpr int kRunFailed = 1;
 constexpr int kConfigError = 2;
-constexpr int kInterrupted = 130;
+// A run stopped by a signal exits as shells report a command killed by it: 128 + the signal's
+// number (130 for SIGINT, 143 for SIGTERM), after its summary.
+constexpr int kSignalled = 128;
 
 const char* const kUsage = R"(usage: millrace <command> [options]
 
@@ -52,7 +54,8 @@ commands:
 NAME is `pipeline`, a stage name (a stage's name defaults to its type) or stages.INDEX; a key may
 be a path: --set stages.infer.winograd=false, --set infer.calibration.mode=mse,
 --set normalize.mean.0=124 (a list element by index, or by name when the elements are named).
-exit codes: 0 success, 1 run failed, 2 config or usage error, 130 interrupted
+exit codes: 0 success, 1 run failed, 2 config or usage error, 130 interrupted (SIGINT),
+  143 terminated (SIGTERM)
 )";
 
 struct Args {
@@ -142,12 +145,28 @@ Args parse_args(int argc, char** argv, int first) {
   return a;
 }
 
+// Through a temporary file renamed into place: a summary is whole or absent, never cut off by a
+// full disk or a second signal.
 void write_file(const std::string& path, const std::string& text) {
   const auto parent = std::filesystem::path(path).parent_path();
   if (!parent.empty()) std::filesystem::create_directories(parent);
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-  if (!out) throw std::runtime_error(path + ": cannot write");
+  const std::string temp = path + ".tmp";
+  std::error_code ec;
+  {
+    std::ofstream out(temp, std::ios::binary);
+    out << text;
+    out.close();
+    if (!out) {
+      std::filesystem::remove(temp, ec);
+      throw std::runtime_error(path + ": cannot write");
+    }
+  }
+  std::filesystem::rename(temp, path, ec);
+  if (ec) {
+    const std::string reason = ec.message();
+    std::filesystem::remove(temp, ec);
+    throw std::runtime_error(path + ": cannot write: " + reason);
+  }
 }
 
 const std::string& config_arg(const Args& a, const char* command) {
@@ -171,6 +190,7 @@ std::string trace_override(const std::string& path, const ProcessGroup& group) {
 }
 
 int cmd_run(const Args& a) {
+  ProgressReporter::catch_stop_signals();
   const ProcessGroup& group = process_group();
   const bool leader = group.rank == 0;
   std::vector<std::string> overrides = a.overrides;
@@ -212,7 +232,8 @@ int cmd_run(const Args& a) {
               << ": " << failure << "\n";
     return kRunFailed;
   }
-  return ProgressReporter::interrupted() ? kInterrupted : kOk;
+  const int signal = ProgressReporter::stop_signal();
+  return signal != 0 ? kSignalled + signal : kOk;
 }
 
 int cmd_validate(const Args& a) {

@@ -10,20 +10,35 @@ namespace millrace::cli {
 
 namespace {
 
-std::atomic<bool> g_interrupted{false};
+// The first stop signal received (0: none).
+std::atomic<int> g_signal{0};
+static_assert(std::atomic<int>::is_always_lock_free, "used in a signal handler");
 
-void on_sigint(int) { g_interrupted.store(true); }
+// The first signal asks for a clean stop. A second one means the user will not wait for it: the
+// process ends at once, by that signal, as if it had no handler (files already in place stay
+// whole; a batch being written is left as a hidden temporary file, which the next run removes).
+void on_stop_signal(int signal) {
+  int none = 0;
+  if (g_signal.compare_exchange_strong(none, signal)) return;
+  std::signal(signal, SIG_DFL);
+  std::raise(signal);
+}
 
 }  // namespace
 
-bool ProgressReporter::interrupted() { return g_interrupted.load(); }
+int ProgressReporter::stop_signal() { return g_signal.load(); }
+
+void ProgressReporter::catch_stop_signals() {
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+}
 
 ProgressReporter::ProgressReporter(Pipeline& pipeline, bool quiet)
     : pipeline_(pipeline), quiet_(quiet), tty_(isatty(STDERR_FILENO) == 1) {
-  struct sigaction action {};
-  action.sa_handler = on_sigint;
-  sigemptyset(&action.sa_mask);
-  sigaction(SIGINT, &action, nullptr);
+  catch_stop_signals();
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -36,6 +51,7 @@ ProgressReporter::~ProgressReporter() {
   thread_.join();
   if (!quiet_ && tty_) draw(true);
   signal(SIGINT, SIG_DFL);
+  signal(SIGTERM, SIG_DFL);
 }
 
 void ProgressReporter::loop() {
@@ -45,7 +61,7 @@ void ProgressReporter::loop() {
   while (!stop_) {
     wake_.wait_for(lock, 100ms);
     if (stop_) break;
-    if (g_interrupted.load()) pipeline_.cancel();
+    if (g_signal.load() != 0) pipeline_.cancel();
     if (quiet_) continue;
     const auto now = std::chrono::steady_clock::now();
     if (tty_) {

@@ -2,8 +2,10 @@
 //
 // Contract: a ProgressReporter owns one background thread that wakes every 100 ms; it redraws a
 // status line when stderr is a terminal and prints a plain line every few seconds otherwise. It
-// also turns SIGINT into Pipeline::cancel(), so a run stops within a second. Destroy it before
-// printing the summary.
+// also turns SIGINT (Ctrl-C) and SIGTERM (what `kill`, timeout and job schedulers send) into
+// Pipeline::cancel(), so a run stops within a second: the batch in the sink is finished, none after
+// it starts, and the sinks close what they wrote. A second signal ends the process at once.
+// Destroy it before printing the summary.
 #pragma once
 
 #include <atomic>
@@ -22,7 +24,11 @@ class ProgressReporter {
   ProgressReporter(const ProgressReporter&) = delete;
   ProgressReporter& operator=(const ProgressReporter&) = delete;
 
-  static bool interrupted();
+  // The signal that stopped the run (SIGINT or SIGTERM), 0 when none did.
+  static int stop_signal();
+  // Catches the stop signals from now on (a reporter does it too): one that comes while the
+  // pipeline is still being built stops the run as soon as it starts, with its summary.
+  static void catch_stop_signals();
 
  private:
   void loop();

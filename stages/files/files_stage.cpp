@@ -301,15 +301,35 @@ SourceStatus FilesSource::next(Sample& sample) {
   return SourceStatus::kSample;
 }
 
+namespace {
+
+const char* file_kind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a folder";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode) || S_ISBLK(mode)) return "a device";
+  return "of another kind";
+}
+
+}  // namespace
+
 void FilesSource::load(Sample& sample) const {
-  const int fd = ::open(sample.path.c_str(), O_RDONLY | O_CLOEXEC);
+  // The list was made before the run; by now a path may name something else. O_NONBLOCK keeps
+  // the open of a FIFO (which would wait for a writer forever) from holding a worker; it changes
+  // nothing for a regular file.
+  const int fd = ::open(sample.path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0)
     throw SampleError("cannot open file: " +
                       std::string(std::error_code(errno, std::generic_category()).message()));
   struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+  if (::fstat(fd, &st) != 0) {
+    const std::string reason = std::error_code(errno, std::generic_category()).message();
     ::close(fd);
-    throw SampleError("not a regular file");
+    throw SampleError("cannot read file: " + reason);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw SampleError(std::string("not a regular file: ") + file_kind(st.st_mode));
   }
   resize_reusing(sample.bytes, static_cast<std::size_t>(st.st_size));
   std::size_t done = 0;

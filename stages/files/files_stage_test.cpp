@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -488,6 +489,33 @@ TEST(FilesSource, LoadOfAFolderIsASampleError) {
   Sample sample;
   ASSERT_EQ(source->next(sample), SourceStatus::kSample);
   EXPECT_THROW(source->load(sample), SampleError);
+}
+
+// The list is made once, before the run; what its paths name may change while it runs. Each
+// change is the sample's own error (the run goes on, on_error decides), and none holds a worker:
+// a FIFO in a file's place would block a plain open() until something writes to it.
+TEST(FilesSource, FilesChangedAfterTheListWasMadeAreSampleErrors) {
+  TempDir dir;
+  for (const char* name : {"a.jpg", "b.jpg", "c.jpg", "d.jpg"}) dir.write(name, "bytes");
+  auto source = make_source("type: files\nroot: " + dir.str() + "\n");
+  ASSERT_NE(source, nullptr);
+  source->prepare();
+  fs::remove(dir.path() / "a.jpg");
+  fs::remove(dir.path() / "b.jpg");
+  fs::create_directory(dir.path() / "b.jpg");
+  fs::remove(dir.path() / "c.jpg");
+  ASSERT_EQ(::mkfifo(dir.file("c.jpg").c_str(), 0600), 0);
+  const std::vector<std::string> expected{"cannot open file: No such file or directory",
+                                          "not a regular file: a folder",
+                                          "not a regular file: a FIFO", ""};
+  Sample sample;
+  for (const auto& want : expected) {
+    sample.reset();
+    ASSERT_EQ(source->next(sample), SourceStatus::kSample);
+    SCOPED_TRACE(sample.path);
+    EXPECT_EQ(error_of([&] { source->load(sample); }), want);
+  }
+  EXPECT_EQ(std::string(sample.bytes.begin(), sample.bytes.end()), "bytes");
 }
 
 TEST(FilesSource, ConfigChecksReportLocatedErrors) {

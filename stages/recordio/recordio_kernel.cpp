@@ -329,16 +329,21 @@ bool RecordReader::fill(std::uint64_t pos, std::size_t need) {
   if (buffer_.size() < need) buffer_.resize(need);
   buffer_pos_ = pos;
   buffer_len_ = keep;
-  const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(buffer_.size(), size_ - pos));
-  while (buffer_len_ < want) {
+  for (;;) {
+    const auto want =
+        static_cast<std::size_t>(std::min<std::uint64_t>(buffer_.size(), size_ - pos));
+    if (buffer_len_ >= want) return true;
     const ssize_t n = ::pread(fd_, buffer_.data() + buffer_len_, want - buffer_len_,
                               static_cast<off_t>(pos + buffer_len_));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw std::runtime_error(path_ + ": cannot read: " + errno_text());
-    if (n == 0) throw std::runtime_error(path_ + ": the file shrank while it was read");
+    if (n == 0) {
+      shrank_to(pos + buffer_len_);
+      if (pos + need > size_) return false;
+      continue;
+    }
     buffer_len_ += static_cast<std::size_t>(n);
   }
-  return true;
 }
 
 std::uint32_t RecordReader::word(std::uint64_t pos) const {
@@ -373,7 +378,7 @@ void RecordReader::copy_out(std::uint64_t pos, std::size_t length, std::uint8_t*
   const std::uint64_t rest_pos = pos + done;
   const std::size_t rest = length - done;
   if (rest < buffer_.size() / 2) {
-    fill(rest_pos, rest);
+    if (!fill(rest_pos, rest)) throw Shrunk{};
     std::memcpy(dest + done, buffer_.data() + (rest_pos - buffer_pos_), rest);
     return;
   }
@@ -384,7 +389,10 @@ void RecordReader::copy_out(std::uint64_t pos, std::size_t length, std::uint8_t*
         ::pread(fd_, dest + done + got, rest - got, static_cast<off_t>(rest_pos + got));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw std::runtime_error(path_ + ": cannot read: " + errno_text());
-    if (n == 0) throw std::runtime_error(path_ + ": the file shrank while it was read");
+    if (n == 0) {
+      shrank_to(rest_pos + got);
+      throw Shrunk{};
+    }
     got += static_cast<std::size_t>(n);
   }
   buffer_len_ = 0;
@@ -396,7 +404,39 @@ ReadResult RecordReader::corrupt(std::uint64_t offset, std::uint64_t resume_from
   return {ReadStatus::kCorrupt, offset, std::move(message)};
 }
 
+// A read found the end of the file at `end`, before the size it had when it was opened.
+void RecordReader::shrank_to(std::uint64_t end) {
+  if (opened_size_ == 0) opened_size_ = size_;
+  size_ = std::min(size_, end);
+}
+
+// A file cut short while it is read (a copy still in progress, a disk that filled, a careless
+// rewrite) ends where it now ends. The damage is reported once, with both sizes: on the record
+// the cut falls in, or, when it falls between records, as the data missing after the last one;
+// nothing after the cut is read, since nothing after it is there.
 ReadResult RecordReader::next(std::vector<std::uint8_t>& payload) {
+  ReadResult result;
+  try {
+    result = read_next(payload);
+  } catch (const Shrunk&) {
+    result = {ReadStatus::kCorrupt, pos_, "record at " + at_offset(pos_) + " is cut off"};
+    pos_ = size_;
+    buffer_len_ = 0;
+  }
+  if (opened_size_ == 0 || shrink_reported_) return result;
+  if (result.status == ReadStatus::kRecord) return result;
+  shrink_reported_ = true;
+  const std::string shrank = "the file shrank from " + std::to_string(opened_size_) + " to " +
+                             std::to_string(size_) + " bytes while it was read";
+  if (result.status == ReadStatus::kEnd) {
+    return {ReadStatus::kCorrupt, size_,
+            shrank + ": the records after " + at_offset(size_) + " are gone"};
+  }
+  result.error += " (" + shrank + ")";
+  return result;
+}
+
+ReadResult RecordReader::read_next(std::vector<std::uint8_t>& payload) {
   if (!started_) {
     started_ = true;
     pos_ = begin_ == 0 ? 0 : find_head(begin_);

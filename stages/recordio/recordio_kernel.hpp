@@ -139,14 +139,18 @@ class RecordReader {
 
   // The next record's reassembled payload goes to `payload` (its previous content is replaced).
   // On kCorrupt `payload` is unspecified and the reader has moved on to the next record head;
-  // kEnd is returned from then on once the range is done. Throws std::runtime_error only for an
-  // I/O error.
+  // kEnd is returned from then on once the range is done. A file that shrinks while it is read
+  // is one kCorrupt (the record at its new end, with both sizes), then kEnd. Throws
+  // std::runtime_error only for an I/O error.
   ReadResult next(std::vector<std::uint8_t>& payload);
 
   const std::string& path() const { return path_; }
   std::uint64_t file_size() const { return size_; }
 
  private:
+  struct Shrunk {};  // thrown by a read that finds the file shorter than when it was opened
+  ReadResult read_next(std::vector<std::uint8_t>& payload);
+  void shrank_to(std::uint64_t end);
   bool fill(std::uint64_t pos, std::size_t need);
   std::uint32_t word(std::uint64_t pos) const;
   bool head_at(std::uint64_t pos);
@@ -156,7 +160,9 @@ class RecordReader {
 
   std::string path_;
   int fd_ = -1;
-  std::uint64_t size_ = 0;
+  std::uint64_t size_ = 0;         // the file's size: when opened, or where a read found its end
+  std::uint64_t opened_size_ = 0;  // the size when opened, once the file was found to shrink
+  bool shrink_reported_ = false;
   std::uint64_t begin_ = 0;
   std::uint64_t end_ = kToEnd;
   std::uint64_t pos_ = 0;

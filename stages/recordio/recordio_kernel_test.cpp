@@ -411,6 +411,47 @@ TEST(Corruption, TruncatedFinalRecord) {
   EXPECT_EQ(t[2].offset, split.file.size());
 }
 
+TEST(Corruption, AFileThatShrinksWhileItIsReadEndsWithOneError) {
+  TempDir dir;
+  const Built b = build(five_records());
+  const std::string path = dir.file("c.rec");
+  // Inside record 3, and exactly at its head (no record is cut: the loss is reported all the same).
+  for (const std::uint64_t cut : {b.offsets[3] + 10, b.offsets[3]}) {
+    // Small chunks, so that the reader has not buffered the later records before the cut.
+    for (const std::size_t chunk : {std::size_t{64}, std::size_t{16}}) {
+      SCOPED_TRACE("cut at " + std::to_string(cut) + ", chunk " + std::to_string(chunk));
+      write_bytes(path, b.file);
+      RecordReader reader(path, 0, kToEnd, chunk);
+      Bytes payload;
+      ReadResult first = reader.next(payload);
+      ASSERT_EQ(first.status, ReadStatus::kRecord) << first.error;
+      EXPECT_EQ(payload, b.payloads[0]);
+      std::filesystem::resize_file(path, cut);
+      std::vector<Item> items;
+      for (int guard = 0; guard < 100; ++guard) {
+        ReadResult r = reader.next(payload);
+        if (r.status == ReadStatus::kEnd) break;
+        Item item;
+        item.ok = r.status == ReadStatus::kRecord;
+        item.offset = r.offset;
+        if (item.ok) item.payload = payload;
+        item.error = r.error;
+        items.push_back(std::move(item));
+      }
+      EXPECT_EQ(reader.next(payload).status, ReadStatus::kEnd);
+      // Records 1 and 2 end before the cut; then one error; nothing after it is read.
+      ASSERT_EQ(items.size(), 3U);
+      expect_records(items, 0, b, 1, 3);
+      EXPECT_FALSE(items[2].ok);
+      EXPECT_EQ(items[2].offset, b.offsets[3]);
+      EXPECT_NE(items[2].error.find("shrank from " + std::to_string(b.file.size()) + " to " +
+                                    std::to_string(cut) + " bytes"),
+                std::string::npos)
+          << items[2].error;
+    }
+  }
+}
+
 TEST(Corruption, GarbageBetweenRecords) {
   TempDir dir;
   const Built b = build(five_records());

@@ -627,6 +627,80 @@ TEST(RecordIoSource, DamagedRecordsAreSampleErrorsWithOffsets) {
   }
 }
 
+// A .rec cut short during a run (a copy still in progress, a disk that filled): every record
+// past the cut becomes a per-sample error (on_error applies) instead of stopping the run; with an
+// index each one names its own offset, without one the record at the cut is reported with both
+// sizes and reading stops there.
+TEST(RecordIoSource, AFileCutShortMidRunGivesSampleErrors) {
+  TempDir dir;
+  // 48 records of 200 kB: more than two of the sequential reader's 4 MB chunks.
+  constexpr int kRecords = 48;
+  const std::string rec = dir.file("i/big.rec");
+  fs::create_directories(dir.path() / "i");
+  std::vector<std::uint64_t> offsets;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> index;
+  {
+    recordio::RecordWriter writer(rec);
+    Bytes payload;
+    for (int i = 0; i < kRecords; ++i) {
+      const float label = static_cast<float>(i);
+      recordio::build_image_payload(static_cast<std::uint64_t>(i), {&label, 1},
+                                    pattern_bytes(200000, static_cast<std::uint32_t>(i)), payload);
+      offsets.push_back(writer.write(payload));
+      index.emplace_back(i, offsets.back());
+    }
+    writer.close();
+  }
+  recordio::write_index(recordio::index_path_for(rec), index);
+  const Bytes whole = read_bytes(rec);
+  fs::create_directories(dir.path() / "p");
+  const std::string plain = dir.file("p/big.rec");
+  constexpr int kCutIn = 30;  // the cut falls inside this record, past the first chunk
+  const std::uint64_t cut = offsets[kCutIn] + 1000;
+  for (const bool indexed : {true, false}) {
+    SCOPED_TRACE(indexed ? "with an index" : "without an index");
+    const std::string path = indexed ? rec : plain;
+    write_bytes(path, whole);
+    auto source = make_source("type: recordio\npath: " + path + "\n");
+    ASSERT_NE(source, nullptr);
+    Sample sample;
+    std::vector<Loaded> loaded;
+    for (int guard = 0; guard < 1000; ++guard) {
+      sample.reset();
+      const SourceStatus status = source->next(sample);
+      if (status != SourceStatus::kSample) break;
+      if (loaded.size() == 3) fs::resize_file(path, cut);
+      Loaded l;
+      try {
+        source->load(sample);
+      } catch (const SampleError& e) {
+        l.error = e.what();
+      }
+      l.id = sample.id;
+      l.path = sample.path;
+      loaded.push_back(std::move(l));
+    }
+    ASSERT_EQ(loaded.size(), indexed ? static_cast<std::size_t>(kRecords) : kCutIn + 1U);
+    for (std::size_t i = 0; i < loaded.size(); ++i) {
+      SCOPED_TRACE(loaded[i].path);
+      EXPECT_EQ(offset_in(loaded[i].path), offsets[i]);
+      if (i < kCutIn) {
+        EXPECT_EQ(loaded[i].error, "");
+        EXPECT_EQ(loaded[i].id, i);
+      } else if (indexed) {
+        EXPECT_NE(loaded[i].error.find("offset " + std::to_string(offsets[i]) + ": cannot read"),
+                  std::string::npos)
+            << loaded[i].error;
+      } else {
+        EXPECT_NE(loaded[i].error.find("shrank from " + std::to_string(whole.size()) + " to " +
+                                       std::to_string(cut) + " bytes"),
+                  std::string::npos)
+            << loaded[i].error;
+      }
+    }
+  }
+}
+
 // ---- config checks -----------------------------------------------------------------------------
 
 TEST(RecordIoSource, ConfigChecksReportLocatedErrors) {

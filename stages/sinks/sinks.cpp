@@ -1,5 +1,9 @@
 #include "stages/sinks/sinks.hpp"
 
+#include <fcntl.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -14,9 +18,53 @@ namespace millrace {
 
 namespace {
 
-std::string io_error(const std::string& path, const char* what) {
+std::string io_error(const std::string& path, const char* what, int error = errno) {
   return path + ": cannot " + what + ": " +
-         std::error_code(errno, std::generic_category()).message();
+         std::error_code(error, std::generic_category()).message();
+}
+
+// Writes every byte of `parts`, resuming after short writes and signals. False with errno set on
+// failure (a full disk reports ENOSPC here, or only at close() on some file systems).
+bool write_all(int fd, iovec* parts, int count) {
+  while (count > 0) {
+    const ssize_t n = ::writev(fd, parts, count);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return false;
+    if (n == 0) {
+      errno = EIO;
+      return false;
+    }
+    auto done = static_cast<std::size_t>(n);
+    while (count > 0 && done >= parts->iov_len) {
+      done -= parts->iov_len;
+      ++parts;
+      --count;
+    }
+    if (count > 0) {
+      parts->iov_base = static_cast<char*>(parts->iov_base) + done;
+      parts->iov_len -= done;
+    }
+  }
+  return true;
+}
+
+// Appends `text` to `fd` (opened O_APPEND) in one write where the system allows, resuming after
+// short writes; a write cut short (a full disk) is cut back off, so that the file never ends in
+// part of `text`. `size` is the file's length, kept up to date. On failure returns the errno.
+int append_whole(int fd, const std::string& text, std::uint64_t& size) {
+  std::size_t done = 0;
+  while (done < text.size()) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int error = n < 0 ? errno : EIO;
+      if (done > 0 && ::ftruncate(fd, static_cast<off_t>(size)) != 0) return errno;
+      return error;
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  size += text.size();
+  return 0;
 }
 
 const char* npy_descr(DType dtype) {
@@ -34,7 +82,7 @@ const char* npy_descr(DType dtype) {
 }  // namespace
 
 void write_npy(const std::string& path, DType dtype, const std::int64_t* shape, int rank,
-               const void* data, std::size_t bytes) {
+               const void* data, std::size_t bytes, bool sync) {
   std::string header = "{'descr': '";
   header += npy_descr(dtype);
   header += "', 'fortran_order': False, 'shape': (";
@@ -46,23 +94,44 @@ void write_npy(const std::string& path, DType dtype, const std::int64_t* shape, 
   const std::size_t unpadded = 10 + header.size() + 1;
   header.append((64 - unpadded % 64) % 64, ' ');
   header += '\n';
-  std::FILE* f = std::fopen(path.c_str(), "wb");
-  if (f == nullptr) throw std::runtime_error(io_error(path, "create"));
-  const unsigned char preamble[10] = {0x93,
-                                      'N',
-                                      'U',
-                                      'M',
-                                      'P',
-                                      'Y',
-                                      1,
-                                      0,
-                                      static_cast<unsigned char>(header.size() & 0xFF),
-                                      static_cast<unsigned char>(header.size() >> 8)};
-  bool ok = std::fwrite(preamble, 1, sizeof preamble, f) == sizeof preamble &&
-            std::fwrite(header.data(), 1, header.size(), f) == header.size() &&
-            (bytes == 0 || std::fwrite(data, 1, bytes, f) == bytes);
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok) throw std::runtime_error(io_error(path, "write"));
+  unsigned char preamble[10] = {0x93,
+                                'N',
+                                'U',
+                                'M',
+                                'P',
+                                'Y',
+                                1,
+                                0,
+                                static_cast<unsigned char>(header.size() & 0xFF),
+                                static_cast<unsigned char>(header.size() >> 8)};
+  iovec parts[3] = {{preamble, sizeof preamble},
+                    {header.data(), header.size()},
+                    {const_cast<void*>(data), bytes}};  // NOLINT: writev only reads it
+
+  const std::string temp = npy_temp_path(path);
+  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  if (fd < 0) throw std::runtime_error(io_error(path, "create"));
+  bool ok = write_all(fd, parts, bytes == 0 ? 2 : 3) && (!sync || ::fdatasync(fd) == 0);
+  int error = errno;
+  if (::close(fd) != 0 && ok) {
+    ok = false;
+    error = errno;
+  }
+  if (ok && ::rename(temp.c_str(), path.c_str()) != 0) {
+    error = errno;
+    ::unlink(temp.c_str());
+    throw std::runtime_error(io_error(path, "rename its temporary file into place", error));
+  }
+  if (!ok) {
+    ::unlink(temp.c_str());
+    throw std::runtime_error(io_error(path, "write", error));
+  }
+}
+
+std::string npy_temp_path(const std::string& path) {
+  const std::size_t slash = path.rfind('/');
+  const std::size_t name = slash == std::string::npos ? 0 : slash + 1;
+  return path.substr(0, name) + "." + path.substr(name) + ".tmp";
 }
 
 StageInfo NpySink::info() {
@@ -82,6 +151,12 @@ const Schema<NpySink::Params>& NpySink::schema() {
              "output folder (created if missing): batch_<k:06d>_data.npy, batch_<k:06d>_label.npy, "
              "batches.jsonl; under MPI each rank writes in rank<k>/ inside it")
         .required();
+    s.choice("fsync", &Params::fsync,
+             "when the files reach the disk: end (the file system is flushed when the run stops), "
+             "batch (each batch's files and the folder before its batches.jsonl line: no line "
+             "names a lost file even after a power loss, at a cost in throughput) or none (left to "
+             "the system); a killed run never leaves a partial file in any mode",
+             {{"end", Sync::kEnd}, {"batch", Sync::kBatch}, {"none", Sync::kNone}});
     return s;
   }();
   return schema;
@@ -94,7 +169,7 @@ NpySink::NpySink(StageContext context, Params params)
 }
 
 NpySink::~NpySink() {
-  if (index_ != nullptr) std::fclose(index_);
+  if (index_ >= 0) ::close(index_);
 }
 
 void NpySink::open() {
@@ -104,25 +179,47 @@ void NpySink::open() {
     throw std::runtime_error("stage '" + name() + "': cannot create folder '" + dir_ +
                              "': " + ec.message());
   }
+  // A run killed while writing leaves its temporary file; it is ours (a hidden .batch_*.tmp),
+  // never a result, and would otherwise stay forever.
+  for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
+    const std::string file = entry.path().filename().string();
+    if (file.rfind(".batch_", 0) == 0 && file.size() > 4 &&
+        file.compare(file.size() - 4, 4, ".tmp") == 0) {
+      std::filesystem::remove(entry.path(), ec);
+    }
+  }
   const std::string index = dir_ + "/batches.jsonl";
-  index_ = std::fopen(index.c_str(), "w");
-  if (index_ == nullptr) throw std::runtime_error(io_error(index, "create"));
+  index_ = ::open(index.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0666);
+  if (index_ < 0) throw std::runtime_error(io_error(index, "create"));
+  index_bytes_ = 0;
 }
 
 void NpySink::consume(const BatchData& b) {
   char stem[32];
   std::snprintf(stem, sizeof stem, "/batch_%06llu", static_cast<unsigned long long>(b.index));
   const std::string base = dir_ + stem;
-  write_npy(base + "_data.npy", b.data.dtype, b.data.shape.data(), b.data.rank,
-            b.data.storage.data(), b.data.bytes());
+  files_.clear();
+  // The files written so far are removed if a later one fails: a batch is whole or absent.
+  auto write = [&](const std::string& path, DType dtype, const std::int64_t* shape, int rank,
+                   const void* data, std::size_t bytes) {
+    try {
+      write_npy(path, dtype, shape, rank, data, bytes, params_.fsync == Sync::kBatch);
+    } catch (...) {
+      for (const auto& f : files_) ::unlink(f.c_str());
+      throw;
+    }
+    files_.push_back(path);
+  };
+  write(base + "_data.npy", b.data.dtype, b.data.shape.data(), b.data.rank, b.data.storage.data(),
+        b.data.bytes());
   if (b.output_width > 0) {
     const std::int64_t output_shape[2] = {static_cast<std::int64_t>(b.rows), b.output_width};
-    write_npy(base + "_logits.npy", DType::kFloat32, output_shape, 2, b.outputs.data(),
-              b.outputs.size() * sizeof(float));
+    write(base + "_logits.npy", DType::kFloat32, output_shape, 2, b.outputs.data(),
+          b.outputs.size() * sizeof(float));
   }
   const std::int64_t label_shape[2] = {static_cast<std::int64_t>(b.rows), b.label_width};
-  write_npy(base + "_label.npy", DType::kFloat32, label_shape, b.label_width == 1 ? 1 : 2,
-            b.labels.data(), b.rows * static_cast<std::size_t>(b.label_width) * sizeof(float));
+  write(base + "_label.npy", DType::kFloat32, label_shape, b.label_width == 1 ? 1 : 2,
+        b.labels.data(), b.rows * static_cast<std::size_t>(b.label_width) * sizeof(float));
 
   JsonWriter json;
   json.begin_object().key("index").value(b.index).key("epoch").value(
@@ -146,15 +243,45 @@ void NpySink::consume(const BatchData& b) {
   json.end_object();
   line_ = json.str();
   line_ += '\n';
-  if (std::fwrite(line_.data(), 1, line_.size(), index_) != line_.size()) {
-    throw std::runtime_error(io_error(dir_ + "/batches.jsonl", "write"));
-  }
+  append_index_line(files_);
 }
 
-void NpySink::finish() {
-  if (index_ != nullptr && std::fflush(index_) != 0) {
-    throw std::runtime_error(io_error(dir_ + "/batches.jsonl", "write"));
+// With `fsync: batch` the renames reach the disk before the line that names them. The line is
+// appended whole or not at all; a batch whose line cannot be written loses its files too, so that
+// a reader of the folder sees the batches the index names and nothing else.
+void NpySink::append_index_line(const std::vector<std::string>& files) {
+  const std::string index = dir_ + "/batches.jsonl";
+  auto drop_batch = [&](const std::string& path, const char* what, int error) {
+    for (const auto& f : files) ::unlink(f.c_str());
+    throw std::runtime_error(io_error(path, what, error));
+  };
+  if (params_.fsync == Sync::kBatch) {
+    const int dir = ::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0) drop_batch(dir_, "open the folder to flush it", errno);
+    if (::fsync(dir) != 0) {
+      const int error = errno;
+      ::close(dir);
+      drop_batch(dir_, "flush the folder to the disk", error);
+    }
+    ::close(dir);
   }
+  if (const int error = append_whole(index_, line_, index_bytes_))
+    drop_batch(index, "write", error);
+}
+
+// Runs at the end of every run, also one that failed or was interrupted: what was written is then
+// on the disk.
+void NpySink::finish() {
+  if (index_ < 0) return;
+  const int fd = index_;
+  index_ = -1;
+  const bool synced = params_.fsync == Sync::kNone || ::syncfs(fd) == 0;
+  const int error = errno;
+  if (!synced) {
+    ::close(fd);
+    throw std::runtime_error(io_error(dir_, "flush the written files to the disk", error));
+  }
+  if (::close(fd) != 0) throw std::runtime_error(io_error(dir_ + "/batches.jsonl", "write"));
 }
 
 StageInfo PredictionsSink::info() {
@@ -192,7 +319,7 @@ PredictionsSink::PredictionsSink(StageContext context, Params params)
 }
 
 PredictionsSink::~PredictionsSink() {
-  if (out_ != nullptr) std::fclose(out_);
+  if (out_ >= 0) ::close(out_);
 }
 
 void PredictionsSink::link(const std::vector<Stage*>& upstream, Diagnostics& d) {
@@ -211,8 +338,9 @@ void PredictionsSink::open() {
   const auto parent = std::filesystem::path(path_).parent_path();
   std::error_code ec;
   if (!parent.empty()) std::filesystem::create_directories(parent, ec);
-  out_ = std::fopen(path_.c_str(), "w");
-  if (out_ == nullptr) throw std::runtime_error(io_error(path_, "create"));
+  out_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0666);
+  if (out_ < 0) throw std::runtime_error(io_error(path_, "create"));
+  out_bytes_ = 0;
 }
 
 void PredictionsSink::consume(const BatchData& b) {
@@ -224,6 +352,7 @@ void PredictionsSink::consume(const BatchData& b) {
   order_.resize(classes);
   scores_.resize(classes);
   const std::size_t real = b.rows - static_cast<std::size_t>(b.pad);
+  lines_.clear();
   for (std::size_t r = 0; r < real; ++r) {
     const float* logits = b.outputs.data() + r * classes;
     const double top = *std::max_element(logits, logits + classes);
@@ -246,16 +375,20 @@ void PredictionsSink::consume(const BatchData& b) {
       json.begin_array().value(order_[i]).value(scores_[c] / sum).end_array();
     }
     json.end_array().end_object();
-    line_ = json.str();
-    line_ += '\n';
-    if (std::fwrite(line_.data(), 1, line_.size(), out_) != line_.size()) {
-      throw std::runtime_error(io_error(path_, "write"));
-    }
+    lines_ += json.str();
+    lines_ += '\n';
+  }
+  // A batch's lines in one append: a killed run leaves no partial line.
+  if (const int error = append_whole(out_, lines_, out_bytes_)) {
+    throw std::runtime_error(io_error(path_, "write", error));
   }
 }
 
 void PredictionsSink::finish() {
-  if (out_ != nullptr && std::fflush(out_) != 0) throw std::runtime_error(io_error(path_, "write"));
+  if (out_ < 0) return;
+  const int fd = out_;
+  out_ = -1;
+  if (::close(fd) != 0) throw std::runtime_error(io_error(path_, "write"));
 }
 
 StageInfo DiscardSink::info() {

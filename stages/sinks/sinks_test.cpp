@@ -4,9 +4,11 @@
 
 #include <gtest/gtest.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -337,6 +339,225 @@ TEST(NpySink, ThroughTheRegistry) {
     EXPECT_EQ(d.all()[0].to_string(),
               "s.yaml:1:1: error: stage 'npy' (npy): missing required key 'dir'");
   }
+}
+
+// The files of an npy folder, sorted by name.
+std::vector<std::string> listing(const fs::path& dir) {
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// Files larger than `bytes` cannot be written while it lives: a write past the limit fails with
+// EFBIG, as one past the end of a full disk fails with ENOSPC, and works for root, whom permission
+// bits do not stop. SIGXFSZ (whose default action kills the process) is ignored meanwhile.
+class FileSizeLimit {
+ public:
+  explicit FileSizeLimit(rlim_t bytes) {
+    getrlimit(RLIMIT_FSIZE, &saved_);
+    handler_ = std::signal(SIGXFSZ, SIG_IGN);
+    rlimit limit = saved_;
+    limit.rlim_cur = bytes;
+    EXPECT_EQ(setrlimit(RLIMIT_FSIZE, &limit), 0);
+  }
+  ~FileSizeLimit() {
+    setrlimit(RLIMIT_FSIZE, &saved_);
+    std::signal(SIGXFSZ, handler_);
+  }
+  FileSizeLimit(const FileSizeLimit&) = delete;
+  FileSizeLimit& operator=(const FileSizeLimit&) = delete;
+
+ private:
+  rlimit saved_{};
+  void (*handler_)(int) = SIG_DFL;
+};
+
+std::string consume_error(NpySink& sink, const BatchData& batch) {
+  try {
+    sink.consume(batch);
+  } catch (const std::runtime_error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(NpySink, TemporaryNameIsHiddenBesideTheFile) {
+  EXPECT_EQ(npy_temp_path("/a/b/batch_000001_data.npy"), "/a/b/.batch_000001_data.npy.tmp");
+  EXPECT_EQ(npy_temp_path("x.npy"), ".x.npy.tmp");
+}
+
+TEST(NpySink, AFailedDataWriteLeavesNeitherPartialFilesNorALine) {
+  TempDir dir;
+  NpySink::Params params;
+  params.dir = dir.str();
+  NpySink sink(npy_context(), params);
+  sink.open();
+  sink.consume(int8_batch());
+  BatchData big = uint8_batch();
+  big.data.reshape(DType::kUInt8, {2, 3, 32, 32}, "NCHW");  // 6144 bytes: past the limit
+  std::string error;
+  {
+    FileSizeLimit limit(4096);
+    error = consume_error(sink, big);
+  }
+  sink.finish();
+  const std::string path = dir.file("batch_000001_data.npy");
+  EXPECT_NE(error.find(path + ": cannot write: "), std::string::npos) << error;
+  EXPECT_NE(error.find(std::strerror(EFBIG)), std::string::npos) << error;
+  EXPECT_EQ(listing(dir.path()),
+            (std::vector<std::string>{"batch_000000_data.npy", "batch_000000_label.npy",
+                                      "batches.jsonl"}));
+  EXPECT_EQ(run_python(dir, R"(
+lines = open(d + '/batches.jsonl').read().splitlines()
+assert [json.loads(l)['index'] for l in lines] == [0], lines
+assert np.load(d + '/batch_000000_data.npy').shape == (3, 2, 2, 2)
+)"),
+            0);
+}
+
+TEST(NpySink, AFailedLabelWriteRemovesTheBatchsDataFile) {
+  TempDir dir;
+  NpySink::Params params;
+  params.dir = dir.str();
+  NpySink sink(npy_context(), params);
+  sink.open();
+  BatchData wide = uint8_batch();
+  wide.index = 0;
+  wide.label_width = 600;  // 2 x 600 floats = 4800 bytes: the data file fits, the labels do not
+  wide.labels.assign(1200, 0.5F);
+  std::string error;
+  {
+    FileSizeLimit limit(4096);
+    error = consume_error(sink, wide);
+  }
+  sink.finish();
+  EXPECT_NE(error.find(dir.file("batch_000000_label.npy") + ": cannot write: "), std::string::npos)
+      << error;
+  EXPECT_EQ(listing(dir.path()), std::vector<std::string>{"batches.jsonl"});
+  EXPECT_EQ(fs::file_size(dir.path() / "batches.jsonl"), 0U);
+}
+
+TEST(NpySink, AnIndexLineCutShortIsCutBackAndItsBatchRemoved) {
+  TempDir dir;
+  NpySink::Params params;
+  params.dir = dir.str();
+  NpySink sink(npy_context(), params);
+  sink.open();
+  sink.consume(int8_batch());
+  const auto first_line = fs::file_size(dir.path() / "batches.jsonl");
+  ASSERT_GT(first_line, 0U);
+  std::string error;
+  {
+    // Room for 20 bytes of the second line; its .npy files (under 200 bytes each) fit.
+    FileSizeLimit limit(first_line + 20);
+    error = consume_error(sink, uint8_batch());
+  }
+  EXPECT_NE(error.find(dir.file("batches.jsonl") + ": cannot write: "), std::string::npos) << error;
+  EXPECT_EQ(fs::file_size(dir.path() / "batches.jsonl"), first_line);
+  EXPECT_EQ(listing(dir.path()),
+            (std::vector<std::string>{"batch_000000_data.npy", "batch_000000_label.npy",
+                                      "batches.jsonl"}));
+  // A later line starts where the whole ones end, not after the cut-off bytes.
+  BatchData later = uint8_batch();
+  later.index = 2;
+  EXPECT_EQ(consume_error(sink, later), "");
+  sink.finish();
+  EXPECT_EQ(run_python(dir, R"(
+lines = open(d + '/batches.jsonl').read().splitlines()
+assert [json.loads(l)['index'] for l in lines] == [0, 2], lines
+)"),
+            0);
+}
+
+TEST(NpySink, AFolderRemovedMidRunFailsTheNextBatchNamingIt) {
+  TempDir dir;
+  const fs::path out = dir.path() / "out";
+  NpySink::Params params;
+  params.dir = out.string();
+  NpySink sink(npy_context(), params);
+  sink.open();
+  sink.consume(int8_batch());
+  fs::remove_all(out);
+  const std::string error = consume_error(sink, uint8_batch());
+  EXPECT_NE(error.find((out / "batch_000001_data.npy").string() +
+                       ": cannot create: " + std::strerror(ENOENT)),
+            std::string::npos)
+      << error;
+  sink.finish();
+  EXPECT_FALSE(fs::exists(out));
+}
+
+TEST(NpySink, OpeningRemovesTemporaryFilesAKilledRunLeft) {
+  TempDir dir;
+  dir.write(".batch_000003_data.npy.tmp", "partial");
+  dir.write(".hidden_of_the_user.tmp", "kept");
+  dir.write("notes.txt", "kept");
+  NpySink::Params params;
+  params.dir = dir.str();
+  NpySink sink(npy_context(), params);
+  sink.open();
+  sink.finish();
+  EXPECT_EQ(listing(dir.path()),
+            (std::vector<std::string>{".hidden_of_the_user.tmp", "batches.jsonl", "notes.txt"}));
+}
+
+TEST(NpySink, EveryFsyncModeWritesTheSameFiles) {
+  std::vector<std::string> contents;
+  for (const auto mode : {NpySink::Sync::kEnd, NpySink::Sync::kBatch, NpySink::Sync::kNone}) {
+    TempDir dir;
+    NpySink::Params params;
+    params.dir = dir.str();
+    params.fsync = mode;
+    NpySink sink(npy_context(), params);
+    sink.open();
+    sink.consume(int8_batch());
+    sink.consume(uint8_batch());
+    sink.finish();
+    std::string all;
+    for (const auto& name : listing(dir.path())) all += name + ":" + read_file(dir / name) + "\n";
+    contents.push_back(all);
+  }
+  EXPECT_EQ(contents[0], contents[1]);
+  EXPECT_EQ(contents[0], contents[2]);
+  EXPECT_NE(contents[0].find("batch_000001_label.npy"), std::string::npos);
+}
+
+TEST(PredictionsSink, ABatchsLinesAreAppendedWholeOrNotAtAll) {
+  TempDir dir;
+  StageContext context;
+  context.name = "predictions";
+  context.type = "predictions";
+  PredictionsSink::Params params;
+  params.path = dir.file("p.jsonl");
+  params.top_k = 2;
+  PredictionsSink sink(context, params);
+  sink.open();
+  BatchData b = uint8_batch();
+  b.output_width = 3;
+  b.outputs = {0.0F, 2.0F, 1.0F, 5.0F, 4.0F, 3.0F};
+  sink.consume(b);
+  const auto whole = fs::file_size(params.path);
+  std::string error;
+  {
+    FileSizeLimit limit(whole + 30);  // room for part of the next batch's first line only
+    try {
+      sink.consume(b);
+    } catch (const std::runtime_error& e) {
+      error = e.what();
+    }
+  }
+  sink.finish();
+  EXPECT_NE(error.find(params.path + ": cannot write: "), std::string::npos) << error;
+  EXPECT_EQ(fs::file_size(params.path), whole);
+  EXPECT_EQ(run_python(dir, R"(
+lines = open(d + '/p.jsonl').read().splitlines()
+assert len(lines) == 2, lines
+first, second = (json.loads(l) for l in lines)
+assert first['id'] == 7 and [c for c, _ in first['top_k']] == [1, 2], first
+assert second['id'] == 8 and [c for c, _ in second['top_k']] == [0, 1], second
+)"),
+            0);
 }
 
 TEST(DiscardSink, CountsBatches) {
