@@ -128,6 +128,9 @@ FileIndex read_image_list(const std::string& list_path, const std::string& root,
       }
       labels[static_cast<std::size_t>(k)] = value;
     }
+    // An empty path would resolve to the root folder itself; the RecordIO reader of the same
+    // format refuses it too.
+    if (fields.back().empty()) throw std::runtime_error(where + "empty path");
     entries.add(id, resolve(root, fields.back()), labels.data());
   }
   return entries;

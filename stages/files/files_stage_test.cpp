@@ -147,7 +147,8 @@ INSTANTIATE_TEST_SUITE_P(
                       MalformedCase{"IndexBeyondUint64", "1e30\t1\tc.jpg", "index '1e30'"},
                       MalformedCase{"InfiniteIndex", "inf\t1\tc.jpg", "index 'inf'"},
                       MalformedCase{"WordLabel", "2\tdog\tc.jpg", "label 'dog'"},
-                      MalformedCase{"EmptyLabel", "2\t\tc.jpg", "label ''"}),
+                      MalformedCase{"EmptyLabel", "2\t\tc.jpg", "label ''"},
+                      MalformedCase{"EmptyPath", "2\t1\t", "empty path"}),
     [](const auto& info) { return std::string(info.param.name); });
 
 TEST(ReadImageList, MissingListFileNamesIt) {
