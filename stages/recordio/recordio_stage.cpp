@@ -127,6 +127,10 @@ const Schema<RecordIoSource::Params>& RecordIoSource::schema() {
               "the part this process reads, 0-based; -1: the process's MPI rank", -1, 1 << 20);
     s.integer("shuffle_buffer", &Params::shuffle_buffer,
               "records held for shuffling when there is no index", 1, 1 << 24);
+    s.integer64("max_record_bytes", &Params::max_record_bytes,
+                "a record whose payload is larger than this is a per-sample error, skipped without "
+                "holding more than this in memory",
+                1, std::numeric_limits<std::int64_t>::max());
     return s;
   }();
   return schema;
@@ -330,7 +334,9 @@ bool RecordIoSource::pull(Pending& item) {
   while (range_ < ranges_.size()) {
     const Range& r = ranges_[range_];
     if (!reader_) {
-      reader_ = std::make_unique<recordio::RecordReader>(file_paths_[r.file], r.begin, r.end);
+      reader_ = std::make_unique<recordio::RecordReader>(
+          file_paths_[r.file], r.begin, r.end, recordio::kDefaultChunkBytes,
+          static_cast<std::uint64_t>(params_.max_record_bytes));
     }
     recordio::ReadResult result = reader_->next(item.payload);
     if (result.status == recordio::ReadStatus::kEnd) {
@@ -437,7 +443,15 @@ void RecordIoSource::load(Sample& sample) const {
   }
   std::memcpy(&i, sample.bytes.data(), sizeof i);
   const Indexed& r = records_.at(i);
-  resize_reusing(sample.bytes, static_cast<std::size_t>(r.size));
+  // A record's frame is its payload plus 8 bytes of header per part, where each part but the last
+  // ends at a magic dropped from the payload (one per 4 payload bytes at most), plus padding: at
+  // most 3 * payload + 16 bytes. The index may give a record more room (a sparse index); reading
+  // no further than that bound keeps a record above the limit from being read whole.
+  const std::uint64_t limit = static_cast<std::uint64_t>(params_.max_record_bytes);
+  constexpr std::uint64_t kMax = std::numeric_limits<std::uint64_t>::max();
+  const std::uint64_t most_frame = limit > (kMax - 16) / 3 ? kMax : 3 * limit + 16;
+  const bool capped = r.size > most_frame;
+  resize_reusing(sample.bytes, static_cast<std::size_t>(capped ? most_frame : r.size));
   std::size_t done = 0;
   while (done < sample.bytes.size()) {
     const ssize_t n = ::pread(fds_[r.file], sample.bytes.data() + done, sample.bytes.size() - done,
@@ -449,11 +463,19 @@ void RecordIoSource::load(Sample& sample) const {
     }
     done += static_cast<std::size_t>(n);
   }
+  const auto above_limit = [&](const std::string& size) {
+    return SampleError("record at offset " + std::to_string(r.offset) + " holds " + size +
+                       " bytes, above max_record_bytes " + std::to_string(limit) +
+                       " (raise recordio's max_record_bytes to read it)");
+  };
   try {
     recordio::unframe_in_place(sample.bytes, r.offset);
   } catch (const recordio::FormatError& e) {
+    // Its frame did not end within the bytes read: longer than any payload under the limit.
+    if (capped) throw above_limit("more than " + std::to_string(most_frame));
     throw SampleError(e.what());
   }
+  if (sample.bytes.size() > limit) throw above_limit(std::to_string(sample.bytes.size()));
   finish_load(sample, r.offset);
 }
 
