@@ -162,7 +162,7 @@ void check_pixels(int width, int height, std::int64_t max_pixels) {
   if (pixels > max_pixels) {
     throw DecodeError("image is " + std::to_string(width) + "x" + std::to_string(height) + " = " +
                       std::to_string(pixels) + " pixels, above max_pixels " +
-                      std::to_string(max_pixels));
+                      std::to_string(max_pixels) + " (raise decode's max_pixels to decode it)");
   }
 }
 
