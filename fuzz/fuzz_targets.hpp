@@ -35,7 +35,7 @@ std::string scratch_file(const std::string& name, const std::uint8_t* data, std:
 // The image decoder on `data`: peek, a strict whole-image decode, and a lenient decode with the
 // fast IDCT through a window chosen from the input's last bytes (the reduced path for JPEGs).
 // Images above 2^24 pixels are refused by max_pixels. Traps when a decode's output size is not
-// the size it reports.
+// the size it reports, or when a second decode into a buffer holding other bytes differs.
 int decode_three_ways(const std::uint8_t* data, std::size_t size);
 
 }  // namespace millrace::fuzz

@@ -1028,6 +1028,24 @@ TEST(MaxPixels, EveryFormatIsCheckedFromItsHeader) {
   }
 }
 
+// A file whose header our reader accepts but OpenCV's refuses (here: a PNG whose IHDR checksum is
+// wrong, which libpng checks) is an error, whatever the output buffer held before; it once came
+// out as the previous image's pixels, left in a buffer lent to OpenCV.
+TEST(OpenCvFormats, AHeaderOpenCvRefusesIsAnErrorNotTheBuffersOldPixels) {
+  const Bytes good = encode_cv(textured_rgb(40, 30, 3), ".png");
+  Bytes bad = good;
+  bad[29] ^= 0xFF;  // the IHDR chunk's CRC: bytes 29..32
+  Bytes out;
+  decode(good.data(), good.size(), Options{}, out);
+  ASSERT_EQ(out.size(), 40u * 30u * 3u);
+  try {
+    decode(bad.data(), bad.size(), Options{}, out);
+    ADD_FAILURE() << "decoded a PNG whose header OpenCV refuses";
+  } catch (const DecodeError& e) {
+    EXPECT_EQ(std::string(e.what()), "corrupt PNG: OpenCV could not decode the data");
+  }
+}
+
 TEST(MaxPixels, LimitIsInclusive) {
   const Bytes jpeg = encode_jpeg_cv(textured_rgb(333, 500, 1), 80);
   const Bytes png = encode_cv(textured_rgb(33, 50, 1), ".png");
