@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <numeric>
 #include <sstream>
 #include <stdexcept>
@@ -201,6 +202,10 @@ const Schema<FilesSource::Params>& FilesSource::schema() {
               0, 1 << 20);
     s.integer("part_index", &Params::part_index,
               "the part this process reads, 0-based; -1: the process's MPI rank", -1, 1 << 20);
+    s.integer64("max_file_bytes", &Params::max_file_bytes,
+                "a file larger than this is a per-sample error, refused from its size before "
+                "reading",
+                1, std::numeric_limits<std::int64_t>::max());
     return s;
   }();
   return schema;
@@ -311,6 +316,12 @@ void FilesSource::load(Sample& sample) const {
   if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
     ::close(fd);
     throw SampleError("not a regular file");
+  }
+  if (st.st_size > params_.max_file_bytes) {
+    ::close(fd);
+    throw SampleError("file is " + std::to_string(st.st_size) + " bytes, above max_file_bytes " +
+                      std::to_string(params_.max_file_bytes) +
+                      " (raise files's max_file_bytes to read it)");
   }
   resize_reusing(sample.bytes, static_cast<std::size_t>(st.st_size));
   std::size_t done = 0;

@@ -36,9 +36,10 @@ inline constexpr std::uint32_t kMaxPartLength = (1U << 29) - 1;
 inline constexpr std::uint64_t kToEnd = std::numeric_limits<std::uint64_t>::max();
 inline constexpr std::size_t kDefaultChunkBytes = std::size_t{4} << 20;
 inline constexpr std::size_t kImageHeaderBytes = 24;
-// The largest record payload read by default: 64 MiB, four times the largest JPEG of ImageNet's
-// training set and far above any image a pipeline resizes; a record is held in memory whole.
-inline constexpr std::uint64_t kDefaultMaxRecordBytes = std::uint64_t{64} << 20;
+// The largest record payload read by default, 256 MiB: an uncompressed RGB image at Pillow's
+// default MAX_IMAGE_PIXELS (89,478,485 pixels) fits, any compressed one far below max_pixels does.
+// A record is held in memory whole.
+inline constexpr std::uint64_t kDefaultMaxRecordBytes = std::uint64_t{256} << 20;
 
 // The second word of a part header: continuation flag in the top 3 bits, length in the rest.
 constexpr std::uint32_t make_lrec(std::uint32_t cflag, std::uint32_t length) {

@@ -701,7 +701,7 @@ TEST(ListFile, MalformedListsNameTheLine) {
 TEST(RecordReader, ARecordAboveTheLimitIsSkippedWithoutHoldingIt) {
   TempDir dir;
   const std::string path = dir.file("big.rec");
-  const std::uint32_t length = (std::uint32_t{80} << 20);  // above the 64 MiB default
+  const std::uint32_t length = (std::uint32_t{300} << 20);  // above the 256 MiB default
   Bytes head(8);
   put_le32(head, 0, kMagic);
   put_le32(head, 4, make_lrec(0, length));
@@ -720,7 +720,7 @@ TEST(RecordReader, ARecordAboveTheLimitIsSkippedWithoutHoldingIt) {
   EXPECT_EQ(big.status, ReadStatus::kCorrupt);
   EXPECT_EQ(big.offset, 0U);
   EXPECT_EQ(big.error,
-            "record at offset 0 holds 83886080 bytes, above max_record_bytes 67108864 "
+            "record at offset 0 holds 314572800 bytes, above max_record_bytes 268435456 "
             "(raise recordio's max_record_bytes to read it)");
   EXPECT_LT(payload.capacity(), std::size_t{1} << 20);
   const ReadResult after = reader.next(payload);
