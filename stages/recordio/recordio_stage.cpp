@@ -451,6 +451,31 @@ void RecordIoSource::load(Sample& sample) const {
   constexpr std::uint64_t kMax = std::numeric_limits<std::uint64_t>::max();
   const std::uint64_t most_frame = limit > (kMax - 16) / 3 ? kMax : 3 * limit + 16;
   const bool capped = r.size > most_frame;
+  const auto above_limit = [&](const std::string& size) {
+    return SampleError("record at offset " + std::to_string(r.offset) + " holds " + size +
+                       " bytes, above max_record_bytes " + std::to_string(limit) +
+                       " (raise recordio's max_record_bytes to read it)");
+  };
+  if (r.size > limit) {
+    // Room for more than the limit: a record of one part says its size in its header, so it is
+    // refused from those 8 bytes rather than from its frame read in full.
+    std::uint8_t header[8];
+    if (::pread(fds_[r.file], header, sizeof header, static_cast<off_t>(r.offset)) ==
+        static_cast<ssize_t>(sizeof header)) {
+      const auto le32 = [&header](int at) {
+        return static_cast<std::uint32_t>(header[at]) |
+               static_cast<std::uint32_t>(header[at + 1]) << 8U |
+               static_cast<std::uint32_t>(header[at + 2]) << 16U |
+               static_cast<std::uint32_t>(header[at + 3]) << 24U;
+      };
+      const std::uint32_t magic = le32(0);
+      const std::uint32_t lrec = le32(4);
+      if (magic == recordio::kMagic && recordio::cflag_of(lrec) == 0 &&
+          recordio::length_of(lrec) > limit) {
+        throw above_limit(std::to_string(recordio::length_of(lrec)));
+      }
+    }
+  }
   resize_reusing(sample.bytes, static_cast<std::size_t>(capped ? most_frame : r.size));
   std::size_t done = 0;
   while (done < sample.bytes.size()) {
@@ -463,11 +488,6 @@ void RecordIoSource::load(Sample& sample) const {
     }
     done += static_cast<std::size_t>(n);
   }
-  const auto above_limit = [&](const std::string& size) {
-    return SampleError("record at offset " + std::to_string(r.offset) + " holds " + size +
-                       " bytes, above max_record_bytes " + std::to_string(limit) +
-                       " (raise recordio's max_record_bytes to read it)");
-  };
   try {
     recordio::unframe_in_place(sample.bytes, r.offset);
   } catch (const recordio::FormatError& e) {

@@ -15,7 +15,8 @@
 // - Damaged records are per-sample errors (on_error applies) whose message carries the byte
 //   offset; reading continues at the next record head. So is a record whose payload is above
 //   `max_record_bytes`: it is skipped whole, and no more than the limit of it is held in memory
-//   (an indexed read reads at most the largest frame such a payload can have). A framing error
+//   (an indexed read refuses a one-part record from its header, and reads at most the largest
+//   frame a payload under the limit can have). A framing error
 //   found by next() travels in the sample's `error` to load(), which raises it: an exception from
 //   next() would stop the run.
 // - Sharding follows MXNet: with an index by record count (part k = records [k*nstep,

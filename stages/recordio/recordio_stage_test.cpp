@@ -679,6 +679,34 @@ TEST(RecordIoSource, RecordsAboveMaxRecordBytesAreSampleErrors) {
   }
 }
 
+// With an index, a one-part record above the limit is refused from its 8-byte header: a 3 GiB
+// record (a sparse file) costs no read of its data.
+TEST(RecordIoSource, AnIndexedHugeRecordIsRefusedFromItsHeader) {
+  TempDir dir;
+  const std::string rec = dir.file("huge.rec");
+  Bytes head(8);
+  put_le32(head, 0, recordio::kMagic);
+  put_le32(head, 4, recordio::make_lrec(0, recordio::kMaxPartLength));
+  write_bytes(rec, head);
+  fs::resize_file(rec, 8 + std::uint64_t{recordio::kMaxPartLength} + 1);
+  recordio::write_index(recordio::index_path_for(rec), {{7, 0}});
+  auto source = make_source("type: recordio\npath: " + rec + "\nmax_record_bytes: 1000\n");
+  ASSERT_NE(source, nullptr);
+  ASSERT_TRUE(source->indexed());
+  Sample sample;
+  ASSERT_EQ(source->next(sample), SourceStatus::kSample);
+  try {
+    source->load(sample);
+    ADD_FAILURE() << "a record above the limit loaded";
+  } catch (const SampleError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "record at offset 0 holds 536870911 bytes, above "
+              "max_record_bytes 1000 (raise recordio's max_record_bytes "
+              "to read it)");
+  }
+  EXPECT_LT(sample.bytes.capacity(), std::size_t{1} << 20);
+}
+
 // ---- config checks -----------------------------------------------------------------------------
 
 TEST(RecordIoSource, ConfigChecksReportLocatedErrors) {
