@@ -25,6 +25,16 @@ class ConfigNode {
  public:
   enum class Kind { kNull, kScalar, kSequence, kMap };
 
+  // Declared here, defined where the class is complete: `entries` holds pairs of ConfigNode, and
+  // clang with libstdc++ rejects the implicit members, which it instantiates while the class is
+  // still incomplete.
+  ConfigNode();
+  ConfigNode(const ConfigNode&);
+  ConfigNode(ConfigNode&&) noexcept;
+  ConfigNode& operator=(const ConfigNode&);
+  ConfigNode& operator=(ConfigNode&&) noexcept;
+  ~ConfigNode();
+
   Kind kind = Kind::kNull;
   Location where;
   std::string scalar;             // for kScalar (and the text of a null: "~", "null" or "")

@@ -162,7 +162,7 @@ void check_pixels(int width, int height, std::int64_t max_pixels) {
   if (pixels > max_pixels) {
     throw DecodeError("image is " + std::to_string(width) + "x" + std::to_string(height) + " = " +
                       std::to_string(pixels) + " pixels, above max_pixels " +
-                      std::to_string(max_pixels));
+                      std::to_string(max_pixels) + " (raise decode's max_pixels to decode it)");
   }
 }
 
@@ -825,10 +825,6 @@ std::optional<Info> decode_jpeg_reduced(const std::uint8_t* d, std::size_t n,
 // ---------------------------------------------------------------------------------------------
 // PNG, WebP, BMP, TIFF through OpenCV
 
-void swap_red_blue_in_place(std::uint8_t* p, std::size_t pixels) {
-  for (std::size_t i = 0; i < pixels; ++i, p += 3) std::swap(p[0], p[2]);
-}
-
 Info decode_with_opencv(Format format, const std::uint8_t* d, std::size_t n, const Options& options,
                         std::vector<std::uint8_t>& out) {
   const Size size = header_size(format, d, n);
@@ -838,14 +834,12 @@ Info decode_with_opencv(Format format, const std::uint8_t* d, std::size_t n, con
                       " bytes is too large to decode");
   }
 
-  // Decode straight into `out` when OpenCV agrees with the header (the usual case), so the only
-  // extra pass is the channel swap. OpenCV allocates its own Mat when the size differs, e.g.
-  // after it applied an orientation.
-  size_output(out,
-              static_cast<std::size_t>(size.width) * static_cast<std::size_t>(size.height) * 3);
-  cv::Mat bgr(size.height, size.width, CV_8UC3, out.data());
+  // OpenCV decodes into a Mat of its own, never one borrowed from `out`: when OpenCV fails to
+  // read a header it returns without touching the Mat it was given, so a borrowed Mat would look
+  // decoded while holding whatever `out` held before (the last image this buffer carried).
   const cv::Mat encoded(1, static_cast<int>(n), CV_8UC1, const_cast<std::uint8_t*>(d));
   const int flags = cv::IMREAD_COLOR | (options.exif ? 0 : cv::IMREAD_IGNORE_ORIENTATION);
+  cv::Mat bgr;
   try {
     cv::imdecode(encoded, flags, &bgr);
   } catch (const cv::Exception& e) {
@@ -858,15 +852,9 @@ Info decode_with_opencv(Format format, const std::uint8_t* d, std::size_t n, con
   info.format = format_name(format);
   info.width = bgr.cols;
   info.height = bgr.rows;
-  const std::size_t pixels =
-      static_cast<std::size_t>(bgr.cols) * static_cast<std::size_t>(bgr.rows);
-  if (bgr.data == out.data()) {
-    swap_red_blue_in_place(out.data(), pixels);
-  } else {
-    size_output(out, pixels * 3);
-    cv::Mat rgb(bgr.rows, bgr.cols, CV_8UC3, out.data());
-    cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
-  }
+  size_output(out, static_cast<std::size_t>(bgr.cols) * static_cast<std::size_t>(bgr.rows) * 3);
+  cv::Mat rgb(bgr.rows, bgr.cols, CV_8UC3, out.data());
+  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
   return info;
 }
 

@@ -6,7 +6,10 @@
 //   (thread_local) and frees it when the thread exits; nothing is shared between threads.
 // - The caller owns `data` (read only, must stay valid for the duration of the call) and `out`.
 //   `decode` resizes `out` to exactly width*height*3 bytes and reuses its capacity, so once a
-//   buffer is large enough decoding into it allocates no pixel memory. On a thrown DecodeError
+//   buffer is large enough decoding a JPEG into it allocates no pixel memory (PNG, WebP, BMP and
+//   TIFF are decoded into OpenCV's own buffer first, then converted into `out`: OpenCV cannot
+//   report a failure in a buffer it was lent). The pixels never depend on what `out` held before
+//   the call. On a thrown DecodeError
 //   the contents and size of `out` are unspecified; an image refused by `max_pixels` leaves `out`
 //   untouched.
 // - Per-thread state, all owned by the kernel: the TurboJPEG handle (replaced after a failed

@@ -865,7 +865,8 @@ TEST(DecodeFormats, UnrecognisedInputsAreRefusedByName) {
 // max_pixels
 
 const std::string kBombMessage =
-    "image is 60000x60000 = 3600000000 pixels, above max_pixels 178956970";
+    "image is 60000x60000 = 3600000000 pixels, above max_pixels 178956970 (raise decode's "
+    "max_pixels to decode it)";
 
 void put_be32(Bytes& b, std::size_t at, std::uint32_t v) {
   for (int i = 0; i < 4; ++i) b[at + i] = static_cast<std::uint8_t>(v >> (24 - 8 * i));
@@ -1027,6 +1028,24 @@ TEST(MaxPixels, EveryFormatIsCheckedFromItsHeader) {
   }
 }
 
+// A file whose header our reader accepts but OpenCV's refuses (here: a PNG whose IHDR checksum is
+// wrong, which libpng checks) is an error, whatever the output buffer held before; it once came
+// out as the previous image's pixels, left in a buffer lent to OpenCV.
+TEST(OpenCvFormats, AHeaderOpenCvRefusesIsAnErrorNotTheBuffersOldPixels) {
+  const Bytes good = encode_cv(textured_rgb(40, 30, 3), ".png");
+  Bytes bad = good;
+  bad[29] ^= 0xFF;  // the IHDR chunk's CRC: bytes 29..32
+  Bytes out;
+  decode(good.data(), good.size(), Options{}, out);
+  ASSERT_EQ(out.size(), 40u * 30u * 3u);
+  try {
+    decode(bad.data(), bad.size(), Options{}, out);
+    ADD_FAILURE() << "decoded a PNG whose header OpenCV refuses";
+  } catch (const DecodeError& e) {
+    EXPECT_EQ(std::string(e.what()), "corrupt PNG: OpenCV could not decode the data");
+  }
+}
+
 TEST(MaxPixels, LimitIsInclusive) {
   const Bytes jpeg = encode_jpeg_cv(textured_rgb(333, 500, 1), 80);
   const Bytes png = encode_cv(textured_rgb(33, 50, 1), ".png");
@@ -1034,11 +1053,15 @@ TEST(MaxPixels, LimitIsInclusive) {
   options.max_pixels = std::int64_t{333} * 500;
   EXPECT_EQ(decode_bytes(jpeg, options).info.width, 333);
   options.max_pixels = std::int64_t{333} * 500 - 1;
-  EXPECT_EQ(error_of(jpeg, options), "image is 333x500 = 166500 pixels, above max_pixels 166499");
+  EXPECT_EQ(error_of(jpeg, options),
+            "image is 333x500 = 166500 pixels, above max_pixels 166499 (raise decode's max_pixels "
+            "to decode it)");
   options.max_pixels = std::int64_t{33} * 50;
   EXPECT_EQ(decode_bytes(png, options).info.height, 50);
   options.max_pixels = std::int64_t{33} * 50 - 1;
-  EXPECT_EQ(error_of(png, options), "image is 33x50 = 1650 pixels, above max_pixels 1649");
+  EXPECT_EQ(error_of(png, options),
+            "image is 33x50 = 1650 pixels, above max_pixels 1649 (raise decode's max_pixels to "
+            "decode it)");
 }
 
 TEST(Peek, ParsesEveryHeaderVariant) {
@@ -1572,6 +1595,46 @@ TEST(ReducedDecode, ThreadsKeepTheirOwnDecompressor) {
   }
   for (auto& t : threads) t.join();
   for (const bool ok : same) EXPECT_TRUE(ok);
+}
+
+// The largest sizes a JPEG frame header can declare, 65000x65000 and 65535x65535, refused from the
+// header by the whole-image and the reduced (windowed) decode alike, with no pixel memory taken.
+TEST(MaxPixels, LargestJpegHeadersAreRefusedBeforeAllocating) {
+  const Bytes small = encode_jpeg_cv(textured_rgb(16, 16, 2), 75);
+  std::size_t sof = 2;
+  while (sof + 9 < small.size() && !(small[sof] == 0xFF && small[sof + 1] == 0xC0)) {
+    sof += 2 + (std::size_t{small[sof + 2]} << 8 | small[sof + 3]);
+  }
+  ASSERT_LT(sof + 9, small.size()) << "no SOF0 marker";
+  // libjpeg refuses sides above 65500 (JPEG_MAX_DIMENSION) itself, as a corrupt header.
+  for (const std::uint32_t side : {65000U, 65535U}) {
+    Bytes bomb = small;
+    bomb[sof + 5] = bomb[sof + 7] = static_cast<std::uint8_t>(side >> 8);
+    bomb[sof + 6] = bomb[sof + 8] = static_cast<std::uint8_t>(side & 0xFF);
+    const std::string expected =
+        side > 65500 ? "corrupt JPEG: Maximum supported image dimension is 65500 pixels"
+                     : "image is " + std::to_string(side) + "x" + std::to_string(side) + " = " +
+                           std::to_string(std::uint64_t{side} * side) +
+                           " pixels, above max_pixels 178956970 (raise decode's max_pixels to "
+                           "decode it)";
+    if (side <= 65500) {
+      const Info info = peek(bomb.data(), bomb.size());
+      EXPECT_EQ(info.width, static_cast<int>(side));
+      EXPECT_EQ(info.height, static_cast<int>(side));
+    }
+    const FixedWindow window(WindowRequest{0, 0, 224, 224, 112, 112, true});
+    for (const WindowChooser* chooser :
+         {static_cast<const WindowChooser*>(nullptr), static_cast<const WindowChooser*>(&window)}) {
+      Bytes out;
+      try {
+        decode(bomb.data(), bomb.size(), Options{}, out, chooser);
+        ADD_FAILURE() << side << ": decoded";
+      } catch (const DecodeError& e) {
+        EXPECT_EQ(std::string(e.what()), expected);
+      }
+      EXPECT_EQ(out.capacity(), 0u);
+    }
+  }
 }
 
 }  // namespace

@@ -129,6 +129,9 @@ FileIndex read_image_list(const std::string& list_path, const std::string& root,
       }
       labels[static_cast<std::size_t>(k)] = value;
     }
+    // An empty path would resolve to the root folder itself; the RecordIO reader of the same
+    // format refuses it too.
+    if (fields.back().empty()) throw std::runtime_error(where + "empty path");
     entries.add(id, resolve(root, fields.back()), labels.data());
   }
   return entries;
@@ -199,6 +202,10 @@ const Schema<FilesSource::Params>& FilesSource::schema() {
               0, 1 << 20);
     s.integer("part_index", &Params::part_index,
               "the part this process reads, 0-based; -1: the process's MPI rank", -1, 1 << 20);
+    s.integer64("max_file_bytes", &Params::max_file_bytes,
+                "a file larger than this is a per-sample error, refused from its size before "
+                "reading",
+                1, std::numeric_limits<std::int64_t>::max());
     return s;
   }();
   return schema;
@@ -330,6 +337,12 @@ void FilesSource::load(Sample& sample) const {
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
     throw SampleError(std::string("not a regular file: ") + file_kind(st.st_mode));
+  }
+  if (st.st_size > params_.max_file_bytes) {
+    ::close(fd);
+    throw SampleError("file is " + std::to_string(st.st_size) + " bytes, above max_file_bytes " +
+                      std::to_string(params_.max_file_bytes) +
+                      " (raise files's max_file_bytes to read it)");
   }
   resize_reusing(sample.bytes, static_cast<std::size_t>(st.st_size));
   std::size_t done = 0;

@@ -86,6 +86,8 @@ class FilesSource final : public SourceStage {
     std::int64_t limit = 0;
     int num_parts = 0;    // 0: the number of processes in the run (1 without MPI)
     int part_index = -1;  // -1: this process's rank
+    // A file is read whole into memory: 256 MiB, as recordio's max_record_bytes.
+    std::int64_t max_file_bytes = std::int64_t{256} << 20;
   };
   static StageInfo info();
   static const Schema<Params>& schema();

@@ -148,7 +148,8 @@ INSTANTIATE_TEST_SUITE_P(
                       MalformedCase{"IndexBeyondUint64", "1e30\t1\tc.jpg", "index '1e30'"},
                       MalformedCase{"InfiniteIndex", "inf\t1\tc.jpg", "index 'inf'"},
                       MalformedCase{"WordLabel", "2\tdog\tc.jpg", "label 'dog'"},
-                      MalformedCase{"EmptyLabel", "2\t\tc.jpg", "label ''"}),
+                      MalformedCase{"EmptyLabel", "2\t\tc.jpg", "label ''"},
+                      MalformedCase{"EmptyPath", "2\t1\t", "empty path"}),
     [](const auto& info) { return std::string(info.param.name); });
 
 TEST(ReadImageList, MissingListFileNamesIt) {
@@ -421,6 +422,36 @@ TEST(FilesSource, ConstructedDirectlyWithParams) {
   EXPECT_EQ(drawn.samples[0].labels, (std::vector<float>{1.0F, 2.0F}));
   EXPECT_EQ(drawn.samples[1].labels, (std::vector<float>{3.0F, 4.0F}));
   EXPECT_EQ(drawn.samples[1].path, (dir.path() / "y.jpg").string());
+}
+
+// max_file_bytes: a file above it is a sample error from its size (a sparse 3 GiB file is refused
+// at once, without being read); a file of exactly the limit loads.
+TEST(FilesSource, FilesAboveMaxFileBytesAreSampleErrors) {
+  TempDir dir;
+  dir.write("a.jpg", std::string(100, 'a'));
+  dir.write("b.jpg", "");
+  fs::resize_file(dir.path() / "b.jpg", std::uint64_t{3} << 30);
+  dir.write("l.lst", "0\t0\ta.jpg\n1\t0\tb.jpg\n");
+  for (const std::int64_t limit : {std::int64_t{100}, std::int64_t{99}}) {
+    auto source = make_source("type: files\nroot: " + dir.str() +
+                              "\nlist: l.lst\nmax_file_bytes: " + std::to_string(limit) + "\n");
+    ASSERT_NE(source, nullptr);
+    source->prepare();
+    for (int i = 0; i < 2; ++i) {
+      Sample sample;
+      ASSERT_EQ(source->next(sample), SourceStatus::kSample);
+      const std::string size = i == 0 ? "100" : "3221225472";
+      const std::string message = error_of([&] { source->load(sample); });
+      if (i == 0 && limit == 100) {
+        EXPECT_EQ(message, "");
+        EXPECT_EQ(sample.bytes.size(), 100U);
+      } else {
+        EXPECT_EQ(message, "file is " + size + " bytes, above max_file_bytes " +
+                               std::to_string(limit) +
+                               " (raise files's max_file_bytes to read it)");
+      }
+    }
+  }
 }
 
 TEST(FilesSource, EmptyDatasetFailsInPrepare) {

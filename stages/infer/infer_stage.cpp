@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <limits>
 
 #include "stages/augment/augment_stage.hpp"
 #include "stages/batch/batch_stage.hpp"
@@ -77,6 +78,10 @@ const Schema<InferStage::Params>& InferStage::schema() {
   static const Schema<Params> schema = [] {
     Schema<Params> s;
     s.string("model", &Params::model, "fp32 ONNX model (opset 11-17)").required();
+    s.integer64("max_model_bytes", &Params::max_model_bytes,
+                "refuse a model whose file and external data together exceed this many bytes, "
+                "before reading it",
+                1, std::numeric_limits<std::int64_t>::max());
     s.choice("precision", &Params::precision,
              "int8 (calibrated post-training quantization) or fp32",
              {{"int8", infer::Precision::kInt8}, {"fp32", infer::Precision::kFp32}});
@@ -163,7 +168,7 @@ void InferStage::check(const Params& p, const ConfigNode& node, const std::strin
                        Diagnostics& d) {
   const ConfigNode* model = node.find("model");
   try {
-    (void)infer::import_onnx(p.model);
+    (void)infer::import_onnx(p.model, static_cast<std::uint64_t>(p.max_model_bytes));
   } catch (const infer::ModelError& e) {
     d.error(model != nullptr ? model->where : node.where, where + ": " + e.what());
   }
@@ -171,7 +176,7 @@ void InferStage::check(const Params& p, const ConfigNode& node, const std::strin
 
 InferStage::InferStage(StageContext context, Params params)
     : BatchTransformStage(std::move(context)), params_(std::move(params)) {
-  model_ = infer::import_onnx(params_.model);
+  model_ = infer::import_onnx(params_.model, static_cast<std::uint64_t>(params_.max_model_bytes));
   // Hashed once, here: the calibration table's check and the Network reuse the digest.
   model_.digest = infer::model_digest(model_);
   options_.precision = params_.precision;

@@ -21,6 +21,7 @@
 #include "stages/infer/calibration.hpp"
 #include "stages/infer/model.hpp"
 #include "stages/infer/network.hpp"
+#include "stages/infer/onnx_import.hpp"
 
 namespace millrace {
 
@@ -28,6 +29,7 @@ class InferStage final : public BatchTransformStage {
  public:
   struct Params {
     std::string model;
+    std::int64_t max_model_bytes = static_cast<std::int64_t>(infer::kDefaultMaxModelBytes);
     infer::Precision precision = infer::Precision::kInt8;
     int calibration_batches = 8;
     infer::CalibrationMode calibration_mode = infer::CalibrationMode::kMinMax;

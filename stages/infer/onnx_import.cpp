@@ -140,8 +140,12 @@ class Attributes {
 
 class Importer {
  public:
-  Importer(std::string path, const onnx::ModelProto& proto)
-      : path_(std::move(path)), proto_(proto), graph_(proto.graph()) {
+  // `external_budget`: the bytes of external data the model may still read.
+  Importer(std::string path, const onnx::ModelProto& proto, std::uint64_t external_budget)
+      : path_(std::move(path)),
+        proto_(proto),
+        graph_(proto.graph()),
+        external_budget_(external_budget) {
     for (int i = 0; i < graph_.node_size(); ++i) node_index_[&graph_.node(i)] = i;
   }
 
@@ -225,6 +229,8 @@ class Importer {
   std::string path_;
   const onnx::ModelProto& proto_;
   const onnx::GraphProto& graph_;
+  // Shrinks as external data is read: the model's bytes stay within max_model_bytes.
+  mutable std::uint64_t external_budget_;
   std::int64_t opset_ = 0;
   std::unordered_map<const onnx::NodeProto*, int> node_index_;
   std::unordered_map<std::string, ConstTensor> constants_;
@@ -317,11 +323,17 @@ void Importer::read_external(const onnx::TensorProto& tensor, const std::string&
   if (!in) fail(what + ": cannot open external data file " + file.string());
   in.seekg(0, std::ios::end);
   auto file_size = static_cast<std::int64_t>(in.tellg());
-  if (length < 0) length = file_size - offset;
-  if (offset < 0 || offset + length > file_size) {
+  if (offset >= 0 && offset <= file_size && length < 0) length = file_size - offset;
+  // Compared without forming offset + length, which a hostile model can make overflow.
+  if (offset < 0 || length < 0 || offset > file_size || length > file_size - offset) {
     fail(what + ": external data (offset " + std::to_string(offset) + ", length " +
          std::to_string(length) + ") lies outside " + file.string());
   }
+  if (static_cast<std::uint64_t>(length) > external_budget_) {
+    fail(what + ": external data of " + std::to_string(length) +
+         " bytes takes the model past max_model_bytes (raise infer's max_model_bytes to load it)");
+  }
+  external_budget_ -= static_cast<std::uint64_t>(length);
   bytes.resize(static_cast<std::size_t>(length));
   in.seekg(offset);
   in.read(bytes.data(), length);
@@ -1106,19 +1118,45 @@ Model Importer::run() {
 
 }  // namespace
 
-Model import_onnx(const std::string& path) {
+Model import_onnx_bytes(std::string_view bytes, const std::string& path, std::uint64_t max_bytes) {
+  if (bytes.size() > max_bytes) {
+    throw ModelError(path + ": the model is " + std::to_string(bytes.size()) +
+                     " bytes, above max_model_bytes " + std::to_string(max_bytes) +
+                     " (raise infer's max_model_bytes to load it)");
+  }
+  if (bytes.size() > static_cast<std::size_t>(std::numeric_limits<int>::max())) {
+    throw ModelError(path + ": the model is " + std::to_string(bytes.size()) +
+                     " bytes, above protobuf's 2 GiB limit on one message");
+  }
+  onnx::ModelProto proto;
+  if (!proto.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    throw ModelError(path + ": not an ONNX model (the file does not parse as an ONNX ModelProto)");
+  }
+  return Importer(path, proto, max_bytes - bytes.size()).run();
+}
+
+Model import_onnx(const std::string& path, std::uint64_t max_bytes) {
   std::error_code error;
   if (!std::filesystem::is_regular_file(path, error)) {
     if (std::filesystem::exists(path, error)) throw ModelError(path + ": not a regular file");
     throw ModelError(path + ": no such model file");
   }
+  // Refused from its size, before a byte of it is read into memory.
+  const std::uintmax_t size = std::filesystem::file_size(path, error);
+  if (error) throw ModelError(path + ": cannot read the model file's size: " + error.message());
+  if (size > max_bytes) {
+    throw ModelError(path + ": the model file is " + std::to_string(size) +
+                     " bytes, above max_model_bytes " + std::to_string(max_bytes) +
+                     " (raise infer's max_model_bytes to load it)");
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) throw ModelError(path + ": cannot open the model file");
-  onnx::ModelProto proto;
-  if (!proto.ParseFromIstream(&in)) {
-    throw ModelError(path + ": not an ONNX model (the file does not parse as an ONNX ModelProto)");
+  std::string bytes(static_cast<std::size_t>(size), '\0');
+  in.read(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (in.gcount() != static_cast<std::streamsize>(bytes.size())) {
+    throw ModelError(path + ": cannot read the model file");
   }
-  return Importer(path, proto).run();
+  return import_onnx_bytes(bytes, path, max_bytes);
 }
 
 }  // namespace millrace::infer

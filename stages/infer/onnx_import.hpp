@@ -41,13 +41,28 @@
 //   PyTorch: a last window that would start in the end padding is not counted.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "stages/infer/model.hpp"
 
 namespace millrace::infer {
 
-// Parses and lowers the ONNX model at `path`. Throws ModelError (see above).
-Model import_onnx(const std::string& path);
+// The most bytes a model may take, its file and external data together, unless the caller allows
+// more: a model is read whole into memory (and parsed into a second copy), so its size is its
+// memory. 1 GiB holds every fp32 ImageNet classifier from AlexNet to ResNet-152 several times and
+// stays below protobuf's 2 GiB message limit.
+inline constexpr std::uint64_t kDefaultMaxModelBytes = std::uint64_t{1} << 30;
+
+// Parses and lowers the ONNX model at `path`. Throws ModelError (see above); a model file, or a
+// file and its external data together, larger than `max_bytes` is refused before it is read, with
+// a message naming the limit's key, infer's `max_model_bytes`.
+Model import_onnx(const std::string& path, std::uint64_t max_bytes = kDefaultMaxModelBytes);
+
+// The same for a model file's contents already in memory. `path` names the model in errors and
+// locates external data (relative to its folder); `bytes` counts against `max_bytes`.
+Model import_onnx_bytes(std::string_view bytes, const std::string& path,
+                        std::uint64_t max_bytes = kDefaultMaxModelBytes);
 
 }  // namespace millrace::infer

@@ -1180,5 +1180,103 @@ TEST(Lowering, ExternalTensorData) {
             std::string::npos);
 }
 
+// ---------------------------------------------------------------------------------------------
+// max_model_bytes: the model file and its external data together.
+
+TEST(ModelSizeLimit, AFileAboveTheLimitIsRefusedFromItsSize) {
+  const std::string path = (kModels / "tiny.onnx").string();
+  const auto size = static_cast<std::uint64_t>(fs::file_size(path));
+  EXPECT_NO_THROW(import_onnx(path, size));
+  try {
+    import_onnx(path, size - 1);
+    ADD_FAILURE() << "a model one byte above the limit imported";
+  } catch (const ModelError& e) {
+    EXPECT_EQ(std::string(e.what()), path + ": the model file is " + std::to_string(size) +
+                                         " bytes, above max_model_bytes " +
+                                         std::to_string(size - 1) +
+                                         " (raise infer's max_model_bytes to load it)");
+  }
+}
+
+// A sparse file of 3 GiB: refused before a byte of it is read (reading it would take seconds and
+// gigabytes), so the test is quick and small on disk.
+TEST(ModelSizeLimit, AHugeFileIsRefusedWithoutReadingIt) {
+  TempDir dir;
+  const fs::path path = dir / "huge.onnx";
+  write_file(path, "");
+  fs::resize_file(path, std::uint64_t{3} << 30);
+  const std::string message = import_error(path.string());
+  EXPECT_NE(message.find("the model file is 3221225472 bytes, above max_model_bytes 1073741824"),
+            std::string::npos)
+      << message;
+}
+
+TEST(ModelSizeLimit, ExternalDataCountsAgainstTheLimit) {
+  TempDir dir;
+  ModelBuilder b;
+  b.input("x", {-1, 3, 4, 4});
+  const std::vector<float> w = pattern(count_of({2, 3, 3, 3}), 9);
+  auto& t = b.weight("w", {2, 3, 3, 3});
+  t.clear_raw_data();
+  t.set_data_location(onnx::TensorProto_DataLocation_EXTERNAL);
+  auto* location = t.add_external_data();
+  location->set_key("location");
+  location->set_value("weights.bin");
+  const std::string weights(reinterpret_cast<const char*>(w.data()), w.size() * sizeof(float));
+  write_file(dir / "weights.bin", weights);
+  b.node("Conv", {"x", "w"}, {"y"}, "conv");
+  b.output("y");
+  const std::string path = b.write(dir);
+  const std::uint64_t total = fs::file_size(path) + weights.size();
+  EXPECT_NO_THROW(import_onnx(path, total));
+  try {
+    import_onnx(path, total - 1);
+    ADD_FAILURE() << "a model whose external data passes the limit imported";
+  } catch (const ModelError& e) {
+    EXPECT_NE(std::string(e.what()).find("external data of " + std::to_string(weights.size()) +
+                                         " bytes takes the model past max_model_bytes"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+// Offsets and lengths near the int64 limit must be rejected, not overflow while being checked.
+TEST(ModelSizeLimit, ExternalDataOffsetsThatWouldOverflow) {
+  TempDir dir;
+  write_file(dir / "weights.bin", std::string(64, '\0'));
+  for (const auto& [offset, length] : std::vector<std::pair<std::string, std::string>>{
+           {"9223372036854775807", "8"}, {"8", "9223372036854775807"}, {"-8", "8"}, {"65", "-1"}}) {
+    ModelBuilder b;
+    b.input("x", {-1, 3, 4, 4});
+    auto& t = b.weight("w", {2, 3, 3, 3});
+    t.clear_raw_data();
+    t.set_data_location(onnx::TensorProto_DataLocation_EXTERNAL);
+    for (const auto& [key, value] : {std::pair<std::string, std::string>{"location", "weights.bin"},
+                                     {"offset", offset},
+                                     {"length", length}}) {
+      auto* e = t.add_external_data();
+      e->set_key(key);
+      e->set_value(value);
+    }
+    b.node("Conv", {"x", "w"}, {"y"}, "conv");
+    b.output("y");
+    const std::string message = import_error(b.write(dir));
+    EXPECT_NE(message.find("lies outside"), std::string::npos)
+        << "offset " << offset << ", length " << length << ": " << message;
+  }
+}
+
+TEST(ModelSizeLimit, FromMemoryCountsTheBytesGiven) {
+  const std::string tiny = read_file(kModels / "tiny.onnx");
+  EXPECT_EQ(import_onnx_bytes(tiny, "mem.onnx").ops.size(),
+            import_onnx((kModels / "tiny.onnx").string()).ops.size());
+  try {
+    import_onnx_bytes(tiny, "mem.onnx", tiny.size() - 1);
+    ADD_FAILURE() << "bytes above the limit imported";
+  } catch (const ModelError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("mem.onnx: the model is ", 0), 0U) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace millrace::infer

@@ -298,8 +298,8 @@ void RecordWriter::close() {
 // ---- reading -----------------------------------------------------------------------------------
 
 RecordReader::RecordReader(const std::string& path, std::uint64_t begin, std::uint64_t end,
-                           std::size_t chunk_bytes)
-    : path_(path), begin_(begin), end_(end) {
+                           std::size_t chunk_bytes, std::uint64_t max_record_bytes)
+    : path_(path), begin_(begin), end_(end), max_record_bytes_(max_record_bytes) {
   fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd_ < 0) throw std::runtime_error(path + ": cannot open: " + errno_text());
   struct stat st {};
@@ -469,6 +469,10 @@ ReadResult RecordReader::read_next(std::vector<std::uint8_t>& payload) {
   const auto record = [head] { return "record at " + at_offset(head); };
   payload.clear();
   std::uint64_t p = head;
+  // Payload bytes of the record so far, counted on past the limit without being copied, so that a
+  // record above it is skipped whole (its end found from its part headers) for the price of the
+  // limit in memory at most.
+  std::uint64_t total = 0;
   for (;;) {
     const std::uint32_t length = length_of(lrec);
     const std::uint32_t cflag = cflag_of(lrec);
@@ -478,9 +482,12 @@ ReadResult RecordReader::read_next(std::vector<std::uint8_t>& payload) {
                      record() + ": part at " + at_offset(p) + " claims " + std::to_string(length) +
                          " bytes, past the end of the file (" + std::to_string(size_) + " bytes)");
     }
-    const std::size_t old = payload.size();
-    payload.resize(old + length);
-    copy_out(data, length, payload.data() + old);
+    total += length + (p == head ? 0 : 4);
+    if (total <= max_record_bytes_) {
+      const std::size_t old = payload.size();
+      payload.resize(old + length);
+      copy_out(data, length, payload.data() + old);
+    }
     p = data + align4(length);
     if (cflag == 0 || cflag == 3) break;
     if (!fill(p, 8)) {
@@ -499,9 +506,18 @@ ReadResult RecordReader::read_next(std::vector<std::uint8_t>& payload) {
                          " breaks off: its last part is missing and a new record starts at " +
                          at_offset(p));
     }
-    payload.insert(payload.end(), std::begin(kMagicBytes), std::end(kMagicBytes));
+    if (total + 4 <= max_record_bytes_) {
+      payload.insert(payload.end(), std::begin(kMagicBytes), std::end(kMagicBytes));
+    }
   }
   pos_ = std::min(p, size_);
+  if (total > max_record_bytes_) {
+    payload.clear();
+    return {ReadStatus::kCorrupt, head,
+            record() + " holds " + std::to_string(total) + " bytes, above max_record_bytes " +
+                std::to_string(max_record_bytes_) +
+                " (raise recordio's max_record_bytes to read it)"};
+  }
   return {ReadStatus::kRecord, head, {}};
 }
 

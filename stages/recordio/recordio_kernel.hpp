@@ -36,6 +36,10 @@ inline constexpr std::uint32_t kMaxPartLength = (1U << 29) - 1;
 inline constexpr std::uint64_t kToEnd = std::numeric_limits<std::uint64_t>::max();
 inline constexpr std::size_t kDefaultChunkBytes = std::size_t{4} << 20;
 inline constexpr std::size_t kImageHeaderBytes = 24;
+// The largest record payload read by default, 256 MiB: an uncompressed RGB image at Pillow's
+// default MAX_IMAGE_PIXELS (89,478,485 pixels) fits, any compressed one far below max_pixels does.
+// A record is held in memory whole.
+inline constexpr std::uint64_t kDefaultMaxRecordBytes = std::uint64_t{256} << 20;
 
 // The second word of a part header: continuation flag in the top 3 bits, length in the rest.
 constexpr std::uint32_t make_lrec(std::uint32_t cflag, std::uint32_t length) {
@@ -114,7 +118,8 @@ enum class ReadStatus { kRecord, kCorrupt, kEnd };
 struct ReadResult {
   ReadStatus status = ReadStatus::kEnd;
   // kRecord: the record's first part header. kCorrupt: where the damaged data starts (the record
-  // head for a record that breaks off, the first bad word for data that is no record at all).
+  // head for a record that breaks off or is above the size limit, the first bad word for data
+  // that is no record at all).
   std::uint64_t offset = 0;
   std::string error;  // kCorrupt: what is wrong, with the byte offsets involved
 };
@@ -131,8 +136,11 @@ struct ReadResult {
 class RecordReader {
  public:
   // Opens `path` (throws std::runtime_error if it cannot). `chunk_bytes` is the size of each read.
+  // A record whose payload exceeds `max_record_bytes` is reported as kCorrupt (naming the limit)
+  // and skipped whole; no more than the limit of it is ever held.
   explicit RecordReader(const std::string& path, std::uint64_t begin = 0,
-                        std::uint64_t end = kToEnd, std::size_t chunk_bytes = kDefaultChunkBytes);
+                        std::uint64_t end = kToEnd, std::size_t chunk_bytes = kDefaultChunkBytes,
+                        std::uint64_t max_record_bytes = kDefaultMaxRecordBytes);
   ~RecordReader();
   RecordReader(const RecordReader&) = delete;
   RecordReader& operator=(const RecordReader&) = delete;
@@ -166,6 +174,7 @@ class RecordReader {
   std::uint64_t begin_ = 0;
   std::uint64_t end_ = kToEnd;
   std::uint64_t pos_ = 0;
+  std::uint64_t max_record_bytes_ = kDefaultMaxRecordBytes;
   bool started_ = false;
   std::vector<std::uint8_t> buffer_;
   std::uint64_t buffer_pos_ = 0;  // file offset of buffer_[0]

@@ -737,5 +737,57 @@ TEST(ListFile, MalformedListsNameTheLine) {
   EXPECT_NE(error_of("1\t1\t\n").find("empty path"), std::string::npos);
 }
 
+// A part header that claims more than the limit, in a (sparse) file that really is that long: the
+// record is refused without its bytes being copied, and the reader goes on after it.
+TEST(RecordReader, ARecordAboveTheLimitIsSkippedWithoutHoldingIt) {
+  TempDir dir;
+  const std::string path = dir.file("big.rec");
+  const std::uint32_t length = (std::uint32_t{300} << 20);  // above the 256 MiB default
+  Bytes head(8);
+  put_le32(head, 0, kMagic);
+  put_le32(head, 4, make_lrec(0, length));
+  write_bytes(path, head);
+  Bytes next;
+  frame_record(text_bytes("after"), next);
+  {
+    std::filesystem::resize_file(path, 8 + std::uint64_t{length});
+    std::ofstream out(path, std::ios::binary | std::ios::app);
+    out.write(reinterpret_cast<const char*>(next.data()),
+              static_cast<std::streamsize>(next.size()));
+  }
+  RecordReader reader(path);
+  std::vector<std::uint8_t> payload;
+  const ReadResult big = reader.next(payload);
+  EXPECT_EQ(big.status, ReadStatus::kCorrupt);
+  EXPECT_EQ(big.offset, 0U);
+  EXPECT_EQ(big.error,
+            "record at offset 0 holds 314572800 bytes, above max_record_bytes 268435456 "
+            "(raise recordio's max_record_bytes to read it)");
+  EXPECT_LT(payload.capacity(), std::size_t{1} << 20);
+  const ReadResult after = reader.next(payload);
+  EXPECT_EQ(after.status, ReadStatus::kRecord);
+  EXPECT_EQ(after.offset, 8 + std::uint64_t{length});
+  EXPECT_EQ(payload, text_bytes("after"));
+  EXPECT_EQ(reader.next(payload).status, ReadStatus::kEnd);
+}
+
+// A record split in parts is counted whole, the magics between its parts included.
+TEST(RecordReader, SplitRecordsCountTheirWholePayloadAgainstTheLimit) {
+  TempDir dir;
+  const std::string path = dir.file("split.rec");
+  Bytes payload_in = pattern_bytes(100, 3, {0, 40, 96});
+  Bytes file;
+  frame_record(payload_in, file);
+  write_bytes(path, file);
+  for (std::uint64_t limit : {std::uint64_t{99}, std::uint64_t{100}}) {
+    RecordReader reader(path, 0, kToEnd, kDefaultChunkBytes, limit);
+    std::vector<std::uint8_t> payload;
+    const ReadResult r = reader.next(payload);
+    EXPECT_EQ(r.status, limit >= 100 ? ReadStatus::kRecord : ReadStatus::kCorrupt) << r.error;
+    if (limit >= 100) EXPECT_EQ(payload, payload_in);
+    EXPECT_EQ(reader.next(payload).status, ReadStatus::kEnd);
+  }
+}
+
 }  // namespace
 }  // namespace millrace::recordio

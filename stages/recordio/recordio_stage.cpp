@@ -127,6 +127,10 @@ const Schema<RecordIoSource::Params>& RecordIoSource::schema() {
               "the part this process reads, 0-based; -1: the process's MPI rank", -1, 1 << 20);
     s.integer("shuffle_buffer", &Params::shuffle_buffer,
               "records held for shuffling when there is no index", 1, 1 << 24);
+    s.integer64("max_record_bytes", &Params::max_record_bytes,
+                "a record whose payload is larger than this is a per-sample error, skipped without "
+                "holding more than this in memory",
+                1, std::numeric_limits<std::int64_t>::max());
     return s;
   }();
   return schema;
@@ -331,7 +335,9 @@ bool RecordIoSource::pull(Pending& item) {
   while (range_ < ranges_.size()) {
     const Range& r = ranges_[range_];
     if (!reader_) {
-      reader_ = std::make_unique<recordio::RecordReader>(file_paths_[r.file], r.begin, r.end);
+      reader_ = std::make_unique<recordio::RecordReader>(
+          file_paths_[r.file], r.begin, r.end, recordio::kDefaultChunkBytes,
+          static_cast<std::uint64_t>(params_.max_record_bytes));
     }
     recordio::ReadResult result = reader_->next(item.payload);
     if (result.status == recordio::ReadStatus::kEnd) {
@@ -438,7 +444,40 @@ void RecordIoSource::load(Sample& sample) const {
   }
   std::memcpy(&i, sample.bytes.data(), sizeof i);
   const Indexed& r = records_.at(i);
-  resize_reusing(sample.bytes, static_cast<std::size_t>(r.size));
+  // A record's frame is its payload plus 8 bytes of header per part, where each part but the last
+  // ends at a magic dropped from the payload (one per 4 payload bytes at most), plus padding: at
+  // most 3 * payload + 16 bytes. The index may give a record more room (a sparse index); reading
+  // no further than that bound keeps a record above the limit from being read whole.
+  const std::uint64_t limit = static_cast<std::uint64_t>(params_.max_record_bytes);
+  constexpr std::uint64_t kMax = std::numeric_limits<std::uint64_t>::max();
+  const std::uint64_t most_frame = limit > (kMax - 16) / 3 ? kMax : 3 * limit + 16;
+  const bool capped = r.size > most_frame;
+  const auto above_limit = [&](const std::string& size) {
+    return SampleError("record at offset " + std::to_string(r.offset) + " holds " + size +
+                       " bytes, above max_record_bytes " + std::to_string(limit) +
+                       " (raise recordio's max_record_bytes to read it)");
+  };
+  if (r.size > limit) {
+    // Room for more than the limit: a record of one part says its size in its header, so it is
+    // refused from those 8 bytes rather than from its frame read in full.
+    std::uint8_t header[8];
+    if (::pread(fds_[r.file], header, sizeof header, static_cast<off_t>(r.offset)) ==
+        static_cast<ssize_t>(sizeof header)) {
+      const auto le32 = [&header](int at) {
+        return static_cast<std::uint32_t>(header[at]) |
+               static_cast<std::uint32_t>(header[at + 1]) << 8U |
+               static_cast<std::uint32_t>(header[at + 2]) << 16U |
+               static_cast<std::uint32_t>(header[at + 3]) << 24U;
+      };
+      const std::uint32_t magic = le32(0);
+      const std::uint32_t lrec = le32(4);
+      if (magic == recordio::kMagic && recordio::cflag_of(lrec) == 0 &&
+          recordio::length_of(lrec) > limit) {
+        throw above_limit(std::to_string(recordio::length_of(lrec)));
+      }
+    }
+  }
+  resize_reusing(sample.bytes, static_cast<std::size_t>(capped ? most_frame : r.size));
   std::size_t done = 0;
   while (done < sample.bytes.size()) {
     const ssize_t n = ::pread(fds_[r.file], sample.bytes.data() + done, sample.bytes.size() - done,
@@ -453,8 +492,11 @@ void RecordIoSource::load(Sample& sample) const {
   try {
     recordio::unframe_in_place(sample.bytes, r.offset);
   } catch (const recordio::FormatError& e) {
+    // Its frame did not end within the bytes read: longer than any payload under the limit.
+    if (capped) throw above_limit("more than " + std::to_string(most_frame));
     throw SampleError(e.what());
   }
+  if (sample.bytes.size() > limit) throw above_limit(std::to_string(sample.bytes.size()));
   finish_load(sample, r.offset);
 }
 

@@ -13,8 +13,12 @@
 //   shared read-only by all loads. Without one, next() reads the files sequentially through one
 //   buffered RecordReader (large reads, never one per record) and load() parses the header.
 // - Damaged records are per-sample errors (on_error applies) whose message carries the byte
-//   offset; reading continues at the next record head. A framing error found by next() travels in
-//   the sample's `error` to load(), which raises it: an exception from next() would stop the run.
+//   offset; reading continues at the next record head. So is a record whose payload is above
+//   `max_record_bytes`: it is skipped whole, and no more than the limit of it is held in memory
+//   (an indexed read refuses a one-part record from its header, and reads at most the largest
+//   frame a payload under the limit can have). A framing error
+//   found by next() travels in the sample's `error` to load(), which raises it: an exception from
+//   next() would stop the run.
 // - Sharding follows MXNet: with an index by record count (part k = records [k*nstep,
 //   min(N,(k+1)*nstep)) in offset order, nstep = ceil(N/num_parts)); without one by bytes over the
 //   concatenated files (boundaries every ceil(size/num_parts) bytes rounded up to 4, each moved
@@ -54,6 +58,7 @@ class RecordIoSource final : public SourceStage {
     int num_parts = 0;    // 0: the number of processes in the run (1 without MPI)
     int part_index = -1;  // -1: this process's rank
     int shuffle_buffer = 1024;
+    std::int64_t max_record_bytes = static_cast<std::int64_t>(recordio::kDefaultMaxRecordBytes);
   };
   static StageInfo info();
   static const Schema<Params>& schema();

@@ -701,6 +701,86 @@ TEST(RecordIoSource, AFileCutShortMidRunGivesSampleErrors) {
   }
 }
 
+// max_record_bytes: a record above it is a sample error naming the limit, the records after it are
+// read as usual, with an index and without, and with a sparse index that gives a record more room.
+TEST(RecordIoSource, RecordsAboveMaxRecordBytesAreSampleErrors) {
+  TempDir dir;
+  const Dataset d = make_dataset(dir.file("i/data.rec"), 12, true);
+  const Bytes file = read_bytes(d.rec);
+  fs::create_directories(dir.path() / "p");
+  write_bytes(dir.file("p/data.rec"), file);
+  const std::uint64_t limit = 500;
+  for (const std::string& rec : {d.rec, dir.file("p/data.rec")}) {
+    SCOPED_TRACE(rec);
+    auto source = make_source("type: recordio\npath: " + rec + "\nmax_record_bytes: 500\n");
+    ASSERT_NE(source, nullptr);
+    const auto epochs = drain(*source);
+    ASSERT_EQ(epochs[0].size(), d.records.size());
+    int refused = 0;
+    for (std::size_t i = 0; i < d.records.size(); ++i) {
+      const Loaded& s = epochs[0][i];
+      const std::uint64_t payload = recordio::kImageHeaderBytes + d.records[i].image.size();
+      if (payload > limit) {
+        ++refused;
+        EXPECT_EQ(s.error, "record at offset " + std::to_string(d.records[i].offset) + " holds " +
+                               std::to_string(payload) +
+                               " bytes, above max_record_bytes 500 (raise recordio's "
+                               "max_record_bytes to read it)");
+      } else {
+        EXPECT_TRUE(s.error.empty()) << s.error;
+        EXPECT_EQ(s.bytes, d.records[i].image);
+      }
+    }
+    EXPECT_GT(refused, 3);
+    EXPECT_LT(refused, 10);
+  }
+  // An index of every other record: each indexed record is given its neighbour's room too.
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> sparse;
+  for (std::size_t i = 0; i < d.records.size(); i += 2) {
+    sparse.emplace_back(d.records[i].id, d.records[i].offset);
+  }
+  recordio::write_index(dir.file("sparse.idx"), sparse);
+  auto source = make_source("type: recordio\npath: " + d.rec +
+                            "\nindex: " + dir.file("sparse.idx") + "\nmax_record_bytes: 500\n");
+  ASSERT_NE(source, nullptr);
+  const auto epochs = drain(*source);
+  ASSERT_EQ(epochs[0].size(), sparse.size());
+  for (std::size_t k = 0; k < sparse.size(); ++k) {
+    const Record& r = d.records[2 * k];
+    const std::uint64_t payload = recordio::kImageHeaderBytes + r.image.size();
+    EXPECT_EQ(epochs[0][k].error.empty(), payload <= limit) << epochs[0][k].error;
+    if (payload <= limit) EXPECT_EQ(epochs[0][k].bytes, r.image);
+  }
+}
+
+// With an index, a one-part record above the limit is refused from its 8-byte header: a 3 GiB
+// record (a sparse file) costs no read of its data.
+TEST(RecordIoSource, AnIndexedHugeRecordIsRefusedFromItsHeader) {
+  TempDir dir;
+  const std::string rec = dir.file("huge.rec");
+  Bytes head(8);
+  put_le32(head, 0, recordio::kMagic);
+  put_le32(head, 4, recordio::make_lrec(0, recordio::kMaxPartLength));
+  write_bytes(rec, head);
+  fs::resize_file(rec, 8 + std::uint64_t{recordio::kMaxPartLength} + 1);
+  recordio::write_index(recordio::index_path_for(rec), {{7, 0}});
+  auto source = make_source("type: recordio\npath: " + rec + "\nmax_record_bytes: 1000\n");
+  ASSERT_NE(source, nullptr);
+  ASSERT_TRUE(source->indexed());
+  Sample sample;
+  ASSERT_EQ(source->next(sample), SourceStatus::kSample);
+  try {
+    source->load(sample);
+    ADD_FAILURE() << "a record above the limit loaded";
+  } catch (const SampleError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "record at offset 0 holds 536870911 bytes, above "
+              "max_record_bytes 1000 (raise recordio's max_record_bytes "
+              "to read it)");
+  }
+  EXPECT_LT(sample.bytes.capacity(), std::size_t{1} << 20);
+}
+
 // ---- config checks -----------------------------------------------------------------------------
 
 TEST(RecordIoSource, ConfigChecksReportLocatedErrors) {

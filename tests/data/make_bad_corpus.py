@@ -12,6 +12,7 @@ Usage: python3 tests/data/make_bad_corpus.py
 import io
 import pathlib
 import struct
+import zlib
 
 import cv2
 import numpy as np
@@ -95,6 +96,28 @@ def cmyk_adobe():
     return out.getvalue()
 
 
+def png_bomb(width, height, rows):
+    """A PNG declaring width x height RGB whose IDAT holds `rows` rows of zeros, deflated.
+
+    Zeros deflate about 1000:1: declared sizes cost nothing in the file, only in a decoder that
+    believes them before checking.
+    """
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    raw = zlib.compress(b"\0" * (rows * (1 + 3 * width)), 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def progressive_truncated():
+    """A progressive JPEG of the truncated.jpg source (300x200), cut to its first 40 % of bytes."""
+    out = io.BytesIO()
+    Image.fromarray(truncated_source()).save(out, "JPEG", quality=90, progressive=True)
+    whole = out.getvalue()
+    return whole[:len(whole) * 40 // 100]
+
+
 def main():
     OUT.mkdir(exist_ok=True)
     files = {}
@@ -119,6 +142,11 @@ def main():
     files["bomb.jpg"] = patch_sof(encode_jpeg(textured(16, 16, 0.5), 75), 60000, 60000)
 
     files["cmyk_adobe.jpg"] = cmyk_adobe()
+
+    files["bomb_65000.jpg"] = patch_sof(encode_jpeg(textured(16, 16, 0.9), 75), 65000, 65000)
+    files["zero_width.jpg"] = patch_sof(encode_jpeg(textured(16, 16, 1.1), 75), 0, 16)
+    files["png_bomb.jpg"] = png_bomb(20000, 20000, 64)
+    files["progressive_truncated.jpg"] = progressive_truncated()
 
     for name, data in files.items():
         (OUT / name).write_bytes(data)

@@ -586,13 +586,18 @@ class BadInputTest(CliCase):
     """Item 5: unreadable and hostile files are skipped and listed, or fail the run."""
 
     GOOD = ("good_1.jpg", "good_2.jpg", "png_named.jpg", "cmyk_adobe.jpg")
-    BAD = ("truncated.jpg", "empty.jpg", "random.jpg", "bomb.jpg")
+    BAD = ("truncated.jpg", "empty.jpg", "random.jpg", "bomb.jpg", "bomb_65000.jpg",
+           "zero_width.jpg", "png_bomb.jpg", "progressive_truncated.jpg")
     MISSING = "missing_file.jpg"
     REASONS = {
         "truncated.jpg": r"truncat|premature|corrupt",
         "empty.jpg": r"empty|not a .*image",
         "random.jpg": r"not a .*image|unknown|unsupported|format",
         "bomb.jpg": r"max_pixels|too large|60000",
+        "bomb_65000.jpg": r"above max_pixels",
+        "zero_width.jpg": r"corrupt JPEG",
+        "png_bomb.jpg": r"above max_pixels",
+        "progressive_truncated.jpg": r"truncat|premature|corrupt",
         MISSING: r"cannot open|no such file|not found|missing",
     }
     RESIZE = 64
