@@ -80,12 +80,7 @@ def wait_for_lines(proc, path, count):
 
 
 class FaultCase(unittest.TestCase):
-
-    @classmethod
-    def setUpClass(cls):
-        default = e2e.source_path("configs", "default.yaml")
-        with open(default) as f:
-            cls.config_text = f.read()
+    """Runs of configs/default.yaml on the small dataset, and the check of an npy folder."""
 
     def run_args(self, npy_dir, json_path, *overrides, root=None):
         return [Env.millrace, "run", e2e.source_path("configs", "default.yaml"), "--quiet",
