@@ -294,8 +294,8 @@ TEST(ConfigOverrides, StagesAreReachedByIndexOrNameUnderStages) {
             std::vector<std::string>{
                 "--set stages.infer.winogard=false: error: stage 'infer' (infer): unknown key "
                 "'winogard' (did you mean 'winograd'?); known keys: type, name, concurrency, "
-                "queue, model, precision, calibration, threads, parallel, winograd, input, top_k, "
-                "alone"});
+                "queue, model, max_model_bytes, precision, calibration, threads, parallel, "
+                "winograd, input, top_k, alone"});
   EXPECT_EQ(with("stages.infer.calibration.mdoe=entropy"),
             std::vector<std::string>{
                 "--set stages.infer.calibration.mdoe=entropy: error: stage 'infer' (infer): "
