@@ -13,7 +13,9 @@
 // - No stage method may block on another stage, sleep or spin: they run on TBB worker threads.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -120,6 +122,18 @@ class SourceStage : public Stage {
     return false;
   }
 };
+
+// The epochs [first, end) that SourceStage::set_epochs(first, count) asks a source for, `count` 0
+// meaning up to its `configured` number; empty when `first` is past what an int counts.
+inline std::optional<std::pair<int, int>> epoch_range(std::uint32_t first, std::uint32_t count,
+                                                      int configured) {
+  constexpr auto kMax = static_cast<std::uint64_t>(std::numeric_limits<int>::max());
+  if (first >= kMax) return std::nullopt;
+  const auto begin = static_cast<int>(first);
+  const int end = count == 0 ? std::max(configured, begin)
+                             : static_cast<int>(std::min(std::uint64_t{first} + count, kMax));
+  return std::make_pair(begin, end);
+}
 
 class TransformStage : public Stage {
  public:

@@ -15,6 +15,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <system_error>
+#include <tuple>
 
 #include "engine/random.hpp"
 
@@ -369,12 +370,10 @@ std::optional<std::uint64_t> FilesSource::total_samples() const {
 
 bool FilesSource::set_epochs(std::uint32_t first, std::uint32_t count) {
   // Every epoch's order is drawn from (seed, epoch) alone, so an epoch can be entered directly.
-  constexpr auto kMax = static_cast<std::uint32_t>(std::numeric_limits<int>::max());
-  if (epoch_open_ || first >= kMax) return false;
-  epoch_ = first_epoch_ = static_cast<int>(first);
-  end_epoch_ = count == 0
-                   ? std::max(params_.epochs, epoch_)
-                   : static_cast<int>(std::min<std::uint64_t>(std::uint64_t{first} + count, kMax));
+  const auto range = epoch_range(first, count, params_.epochs);
+  if (epoch_open_ || !range) return false;
+  std::tie(epoch_, end_epoch_) = *range;
+  first_epoch_ = epoch_;
   return true;
 }
 

@@ -11,6 +11,7 @@
 #include <limits>
 #include <numeric>
 #include <system_error>
+#include <tuple>
 
 namespace millrace {
 
@@ -513,12 +514,10 @@ std::optional<std::uint64_t> RecordIoSource::total_samples() const {
 
 bool RecordIoSource::set_epochs(std::uint32_t first, std::uint32_t count) {
   // Every epoch's order is drawn from (seed, epoch) alone, so an epoch can be entered directly.
-  constexpr auto kMax = static_cast<std::uint32_t>(std::numeric_limits<int>::max());
-  if (epoch_open_ || first >= kMax) return false;
-  epoch_ = first_epoch_ = static_cast<int>(first);
-  end_epoch_ = count == 0
-                   ? std::max(params_.epochs, epoch_)
-                   : static_cast<int>(std::min<std::uint64_t>(std::uint64_t{first} + count, kMax));
+  const auto range = epoch_range(first, count, params_.epochs);
+  if (epoch_open_ || !range) return false;
+  std::tie(epoch_, end_epoch_) = *range;
+  first_epoch_ = epoch_;
   return true;
 }
 
