@@ -290,12 +290,14 @@ TEST(ConfigOverrides, StagesAreReachedByIndexOrNameUnderStages) {
   EXPECT_EQ(with("stages.infer.winograd=maybe"),
             std::vector<std::string>{"--set stages.infer.winograd=maybe: error: stage 'infer' "
                                      "(infer): 'winograd' expects true or false, got 'maybe'"});
-  EXPECT_EQ(with("stages.infer.winogard=false"),
-            std::vector<std::string>{
-                "--set stages.infer.winogard=false: error: stage 'infer' (infer): unknown key "
-                "'winogard' (did you mean 'winograd'?); known keys: type, name, concurrency, "
-                "queue, model, precision, calibration, threads, parallel, winograd, input, top_k, "
-                "alone"});
+  EXPECT_EQ(
+      with("stages.infer.winogard=false"),
+      std::vector<std::string>{
+          "--set stages.infer.winogard=false: error: stage 'infer' (infer): unknown key "
+          "'winogard' (did you mean 'winograd'?); known keys: type, name, concurrency, "
+          "queue, model, precision, calibration, threads, parallel, winograd, channel_ranges, "
+          "input, top_k, "
+          "alone"});
   EXPECT_EQ(with("stages.infer.calibration.mdoe=entropy"),
             std::vector<std::string>{
                 "--set stages.infer.calibration.mdoe=entropy: error: stage 'infer' (infer): "

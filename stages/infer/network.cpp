@@ -74,6 +74,10 @@ struct Graph {
   std::vector<int> fused_conv;              // per op: a fused Add's Conv op, else -1
   std::vector<int> sum_addend;              // per op: a fused Add's in-place addend value
   std::vector<bool> is_unsigned;            // per value: u8 in the int8 network
+  // per value: written by a convolution (no Add fused into it) and read only by convolutions,
+  // its activation one that the int8 type's own saturation reproduces channel by channel (none
+  // for s8; ReLU, or a Clip from 0, for u8): it may be quantized with a scale per channel.
+  std::vector<bool> channel_ranged;
 };
 
 Graph analyze(const Model& model, InputType input_type) {
@@ -178,6 +182,21 @@ Graph analyze(const Model& model, InputType input_type) {
     }
     g.is_unsigned[op.output] = u;
   }
+
+  g.channel_ranged.assign(n, false);
+  for (int v = 0; v < n; ++v) {
+    const int p = g.producer[v];
+    if (p < 0 || v == model.output || g.consumers[v].empty() || g.sum_into[p] >= 0) continue;
+    const Op& op = model.ops[p];
+    if (op.kind != OpKind::kConv || model.value_shapes[v].size() != 4) continue;
+    const bool saturates = op.activation == Activation::kNone ||
+                           op.activation == Activation::kRelu ||
+                           (op.activation == Activation::kClip && op.clip_min == 0.0F);
+    bool convs_only = true;
+    for (int reader : g.consumers[v])
+      convs_only = convs_only && model.ops[reader].kind == OpKind::kConv;
+    g.channel_ranged[v] = saturates && convs_only;
+  }
   return g;
 }
 
@@ -255,7 +274,10 @@ struct Program {
 struct ValueState {
   int tensor = -1;
   memory::desc md;
-  float scale = 1.0F;   // stored = real * scale (int8 values; 1 for f32)
+  float scale = 1.0F;  // stored = real * scale (int8 values; 1 for f32)
+  // When not empty, stored = real * channel_scale[c] channel by channel (and scale is 1): the
+  // convolutions reading it fold 1 / channel_scale[c] into their weights per input channel.
+  std::vector<float> channel_scale;
   int zero_point = 0;   // the network input only
   int flatten_of = -1;  // a 2-D view of this 4-D value: read through Gemm or as the output
   bool ready = false;
@@ -280,7 +302,10 @@ class Builder {
     program_ = std::make_unique<Program>();
     states_.assign(model_.value_count(), ValueState{});
     unfused_adds_.assign(model_.ops.size(), false);
-    if (int8_) plan_scales();
+    if (int8_) {
+      plan_scales();
+      plan_channel_scales();
+    }
     add_input();
     for (int k = 0; k < static_cast<int>(model_.ops.size()); ++k) build_op(k);
     add_output();
@@ -405,6 +430,37 @@ class Builder {
         unsigned_[v] = unsigned_[op.output];
         scale_[v] = scale_[op.output];
       }
+    }
+  }
+
+  // The per-channel scales of the values calibration gave channel limits for (when the option
+  // is on): levels / limit per channel, each limit kept within the producer's clip so that the
+  // type's saturation is the clip.
+  void plan_channel_scales() {
+    const int n = model_.value_count();
+    channel_scale_.assign(n, {});
+    if (!options_.channel_ranges || table_ == nullptr) return;
+    for (int v = 0; v < n; ++v) {
+      if (!graph_.channel_ranged[v]) continue;
+      const ValueRange* r = table_->find(v);
+      const auto channels = static_cast<std::size_t>(model_.value_shapes[v][1]);
+      if (r == nullptr || r->channels.size() != channels) continue;
+      const Op& op = model_.ops[graph_.producer[v]];
+      const float levels = unsigned_[v] ? 255.0F : 127.0F;
+      // A channel whose limit is a millionth of the largest carries less than the others'
+      // rounding: its scale is bounded there, so that neither its scale nor the reader's weight
+      // divided by it leaves the float range.
+      float largest = 0.0F;
+      for (float l : r->channels) largest = std::max(largest, l);
+      std::vector<float> scales(channels);
+      for (std::size_t c = 0; c < channels; ++c) {
+        float limit = std::max(r->channels[c], largest * 1e-6F);
+        if (op.activation == Activation::kClip) limit = std::min(limit, op.clip_max);
+        const float scale = levels / limit;
+        scales[c] = limit > 0.0F && std::isfinite(scale) ? scale : 1.0F;
+      }
+      channel_scale_[v] = std::move(scales);
+      scale_[v] = 1.0F;
     }
   }
 
@@ -674,6 +730,14 @@ class Builder {
     const Dt src_type = reads_input ? source_type_for_input() : (int8_ ? type_of(in) : Dt::f32);
     const float src_scale = int8_ ? (reads_input ? scale_[in] : src_state.scale) : 1.0F;
     const int channels = static_cast<int>(op.weight.shape.at(0));
+    const std::vector<float>* in_channel_fold = reads_input ? &fold_ : nullptr;
+    std::vector<float> unscale;
+    if (int8_ && !reads_input && !src_state.channel_scale.empty()) {
+      unscale.resize(src_state.channel_scale.size());
+      for (std::size_t c = 0; c < unscale.size(); ++c)
+        unscale[c] = 1.0F / src_state.channel_scale[c];
+      in_channel_fold = &unscale;
+    }
 
     // The loader's unit and the model's std, folded into the weights per input channel.
     std::vector<float> w = op.weight.data;
@@ -681,13 +745,13 @@ class Builder {
         static_cast<std::int64_t>(w.size()) != product(op.weight.shape)) {
       throw ModelError(model_where(model_, op) + ": Conv weight data does not match its shape");
     }
-    if (reads_input) {
+    if (in_channel_fold != nullptr) {
       const auto icg = static_cast<int>(op.weight.shape[1]);
       const auto kernel = static_cast<std::size_t>(op.weight.shape[2] * op.weight.shape[3]);
       const int per_group = channels / op.groups;
       for (int oc = 0; oc < channels; ++oc) {
         for (int i = 0; i < icg; ++i) {
-          const float f = fold_.at((oc / per_group) * icg + i);
+          const float f = in_channel_fold->at((oc / per_group) * icg + i);
           float* row = &w[(static_cast<std::size_t>(oc) * icg + i) * kernel];
           for (std::size_t j = 0; j < kernel; ++j) row[j] *= f;
         }
@@ -711,7 +775,9 @@ class Builder {
       c.fused = fused;
       const Op* add = fused ? &model_.ops[add_k] : nullptr;
       c.out = fused ? add->output : op.output;
-      if (int8_ && !f32_out_[c.out]) {
+      const std::vector<float>& by_channel =
+          channel_scale_.empty() ? no_channels_ : channel_scale_[c.out];
+      if (int8_ && !f32_out_[c.out] && by_channel.empty()) {
         c.out_scale = planned_scale(c.out);
       }
       const Dt dst_type = type_of(c.out);
@@ -719,14 +785,19 @@ class Builder {
       if (int8_) {
         std::vector<float> out_scales(channels);
         for (int oc = 0; oc < channels; ++oc)
-          out_scales[oc] = c.out_scale / (src_scale * w_scales[oc]);
+          out_scales[oc] =
+              (by_channel.empty() ? c.out_scale : by_channel.at(oc)) / (src_scale * w_scales[oc]);
         attr.set_output_scales(1 << 1, out_scales);
         if (src_state.zero_point != 0) {
           attr.set_zero_points(DNNL_ARG_SRC, 0, {src_state.zero_point});
         }
       }
       dnnl::post_ops post;
-      append_activation(post, op, c.out_scale);
+      // A channel-ranged value's clip is the u8 or s8 saturation at its channels' limits, which
+      // calibration never places beyond the clip (see plan_scales).
+      if (by_channel.empty() || op.activation == Activation::kRelu) {
+        append_activation(post, op, c.out_scale);
+      }
       memory::desc dst_md(dims_of(c.out), dst_type, Tag::any);
       if (fused) {
         const ValueState& addend = state(graph_.sum_addend[add_k], *add);
@@ -769,6 +840,7 @@ class Builder {
     dst.md = pd.dst_desc();
     dst.tensor = choice.fused ? states_.at(graph_.sum_addend[add_k]).tensor : new_tensor(dst.md);
     dst.scale = choice.out_scale;
+    if (int8_ && !channel_scale_.empty()) dst.channel_scale = channel_scale_[choice.out];
     dst.ready = true;
 
     std::string what = "conv '" + op.name + "'";
@@ -1121,7 +1193,9 @@ class Builder {
       const memory::desc plain = plain_f32(o.source.get_desc().dims());
       o.sample_elements =
           plain.get_size() / sizeof(float) / static_cast<std::size_t>(options_.batch);
-      if (o.source.get_desc() == plain || samples_first_and_dense(o.source.get_desc())) {
+      // Channel-ranged values are observed channel by channel: always in plain NCHW.
+      if (o.source.get_desc() == plain ||
+          (!graph_.channel_ranged[o.value] && samples_first_and_dense(o.source.get_desc()))) {
         o.plain = o.source;
       } else {
         o.plain = memory(plain, engine_, scratch.get_data_handle());
@@ -1148,6 +1222,8 @@ class Builder {
   std::vector<bool> unfused_adds_;  // per op: an Add the analysis fused that runs on its own
   std::vector<bool> unsigned_;
   std::vector<float> scale_;  // NaN: not needed so far (computed from the table on demand)
+  std::vector<std::vector<float>> channel_scale_;  // per value: empty, or its channels' scales
+  const std::vector<float> no_channels_;
   std::vector<bool> f32_out_;
   TensorView output_view_;
 };
@@ -1240,6 +1316,7 @@ struct Network::Impl {
     table = std::move(t);
     calibration_program.reset();
     observers.clear();
+    channel_observers.clear();
   }
 
   // Runs part k's share of a batch of `batch` samples (nothing when the batch ends before it).
@@ -1268,6 +1345,7 @@ struct Network::Impl {
   std::vector<std::exception_ptr> part_errors;   // one per part, for the parallel region
   std::unique_ptr<Program> calibration_program;  // int8 only: the fp32 graph that observe() runs
   std::vector<RangeObserver> observers;
+  std::vector<std::vector<RangeObserver>> channel_observers;  // per channel-ranged value
   int observed_batches = 0;
   std::optional<CalibrationTable> table;
   const void* last_source = nullptr;
@@ -1302,6 +1380,12 @@ void Network::observe(const void* input, int batch) {
   }
   if (m.observers.empty()) {
     m.observers.assign(m.model.value_count(), RangeObserver(m.options.calibration));
+    m.channel_observers.assign(m.model.value_count(), {});
+    for (int v = 0; v < m.model.value_count(); ++v) {
+      if (!m.graph.channel_ranged[v]) continue;
+      m.channel_observers[v].assign(static_cast<std::size_t>(m.model.value_shapes[v][1]),
+                                    RangeObserver(m.options.calibration, kChannelHistogramBins));
+    }
   }
   if (m.options.input.type == InputType::kF32) {
     m.observers[m.model.input].add(static_cast<const float*>(input),
@@ -1311,6 +1395,15 @@ void Network::observe(const void* input, int batch) {
   execute(*m.calibration_program, m.stream, input, batch, m.options.batch,
           [&](int value, const float* data, std::size_t count) {
             m.observers[value].add(data, count);
+            auto& by_channel = m.channel_observers[value];
+            if (by_channel.empty()) return;
+            // Plain NCHW (prepare_observations): each sample's channels one after another.
+            const std::size_t channels = by_channel.size();
+            const auto& shape = m.model.value_shapes[value];
+            const auto plane = static_cast<std::size_t>(shape[2] * shape[3]);
+            for (std::size_t i = 0; i + plane <= count; i += plane) {
+              by_channel[(i / plane) % channels].add(data + i, plane);
+            }
           });
   ++m.observed_batches;
 }
@@ -1329,7 +1422,14 @@ void Network::finalize_calibration() {
   t.mode = m.options.calibration;
   for (int v = 0; v < static_cast<int>(m.observers.size()); ++v) {
     if (m.observers[v].empty()) continue;
-    t.values.push_back(m.observers[v].finish(v, m.graph.is_unsigned[v] ? kU8Levels : kS8Levels));
+    const int levels = m.graph.is_unsigned[v] ? kU8Levels : kS8Levels;
+    ValueRange r = m.observers[v].finish(v, levels);
+    for (const RangeObserver& c : m.channel_observers[v]) {
+      const ValueRange cr = c.finish(v, levels);
+      r.channels.push_back(m.graph.is_unsigned[v] ? std::max(cr.max, 0.0F)
+                                                  : std::max(std::fabs(cr.min), std::fabs(cr.max)));
+    }
+    t.values.push_back(std::move(r));
   }
   m.build_int8(std::move(t));
 }
