@@ -74,10 +74,15 @@ struct Graph {
   std::vector<int> fused_conv;              // per op: a fused Add's Conv op, else -1
   std::vector<int> sum_addend;              // per op: a fused Add's in-place addend value
   std::vector<bool> is_unsigned;            // per value: u8 in the int8 network
-  // per value: written by a convolution (no Add fused into it) and read only by convolutions,
-  // its activation one that the int8 type's own saturation reproduces channel by channel (none
-  // for s8; ReLU, or a Clip from 0, for u8): it may be quantized with a scale per channel.
+  // Per value: whether it may be quantized with a scale per channel, and the group of values
+  // that must share those scales (-1: none). A value qualifies when convolutions alone read it
+  // (a fused residual Add counts as its convolution) and its activation is one the int8 type's
+  // saturation reproduces channel by channel (none for s8; ReLU, or a Clip from 0, for u8). A
+  // fused Add puts its addend, its convolution's output and its result in one group (the sum
+  // post-op adds stored values at one scale), so a residual stream shares one set of scales;
+  // such a group takes no Clip (one channel's clip would differ between its members).
   std::vector<bool> channel_ranged;
+  std::vector<int> channel_group;
 };
 
 Graph analyze(const Model& model, InputType input_type) {
@@ -183,19 +188,48 @@ Graph analyze(const Model& model, InputType input_type) {
     g.is_unsigned[op.output] = u;
   }
 
-  g.channel_ranged.assign(n, false);
+  // Union-find over values: a fused Add joins its addend, convolution output and result.
+  std::vector<int> parent(n);
+  for (int v = 0; v < n; ++v) parent[v] = v;
+  const std::function<int(int)> root = [&](int v) {
+    return parent[v] == v ? v : parent[v] = root(parent[v]);
+  };
+  for (int k = 0; k < ops; ++k) {
+    if (g.fused_conv[k] < 0) continue;
+    const int o = root(model.ops[k].output);
+    for (int v : model.ops[k].inputs) parent[root(v)] = o;
+  }
+  const auto saturates = [](const Op& op, bool alone) {
+    return op.activation == Activation::kNone || op.activation == Activation::kRelu ||
+           (alone && op.activation == Activation::kClip && op.clip_min == 0.0F);
+  };
+  std::vector<int> members(n, 0);
+  for (int v = 0; v < n; ++v) ++members[root(v)];
+  std::vector<bool> valid(n, true);
   for (int v = 0; v < n; ++v) {
+    const int r = root(v);
     const int p = g.producer[v];
-    if (p < 0 || v == model.output || g.consumers[v].empty() || g.sum_into[p] >= 0) continue;
-    const Op& op = model.ops[p];
-    if (op.kind != OpKind::kConv || model.value_shapes[v].size() != 4) continue;
-    const bool saturates = op.activation == Activation::kNone ||
-                           op.activation == Activation::kRelu ||
-                           (op.activation == Activation::kClip && op.clip_min == 0.0F);
-    bool convs_only = true;
-    for (int reader : g.consumers[v])
-      convs_only = convs_only && model.ops[reader].kind == OpKind::kConv;
-    g.channel_ranged[v] = saturates && convs_only;
+    bool ok = p >= 0 && v != model.output && !g.consumers[v].empty() &&
+              model.value_shapes[v].size() == 4 && g.is_unsigned[v] == g.is_unsigned[r];
+    if (ok) {
+      const Op& op = model.ops[p];
+      const bool by_conv = op.kind == OpKind::kConv;
+      const bool by_fused_add = op.kind == OpKind::kAdd && g.fused_conv[p] >= 0;
+      ok = (by_conv || by_fused_add) && saturates(op, members[r] == 1);
+    }
+    for (int reader : g.consumers[v]) {
+      const Op& op = model.ops[reader];
+      ok = ok &&
+           (op.kind == OpKind::kConv || (op.kind == OpKind::kAdd && g.fused_conv[reader] >= 0));
+    }
+    if (!ok) valid[r] = false;
+  }
+  g.channel_ranged.assign(n, false);
+  g.channel_group.assign(n, -1);
+  for (int v = 0; v < n; ++v) {
+    if (!valid[root(v)]) continue;
+    g.channel_ranged[v] = true;
+    g.channel_group[v] = root(v);
   }
   return g;
 }
@@ -440,27 +474,41 @@ class Builder {
     const int n = model_.value_count();
     channel_scale_.assign(n, {});
     if (!options_.channel_ranges || table_ == nullptr) return;
+    std::vector<std::vector<int>> groups(n);
     for (int v = 0; v < n; ++v) {
-      if (!graph_.channel_ranged[v]) continue;
-      const ValueRange* r = table_->find(v);
-      const auto channels = static_cast<std::size_t>(model_.value_shapes[v][1]);
-      if (r == nullptr || r->channels.size() != channels) continue;
-      const Op& op = model_.ops[graph_.producer[v]];
-      const float levels = unsigned_[v] ? 255.0F : 127.0F;
+      if (graph_.channel_group[v] >= 0) groups[graph_.channel_group[v]].push_back(v);
+    }
+    for (const std::vector<int>& group : groups) {
+      if (group.empty()) continue;
+      const auto channels = static_cast<std::size_t>(model_.value_shapes[group[0]][1]);
+      // Every member's limit per channel, the largest of them where a group shares its scales.
+      std::vector<float> limits(channels, 0.0F);
+      bool complete = true;
+      for (int v : group) {
+        const ValueRange* r = table_->find(v);
+        complete = complete && r != nullptr && r->channels.size() == channels;
+        if (!complete) break;
+        for (std::size_t c = 0; c < channels; ++c) limits[c] = std::max(limits[c], r->channels[c]);
+      }
+      if (!complete) continue;
+      const Op& op = model_.ops[graph_.producer[group[0]]];
+      const float levels = unsigned_[group[0]] ? 255.0F : 127.0F;
       // A channel whose limit is a millionth of the largest carries less than the others'
       // rounding: its scale is bounded there, so that neither its scale nor the reader's weight
       // divided by it leaves the float range.
       float largest = 0.0F;
-      for (float l : r->channels) largest = std::max(largest, l);
+      for (float l : limits) largest = std::max(largest, l);
       std::vector<float> scales(channels);
       for (std::size_t c = 0; c < channels; ++c) {
-        float limit = std::max(r->channels[c], largest * 1e-6F);
+        float limit = std::max(limits[c], largest * 1e-6F);
         if (op.activation == Activation::kClip) limit = std::min(limit, op.clip_max);
         const float scale = levels / limit;
         scales[c] = limit > 0.0F && std::isfinite(scale) ? scale : 1.0F;
       }
-      channel_scale_[v] = std::move(scales);
-      scale_[v] = 1.0F;
+      for (int v : group) {
+        channel_scale_[v] = scales;
+        scale_[v] = 1.0F;
+      }
     }
   }
 
@@ -803,7 +851,8 @@ class Builder {
         const ValueState& addend = state(graph_.sum_addend[add_k], *add);
         const Dt addend_type = addend.md.data_type();
         if (int8_) {
-          post.append_sum(c.out_scale / addend.scale,
+          // A channel-ranged addend shares the result's scales (its group's): a sum at 1.
+          post.append_sum(by_channel.empty() ? c.out_scale / addend.scale : 1.0F,
                           addend_type != dst_type ? addend_type : Dt::undef);
         } else {
           post.append_sum(1.0F);
@@ -931,6 +980,10 @@ class Builder {
     Step& step = push_output_step(op, dnnl::binary(pd), pd, "add '" + op.name + "'", out_scale);
     bind_view(step, DNNL_ARG_SRC_0, a);
     bind_view(step, DNNL_ARG_SRC_1, b);
+    // A fused Add that runs on its own: its inputs and result share their group's scales (all
+    // three stored at scale 1 here), so the binary adds the stored values as they are.
+    if (int8_ && !channel_scale_.empty())
+      states_[op.output].channel_scale = channel_scale_[op.output];
   }
 
   void build_eltwise(const Op& op) {
