@@ -766,7 +766,10 @@ TEST(Network, MseCalibrationRunsASmallMobileNet) {
 // first convolution are scaled down 100x and the second reads them with 100x larger weights, so
 // they matter as much as the others. One scale for the whole value rounds the small channels to
 // a few levels; a scale per channel keeps them.
-Model unbalanced_channels(Activation middle) {
+// With `residual`, the middle value also gets a residual branch, Add(middle, Conv(Conv(middle))),
+// fused into the branch's last convolution, and the second convolution reads the sum: the
+// stream's three values share their channel scales.
+Model unbalanced_channels(Activation middle, bool residual = false) {
   ModelBuilder b(3, 16, 16, 33);
   const int c1 = b.conv(0, 16, 3, 1, 1, 1, 1, middle);
   if (middle == Activation::kClip) {
@@ -779,7 +782,16 @@ Model unbalanced_channels(Activation middle) {
     for (std::size_t i = 0; i < per_out; ++i) first.weight.data[oc * per_out + i] *= 0.01F;
     first.bias.data[oc] *= 0.01F;
   }
-  const int c2 = b.conv(c1, 16, 1, 1, 0, 1, 1, Activation::kRelu);
+  int stream = c1;
+  if (residual) {
+    const int branch = b.conv(c1, 16, 1, 1, 0, 1, 1, Activation::kRelu);
+    const int back = b.conv(branch, 16, 1, 1, 0);
+    Op& last = b.last_op();  // the branch adds the small channels' share only
+    for (float& x : last.weight.data) x *= 0.01F;
+    for (float& x : last.bias.data) x *= 0.01F;
+    stream = b.add(c1, back);
+  }
+  const int c2 = b.conv(stream, 16, 1, 1, 0, 1, 1, Activation::kRelu);
   Op& second = b.last_op();
   for (std::size_t oc = 0; oc < 16; ++oc) {
     for (std::size_t ic = 8; ic < 16; ++ic) second.weight.data[oc * 16 + ic] *= 100.0F;
@@ -789,8 +801,10 @@ Model unbalanced_channels(Activation middle) {
 
 TEST(Network, ChannelRangesKeepChannelsOfUnequalRange) {
   const int batch = 8;
-  for (Activation middle : {Activation::kNone, Activation::kClip}) {
-    const Model m = unbalanced_channels(middle);
+  for (const auto& [middle, residual] :
+       {std::pair{Activation::kNone, false}, std::pair{Activation::kClip, false},
+        std::pair{Activation::kNone, true}}) {
+    const Model m = unbalanced_channels(middle, residual);
     Network fp32(m, options_for(Precision::kFp32, InputType::kS8, InputLayout::kNHWC, batch));
     const Images im = make_images(m, batch, 77);
     const auto f = run_network(fp32, im, InputType::kS8, InputLayout::kNHWC);
@@ -805,6 +819,7 @@ TEST(Network, ChannelRangesKeepChannelsOfUnequalRange) {
       calibrate(int8, m, 3, batch, InputType::kS8, InputLayout::kNHWC);
       const auto q = run_network(int8, im, InputType::kS8, InputLayout::kNHWC);
       centred[by_channel ? 1 : 0] = centred_cosine(q, f, 10);
+      EXPECT_EQ(int8.stats().fused_adds, residual ? 1 : 0);  // the sum post-op at 1
 
       // The table carries the middle value's 16 channel limits (whatever the option: a table
       // serves both), 100x apart, and reloads to the same logits.
@@ -819,15 +834,21 @@ TEST(Network, ChannelRangesKeepChannelsOfUnequalRange) {
       for (int c = 0; c < 8; ++c) large = std::max(large, r->channels[c]);
       for (int c = 8; c < 16; ++c) small = std::max(small, r->channels[c]);
       EXPECT_GT(large, 20.0F * small);
-      ASSERT_NE(table.find(m.ops[1].output), nullptr);
-      EXPECT_TRUE(table.find(m.ops[1].output)->channels.empty());  // read by a pooling
+      if (residual) {  // the sum, as its addend, read by the convolution
+        ASSERT_NE(table.find(m.ops[3].output), nullptr);
+        EXPECT_EQ(table.find(m.ops[3].output)->channels.size(), 16U);
+      }
+      const int second = residual ? 4 : 1;
+      ASSERT_NE(table.find(m.ops[second].output), nullptr);
+      EXPECT_TRUE(table.find(m.ops[second].output)->channels.empty());  // read by a pooling
       Network loaded(m, o);
       loaded.load_calibration(path);
       EXPECT_EQ(run_network(loaded, im, InputType::kS8, InputLayout::kNHWC), q);
     }
     std::printf(
-        "unbalanced channels (%s) int8 vs fp32, centred: per value %.5f, per channel %.5f\n",
-        middle == Activation::kNone ? "linear" : "relu6", centred[0], centred[1]);
+        "unbalanced channels (%s%s) int8 vs fp32, centred: per value %.5f, per channel %.5f\n",
+        middle == Activation::kNone ? "linear" : "relu6", residual ? ", residual" : "", centred[0],
+        centred[1]);
     EXPECT_LT(centred[0], 0.9);
     EXPECT_GE(centred[1], 0.98);
   }
