@@ -812,6 +812,7 @@ TEST(Network, ChannelRangesKeepChannelsOfUnequalRange) {
     EXPECT_LT(relative_error(f, reference_logits(m, im.model_input(), batch)), 1e-4);
 
     double centred[2] = {0.0, 0.0};
+    std::vector<float> per_value;
     for (bool by_channel : {false, true}) {
       NetworkOptions o = options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, batch);
       o.channel_ranges = by_channel;
@@ -844,6 +845,16 @@ TEST(Network, ChannelRangesKeepChannelsOfUnequalRange) {
       Network loaded(m, o);
       loaded.load_calibration(path);
       EXPECT_EQ(run_network(loaded, im, InputType::kS8, InputLayout::kNHWC), q);
+      if (!by_channel) {
+        per_value = q;
+      } else {
+        // A table without channel limits (as written before they existed) quantizes per value.
+        CalibrationTable old = table;
+        for (ValueRange& v : old.values) v.channels.clear();
+        Network from_old(m, o);
+        from_old.load_calibration(old, "old.json");
+        EXPECT_EQ(run_network(from_old, im, InputType::kS8, InputLayout::kNHWC), per_value);
+      }
     }
     std::printf(
         "unbalanced channels (%s%s) int8 vs fp32, centred: per value %.5f, per channel %.5f\n",
@@ -1486,8 +1497,10 @@ TEST(Calibration, EntropyThresholdOfAHistogram) {
 TEST(Calibration, JsonRoundTripIsExact) {
   CalibrationTable t;
   t.mode = CalibrationMode::kEntropy;
-  t.values = {
-      {0, -128.0F, 127.0F}, {3, 0.1F, 0.30000001F}, {7, -3.4e38F, 1e-30F}, {12, 0.0F, 0.0F}};
+  t.values = {{0, -128.0F, 127.0F, {}},
+              {3, 0.1F, 0.30000001F, {0.1F, 0.30000001F, 1e-30F, 0.0F}},
+              {7, -3.4e38F, 1e-30F, {}},
+              {12, 0.0F, 0.0F, {}}};
   const std::string json = calibration_to_json(t);
   EXPECT_NE(json.find("\"mode\": \"entropy\""), std::string::npos);
   EXPECT_EQ(calibration_from_json(json, "<string>"), t);
@@ -1521,6 +1534,10 @@ TEST(Calibration, MalformedTablesAreRejected) {
            "{\"mode\": \"minmax\", \"values\": [{\"id\": 1, \"min\": 0, \"max\": 1e39}]}",
            R"({"mode": "minmax", "values": [{"id": 1, "min": 0, "max": 1}, {"id": 1, "max": 1}]})",
            R"({"mode":"minmax","values":[{"id":2,"min":0,"max":1},{"id":2,"min":0,"max":1}]})",
+           R"({"mode": "minmax", "values": [{"id": 1, "min": 0, "max": 1, "channels": []}]})",
+           R"({"mode": "minmax", "values": [{"id": 1, "min": 0, "max": 1, "channels": 2}]})",
+           R"({"mode": "minmax", "values": [{"id": 1, "min": 0, "max": 1, "channels": [1, -1]}]})",
+           R"({"mode": "minmax", "values": [{"id": 1, "min": 0, "max": 1, "channels": ["1"]}]})",
            "{\"mode\": \"minmax\", \"values\": []} trailing",
            "{\"mode\": \"minmax\", \"values\": [}",
        }) {
