@@ -589,7 +589,7 @@ class Builder {
   // `value` as `target` at `target_scale`: the value itself when it already is, else one reorder
   // (shared by every reader that asks for the same form).
   ValueState adapt(int value, const memory::desc& target, float target_scale) {
-    const ValueState s = states_.at(value);
+    ValueState s = states_.at(value);  // not const: returned, so moved
     if (s.md == target && s.scale == target_scale) return s;
     for (const auto& [key, cached] : adapted_) {
       if (key == value && cached.md == target && cached.scale == target_scale) return cached;
