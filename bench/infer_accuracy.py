@@ -81,7 +81,7 @@ def write_list(path, lines):
 
 
 def make_config(model, list_path, out_dir, precision, loader, table, calibration_batches,
-                calibration_mode, winograd):
+                calibration_mode, winograd, channel_ranges):
     """configs/<model>_int8.yaml with absolute paths, the given slice, and an npy sink."""
     source = "resnet18" if model == "mobilenet_v2" else model
     with open(os.path.join(REPO, "configs", f"{source}_int8.yaml")) as f:
@@ -99,6 +99,7 @@ def make_config(model, list_path, out_dir, precision, loader, table, calibration
             stage["model"] = os.path.join(REPO, "data", "models", f"{model}.onnx")
             stage["precision"] = precision
             stage["winograd"] = winograd
+            stage["channel_ranges"] = channel_ranges
             stage["calibration"] = {"batches": calibration_batches, "mode": calibration_mode,
                                     "table": table}
             stages.append(stage)
@@ -115,7 +116,8 @@ def millrace_run(args, model, work, name, list_path, images, precision, loader, 
                  winograd=True):
     out_dir = os.path.join(work, f"{model}_{name}")
     config = make_config(model, list_path, out_dir, precision, loader, table,
-                         args.calibration_batches, args.calibration_mode, winograd)
+                         args.calibration_batches, args.calibration_mode, winograd,
+                         not args.no_channel_ranges)
     config_path = os.path.join(work, f"{model}_{name}.yaml")
     with open(config_path, "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
@@ -356,6 +358,9 @@ def main():
                              "%(default)s)")
     parser.add_argument("--calibration-mode", choices=["minmax", "entropy", "mse"], default="minmax",
                         help="millrace's calibration mode (default %(default)s, as the configs)")
+    parser.add_argument("--no-channel-ranges", action="store_true",
+                        help="infer.channel_ranges: false (one scale per value, as before it "
+                             "existed)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the permutation of labels.lst that the calibration and "
                              "evaluation slices are taken from (default %(default)s)")

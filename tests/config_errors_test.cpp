@@ -295,7 +295,7 @@ TEST(ConfigOverrides, StagesAreReachedByIndexOrNameUnderStages) {
                 "--set stages.infer.winogard=false: error: stage 'infer' (infer): unknown key "
                 "'winogard' (did you mean 'winograd'?); known keys: type, name, concurrency, "
                 "queue, model, max_model_bytes, precision, calibration, threads, parallel, "
-                "winograd, input, top_k, alone"});
+                "winograd, channel_ranges, input, top_k, alone"});
   EXPECT_EQ(with("stages.infer.calibration.mdoe=entropy"),
             std::vector<std::string>{
                 "--set stages.infer.calibration.mdoe=entropy: error: stage 'infer' (infer): "

@@ -58,48 +58,48 @@ void RangeObserver::add(const float* data, std::size_t count) {
   // Exact zeros stay out of the histogram: every scale quantizes them exactly, so they say
   // nothing about the threshold, and the half of a ReLU's outputs that are 0 would otherwise
   // dominate the divergence of every candidate that merges the first bin with its neighbours.
-  if (histogram_.empty()) histogram_.assign(kHistogramBins, 0.0);
+  if (histogram_.empty()) histogram_.assign(bins_, 0.0);
   const float batch_abs = std::max(std::fabs(batch_min), std::fabs(batch_max));
   if (batch_abs > limit_) grow_histogram(batch_abs);
   if (limit_ <= 0.0F) return;  // everything so far is exactly zero
-  const double per_unit = kHistogramBins / static_cast<double>(limit_);
+  const double per_unit = bins_ / static_cast<double>(limit_);
   for (std::size_t i = 0; i < count; ++i) {
     const float x = data[i];
     if (std::isnan(x) || x == 0.0F) continue;
     const auto bin = static_cast<std::size_t>(std::fabs(x) * per_unit);
-    histogram_[std::min<std::size_t>(bin, kHistogramBins - 1)] += 1.0;
+    histogram_[std::min(bin, static_cast<std::size_t>(bins_ - 1))] += 1.0;
   }
 }
 
 // A later batch reached beyond the histogram: the bins are widened and each old bin's count
 // moves to the new bin holding its centre (the approximation MXNet's collector makes as well).
 void RangeObserver::grow_histogram(float new_limit) {
-  std::vector<double> grown(kHistogramBins, 0.0);
-  const double old_width = static_cast<double>(limit_) / kHistogramBins;
-  const double new_width = static_cast<double>(new_limit) / kHistogramBins;
-  for (int j = 0; j < kHistogramBins; ++j) {
+  std::vector<double> grown(bins_, 0.0);
+  const double old_width = static_cast<double>(limit_) / bins_;
+  const double new_width = static_cast<double>(new_limit) / bins_;
+  for (int j = 0; j < bins_; ++j) {
     if (histogram_[j] == 0.0) continue;
     const double centre = (j + 0.5) * old_width;
     const auto bin = static_cast<int>(centre / new_width);
-    grown[std::min(bin, kHistogramBins - 1)] += histogram_[j];
+    grown[std::min(bin, bins_ - 1)] += histogram_[j];
   }
   histogram_.swap(grown);
   limit_ = new_limit;
 }
 
 ValueRange RangeObserver::finish(int id, int levels) const {
-  if (count_ == 0) return {id, 0.0F, 0.0F};
+  if (count_ == 0) return {id, 0.0F, 0.0F, {}};
   double counted = 0.0;
   for (double c : histogram_) counted += c;
   if (mode_ == CalibrationMode::kMinMax || limit_ <= 0.0F || counted == 0.0) {
-    return {id, min_, max_};
+    return {id, min_, max_, {}};
   }
-  const float bin_width = limit_ / kHistogramBins;
+  const float bin_width = limit_ / bins_;
   const float threshold =
       std::min(mode_ == CalibrationMode::kMse ? mse_threshold(histogram_, bin_width, levels)
                                               : entropy_threshold(histogram_, bin_width, levels),
                limit_);
-  return {id, std::max(min_, -threshold), std::min(max_, threshold)};
+  return {id, std::max(min_, -threshold), std::min(max_, threshold), {}};
 }
 
 namespace {
@@ -231,9 +231,19 @@ std::string calibration_to_json(const CalibrationTable& table) {
   char buffer[96];
   for (std::size_t i = 0; i < table.values.size(); ++i) {
     const ValueRange& r = table.values[i];
-    std::snprintf(buffer, sizeof buffer, "%s\n  {\"id\": %d, \"min\": %.9g, \"max\": %.9g}",
+    std::snprintf(buffer, sizeof buffer, "%s\n  {\"id\": %d, \"min\": %.9g, \"max\": %.9g",
                   i == 0 ? "" : ",", r.id, static_cast<double>(r.min), static_cast<double>(r.max));
     out += buffer;
+    if (!r.channels.empty()) {
+      out += ", \"channels\": [";
+      for (std::size_t c = 0; c < r.channels.size(); ++c) {
+        std::snprintf(buffer, sizeof buffer, "%s%.9g", c == 0 ? "" : ", ",
+                      static_cast<double>(r.channels[c]));
+        out += buffer;
+      }
+      out += ']';
+    }
+    out += '}';
   }
   out += table.values.empty() ? "]}\n" : "\n]}\n";
   return out;
@@ -459,6 +469,18 @@ CalibrationTable calibration_from_json(std::string_view text, const std::string&
     r.min = table_number(reader, entry, "min", i);
     r.max = table_number(reader, entry, "max", i);
     if (r.min > r.max) reader.fail(where + " has min > max");
+    if (const JsonValue* channels = entry.member("channels"); channels != nullptr) {
+      if (channels->kind != JsonValue::Kind::kArray || channels->items.empty()) {
+        reader.fail(where + ".channels must be a non-empty array of numbers");
+      }
+      for (const JsonValue& c : channels->items) {
+        if (c.kind != JsonValue::Kind::kNumber || !std::isfinite(c.number) || c.number < 0.0 ||
+            c.number > std::numeric_limits<float>::max()) {
+          reader.fail(where + ".channels must hold finite non-negative numbers");
+        }
+        r.channels.push_back(static_cast<float>(c.number));
+      }
+    }
     table.values.push_back(r);
   }
   std::sort(table.values.begin(), table.values.end(),

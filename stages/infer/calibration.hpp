@@ -6,6 +6,9 @@
 // thread (the inference thread that runs calibration); CalibrationTable is a value that may be
 // copied and read anywhere. The JSON form is
 //   {"mode": "minmax", "fingerprint": "...", "values": [{"id": 3, "min": -1.25, "max": 4.5}, ...]}
+// where a value a convolution writes for convolutions alone also carries "channels": [...], the
+// limit of each channel (its max for u8, its max |x| for s8), which the int8 network uses as that
+// value's range channel by channel (network.hpp).
 // with every number written with enough digits (%.9g) to read back the identical float, so a
 // loaded table reproduces the calibrated network bit for bit. Reading rejects anything else with
 // CalibrationError naming the file and what is wrong.
@@ -40,6 +43,7 @@ struct ValueRange {
   int id = -1;  // the Model's value id
   float min = 0.0F;
   float max = 0.0F;
+  std::vector<float> channels;  // per-channel limits (see above); empty: the value's range only
   bool operator==(const ValueRange&) const = default;
 };
 
@@ -76,6 +80,7 @@ CalibrationTable load_calibration_table(const std::string& path);
 // bins over [0, max|x|] (exact zeros left out: every scale represents them exactly), candidate
 // thresholds from `levels` bins up to all 2048.
 inline constexpr int kHistogramBins = 2048;
+inline constexpr int kChannelHistogramBins = 512;
 // Quantized levels on one side of zero: an s8 value has 128 (0..127 in magnitude); a u8 value,
 // non-negative by construction, has its whole 0..255 range on that side, so its search merges
 // into 255 levels (searching it with 128 would clip more than the u8 grid needs).
@@ -85,7 +90,10 @@ inline constexpr int kU8Levels = 255;
 // Collects one value's statistics over any number of calibration batches.
 class RangeObserver {
  public:
-  explicit RangeObserver(CalibrationMode mode = CalibrationMode::kMinMax) : mode_(mode) {}
+  // `bins`: the histogram's resolution (a channel's observer uses fewer than a whole value's,
+  // since a network has thousands of channels).
+  explicit RangeObserver(CalibrationMode mode = CalibrationMode::kMinMax, int bins = kHistogramBins)
+      : mode_(mode), bins_(bins) {}
 
   // Adds `count` real values (NaNs are ignored).
   void add(const float* data, std::size_t count);
@@ -105,6 +113,7 @@ class RangeObserver {
   void grow_histogram(float new_limit);
 
   CalibrationMode mode_;
+  int bins_;
   std::size_t count_ = 0;
   float min_ = 0.0F;
   float max_ = 0.0F;

@@ -134,6 +134,10 @@ const Schema<InferStage::Params>& InferStage::schema() {
               "int8: 3x3 stride-1 convolutions with at least 128 input channels run oneDNN's "
               "Winograd kernel (fewer multiplications, the same result up to rounding); false: "
               "direct convolution everywhere");
+    s.boolean("channel_ranges", &Params::channel_ranges,
+              "int8: a value one convolution writes only for convolutions is quantized with a "
+              "scale per channel (folded into the two convolutions' scales and weights: no cost "
+              "at run time); false: one scale per value");
     s.custom("input", "{mean, std}",
              "what the model was trained on, in pixel units (torchvision: mean [123.675, 116.28, "
              "103.53], std [58.395, 57.12, 57.375]); checked against normalize, 1/std folded into "
@@ -183,6 +187,7 @@ InferStage::InferStage(StageContext context, Params params)
   options_.threads = params_.threads;
   options_.parallel = params_.parallel;
   options_.winograd = params_.winograd;
+  options_.channel_ranges = params_.channel_ranges;
   options_.calibration = params_.calibration_mode;
   if (!params_.input_std.empty()) {
     for (int c = 0; c < 3; ++c) {

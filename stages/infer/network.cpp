@@ -74,6 +74,15 @@ struct Graph {
   std::vector<int> fused_conv;              // per op: a fused Add's Conv op, else -1
   std::vector<int> sum_addend;              // per op: a fused Add's in-place addend value
   std::vector<bool> is_unsigned;            // per value: u8 in the int8 network
+  // Per value: whether it may be quantized with a scale per channel, and the group of values
+  // that must share those scales (-1: none). A value qualifies when convolutions alone read it
+  // (a fused residual Add counts as its convolution) and its activation is one the int8 type's
+  // saturation reproduces channel by channel (none for s8; ReLU, or a Clip from 0, for u8). A
+  // fused Add puts its addend, its convolution's output and its result in one group (the sum
+  // post-op adds stored values at one scale), so a residual stream shares one set of scales;
+  // such a group takes no Clip (one channel's clip would differ between its members).
+  std::vector<bool> channel_ranged;
+  std::vector<int> channel_group;
 };
 
 Graph analyze(const Model& model, InputType input_type) {
@@ -178,6 +187,50 @@ Graph analyze(const Model& model, InputType input_type) {
     }
     g.is_unsigned[op.output] = u;
   }
+
+  // Union-find over values: a fused Add joins its addend, convolution output and result.
+  std::vector<int> parent(n);
+  for (int v = 0; v < n; ++v) parent[v] = v;
+  const std::function<int(int)> root = [&](int v) {
+    return parent[v] == v ? v : parent[v] = root(parent[v]);
+  };
+  for (int k = 0; k < ops; ++k) {
+    if (g.fused_conv[k] < 0) continue;
+    const int o = root(model.ops[k].output);
+    for (int v : model.ops[k].inputs) parent[root(v)] = o;
+  }
+  const auto saturates = [](const Op& op, bool alone) {
+    return op.activation == Activation::kNone || op.activation == Activation::kRelu ||
+           (alone && op.activation == Activation::kClip && op.clip_min == 0.0F);
+  };
+  std::vector<int> members(n, 0);
+  for (int v = 0; v < n; ++v) ++members[root(v)];
+  std::vector<bool> valid(n, true);
+  for (int v = 0; v < n; ++v) {
+    const int r = root(v);
+    const int p = g.producer[v];
+    bool ok = p >= 0 && v != model.output && !g.consumers[v].empty() &&
+              model.value_shapes[v].size() == 4 && g.is_unsigned[v] == g.is_unsigned[r];
+    if (ok) {
+      const Op& op = model.ops[p];
+      const bool by_conv = op.kind == OpKind::kConv;
+      const bool by_fused_add = op.kind == OpKind::kAdd && g.fused_conv[p] >= 0;
+      ok = (by_conv || by_fused_add) && saturates(op, members[r] == 1);
+    }
+    for (int reader : g.consumers[v]) {
+      const Op& op = model.ops[reader];
+      ok = ok &&
+           (op.kind == OpKind::kConv || (op.kind == OpKind::kAdd && g.fused_conv[reader] >= 0));
+    }
+    if (!ok) valid[r] = false;
+  }
+  g.channel_ranged.assign(n, false);
+  g.channel_group.assign(n, -1);
+  for (int v = 0; v < n; ++v) {
+    if (!valid[root(v)]) continue;
+    g.channel_ranged[v] = true;
+    g.channel_group[v] = root(v);
+  }
   return g;
 }
 
@@ -255,7 +308,10 @@ struct Program {
 struct ValueState {
   int tensor = -1;
   memory::desc md;
-  float scale = 1.0F;   // stored = real * scale (int8 values; 1 for f32)
+  float scale = 1.0F;  // stored = real * scale (int8 values; 1 for f32)
+  // When not empty, stored = real * channel_scale[c] channel by channel (and scale is 1): the
+  // convolutions reading it fold 1 / channel_scale[c] into their weights per input channel.
+  std::vector<float> channel_scale;
   int zero_point = 0;   // the network input only
   int flatten_of = -1;  // a 2-D view of this 4-D value: read through Gemm or as the output
   bool ready = false;
@@ -280,7 +336,10 @@ class Builder {
     program_ = std::make_unique<Program>();
     states_.assign(model_.value_count(), ValueState{});
     unfused_adds_.assign(model_.ops.size(), false);
-    if (int8_) plan_scales();
+    if (int8_) {
+      plan_scales();
+      plan_channel_scales();
+    }
     add_input();
     for (int k = 0; k < static_cast<int>(model_.ops.size()); ++k) build_op(k);
     add_output();
@@ -408,6 +467,51 @@ class Builder {
     }
   }
 
+  // The per-channel scales of the values calibration gave channel limits for (when the option
+  // is on): levels / limit per channel, each limit kept within the producer's clip so that the
+  // type's saturation is the clip.
+  void plan_channel_scales() {
+    const int n = model_.value_count();
+    channel_scale_.assign(n, {});
+    if (!options_.channel_ranges || table_ == nullptr) return;
+    std::vector<std::vector<int>> groups(n);
+    for (int v = 0; v < n; ++v) {
+      if (graph_.channel_group[v] >= 0) groups[graph_.channel_group[v]].push_back(v);
+    }
+    for (const std::vector<int>& group : groups) {
+      if (group.empty()) continue;
+      const auto channels = static_cast<std::size_t>(model_.value_shapes[group[0]][1]);
+      // Every member's limit per channel, the largest of them where a group shares its scales.
+      std::vector<float> limits(channels, 0.0F);
+      bool complete = true;
+      for (int v : group) {
+        const ValueRange* r = table_->find(v);
+        complete = complete && r != nullptr && r->channels.size() == channels;
+        if (!complete) break;
+        for (std::size_t c = 0; c < channels; ++c) limits[c] = std::max(limits[c], r->channels[c]);
+      }
+      if (!complete) continue;
+      const Op& op = model_.ops[graph_.producer[group[0]]];
+      const float levels = unsigned_[group[0]] ? 255.0F : 127.0F;
+      // A channel whose limit is a millionth of the largest carries less than the others'
+      // rounding: its scale is bounded there, so that neither its scale nor the reader's weight
+      // divided by it leaves the float range.
+      float largest = 0.0F;
+      for (float l : limits) largest = std::max(largest, l);
+      std::vector<float> scales(channels);
+      for (std::size_t c = 0; c < channels; ++c) {
+        float limit = std::max(limits[c], largest * 1e-6F);
+        if (op.activation == Activation::kClip) limit = std::min(limit, op.clip_max);
+        const float scale = levels / limit;
+        scales[c] = limit > 0.0F && std::isfinite(scale) ? scale : 1.0F;
+      }
+      for (int v : group) {
+        channel_scale_[v] = scales;
+        scale_[v] = 1.0F;
+      }
+    }
+  }
+
   float planned_scale(int value) {
     if (std::isnan(scale_[value])) scale_[value] = range_scale(value, unsigned_[value]);
     return scale_[value];
@@ -485,7 +589,7 @@ class Builder {
   // `value` as `target` at `target_scale`: the value itself when it already is, else one reorder
   // (shared by every reader that asks for the same form).
   ValueState adapt(int value, const memory::desc& target, float target_scale) {
-    const ValueState s = states_.at(value);
+    ValueState s = states_.at(value);  // not const: returned, so moved
     if (s.md == target && s.scale == target_scale) return s;
     for (const auto& [key, cached] : adapted_) {
       if (key == value && cached.md == target && cached.scale == target_scale) return cached;
@@ -674,6 +778,14 @@ class Builder {
     const Dt src_type = reads_input ? source_type_for_input() : (int8_ ? type_of(in) : Dt::f32);
     const float src_scale = int8_ ? (reads_input ? scale_[in] : src_state.scale) : 1.0F;
     const int channels = static_cast<int>(op.weight.shape.at(0));
+    const std::vector<float>* in_channel_fold = reads_input ? &fold_ : nullptr;
+    std::vector<float> unscale;
+    if (int8_ && !reads_input && !src_state.channel_scale.empty()) {
+      unscale.resize(src_state.channel_scale.size());
+      for (std::size_t c = 0; c < unscale.size(); ++c)
+        unscale[c] = 1.0F / src_state.channel_scale[c];
+      in_channel_fold = &unscale;
+    }
 
     // The loader's unit and the model's std, folded into the weights per input channel.
     std::vector<float> w = op.weight.data;
@@ -681,13 +793,13 @@ class Builder {
         static_cast<std::int64_t>(w.size()) != product(op.weight.shape)) {
       throw ModelError(model_where(model_, op) + ": Conv weight data does not match its shape");
     }
-    if (reads_input) {
+    if (in_channel_fold != nullptr) {
       const auto icg = static_cast<int>(op.weight.shape[1]);
       const auto kernel = static_cast<std::size_t>(op.weight.shape[2] * op.weight.shape[3]);
       const int per_group = channels / op.groups;
       for (int oc = 0; oc < channels; ++oc) {
         for (int i = 0; i < icg; ++i) {
-          const float f = fold_.at((oc / per_group) * icg + i);
+          const float f = in_channel_fold->at((oc / per_group) * icg + i);
           float* row = &w[(static_cast<std::size_t>(oc) * icg + i) * kernel];
           for (std::size_t j = 0; j < kernel; ++j) row[j] *= f;
         }
@@ -711,7 +823,9 @@ class Builder {
       c.fused = fused;
       const Op* add = fused ? &model_.ops[add_k] : nullptr;
       c.out = fused ? add->output : op.output;
-      if (int8_ && !f32_out_[c.out]) {
+      const std::vector<float>& by_channel =
+          channel_scale_.empty() ? no_channels_ : channel_scale_[c.out];
+      if (int8_ && !f32_out_[c.out] && by_channel.empty()) {
         c.out_scale = planned_scale(c.out);
       }
       const Dt dst_type = type_of(c.out);
@@ -719,20 +833,26 @@ class Builder {
       if (int8_) {
         std::vector<float> out_scales(channels);
         for (int oc = 0; oc < channels; ++oc)
-          out_scales[oc] = c.out_scale / (src_scale * w_scales[oc]);
+          out_scales[oc] =
+              (by_channel.empty() ? c.out_scale : by_channel.at(oc)) / (src_scale * w_scales[oc]);
         attr.set_output_scales(1 << 1, out_scales);
         if (src_state.zero_point != 0) {
           attr.set_zero_points(DNNL_ARG_SRC, 0, {src_state.zero_point});
         }
       }
       dnnl::post_ops post;
-      append_activation(post, op, c.out_scale);
+      // A channel-ranged value's clip is the u8 or s8 saturation at its channels' limits, which
+      // calibration never places beyond the clip (see plan_scales).
+      if (by_channel.empty() || op.activation == Activation::kRelu) {
+        append_activation(post, op, c.out_scale);
+      }
       memory::desc dst_md(dims_of(c.out), dst_type, Tag::any);
       if (fused) {
         const ValueState& addend = state(graph_.sum_addend[add_k], *add);
         const Dt addend_type = addend.md.data_type();
         if (int8_) {
-          post.append_sum(c.out_scale / addend.scale,
+          // A channel-ranged addend shares the result's scales (its group's): a sum at 1.
+          post.append_sum(by_channel.empty() ? c.out_scale / addend.scale : 1.0F,
                           addend_type != dst_type ? addend_type : Dt::undef);
         } else {
           post.append_sum(1.0F);
@@ -769,6 +889,7 @@ class Builder {
     dst.md = pd.dst_desc();
     dst.tensor = choice.fused ? states_.at(graph_.sum_addend[add_k]).tensor : new_tensor(dst.md);
     dst.scale = choice.out_scale;
+    if (int8_ && !channel_scale_.empty()) dst.channel_scale = channel_scale_[choice.out];
     dst.ready = true;
 
     std::string what = "conv '" + op.name + "'";
@@ -859,6 +980,10 @@ class Builder {
     Step& step = push_output_step(op, dnnl::binary(pd), pd, "add '" + op.name + "'", out_scale);
     bind_view(step, DNNL_ARG_SRC_0, a);
     bind_view(step, DNNL_ARG_SRC_1, b);
+    // A fused Add that runs on its own: its inputs and result share their group's scales (all
+    // three stored at scale 1 here), so the binary adds the stored values as they are.
+    if (int8_ && !channel_scale_.empty())
+      states_[op.output].channel_scale = channel_scale_[op.output];
   }
 
   void build_eltwise(const Op& op) {
@@ -1121,7 +1246,9 @@ class Builder {
       const memory::desc plain = plain_f32(o.source.get_desc().dims());
       o.sample_elements =
           plain.get_size() / sizeof(float) / static_cast<std::size_t>(options_.batch);
-      if (o.source.get_desc() == plain || samples_first_and_dense(o.source.get_desc())) {
+      // Channel-ranged values are observed channel by channel: always in plain NCHW.
+      if (o.source.get_desc() == plain ||
+          (!graph_.channel_ranged[o.value] && samples_first_and_dense(o.source.get_desc()))) {
         o.plain = o.source;
       } else {
         o.plain = memory(plain, engine_, scratch.get_data_handle());
@@ -1148,6 +1275,8 @@ class Builder {
   std::vector<bool> unfused_adds_;  // per op: an Add the analysis fused that runs on its own
   std::vector<bool> unsigned_;
   std::vector<float> scale_;  // NaN: not needed so far (computed from the table on demand)
+  std::vector<std::vector<float>> channel_scale_;  // per value: empty, or its channels' scales
+  const std::vector<float> no_channels_;
   std::vector<bool> f32_out_;
   TensorView output_view_;
 };
@@ -1240,6 +1369,7 @@ struct Network::Impl {
     table = std::move(t);
     calibration_program.reset();
     observers.clear();
+    channel_observers.clear();
   }
 
   // Runs part k's share of a batch of `batch` samples (nothing when the batch ends before it).
@@ -1268,6 +1398,7 @@ struct Network::Impl {
   std::vector<std::exception_ptr> part_errors;   // one per part, for the parallel region
   std::unique_ptr<Program> calibration_program;  // int8 only: the fp32 graph that observe() runs
   std::vector<RangeObserver> observers;
+  std::vector<std::vector<RangeObserver>> channel_observers;  // per channel-ranged value
   int observed_batches = 0;
   std::optional<CalibrationTable> table;
   const void* last_source = nullptr;
@@ -1302,6 +1433,12 @@ void Network::observe(const void* input, int batch) {
   }
   if (m.observers.empty()) {
     m.observers.assign(m.model.value_count(), RangeObserver(m.options.calibration));
+    m.channel_observers.assign(m.model.value_count(), {});
+    for (int v = 0; v < m.model.value_count(); ++v) {
+      if (!m.graph.channel_ranged[v]) continue;
+      m.channel_observers[v].assign(static_cast<std::size_t>(m.model.value_shapes[v][1]),
+                                    RangeObserver(m.options.calibration, kChannelHistogramBins));
+    }
   }
   if (m.options.input.type == InputType::kF32) {
     m.observers[m.model.input].add(static_cast<const float*>(input),
@@ -1311,6 +1448,15 @@ void Network::observe(const void* input, int batch) {
   execute(*m.calibration_program, m.stream, input, batch, m.options.batch,
           [&](int value, const float* data, std::size_t count) {
             m.observers[value].add(data, count);
+            auto& by_channel = m.channel_observers[value];
+            if (by_channel.empty()) return;
+            // Plain NCHW (prepare_observations): each sample's channels one after another.
+            const std::size_t channels = by_channel.size();
+            const auto& shape = m.model.value_shapes[value];
+            const auto plane = static_cast<std::size_t>(shape[2] * shape[3]);
+            for (std::size_t i = 0; i + plane <= count; i += plane) {
+              by_channel[(i / plane) % channels].add(data + i, plane);
+            }
           });
   ++m.observed_batches;
 }
@@ -1329,7 +1475,14 @@ void Network::finalize_calibration() {
   t.mode = m.options.calibration;
   for (int v = 0; v < static_cast<int>(m.observers.size()); ++v) {
     if (m.observers[v].empty()) continue;
-    t.values.push_back(m.observers[v].finish(v, m.graph.is_unsigned[v] ? kU8Levels : kS8Levels));
+    const int levels = m.graph.is_unsigned[v] ? kU8Levels : kS8Levels;
+    ValueRange r = m.observers[v].finish(v, levels);
+    for (const RangeObserver& c : m.channel_observers[v]) {
+      const ValueRange cr = c.finish(v, levels);
+      r.channels.push_back(m.graph.is_unsigned[v] ? std::max(cr.max, 0.0F)
+                                                  : std::max(std::fabs(cr.min), std::fabs(cr.max)));
+    }
+    t.values.push_back(std::move(r));
   }
   m.build_int8(std::move(t));
 }

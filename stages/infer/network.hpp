@@ -20,9 +20,10 @@
 // every one of a kernel's short parallel regions (docs/ARCHITECTURE.md, Threads).
 //
 // Quantization (int8): weights s8 per output channel (scale 127 / max|w|); activations per
-// tensor, u8 after a ReLU (or a Clip whose lower bound is >= 0), s8 otherwise, with ranges from
-// calibration; conv + bias + activation (+ the residual Add, as a sum post-op) run as one
-// primitive; the layer that produces the logits writes f32. With s8 / u8 input the loader's
+// channel where a convolution feeds only convolutions (NetworkOptions::channel_ranges), per
+// tensor elsewhere, u8 after a ReLU (or a Clip whose lower bound is >= 0), s8 otherwise, with
+// ranges from calibration; conv + bias + activation (+ the residual Add, as a sum post-op) run as
+// one primitive; the layer that produces the logits writes f32. With s8 / u8 input the loader's
 // bytes are the first convolution's source at scale 1, unit / model_std folded into its weights
 // per input channel and a zero point passed to oneDNN as the source zero point (so that the
 // convolution's zero padding means a real 0). An s8 byte of -128 is used as it is: real value
@@ -90,6 +91,11 @@ struct NetworkOptions {
   // faster kernel (docs/PERFORMANCE.md), on the 64-channel 56x56 maps of a ResNet it is not.
   // fp32 always runs direct: it is the reference.
   bool winograd = true;
+  // int8 only: a value that a convolution writes for convolutions alone is quantized with a scale
+  // per channel (from the calibration table's per-channel limits), folded into the producer's
+  // output scales and the readers' weights, so it costs nothing at run time; the values' ranges
+  // differ by 100x between channels in networks like MobileNetV2. Off: one scale per value.
+  bool channel_ranges = true;
 };
 
 inline constexpr std::int64_t kWinogradMinChannels = 128;

@@ -762,6 +762,109 @@ TEST(Network, MseCalibrationRunsASmallMobileNet) {
   EXPECT_EQ(run_network(loaded, im, InputType::kS8, InputLayout::kNHWC), q);
 }
 
+// Two convolutions whose middle value has channels 100x apart in range: channels 8..15 of the
+// first convolution are scaled down 100x and the second reads them with 100x larger weights, so
+// they matter as much as the others. One scale for the whole value rounds the small channels to
+// a few levels; a scale per channel keeps them.
+// With `residual`, the middle value also gets a residual branch, Add(middle, Conv(Conv(middle))),
+// fused into the branch's last convolution, and the second convolution reads the sum: the
+// stream's three values share their channel scales.
+Model unbalanced_channels(Activation middle, bool residual = false) {
+  ModelBuilder b(3, 16, 16, 33);
+  const int c1 = b.conv(0, 16, 3, 1, 1, 1, 1, middle);
+  if (middle == Activation::kClip) {
+    b.last_op().clip_min = 0.0F;
+    b.last_op().clip_max = 6.0F;
+  }
+  Op& first = b.last_op();
+  const std::size_t per_out = first.weight.data.size() / 16;
+  for (std::size_t oc = 8; oc < 16; ++oc) {
+    for (std::size_t i = 0; i < per_out; ++i) first.weight.data[oc * per_out + i] *= 0.01F;
+    first.bias.data[oc] *= 0.01F;
+  }
+  int stream = c1;
+  if (residual) {
+    const int branch = b.conv(c1, 16, 1, 1, 0, 1, 1, Activation::kRelu);
+    const int back = b.conv(branch, 16, 1, 1, 0);
+    Op& last = b.last_op();  // the branch adds the small channels' share only
+    for (float& x : last.weight.data) x *= 0.01F;
+    for (float& x : last.bias.data) x *= 0.01F;
+    stream = b.add(c1, back);
+  }
+  const int c2 = b.conv(stream, 16, 1, 1, 0, 1, 1, Activation::kRelu);
+  Op& second = b.last_op();
+  for (std::size_t oc = 0; oc < 16; ++oc) {
+    for (std::size_t ic = 8; ic < 16; ++ic) second.weight.data[oc * 16 + ic] *= 100.0F;
+  }
+  return b.finish(b.gemm(b.flatten(b.global_avg_pool(c2)), 10));
+}
+
+TEST(Network, ChannelRangesKeepChannelsOfUnequalRange) {
+  const int batch = 8;
+  for (const auto& [middle, residual] :
+       {std::pair{Activation::kNone, false}, std::pair{Activation::kClip, false},
+        std::pair{Activation::kNone, true}}) {
+    const Model m = unbalanced_channels(middle, residual);
+    Network fp32(m, options_for(Precision::kFp32, InputType::kS8, InputLayout::kNHWC, batch));
+    const Images im = make_images(m, batch, 77);
+    const auto f = run_network(fp32, im, InputType::kS8, InputLayout::kNHWC);
+    // The fp32 network is the reference, untouched by the int8 scheme.
+    EXPECT_LT(relative_error(f, reference_logits(m, im.model_input(), batch)), 1e-4);
+
+    double centred[2] = {0.0, 0.0};
+    std::vector<float> per_value;
+    for (bool by_channel : {false, true}) {
+      NetworkOptions o = options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, batch);
+      o.channel_ranges = by_channel;
+      Network int8(m, o);
+      calibrate(int8, m, 3, batch, InputType::kS8, InputLayout::kNHWC);
+      const auto q = run_network(int8, im, InputType::kS8, InputLayout::kNHWC);
+      centred[by_channel ? 1 : 0] = centred_cosine(q, f, 10);
+      EXPECT_EQ(int8.stats().fused_adds, residual ? 1 : 0);  // the sum post-op at 1
+
+      // The table carries the middle value's 16 channel limits (whatever the option: a table
+      // serves both), 100x apart, and reloads to the same logits.
+      const std::string path = temp_path("channels.json");
+      int8.save_calibration(path);
+      const CalibrationTable table = load_calibration_table(path);
+      const ValueRange* r = table.find(m.ops[0].output);
+      ASSERT_NE(r, nullptr);
+      ASSERT_EQ(r->channels.size(), 16U);
+      float large = 0.0F;
+      float small = 0.0F;
+      for (int c = 0; c < 8; ++c) large = std::max(large, r->channels[c]);
+      for (int c = 8; c < 16; ++c) small = std::max(small, r->channels[c]);
+      EXPECT_GT(large, 20.0F * small);
+      if (residual) {  // the sum, as its addend, read by the convolution
+        ASSERT_NE(table.find(m.ops[3].output), nullptr);
+        EXPECT_EQ(table.find(m.ops[3].output)->channels.size(), 16U);
+      }
+      const int second = residual ? 4 : 1;
+      ASSERT_NE(table.find(m.ops[second].output), nullptr);
+      EXPECT_TRUE(table.find(m.ops[second].output)->channels.empty());  // read by a pooling
+      Network loaded(m, o);
+      loaded.load_calibration(path);
+      EXPECT_EQ(run_network(loaded, im, InputType::kS8, InputLayout::kNHWC), q);
+      if (!by_channel) {
+        per_value = q;
+      } else {
+        // A table without channel limits (as written before they existed) quantizes per value.
+        CalibrationTable old = table;
+        for (ValueRange& v : old.values) v.channels.clear();
+        Network from_old(m, o);
+        from_old.load_calibration(old, "old.json");
+        EXPECT_EQ(run_network(from_old, im, InputType::kS8, InputLayout::kNHWC), per_value);
+      }
+    }
+    std::printf(
+        "unbalanced channels (%s%s) int8 vs fp32, centred: per value %.5f, per channel %.5f\n",
+        middle == Activation::kNone ? "linear" : "relu6", residual ? ", residual" : "", centred[0],
+        centred[1]);
+    EXPECT_LT(centred[0], 0.9);
+    EXPECT_GE(centred[1], 0.98);
+  }
+}
+
 TEST(Network, S8InputAgreesWithF32Input) {
   const Model m = tiny_resnet();
   const int batch = 16;
@@ -1394,8 +1497,10 @@ TEST(Calibration, EntropyThresholdOfAHistogram) {
 TEST(Calibration, JsonRoundTripIsExact) {
   CalibrationTable t;
   t.mode = CalibrationMode::kEntropy;
-  t.values = {
-      {0, -128.0F, 127.0F}, {3, 0.1F, 0.30000001F}, {7, -3.4e38F, 1e-30F}, {12, 0.0F, 0.0F}};
+  t.values = {{0, -128.0F, 127.0F, {}},
+              {3, 0.1F, 0.30000001F, {0.1F, 0.30000001F, 1e-30F, 0.0F}},
+              {7, -3.4e38F, 1e-30F, {}},
+              {12, 0.0F, 0.0F, {}}};
   const std::string json = calibration_to_json(t);
   EXPECT_NE(json.find("\"mode\": \"entropy\""), std::string::npos);
   EXPECT_EQ(calibration_from_json(json, "<string>"), t);
@@ -1429,6 +1534,10 @@ TEST(Calibration, MalformedTablesAreRejected) {
            "{\"mode\": \"minmax\", \"values\": [{\"id\": 1, \"min\": 0, \"max\": 1e39}]}",
            R"({"mode": "minmax", "values": [{"id": 1, "min": 0, "max": 1}, {"id": 1, "max": 1}]})",
            R"({"mode":"minmax","values":[{"id":2,"min":0,"max":1},{"id":2,"min":0,"max":1}]})",
+           R"({"mode": "minmax", "values": [{"id": 1, "min": 0, "max": 1, "channels": []}]})",
+           R"({"mode": "minmax", "values": [{"id": 1, "min": 0, "max": 1, "channels": 2}]})",
+           R"({"mode": "minmax", "values": [{"id": 1, "min": 0, "max": 1, "channels": [1, -1]}]})",
+           R"({"mode": "minmax", "values": [{"id": 1, "min": 0, "max": 1, "channels": ["1"]}]})",
            "{\"mode\": \"minmax\", \"values\": []} trailing",
            "{\"mode\": \"minmax\", \"values\": [}",
        }) {
