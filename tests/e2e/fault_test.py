@@ -20,6 +20,7 @@ import sys
 
 sys.dont_write_bytecode = True  # imports must not leave __pycache__ folders in the source tree
 
+import contextlib
 import json
 import os
 import shutil
@@ -119,25 +120,32 @@ class FaultCase(unittest.TestCase):
 class StopSignalTest(FaultCase):
     """SIGINT and SIGTERM in the middle of writing batches: a clean stop with the summary."""
 
-    def stop_with(self, signum):
-        work = e2e.new_dir("signal")
-        npy_dir = os.path.join(work, "npy")
-        json_path = os.path.join(work, "summary.json")
-        # Batches of 32 images (4.8 MB of int8 each): a good share of the run is spent writing.
+    @contextlib.contextmanager
+    def long_run(self, npy_dir, json_path):
+        """A run of endless epochs in batches of 32 images (4.8 MB of int8 each, so that a good
+        share of it is spent writing), yielded once three batches are written; never left running
+        whatever the test does with it."""
         proc = subprocess.Popen(self.run_args(npy_dir, json_path, "files.epochs=10000",
                                               "batch.size=32"),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 cwd=e2e.scratch_dir())
         try:
             wait_for_lines(proc, os.path.join(npy_dir, "batches.jsonl"), 3)
-            proc.send_signal(signum)
-            sent = time.monotonic()
-            stdout, stderr = proc.communicate(timeout=30)
-            took = time.monotonic() - sent
+            yield proc
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
+
+    def stop_with(self, signum):
+        work = e2e.new_dir("signal")
+        npy_dir = os.path.join(work, "npy")
+        json_path = os.path.join(work, "summary.json")
+        with self.long_run(npy_dir, json_path) as proc:
+            proc.send_signal(signum)
+            sent = time.monotonic()
+            stdout, stderr = proc.communicate(timeout=30)
+            took = time.monotonic() - sent
         self.assertEqual(proc.returncode, 128 + signum, stderr)
         self.assertLess(took, 5, "the stop took too long")
         self.assertIn("images in", stdout)
@@ -158,41 +166,23 @@ class StopSignalTest(FaultCase):
         # SIGKILL cannot be handled: what the folder holds then is the write protocol's doing.
         work = e2e.new_dir("killed")
         npy_dir = os.path.join(work, "npy")
-        proc = subprocess.Popen(self.run_args(npy_dir, os.path.join(work, "summary.json"),
-                                              "files.epochs=10000", "batch.size=32"),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd=e2e.scratch_dir())
-        try:
-            wait_for_lines(proc, os.path.join(npy_dir, "batches.jsonl"), 3)
+        with self.long_run(npy_dir, os.path.join(work, "summary.json")) as proc:
             time.sleep(0.05)
             proc.kill()
             proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
         self.assertEqual(proc.returncode, -signal.SIGKILL)
         self.assertGreaterEqual(len(self.check_npy_folder(npy_dir, allow_temporary=True)), 3)
 
     def test_a_second_signal_ends_the_process_at_once(self):
         work = e2e.new_dir("signal-twice")
         npy_dir = os.path.join(work, "npy")
-        proc = subprocess.Popen(self.run_args(npy_dir, os.path.join(work, "summary.json"),
-                                              "files.epochs=10000", "batch.size=32"),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                cwd=e2e.scratch_dir())
-        try:
-            wait_for_lines(proc, os.path.join(npy_dir, "batches.jsonl"), 3)
+        with self.long_run(npy_dir, os.path.join(work, "summary.json")) as proc:
             proc.send_signal(signal.SIGINT)
             # The clean stop takes at least the progress thread's next wake-up (up to 100 ms).
             time.sleep(0.02)
             self.assertIsNone(proc.poll(), "the clean stop was over before the second signal")
             proc.send_signal(signal.SIGINT)
             _, stderr = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
         self.assertEqual(proc.returncode, -signal.SIGINT, stderr)
         # Killed in the middle of the sink's work, the folder still keeps its promise; only a
         # hidden temporary file may be left, for the next run to remove.
