@@ -1,8 +1,10 @@
 #include "engine/config_node.hpp"
 
+#include <yaml-cpp/depthguard.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <climits>
 #include <sstream>
 
 namespace millrace {
@@ -110,7 +112,39 @@ Location location_of(const YAML::Mark& mark, const std::string& file) {
   return {file, mark.line + 1, mark.column + 1};
 }
 
-ConfigNode convert(const YAML::Node& node, const std::string& file) {
+// An alias is a reference in yaml-cpp's tree but a copy in ours, so a few hundred bytes of nested
+// aliases ("billion laughs") would expand to gigabytes. The expansion is bounded as it is made.
+class ExpansionTooLarge : public std::exception {
+ public:
+  explicit ExpansionTooLarge(const YAML::Mark& mark) : mark(mark) {}
+  YAML::Mark mark;
+};
+
+struct ExpansionBudget {
+  std::size_t nodes = 0;
+  std::size_t scalar_bytes = 0;
+  int depth = 0;  // an alias inside its own anchor (`&a [*a]`) makes a cycle in yaml-cpp's tree
+};
+
+class DepthScope {
+ public:
+  DepthScope(ExpansionBudget& budget, const YAML::Mark& mark) : budget_(budget) {
+    if (++budget_.depth > kMaxConfigDepth) {
+      --budget_.depth;
+      throw ExpansionTooLarge(mark);
+    }
+  }
+  ~DepthScope() { --budget_.depth; }
+  DepthScope(const DepthScope&) = delete;
+  DepthScope& operator=(const DepthScope&) = delete;
+
+ private:
+  ExpansionBudget& budget_;
+};
+
+ConfigNode convert(const YAML::Node& node, const std::string& file, ExpansionBudget& budget) {
+  if (++budget.nodes > kMaxConfigNodes) throw ExpansionTooLarge(node.Mark());
+  const DepthScope scope(budget, node.Mark());
   ConfigNode out;
   out.where = location_of(node.Mark(), file);
   switch (node.Type()) {
@@ -119,6 +153,8 @@ ConfigNode convert(const YAML::Node& node, const std::string& file) {
       out.kind = ConfigNode::Kind::kNull;
       break;
     case YAML::NodeType::Scalar:
+      budget.scalar_bytes += node.Scalar().size();
+      if (budget.scalar_bytes > kMaxConfigScalarBytes) throw ExpansionTooLarge(node.Mark());
       out.kind = ConfigNode::Kind::kScalar;
       out.scalar = node.Scalar();
       // yaml-cpp tags plain scalars "?" and quoted ones "!".
@@ -126,26 +162,69 @@ ConfigNode convert(const YAML::Node& node, const std::string& file) {
       break;
     case YAML::NodeType::Sequence:
       out.kind = ConfigNode::Kind::kSequence;
-      for (const auto& item : node) out.items.push_back(convert(item, file));
+      for (const auto& item : node) out.items.push_back(convert(item, file, budget));
       break;
     case YAML::NodeType::Map:
       out.kind = ConfigNode::Kind::kMap;
       for (auto it = node.begin(); it != node.end(); ++it) {
-        out.entries.emplace_back(convert(it->first, file), convert(it->second, file));
+        ConfigNode key = convert(it->first, file, budget);
+        try {
+          out.entries.emplace_back(std::move(key), convert(it->second, file, budget));
+        } catch (const ExpansionTooLarge&) {
+          // An alias's node carries its anchor's place: name the top-level key that grew instead.
+          if (budget.depth == 1) throw ExpansionTooLarge(it->first.Mark());
+          throw;
+        }
       }
       break;
   }
   return out;
 }
 
+std::string expansion_message() {
+  return "the document expands to more than " + std::to_string(kMaxConfigNodes) + " nodes, " +
+         std::to_string(kMaxConfigScalarBytes) + " bytes of text or " +
+         std::to_string(kMaxConfigDepth) +
+         " levels, each alias counted where it is used; a config is refused above that";
+}
+
+// yaml-cpp refuses nesting deeper than its own limit with the bare message "bad file".
+std::string deep_nesting_message() {
+  return "invalid YAML: nesting too deep (yaml-cpp accepts at most " +
+         std::to_string(kMaxConfigDepth) + " levels of nested lists and mappings)";
+}
+
 }  // namespace
 
 ConfigNode load_config_document(std::string_view text, const std::string& file, Diagnostics& out) {
   try {
-    YAML::Node root = YAML::Load(std::string(text));
-    ConfigNode node = convert(root, file);
+    const std::vector<YAML::Node> documents = YAML::LoadAll(std::string(text));
+    if (documents.size() > 1) {
+      // A config is one document; whatever follows a `---` would be silently ignored otherwise.
+      out.error(location_of(documents[1].Mark(), file),
+                "a config is one YAML document; this is a second one (remove the '---' before it)");
+    }
+    ExpansionBudget budget;
+    ConfigNode node = documents.empty() ? ConfigNode() : convert(documents.front(), file, budget);
     if (node.is_null() && node.where.line == 0) node.where = {file, 1, 1};
-    return node;
+    if (documents.size() <= 1) return node;
+  } catch (const ExpansionTooLarge& e) {
+    out.error(location_of(e.mark, file), expansion_message());
+  } catch (const YAML::DeepRecursion& e) {
+    // yaml-cpp marks the place it had read to, which can be past the line's end.
+    Location where = location_of(e.mark, file);
+    std::size_t start = 0;
+    for (int l = 1; l < where.line && start != std::string_view::npos; ++l) {
+      start = text.find('\n', start);
+      if (start != std::string_view::npos) ++start;
+    }
+    if (start != std::string_view::npos) {
+      const std::size_t end = std::min(text.find('\n', start), text.size());
+      where.column = std::clamp(
+          where.column, 1,
+          static_cast<int>(std::max<std::size_t>(1, std::min<std::size_t>(end - start, INT_MAX))));
+    }
+    out.error(where, deep_nesting_message());
   } catch (const YAML::ParserException& e) {
     out.error(location_of(e.mark, file), "invalid YAML: " + e.msg);
   } catch (const YAML::Exception& e) {
@@ -159,7 +238,8 @@ ConfigNode load_config_document(std::string_view text, const std::string& file, 
 ConfigNode parse_inline_value(std::string_view text, const Location& where, Diagnostics& out) {
   try {
     YAML::Node value = YAML::Load(std::string(text));
-    ConfigNode node = convert(value, where.file);
+    ExpansionBudget budget;
+    ConfigNode node = convert(value, where.file, budget);
     // The value has no line of its own in the file: point every part of it at the override.
     std::vector<ConfigNode*> stack{&node};
     while (!stack.empty()) {
@@ -173,6 +253,10 @@ ConfigNode parse_inline_value(std::string_view text, const Location& where, Diag
       }
     }
     return node;
+  } catch (const ExpansionTooLarge&) {
+    out.error(where, "invalid value: " + expansion_message());
+  } catch (const YAML::DeepRecursion&) {
+    out.error(where, "invalid value: " + deep_nesting_message());
   } catch (const YAML::Exception& e) {
     out.error(where, "invalid value '" + std::string(text) + "': " + e.msg);
   }

@@ -5,6 +5,8 @@
 // order so that validation can name both lines (yaml-cpp itself accepts them silently).
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -67,7 +69,17 @@ class Diagnostics {
   std::vector<Diagnostic> items_;
 };
 
-// Parses YAML text. Syntax errors become diagnostics (the document is then null).
+// Limits on a config document, aliases expanded (each use of an alias counts as a copy): far
+// above any real pipeline, far below what would cost real memory. yaml-cpp itself refuses nesting
+// deeper than kMaxConfigDepth.
+inline constexpr std::size_t kMaxConfigNodes = 100'000;
+inline constexpr std::size_t kMaxConfigScalarBytes = 16U << 20U;
+inline constexpr int kMaxConfigDepth = 500;
+// A config file larger than this is refused before it is parsed.
+inline constexpr std::uint64_t kMaxConfigFileBytes = 16U << 20U;
+
+// Parses YAML text: one document. Syntax errors, a second document and a document above the
+// limits become diagnostics (the document is then null).
 ConfigNode load_config_document(std::string_view text, const std::string& file, Diagnostics& out);
 
 // Parses a YAML value written inline (an override's right-hand side, a builder's value).
