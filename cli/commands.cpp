@@ -13,6 +13,7 @@
 
 #include "cli/progress.hpp"
 #include "datasets/make_dataset.hpp"
+#include "engine/file_io.hpp"
 #include "millrace/distributed.hpp"
 #include "millrace/pipeline.hpp"
 #include "millrace/report.hpp"
@@ -94,6 +95,13 @@ int to_int(const std::string& flag, const std::string& text) {
   }
 }
 
+// A count that must be at least one: 0 is refused, not quietly taken as 1.
+int to_positive_int(const std::string& flag, const std::string& text) {
+  const int v = to_int(flag, text);
+  if (v == 0) throw UsageError(flag + " expects a positive integer, got '" + text + "'");
+  return v;
+}
+
 Args parse_args(int argc, char** argv, int first) {
   Args a;
   for (int i = first; i < argc; ++i) {
@@ -115,13 +123,13 @@ Args parse_args(int argc, char** argv, int first) {
     } else if (arg == "--markdown") {
       a.markdown = true;
     } else if (arg == "--repeats") {
-      a.repeats = std::max(1, to_int(arg, value()));
+      a.repeats = to_positive_int(arg, value());
     } else if (arg == "--warmup") {
       a.warmup = to_int(arg, value());
     } else if (arg == "--count") {
       a.count = to_int(arg, value());
     } else if (arg == "--classes") {
-      a.classes = std::max(1, to_int(arg, value()));
+      a.classes = to_positive_int(arg, value());
     } else if (arg == "--seed") {
       a.seed = to_int(arg, value());
     } else if (arg == "--size") {
@@ -148,25 +156,15 @@ Args parse_args(int argc, char** argv, int first) {
 // Through a temporary file renamed into place: a summary is whole or absent, never cut off by a
 // full disk or a second signal.
 void write_file(const std::string& path, const std::string& text) {
-  const auto parent = std::filesystem::path(path).parent_path();
-  if (!parent.empty()) std::filesystem::create_directories(parent);
-  const std::string temp = path + ".tmp";
-  std::error_code ec;
-  {
-    std::ofstream out(temp, std::ios::binary);
-    out << text;
-    out.close();
-    if (!out) {
-      std::filesystem::remove(temp, ec);
-      throw std::runtime_error(path + ": cannot write");
-    }
-  }
-  std::filesystem::rename(temp, path, ec);
-  if (ec) {
-    const std::string reason = ec.message();
-    std::filesystem::remove(temp, ec);
-    throw std::runtime_error(path + ": cannot write: " + reason);
-  }
+  write_file_atomically(path, text, "summary");
+}
+
+// An output named on the command line that cannot be written is a usage error before the run,
+// not a failure after it (a FIFO there would also block the write).
+void check_output(const std::string& flag, const std::string& path) {
+  if (path.empty()) return;
+  const std::string problem = output_file_problem(path);
+  if (!problem.empty()) throw UsageError(flag + " " + path + ": cannot write there: " + problem);
 }
 
 const std::string& config_arg(const Args& a, const char* command) {
@@ -190,6 +188,8 @@ std::string trace_override(const std::string& path, const ProcessGroup& group) {
 }
 
 int cmd_run(const Args& a) {
+  check_output("--json", a.json);
+  check_output("--trace", a.trace);
   ProgressReporter::catch_stop_signals();
   const ProcessGroup& group = process_group();
   const bool leader = group.rank == 0;
@@ -258,6 +258,8 @@ int cmd_graph(const Args& a) {
 
 int cmd_bench(const Args& a) {
   const std::string& path = config_arg(a, "bench");
+  check_output("--json", a.json);
+  check_output("--trace", a.trace);
   BenchResult r = bench(path, a.overrides, a.repeats, a.warmup, a.trace);
   const std::string name = std::filesystem::path(path).stem().string();
   std::cout << format_summary(name, r.last);

@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "engine/config.hpp"
+#include "engine/file_io.hpp"
 #include "engine/pipeline_access.hpp"
 #include "engine/runtime.hpp"
 #include "millrace/distributed.hpp"
@@ -106,11 +107,13 @@ Pipeline::~Pipeline() = default;
 
 Pipeline Pipeline::from_file(const std::string& path, const std::vector<std::string>& overrides) {
   const auto created = std::chrono::steady_clock::now();
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError({{path, 0, 0, "cannot open config file: no such file or unreadable"}});
-  std::ostringstream text;
-  text << in.rdbuf();
-  return Pipeline(build(text.str(), path, overrides, created));
+  std::string text;
+  try {
+    text = read_regular_file(path, kMaxConfigFileBytes, "config file");
+  } catch (const FileError& e) {
+    throw ConfigError({{path, 0, 0, e.detail()}});
+  }
+  return Pipeline(build(text, path, overrides, created));
 }
 
 Pipeline Pipeline::from_string(std::string_view yaml, const std::string& source_name,

@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "engine/config.hpp"
+#include "engine/file_io.hpp"
 #include "engine/json.hpp"
 #include "millrace/pipeline.hpp"
 
@@ -14,12 +15,14 @@ namespace millrace {
 
 std::vector<Diagnostic> validate_file(const std::string& path,
                                       const std::vector<std::string>& overrides) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return {{path, 0, 0, "cannot open config file: no such file or unreadable"}};
-  std::ostringstream text;
-  text << in.rdbuf();
+  std::string text;
+  try {
+    text = read_regular_file(path, kMaxConfigFileBytes, "config file");
+  } catch (const FileError& e) {
+    return {{path, 0, 0, e.detail()}};
+  }
   Diagnostics d;
-  ConfigNode root = load_config_document(text.str(), path, d);
+  ConfigNode root = load_config_document(text, path, d);
   if (!d.has_errors()) parse_pipeline(std::move(root), overrides, Registry::builtin(), d);
   std::vector<Diagnostic> all = d.all();
   std::stable_sort(all.begin(), all.end(), [](const Diagnostic& a, const Diagnostic& b) {

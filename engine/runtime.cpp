@@ -5,6 +5,7 @@
 #include <oneapi/tbb/info.h>
 #include <oneapi/tbb/task_arena.h>
 
+#include <algorithm>
 #include <boost/lockfree/spsc_queue.hpp>
 #include <cmath>
 #include <condition_variable>
@@ -14,6 +15,7 @@
 #include <map>
 #include <sstream>
 
+#include "engine/file_io.hpp"
 #include "engine/json.hpp"
 
 namespace millrace {
@@ -710,6 +712,9 @@ void FlowGraph::run_step(Step& step, Step* prev, Step* next, const Msg& msg, boo
               }
             } catch (const SampleError& e) {
               sample_failure(e, true);
+            } catch (const std::bad_alloc& e) {
+              // What one sample asked for could not be had: that sample's error, not the run's.
+              sample_failure(SampleError(std::string("out of memory: ") + e.what()), true);
             }
           }
           emit(m);
@@ -726,6 +731,8 @@ void FlowGraph::run_step(Step& step, Step* prev, Step* next, const Msg& msg, boo
                 stage.push(*m.sample, emitter);
               } catch (const SampleError& e) {
                 sample_failure(e, true);
+              } catch (const std::bad_alloc& e) {
+                sample_failure(SampleError(std::string("out of memory: ") + e.what()), true);
               }
             }
             ++progress.seen;
@@ -775,6 +782,10 @@ void FlowGraph::run_step(Step& step, Step* prev, Step* next, const Msg& msg, boo
         case StepKind::kSink:
           if (m.kind == Msg::Kind::kBatch) {
             static_cast<SinkStage&>(*step.stage->stage).consume(*m.batch);
+            if (next == nullptr || next->kind == StepKind::kDeliver) {
+              owner_.note_sunk(static_cast<std::uint64_t>(m.batch->rows) -
+                               static_cast<std::uint64_t>(m.batch->pad));
+            }
           } else if (m.kind == Msg::Kind::kEnd) {
             step.stage->stage->finish();
             step.finished = true;
@@ -1017,11 +1028,8 @@ void FlowGraph::write_trace(const std::string& path, const std::string& name) co
     }
     body += line;
   }
-  const auto parent = std::filesystem::path(path).parent_path();
-  if (!parent.empty()) std::filesystem::create_directories(parent);
-  std::ofstream out(path, std::ios::binary);
-  out << head << body << "\n]}\n";
-  if (!out) throw std::runtime_error("cannot write the trace file '" + path + "'");
+  // Whole or absent: a full disk or a killed process never leaves a cut-off trace.
+  write_file_atomically(path, head + body + "\n]}\n", "trace file");
 }
 
 std::string FlowGraph::dot() const {
@@ -1066,18 +1074,19 @@ std::string FlowGraph::dot() const {
 Pipeline::Impl::Impl(PipelinePlan plan, std::vector<Diagnostic> warnings, Clock::time_point created)
     : plan_(std::move(plan)), warnings_(std::move(warnings)), created_(created) {
   for (auto& s : plan_.stages) s.stage->prepare();
+  has_sink_ = std::any_of(plan_.stages.begin(), plan_.stages.end(), [](const StagePlan& s) {
+    return s.factory != nullptr && s.factory->info().shape == StageShape::kSink;
+  });
   const auto& source = static_cast<const SourceStage&>(*plan_.stages.front().stage);
   expected_samples_ = source.total_samples();
   if (!plan_.trace.empty()) {
-    // A trace that cannot be written is found now, not after the run.
-    std::error_code ec;
-    const auto parent = std::filesystem::path(plan_.trace).parent_path();
-    if (!parent.empty()) std::filesystem::create_directories(parent, ec);
-    std::ofstream probe(plan_.trace, std::ios::binary | std::ios::app);
-    if (!probe) {
-      throw ConfigError({{plan_.file, 0, 0,
-                          "pipeline: 'trace': cannot write the trace file '" + plan_.trace + "'" +
-                              (ec ? " (" + ec.message() + ")" : std::string())}});
+    // A trace that cannot be written is found now, not after the run; nothing is created yet
+    // (a FIFO in its place would block an open, and an empty file would pass for a trace).
+    const std::string problem = output_file_problem(plan_.trace);
+    if (!problem.empty()) {
+      throw ConfigError(
+          {{plan_.file, 0, 0,
+            "pipeline: 'trace': cannot write the trace file '" + plan_.trace + "': " + problem}});
     }
     trace_.path = plan_.trace;
     trace_.events_per_thread = plan_.trace_events;
@@ -1200,6 +1209,11 @@ std::optional<std::uint64_t> Pipeline::Impl::batches_per_epoch() const {
 void Pipeline::Impl::note_concurrency(const std::string& note) {
   std::lock_guard<std::mutex> lock(report_mutex_);
   concurrency_note_ = note;
+}
+
+void Pipeline::Impl::note_sunk(std::uint64_t rows) {
+  sunk_images_.fetch_add(rows, std::memory_order_relaxed);
+  sunk_batches_.fetch_add(1, std::memory_order_relaxed);
 }
 
 void Pipeline::Impl::note_first_item() {
@@ -1337,8 +1351,10 @@ RunStats Pipeline::Impl::build_stats(bool final) const {
   s.rank = plan_.stages.front().stage->context().rank;
   std::tie(s.part_index, s.num_parts) =
       static_cast<const SourceStage&>(*plan_.stages.front().stage).part();
-  s.images = images_.load();
-  s.batches = batches_.load();
+  // With sinks, what they consumed is what the run delivered; the consumer may have been handed
+  // fewer when the run stopped early.
+  s.images = has_sink_ ? sunk_images_.load() : images_.load();
+  s.batches = has_sink_ ? sunk_batches_.load() : batches_.load();
   s.samples_read = samples_read_.load();
   s.expected_samples = expected_samples_;
   const std::int64_t idle = idle_ns_.load();

@@ -182,6 +182,7 @@ class Pipeline::Impl final : public detail::BatchOwner, public RunReporter {
   bool stopping() const { return stopping_.load(std::memory_order_relaxed); }
   void deliver(const Msg& msg);
   void note_first_item();
+  void note_sunk(std::uint64_t rows);
   // What `concurrency: auto` chose, for the summary.
   void note_concurrency(const std::string& note);
 
@@ -235,6 +236,12 @@ class Pipeline::Impl final : public detail::BatchOwner, public RunReporter {
   // Consumer side (one consumer thread at a time).
   std::atomic<std::uint64_t> images_{0};
   std::atomic<std::uint64_t> batches_{0};
+  // What the last sink has consumed: with sinks, what the run delivered. A run that stops drops
+  // the batches between the last sink and the consumer, so the consumer's count can be short of
+  // what the sinks wrote.
+  std::atomic<std::uint64_t> sunk_images_{0};
+  std::atomic<std::uint64_t> sunk_batches_{0};
+  bool has_sink_ = false;
   std::atomic<std::uint64_t> images_after_first_{0};
   std::atomic<std::int64_t> first_item_ns_{-1};
   std::atomic<std::int64_t> first_batch_ns_{-1};

@@ -15,6 +15,8 @@
 #include <memory>
 #include <sstream>
 
+#include "engine/file_io.hpp"
+
 namespace millrace::infer {
 
 const ValueRange* CalibrationTable::find(int id) const {
@@ -642,19 +644,21 @@ std::string fingerprint_mismatch(const std::string& table, const std::string& ou
 }
 
 void save_calibration_table(const CalibrationTable& table, const std::string& path) {
-  const std::string text = calibration_to_json(table);
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-  out.close();
-  if (!out) throw CalibrationError(path + ": error: cannot write the calibration table");
+  try {
+    write_file_atomically(path, calibration_to_json(table), "calibration table");
+  } catch (const FileError& e) {
+    throw CalibrationError(path + ": error: " + e.detail());
+  }
 }
 
 CalibrationTable load_calibration_table(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw CalibrationError(path + ": error: cannot read the calibration table");
-  std::ostringstream text;
-  text << in.rdbuf();
-  return calibration_from_json(text.str(), path);
+  std::string text;
+  try {
+    text = read_regular_file(path, kMaxCalibrationTableBytes, "calibration table");
+  } catch (const FileError& e) {
+    throw CalibrationError(path + ": error: " + e.detail());
+  }
+  return calibration_from_json(text, path);
 }
 
 }  // namespace millrace::infer

@@ -73,6 +73,10 @@ std::string fingerprint_mismatch(const std::string& table, const std::string& ou
 std::string calibration_to_json(const CalibrationTable& table);
 // `origin` names the text's source in error messages (a file path, or "<string>").
 CalibrationTable calibration_from_json(std::string_view text, const std::string& origin);
+// Saved through a temporary file renamed into place. Loaded only from a regular file of at most
+// kMaxCalibrationTableBytes (a table holds a few numbers per layer: kilobytes); a folder, a FIFO,
+// a device or a larger file is a CalibrationError naming what it is.
+inline constexpr std::uint64_t kMaxCalibrationTableBytes = 64U << 20U;
 void save_calibration_table(const CalibrationTable& table, const std::string& path);
 CalibrationTable load_calibration_table(const std::string& path);
 

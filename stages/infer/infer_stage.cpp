@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <limits>
 
+#include "engine/file_io.hpp"
 #include "stages/augment/augment_stage.hpp"
 #include "stages/batch/batch_stage.hpp"
 #include "stages/infer/calibration.hpp"
@@ -292,8 +293,15 @@ void InferStage::link(const std::vector<Stage*>& upstream, Diagnostics& d) {
 
 void InferStage::check_calibration_table(const std::string& where, Diagnostics& d) {
   const std::string& path = params_.calibration_table;
-  if (params_.precision != infer::Precision::kInt8 || path.empty() ||
-      !std::filesystem::exists(path)) {
+  if (params_.precision != infer::Precision::kInt8 || path.empty()) return;
+  std::error_code ec;
+  if (!std::filesystem::exists(std::filesystem::symlink_status(path, ec))) {
+    // Written after calibration: a table that cannot be is found now, not after the run.
+    const std::string problem = output_file_problem(path);
+    if (!problem.empty()) {
+      d.error(context().where,
+              where + ": calibration table '" + path + "' cannot be written: " + problem);
+    }
     return;
   }
   // A table that exists was named to be used: one made for another model, preprocessing or mode
