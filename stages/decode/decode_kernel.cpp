@@ -493,9 +493,12 @@ constexpr std::array<OrientationPlan, 9> kOrientationPlans = {{
 
 // Decodes into `dst`. STOPONWARNING makes the common clean path a single pass and a strict failure
 // stop early. A non-strict caller wants the patched image, which needs a second, full pass.
+// TJFLAG_LIMITSCANS: a progressive stream of more than kMaxJpegScans scans is a fatal error, not
+// minutes of decoding (each scan is a pass over the whole image's coefficients).
 void decompress(tjhandle tj, const std::uint8_t* d, std::size_t n, std::uint8_t* dst, int width,
                 int height, int pixel_format, int flags, bool strict,
                 std::vector<std::string>& warnings) {
+  flags |= TJFLAG_LIMITSCANS;
   const int pitch = width * tjPixelSize[pixel_format];
   const auto size = static_cast<unsigned long>(n);
   if (tjDecompress2(tj, d, size, dst, width, pitch, height, pixel_format,
@@ -596,7 +599,8 @@ Info decode_jpeg(const std::uint8_t* d, std::size_t n, const Options& options,
 // keep the message and jump back to the function that made the library call. Warnings are kept
 // (the first one, as TurboJPEG keeps it) and, under strict, stop the decode like a fatal error.
 struct LibjpegErrors {
-  jpeg_error_mgr manager;  // first: libjpeg hands this object back as a jpeg_error_mgr*
+  jpeg_error_mgr manager;      // first: libjpeg hands this object back as a jpeg_error_mgr*
+  jpeg_progress_mgr progress;  // counts scans, as TurboJPEG's TJFLAG_LIMITSCANS does
   std::jmp_buf jump;
   bool strict = true;
   bool warned = false;
@@ -630,6 +634,18 @@ void libjpeg_emit_message(j_common_ptr cinfo, int level) {
   }
 }
 
+// Called by libjpeg between passes over the input: the same limit TurboJPEG's TJFLAG_LIMITSCANS
+// sets on the full path, with the message formatted as a fatal error's.
+void libjpeg_progress(j_common_ptr cinfo) {
+  if (!cinfo->is_decompressor) return;
+  const int scans = reinterpret_cast<j_decompress_ptr>(cinfo)->input_scan_number;
+  if (scans <= kMaxJpegScans) return;
+  LibjpegErrors& errors = errors_of(cinfo);
+  std::snprintf(errors.message, sizeof errors.message,
+                "Progressive JPEG image has more than %d scans", kMaxJpegScans);
+  std::longjmp(errors.jump, 1);
+}
+
 // One libjpeg decompressor per thread, like the TurboJPEG handle: created on first use, reused
 // for every image (its per-image memory comes from libjpeg's own pools), destroyed with the
 // thread. Streams without their own tables never reach it, so no table of an earlier image can
@@ -640,10 +656,12 @@ class LibjpegDecompressor {
     cinfo.err = jpeg_std_error(&errors.manager);
     errors.manager.error_exit = libjpeg_error_exit;
     errors.manager.emit_message = libjpeg_emit_message;
+    errors.progress.progress_monitor = libjpeg_progress;
     if (setjmp(errors.jump) != 0) {
       throw DecodeError(std::string("cannot create a libjpeg decompressor: ") + errors.message);
     }
     jpeg_create_decompress(&cinfo);
+    cinfo.progress = &errors.progress;  // after the create, which clears every other field
   }
   LibjpegDecompressor(const LibjpegDecompressor&) = delete;
   LibjpegDecompressor& operator=(const LibjpegDecompressor&) = delete;
@@ -654,6 +672,7 @@ class LibjpegDecompressor {
     errors.warned = false;
     errors.stopped_on_warning = false;
     errors.manager.num_warnings = 0;
+    errors.message[0] = '\0';
   }
 
   jpeg_decompress_struct cinfo{};
@@ -716,6 +735,26 @@ bool libjpeg_read_rows(LibjpegDecompressor& dj, JDIMENSION skip, JDIMENSION rows
     if (got == 0) return false;
     done += got;
   }
+  return true;
+}
+
+// Under strict, the rest of the stream after the window is read too, so that damage below the
+// window is found as the whole-image path finds it: the rows below are skipped (libjpeg still
+// entropy-decodes skipped rows, without the inverse DCT), the last row is read (a skip to the end
+// would decode nothing) and the decompression is finished (the markers up to EOI). Any warning
+// then stops it under strict.
+bool libjpeg_verify_rest(LibjpegDecompressor& dj, std::uint8_t* row) {
+  if (setjmp(dj.errors.jump) != 0) return false;
+  const JDIMENSION height = dj.cinfo.output_height;
+  if (dj.cinfo.output_scanline + 1 < height) {
+    const JDIMENSION skip = height - 1 - dj.cinfo.output_scanline;
+    if (jpeg_skip_scanlines(&dj.cinfo, skip) != skip) return false;
+  }
+  if (dj.cinfo.output_scanline < height) {
+    JSAMPROW pointer = row;
+    if (jpeg_read_scanlines(&dj.cinfo, &pointer, 1) != 1) return false;
+  }
+  jpeg_finish_decompress(&dj.cinfo);
   return true;
 }
 
@@ -811,6 +850,11 @@ std::optional<Info> decode_jpeg_reduced(const std::uint8_t* d, std::size_t n,
   size_output(out, stride * rows);
   if (!libjpeg_read_rows(dj, static_cast<JDIMENSION>(y0), rows, out.data(), stride)) {
     throw_libjpeg_failure(dj.errors);
+  }
+  if (options.strict) {
+    thread_local std::vector<std::uint8_t> row;
+    row.resize(stride);
+    if (!libjpeg_verify_rest(dj, row.data())) throw_libjpeg_failure(dj.errors);
   }
 
   Info info;

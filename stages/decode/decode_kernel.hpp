@@ -28,8 +28,14 @@
 //   object, a libjpeg decompressor, serves it. Where the reduced path cannot serve (not a JPEG, an
 //   EXIF orientation other than 1, CMYK/YCCK, a stream without its own tables, one that does not
 //   end with its EOI marker, any trouble in its headers) the whole image is decoded exactly as
-//   without a chooser, with the same errors. Rows below the window are never decoded, so corrupt
-//   data there goes unnoticed.
+//   without a chooser, with the same errors. Under `strict`, the rows below the window are
+//   entropy-decoded and the stream read to its end (no inverse DCT, no pixels), so that a warning
+//   anywhere in it is an error as on the whole-image path; without `strict` they are never
+//   decoded, and damage there goes unnoticed.
+// - Progressive JPEGs of more than kMaxJpegScans scans are refused on both paths (TurboJPEG's
+//   TJFLAG_LIMITSCANS, and a libjpeg progress monitor counting scans with the same limit): each
+//   scan is a pass over the whole image, so a few hundred kilobytes repeating one scan would
+//   otherwise cost minutes.
 // - Nothing blocks except on the CPU; no process-wide state is mutated.
 #pragma once
 
@@ -41,6 +47,10 @@
 #include <vector>
 
 namespace millrace::decode {
+
+// TurboJPEG's own limit under TJFLAG_LIMITSCANS (libjpeg-turbo 2.1, turbojpeg.c), used on the
+// libjpeg path too: ordinary progressive files have about 10 scans.
+inline constexpr int kMaxJpegScans = 500;
 
 struct Options {
   // Apply the EXIF orientation (JPEG APP1 "Exif", tag 0x0112, values 1-8) so that the pixels come
