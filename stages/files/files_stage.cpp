@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +19,7 @@
 #include <system_error>
 #include <tuple>
 
+#include "engine/file_io.hpp"
 #include "engine/random.hpp"
 
 namespace millrace {
@@ -90,16 +93,18 @@ FileEntry FileIndex::at(std::size_t i) const {
 }
 
 FileIndex read_image_list(const std::string& list_path, const std::string& root, int label_width) {
-  std::ifstream in(list_path);
-  if (!in) throw std::runtime_error(list_path + ": cannot open image list");
+  std::string text;
+  try {
+    text = read_regular_file(list_path, kMaxListFileBytes, "image list");
+  } catch (const FileError& e) {
+    throw std::runtime_error(e.what());
+  }
   FileIndex entries(label_width);
   std::vector<float> labels(static_cast<std::size_t>(label_width));
-  std::string line;
-  int line_number = 0;
-  while (std::getline(in, line)) {
-    ++line_number;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.empty()) continue;
+  std::vector<std::pair<std::uint64_t, int>> id_lines;  // to find an id used twice
+  for_each_line(text, [&](std::string_view view, int line_number) {
+    if (view.empty()) return;
+    const std::string line(view);
     const std::string where = list_path + ":" + std::to_string(line_number) + ": ";
     auto fields = split_tabs(line);
     if (fields.size() != static_cast<std::size_t>(label_width) + 2) {
@@ -119,49 +124,168 @@ FileIndex read_image_list(const std::string& list_path, const std::string& root,
     auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), id);
     if (digits.empty() || ec != std::errc() || p != digits.data() + digits.size() ||
         !zero_fraction) {
-      throw std::runtime_error(where + "index '" + index + "' is not a non-negative integer");
+      throw std::runtime_error(where + "index '" + printable(index) +
+                               "' is not a non-negative integer");
     }
     for (int k = 0; k < label_width; ++k) {
-      const std::string& text = fields[static_cast<std::size_t>(k) + 1];
+      const std::string& label = fields[static_cast<std::size_t>(k) + 1];
       float value = 0;
-      auto [lp, lec] = std::from_chars(text.data(), text.data() + text.size(), value);
-      if (lec != std::errc() || lp != text.data() + text.size()) {
-        throw std::runtime_error(where + "label '" + text + "' is not a number");
+      auto [lp, lec] = std::from_chars(label.data(), label.data() + label.size(), value);
+      if (lec != std::errc() || lp != label.data() + label.size()) {
+        throw std::runtime_error(where + "label '" + printable(label) + "' is not a number");
+      }
+      if (!std::isfinite(value)) {
+        throw std::runtime_error(where + "label '" + printable(label) + "' is not a finite number");
       }
       labels[static_cast<std::size_t>(k)] = value;
     }
     // An empty path would resolve to the root folder itself; the RecordIO reader of the same
     // format refuses it too.
     if (fields.back().empty()) throw std::runtime_error(where + "empty path");
+    // The system would open the path up to the NUL: another file than the line names.
+    if (fields.back().find('\0') != std::string::npos) {
+      throw std::runtime_error(where + "path '" + printable(fields.back()) + "' holds a NUL byte");
+    }
     entries.add(id, resolve(root, fields.back()), labels.data());
+    id_lines.emplace_back(id, line_number);
+  });
+  // An id names a sample (its random draws, its place in reports and resumes): two lines with one
+  // id would be one sample twice.
+  std::sort(id_lines.begin(), id_lines.end());
+  for (std::size_t i = 1; i < id_lines.size(); ++i) {
+    if (id_lines[i].first == id_lines[i - 1].first) {
+      throw std::runtime_error(list_path + ":" + std::to_string(id_lines[i].second) + ": index " +
+                               std::to_string(id_lines[i].first) + " is used twice (also line " +
+                               std::to_string(id_lines[i - 1].second) + ")");
+    }
   }
   return entries;
 }
 
-FileIndex scan_image_folder(const std::string& root) {
-  std::vector<std::string> relative;
-  for (auto it =
-           fs::recursive_directory_iterator(root, fs::directory_options::follow_directory_symlink);
-       it != fs::recursive_directory_iterator(); ++it) {
-    if (it->is_regular_file() && is_image_name(it->path())) {
-      relative.push_back(fs::relative(it->path(), root).generic_string());
+namespace {
+
+struct FolderId {
+  dev_t dev;
+  ino_t ino;
+  bool operator==(const FolderId& o) const { return dev == o.dev && ino == o.ino; }
+};
+
+const char* kind_of(mode_t mode) {
+  if (S_ISDIR(mode)) return "a folder";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode) || S_ISBLK(mode)) return "a device";
+  return "a file of another kind";
+}
+
+// The walk of scan_image_folder: every entry whose name looks like an image becomes an entry of
+// the list, readable or not (the unreadable ones with their reason), so that none is lost
+// without a word. Links to folders are followed unless they lead back to a folder on the way
+// down from the root or above it (a loop, a link to `/`); those are listed by their own path.
+class FolderWalk {
+ public:
+  FolderWalk(const std::string& root, std::vector<std::string>& files,
+             std::vector<std::pair<std::string, std::string>>& unreadable)
+      : files_(files), unreadable_(unreadable) {
+    // The root and every folder above it: a link to any of them would scan the root again.
+    std::error_code ec;
+    for (fs::path p = fs::absolute(root, ec); !p.empty(); p = p.parent_path()) {
+      struct stat st {};
+      if (::stat(p.c_str(), &st) == 0) above_.push_back({st.st_dev, st.st_ino});
+      if (p == p.parent_path()) break;
     }
   }
-  std::sort(relative.begin(), relative.end());
+
+  void walk(const fs::path& dir, const std::string& relative) {
+    std::vector<fs::directory_entry> entries;
+    for (const auto& entry : fs::directory_iterator(dir)) entries.push_back(entry);
+    for (const auto& entry : entries) {
+      const std::string name = entry.path().filename().string();
+      const std::string rel = relative.empty() ? name : relative + "/" + name;
+      struct stat link {};
+      if (::lstat(entry.path().c_str(), &link) != 0) continue;  // gone since it was listed
+      struct stat target {};
+      const bool reachable = ::stat(entry.path().c_str(), &target) == 0;
+      const int stat_error = reachable ? 0 : errno;
+      if (reachable && S_ISDIR(target.st_mode)) {
+        const FolderId id{target.st_dev, target.st_ino};
+        const bool loop = std::find(above_.begin(), above_.end(), id) != above_.end() ||
+                          std::find(path_.begin(), path_.end(), id) != path_.end();
+        if (loop) {
+          unreadable_.emplace_back(rel,
+                                   "a symbolic link to a folder that holds it (a loop), "
+                                   "not followed");
+          continue;
+        }
+        path_.push_back(id);
+        walk(entry.path(), rel);
+        path_.pop_back();
+        continue;
+      }
+      if (!is_image_name(entry.path())) continue;
+      if (!reachable) {
+        unreadable_.emplace_back(
+            rel,
+            S_ISLNK(link.st_mode)
+                ? (stat_error == ELOOP ? "a symbolic link that loops" : "a dangling symbolic link")
+                : "cannot read: " + std::error_code(stat_error, std::generic_category()).message());
+      } else if (!S_ISREG(target.st_mode)) {
+        unreadable_.emplace_back(rel,
+                                 std::string("not a regular file: ") + kind_of(target.st_mode));
+      } else {
+        files_.push_back(rel);
+      }
+    }
+  }
+
+ private:
+  std::vector<std::string>& files_;
+  std::vector<std::pair<std::string, std::string>>& unreadable_;
+  std::vector<FolderId> above_;
+  std::vector<FolderId> path_;
+};
+
+}  // namespace
+
+FileIndex scan_image_folder(const std::string& root, std::vector<UnreadableEntry>* unreadable) {
+  std::vector<std::string> readable;
+  std::vector<std::pair<std::string, std::string>> refused;
+  FolderWalk(root, readable, refused).walk(root, "");
   std::vector<std::string> classes;
   for (const auto& entry : fs::directory_iterator(root)) {
-    if (entry.is_directory()) classes.push_back(entry.path().filename().string());
+    std::error_code ec;
+    if (entry.is_directory(ec)) classes.push_back(entry.path().filename().string());
   }
   std::sort(classes.begin(), classes.end());
+  // With class folders, a file directly in the root has no class: giving it 0 would make it one
+  // of the first class's. Without any, the folder is one unlabelled set, every file labelled 0.
+  for (auto it = readable.begin(); !classes.empty() && it != readable.end();) {
+    if (it->find('/') == std::string::npos) {
+      refused.emplace_back(*it,
+                           "directly in the scanned folder, which has class folders: no class");
+      it = readable.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  // Ids are positions in the sorted list of every entry, read or refused.
+  std::vector<std::pair<std::string, const std::string*>> all;
+  for (const auto& r : readable) all.emplace_back(r, nullptr);
+  for (const auto& [path, reason] : refused) all.emplace_back(path, &reason);
+  std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   FileIndex entries(1);
-  for (std::size_t i = 0; i < relative.size(); ++i) {
-    const auto slash = relative[i].find('/');
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    const std::string& relative = all[i].first;
+    const auto slash = relative.find('/');
     float label = 0;
     if (slash != std::string::npos) {
-      auto pos = std::lower_bound(classes.begin(), classes.end(), relative[i].substr(0, slash));
+      auto pos = std::lower_bound(classes.begin(), classes.end(), relative.substr(0, slash));
       label = static_cast<float>(pos - classes.begin());
     }
-    entries.add(i, resolve(root, relative[i]), &label);
+    const bool listed = all[i].second != nullptr;
+    if (listed && unreadable == nullptr) continue;
+    entries.add(i, resolve(root, relative), &label);
+    if (listed) unreadable->push_back({i, *all[i].second});
   }
   return entries;
 }
@@ -180,7 +304,9 @@ StageInfo FilesSource::info() {
           "a folder or an im2rec list",
           "samples: encoded bytes, id, path, labels",
           true,
-          true};
+          true,
+          SampleContent::kAny,
+          SampleContent::kEncoded};
 }
 
 const Schema<FilesSource::Params>& FilesSource::schema() {
@@ -247,9 +373,11 @@ FilesSource::FilesSource(StageContext context, Params params)
 
 void FilesSource::prepare() {
   try {
-    entries_ = params_.list.empty() ? scan_image_folder(params_.root)
+    std::vector<UnreadableEntry> unreadable;
+    entries_ = params_.list.empty() ? scan_image_folder(params_.root, &unreadable)
                                     : read_image_list(resolve(params_.root, params_.list),
                                                       params_.root, params_.label_width);
+    for (auto& u : unreadable) unreadable_.emplace(u.id, std::move(u.reason));
   } catch (const fs::filesystem_error& e) {
     throw std::runtime_error("stage '" + name() + "': cannot scan '" + params_.root +
                              "': " + e.code().message());
@@ -322,6 +450,11 @@ const char* file_kind(mode_t mode) {
 }  // namespace
 
 void FilesSource::load(Sample& sample) const {
+  if (!unreadable_.empty()) {
+    if (auto it = unreadable_.find(sample.id); it != unreadable_.end()) {
+      throw SampleError(it->second);
+    }
+  }
   // The list was made before the run; by now a path may name something else. O_NONBLOCK keeps
   // the open of a FIFO (which would wait for a writer forever) from holding a worker; it changes
   // nothing for a regular file.

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "engine/registry.hpp"
@@ -66,10 +67,22 @@ class FileIndex {
 // resolved against `root` unless absolute. Throws std::runtime_error naming file:line on a
 // malformed line.
 FileIndex read_image_list(const std::string& list_path, const std::string& root, int label_width);
-// Scans `root` recursively for image files (jpg, jpeg, png, webp, bmp, tif, tiff). Label = index
-// of the sorted top-level sub-folder the file is in (0 when root has no sub-folders); sample id =
-// position in the list sorted by relative path.
-FileIndex scan_image_folder(const std::string& root);
+// An entry of a scanned folder that looks like an image and will not be read, and why.
+struct UnreadableEntry {
+  std::uint64_t id = 0;
+  std::string reason;
+};
+
+// Scans `root` recursively for image files (jpg, jpeg, png, webp, bmp, tif, tiff), following
+// links to folders except those that lead back to the root, a folder above it or one on the way
+// down (a loop, a link to `/`). Label = index of the sorted top-level sub-folder the file is in
+// (0 for every file when root has no sub-folders); sample id = position in the list sorted by
+// relative path. Entries that look like images but cannot be read (a dangling link, a FIFO, a
+// device; a file directly in a root that has class folders, which has no class; a looping link)
+// take an id too: with `unreadable`, they are in the index and listed there with the reason;
+// without, they are left out.
+FileIndex scan_image_folder(const std::string& root,
+                            std::vector<UnreadableEntry>* unreadable = nullptr);
 // MXNet's partition by record count: part k of n holds entries [k*step, min(N, (k+1)*step)) with
 // step = ceil(N / n). Every entry lands in exactly one part.
 std::pair<std::size_t, std::size_t> part_range(std::size_t count, int num_parts, int part_index);
@@ -113,6 +126,8 @@ class FilesSource final : public SourceStage {
   Params params_;
   std::uint64_t seed_ = 0;
   FileIndex entries_;
+  // Scanned entries that are listed as skipped with their reason instead of being read.
+  std::unordered_map<std::uint64_t, std::string> unreadable_;
   std::vector<std::uint32_t> order_;
   std::size_t position_ = 0;
   int epoch_ = 0;

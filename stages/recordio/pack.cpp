@@ -113,6 +113,11 @@ std::vector<Item> items_of(const PackOptions& o) {
 
 }  // namespace
 
+std::string temporary_name_for(const std::string& path) {
+  const fs::path p(path);
+  return (p.parent_path() / ("." + p.filename().string() + ".tmp")).string();
+}
+
 std::string index_path_for(const std::string& rec_path) {
   return fs::path(rec_path).replace_extension(".idx").string();
 }
@@ -142,7 +147,12 @@ PackReport pack(const PackOptions& o, const PackProgress& progress) {
   index.reserve(items.size());
   std::vector<std::uint8_t> image;
   std::vector<std::uint8_t> payload;
-  RecordWriter writer(report.rec_path);
+  // Written under hidden temporary names and renamed into place when whole: an interrupted pack
+  // (a signal, a full disk) leaves no .rec that a run would read as a smaller data set. The next
+  // pack to the same output overwrites the temporary files.
+  const std::string rec_temp = temporary_name_for(report.rec_path);
+  const std::string idx_temp = temporary_name_for(report.idx_path);
+  RecordWriter writer(rec_temp);
   try {
     for (std::size_t i = 0; i < items.size(); ++i) {
       const Item& item = items[i];
@@ -154,7 +164,19 @@ PackReport pack(const PackOptions& o, const PackProgress& progress) {
       if (progress) progress(i + 1, items.size());
     }
     writer.close();
-    write_index(report.idx_path, index);
+    write_index(idx_temp, index);
+    // The .rec first, with any older index out of the way: stopped between the renames, the
+    // output is a whole .rec without an index (read sequentially), never one beside an index of
+    // another file.
+    std::error_code ec;
+    fs::remove(report.idx_path, ec);
+    if (ec) throw std::runtime_error(report.idx_path + ": cannot remove: " + ec.message());
+    fs::rename(rec_temp, report.rec_path, ec);
+    if (ec)
+      throw std::runtime_error(report.rec_path + ": cannot rename into place: " + ec.message());
+    fs::rename(idx_temp, report.idx_path, ec);
+    if (ec)
+      throw std::runtime_error(report.idx_path + ": cannot rename into place: " + ec.message());
   } catch (...) {
     try {
       writer.close();
@@ -162,8 +184,8 @@ PackReport pack(const PackOptions& o, const PackProgress& progress) {
       // The first error is the one reported.
     }
     std::error_code ec;
-    fs::remove(report.rec_path, ec);
-    fs::remove(report.idx_path, ec);
+    fs::remove(rec_temp, ec);
+    fs::remove(idx_temp, ec);
     throw;
   }
   report.records = items.size();

@@ -14,7 +14,10 @@
 //   is decoded (OpenCV, BGR as MXNet stores it) and re-encoded as JPEG.
 // - Errors: std::invalid_argument for contradictory options; std::runtime_error naming the file
 //   for a missing or unreadable image, an image that does not decode when re-encoding, or an
-//   output that cannot be written. On any error the partial OUT.rec and OUT.idx are removed.
+//   output that cannot be written. Both files are written under hidden temporary names
+//   (.OUT.rec.tmp, .OUT.idx.tmp) and renamed into place once whole, the .rec first: an
+//   interrupted pack leaves the previous output or none, never a partial .rec; on an error the
+//   temporary files are removed.
 #pragma once
 
 #include <cstddef>
@@ -48,5 +51,7 @@ PackReport pack(const PackOptions& options, const PackProgress& progress = {});
 
 // OUT.idx for OUT.rec (the extension replaced, as im2rec names them).
 std::string index_path_for(const std::string& rec_path);
+// The hidden name a file is written under before its rename: DIR/.NAME.tmp.
+std::string temporary_name_for(const std::string& path);
 
 }  // namespace millrace::recordio

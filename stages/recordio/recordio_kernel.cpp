@@ -8,10 +8,13 @@
 #include <bit>
 #include <cerrno>
 #include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <system_error>
+
+#include "engine/file_io.hpp"
 
 namespace millrace::recordio {
 
@@ -161,6 +164,14 @@ bool parse_index(const std::string& text, std::uint64_t& out) {
   const bool zero_fraction =
       dot + 1 < text.size() && text.find_first_not_of('0', dot + 1) == std::string::npos;
   return zero_fraction && parse_u64(text.substr(0, dot), out);
+}
+
+std::string read_text_file(const std::string& path, const char* what) {
+  try {
+    return read_regular_file(path, kMaxListFileBytes, what);
+  } catch (const FileError& e) {
+    throw std::runtime_error(e.what());
+  }
 }
 
 bool parse_float(const std::string& text, float& out) {
@@ -366,6 +377,36 @@ std::uint64_t RecordReader::find_head(std::uint64_t from) {
   return size_;
 }
 
+// After damage the records that follow may sit at any byte offset (bytes inserted or lost shift
+// the rest of the file), so the search for the next head goes byte by byte, taking the first magic
+// whose next word has cflag 0 or 1 and whose part fits in the file. Shifted records past the
+// range's end are still this reader's: the next range's reader starts at the first aligned head
+// (find_head), where read_next() stops.
+std::uint64_t RecordReader::find_resync(std::uint64_t from) {
+  std::uint64_t pos = from;
+  while (pos + 8 <= size_) {
+    if (!fill(pos, 8)) break;
+    const std::uint64_t resident_end = buffer_pos_ + buffer_len_;
+    if (pos + 8 > resident_end) break;
+    while (pos + 8 <= resident_end) {
+      const auto* start = buffer_.data() + (pos - buffer_pos_);
+      const auto* hit = static_cast<const std::uint8_t*>(
+          std::memchr(start, kMagicBytes[0], static_cast<std::size_t>(resident_end - 7 - pos)));
+      if (hit == nullptr) {
+        pos = resident_end - 7;
+        break;
+      }
+      pos += static_cast<std::uint64_t>(hit - start);
+      const std::uint32_t lrec = word(pos + 4);
+      if (word(pos) == kMagic && cflag_of(lrec) <= 1 && pos + 8 + length_of(lrec) <= size_) {
+        return pos;
+      }
+      ++pos;
+    }
+  }
+  return size_;
+}
+
 void RecordReader::copy_out(std::uint64_t pos, std::size_t length, std::uint8_t* dest) {
   if (length == 0) return;  // dest may be the null data() of an empty buffer
   std::size_t done = 0;
@@ -400,7 +441,11 @@ void RecordReader::copy_out(std::uint64_t pos, std::size_t length, std::uint8_t*
 
 ReadResult RecordReader::corrupt(std::uint64_t offset, std::uint64_t resume_from,
                                  std::string message) {
-  pos_ = find_head(resume_from);
+  pos_ = find_resync(std::min(resume_from, offset + 1));
+  // What the damage cost, in bytes: nothing between here and the next head is delivered.
+  message +=
+      "; " + std::to_string(pos_ - offset) + " byte(s) skipped, from " + at_offset(offset) +
+      (pos_ < size_ ? " to the next record head at " + at_offset(pos_) : " to the end of the file");
   return {ReadStatus::kCorrupt, offset, std::move(message)};
 }
 
@@ -455,7 +500,9 @@ ReadResult RecordReader::read_next(std::vector<std::uint8_t>& payload) {
                        " where a record should start");
   }
   std::uint32_t lrec = word(pos_ + 4);
-  if (cflag_of(lrec) <= 1 && pos_ >= end_) {
+  // The next range's reader starts at the first aligned head at or after the end (find_head);
+  // records shifted off the alignment by damage before it are still this reader's.
+  if (cflag_of(lrec) <= 1 && pos_ >= end_ && pos_ % 4 == 0) {
     pos_ = size_;
     return {};
   }
@@ -583,23 +630,19 @@ std::size_t parse_image_payload(std::span<const std::uint8_t> payload, int label
 // ---- .idx and .lst -----------------------------------------------------------------------------
 
 std::vector<IndexEntry> read_index(const std::string& path, std::uint64_t rec_size) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error(path + ": cannot open index");
+  const std::string text = read_text_file(path, "index");
   std::vector<std::pair<IndexEntry, int>> entries;  // with the line each came from
-  std::string line;
-  int line_number = 0;
-  while (std::getline(in, line)) {
-    ++line_number;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
+  for_each_line(text, [&](std::string_view view, int line_number) {
+    const std::string line(view);
     const auto fields = split_fields(line, true);
-    if (fields.empty()) continue;
+    if (fields.empty()) return;
     const std::string where = path + ":" + std::to_string(line_number) + ": ";
     IndexEntry e;
     if (fields.size() != 2 || !parse_index(fields[0], e.key) || !parse_u64(fields[1], e.offset)) {
       throw std::runtime_error(where +
                                "expected 'key<TAB>offset' with non-negative integers, "
                                "found '" +
-                               line + "'");
+                               printable(line) + "'");
     }
     if (e.offset % 4 != 0 || e.offset >= rec_size) {
       throw std::runtime_error(where + "offset " + std::to_string(e.offset) +
@@ -608,7 +651,7 @@ std::vector<IndexEntry> read_index(const std::string& path, std::uint64_t rec_si
                                                         std::to_string(rec_size) + " bytes)"));
     }
     entries.emplace_back(e, line_number);
-  }
+  });
   std::sort(entries.begin(), entries.end(),
             [](const auto& a, const auto& b) { return a.first.offset < b.first.offset; });
   std::vector<IndexEntry> out;
@@ -637,17 +680,14 @@ void write_index(const std::string& path,
 }
 
 std::vector<ListEntry> read_list(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error(path + ": cannot open list");
+  const std::string text = read_text_file(path, "list");
   std::vector<ListEntry> entries;
-  std::string line;
-  int line_number = 0;
+  std::vector<std::pair<std::uint64_t, int>> id_lines;  // to find an index used twice
   std::size_t width = 0;
   int width_line = 0;
-  while (std::getline(in, line)) {
-    ++line_number;
-    if (!line.empty() && line.back() == '\r') line.pop_back();
-    if (line.empty()) continue;
+  for_each_line(text, [&](std::string_view view, int line_number) {
+    if (view.empty()) return;
+    const std::string line(view);
     const std::string where = path + ":" + std::to_string(line_number) + ": ";
     const auto fields = split_fields(line, false);
     if (fields.size() < 3) {
@@ -665,18 +705,37 @@ std::vector<ListEntry> read_list(const std::string& path) {
     }
     ListEntry e;
     if (!parse_index(fields.front(), e.index)) {
-      throw std::runtime_error(where + "index '" + fields.front() +
+      throw std::runtime_error(where + "index '" + printable(fields.front()) +
                                "' is not a non-negative integer");
     }
     e.labels.resize(width);
     for (std::size_t k = 0; k < width; ++k) {
       if (!parse_float(fields[k + 1], e.labels[k])) {
-        throw std::runtime_error(where + "label '" + fields[k + 1] + "' is not a number");
+        throw std::runtime_error(where + "label '" + printable(fields[k + 1]) +
+                                 "' is not a number");
+      }
+      if (!std::isfinite(e.labels[k])) {
+        throw std::runtime_error(where + "label '" + printable(fields[k + 1]) +
+                                 "' is not a finite number");
       }
     }
     e.path = fields.back();
     if (e.path.empty()) throw std::runtime_error(where + "empty path");
+    // The system would open the path up to the NUL: another file than the line names.
+    if (e.path.find('\0') != std::string::npos) {
+      throw std::runtime_error(where + "path '" + printable(e.path) + "' holds a NUL byte");
+    }
+    id_lines.emplace_back(e.index, line_number);
     entries.push_back(std::move(e));
+  });
+  // One index is one record key and one sample id: a second line with it would shadow the first.
+  std::sort(id_lines.begin(), id_lines.end());
+  for (std::size_t i = 1; i < id_lines.size(); ++i) {
+    if (id_lines[i].first == id_lines[i - 1].first) {
+      throw std::runtime_error(path + ":" + std::to_string(id_lines[i].second) + ": index " +
+                               std::to_string(id_lines[i].first) + " is used twice (also line " +
+                               std::to_string(id_lines[i - 1].second) + ")");
+    }
   }
   return entries;
 }

@@ -13,8 +13,10 @@
 //   enough.
 // - Ill-formed side files (a .idx or .lst line) and I/O failures throw std::runtime_error naming
 //   the file (and line). Corrupt record data is data, not a failure: RecordReader::next() reports
-//   it as ReadStatus::kCorrupt with the byte offset and resynchronises at the next record head, so
-//   a damaged record costs that record and nothing after it. Functions that decode one record from
+//   it as ReadStatus::kCorrupt with the byte offset and resynchronises at the next record head,
+//   searched at every byte offset (inserted or lost bytes shift the rest of the file), so a
+//   damaged record costs that record and nothing after it; the message says how many bytes were
+//   skipped. Functions that decode one record from
 //   memory throw FormatError, which carries the offset.
 // - Reading blocks on file I/O only; the reader issues large sequential reads (chunk_bytes at a
 //   time), never one system call per record.
@@ -128,7 +130,9 @@ struct ReadResult {
 //
 // Range semantics (sharding without an index, MXNet's InputSplit): a reader for [begin, end)
 // starts at the first record head at or after `begin` and stops at the first record head at or
-// after `end`; a record head is an aligned magic whose next word has cflag 0 or 1. So the readers
+// after `end`; a record head is an aligned magic whose next word has cflag 0 or 1. After damage,
+// a reader resynchronises at any byte offset and reads on through records shifted off the
+// alignment until it meets an aligned head at or after `end`. So the readers
 // of consecutive ranges [b0, b1), [b1, b2), ... read every record exactly once, whatever the
 // boundaries, and damaged data is reported by exactly one of them: a reader that starts at 0
 // reports anything before the first head, one that starts later skips it silently because the
@@ -163,6 +167,7 @@ class RecordReader {
   std::uint32_t word(std::uint64_t pos) const;
   bool head_at(std::uint64_t pos);
   std::uint64_t find_head(std::uint64_t from);
+  std::uint64_t find_resync(std::uint64_t from);
   void copy_out(std::uint64_t pos, std::size_t length, std::uint8_t* dest);
   ReadResult corrupt(std::uint64_t offset, std::uint64_t resume_from, std::string message);
 

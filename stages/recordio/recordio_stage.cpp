@@ -73,7 +73,9 @@ StageInfo RecordIoSource::info() {
           "samples: encoded image bytes, id (record header), path FILE@OFFSET, labels (header or "
           ".lst; augmentation passes them through unchanged)",
           true,
-          true};
+          true,
+          SampleContent::kAny,
+          SampleContent::kEncoded};
 }
 
 const Schema<RecordIoSource::Params>& RecordIoSource::schema() {
@@ -224,6 +226,10 @@ void RecordIoSource::prepare() {
     std::error_code ec;
     const auto size = fs::file_size(f, ec);
     if (ec) throw std::runtime_error(stage + f + ": " + ec.message());
+    // An empty file is an output that was never written (a pack stopped before its first
+    // record), not a data set of no images.
+    if (size == 0)
+      throw std::runtime_error(stage + f + ": the file is empty (0 bytes), no records");
     sizes.push_back(size);
   }
 
