@@ -510,11 +510,28 @@ void parse_common_keys(const ConfigNode& stage, StagePlan& plan, const PipelineP
 
 void check_structure(PipelinePlan& plan, const ConfigNode& stages_node, Diagnostics& d) {
   int batch_index = -1;
+  // What the samples carry so far, and the stage that made it so.
+  SampleContent content = SampleContent::kAny;
+  const StagePlan* maker = nullptr;
   for (std::size_t i = 0; i < plan.stages.size(); ++i) {
     const StagePlan& s = plan.stages[i];
     if (s.factory == nullptr) continue;
     const StageShape shape = s.factory->info().shape;
     const std::string where = "stage '" + s.name + "' (" + s.type + ")";
+    const SampleContent needs = s.factory->info().needs;
+    if (needs != SampleContent::kAny && content != SampleContent::kAny && needs != content &&
+        maker != nullptr) {
+      d.error(s.where, where + ": needs " + std::string(sample_content_name(needs)) +
+                           ", but after stage '" + maker->name + "' (" + maker->type +
+                           ") its samples carry " + std::string(sample_content_name(content)) +
+                           (needs == SampleContent::kPixels && content == SampleContent::kEncoded
+                                ? " (put a decode stage before it)"
+                                : ""));
+    }
+    if (s.factory->info().makes != SampleContent::kAny) {
+      content = s.factory->info().makes;
+      maker = &s;
+    }
     if (i == 0 && shape != StageShape::kSource) {
       d.error(s.where, where + ": the first stage must be a source (files, ...), not a " +
                            std::string(shape_name(shape)));
@@ -547,6 +564,20 @@ void check_structure(PipelinePlan& plan, const ConfigNode& stages_node, Diagnost
 }
 
 }  // namespace
+
+std::string_view sample_content_name(SampleContent content) {
+  switch (content) {
+    case SampleContent::kAny:
+      return "anything";
+    case SampleContent::kEncoded:
+      return "encoded image bytes";
+    case SampleContent::kPixels:
+      return "decoded pixels (an RGB8 HWC image)";
+    case SampleContent::kTensor:
+      return "a normalized tensor";
+  }
+  return "?";
+}
 
 PipelinePlan parse_pipeline(ConfigNode root, const std::vector<std::string>& overrides,
                             const Registry& registry, Diagnostics& d, int rank, int world) {

@@ -8,6 +8,7 @@
 #include <concepts>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/schema.hpp"
@@ -15,14 +16,21 @@
 
 namespace millrace {
 
+// What a sample carries between stages, as far as the order of stages depends on it: a stage that
+// needs pixels cannot come before the one that makes them.
+enum class SampleContent { kAny, kEncoded, kPixels, kTensor };
+std::string_view sample_content_name(SampleContent content);
+
 struct StageInfo {
   std::string type;     // the YAML `type`, snake_case
   std::string summary;  // one line
   StageShape shape = StageShape::kTransform;
-  std::string takes;               // what it consumes, in words
-  std::string gives;               // what it produces
-  bool concurrent = false;         // may process several samples at once
-  bool per_sample_errors = false;  // has an on_error policy
+  std::string takes;                          // what it consumes, in words
+  std::string gives;                          // what it produces
+  bool concurrent = false;                    // may process several samples at once
+  bool per_sample_errors = false;             // has an on_error policy
+  SampleContent needs = SampleContent::kAny;  // what its samples must carry when they arrive
+  SampleContent makes = SampleContent::kAny;  // what they carry after it; kAny: as they came
 };
 
 class StageFactory {

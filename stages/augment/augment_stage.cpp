@@ -1,6 +1,8 @@
 #include "stages/augment/augment_stage.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <opencv2/core.hpp>
 #include <stdexcept>
 #include <tuple>
@@ -28,7 +30,8 @@ StageInfo AugmentStage::info() {
           "samples with an RGB8 HWC tensor",
           "the same, with a crop region and a pending mirror for normalize to apply",
           true,
-          true};
+          true,
+          SampleContent::kPixels};
 }
 
 const Schema<AugmentStage::Params>& AugmentStage::schema() {
@@ -57,6 +60,14 @@ const Schema<AugmentStage::Params>& AugmentStage::schema() {
               {"nearest", augment::Interp::kNearest}});
     s.integer64("seed", &Params::seed, "seed of the random choices; -1 takes pipeline.seed", -1,
                 std::numeric_limits<std::int64_t>::max());
+    s.integer64("max_pixels", &Params::max_pixels,
+                "an image whose resize (before the crop) would hold more pixels is a per-sample "
+                "error, refused before any allocation",
+                1, std::numeric_limits<std::int32_t>::max());
+    s.number("max_aspect_ratio", &Params::max_aspect_ratio,
+             "with a resize: an image whose longer side is more than this many times its shorter "
+             "side is a per-sample error",
+             1.0, 1e9);
     return s;
   }();
   return schema;
@@ -73,6 +84,16 @@ void AugmentStage::check(const Params& p, const ConfigNode& node, const std::str
   if (p.scale[1] <= 0) {
     const ConfigNode* n = node.find("scale");
     d.error(n != nullptr ? n->where : node.where, where + ": 'scale' needs a maximum above 0");
+  }
+  // After a resize the shorter side is `resize`: a crop larger than that on both sides fits no
+  // image at all, so every sample would fail.
+  const bool fixed_crop = p.crop == Crop::kCenter || p.crop == Crop::kRandom;
+  if (fixed_crop && p.resize > 0 && std::min(p.size[0], p.size[1]) > p.resize) {
+    const ConfigNode* n = node.find("size");
+    d.error(n != nullptr ? n->where : node.where,
+            where + ": a " + std::to_string(p.size[0]) + "x" + std::to_string(p.size[1]) +
+                " crop does not fit in any image resized to a shorter side of " +
+                std::to_string(p.resize) + " (make 'size' at most 'resize')");
   }
 }
 
@@ -98,12 +119,38 @@ void AugmentStage::link(const std::vector<Stage*>& upstream, Diagnostics&) {
   }
 }
 
+void AugmentStage::check_resize(int width, int height) const {
+  if (params_.resize <= 0 || width <= 0 || height <= 0) return;
+  const std::int64_t longer = std::max(width, height);
+  const std::int64_t shorter = std::min(width, height);
+  const std::string size = std::to_string(width) + "x" + std::to_string(height);
+  if (static_cast<double>(longer) > params_.max_aspect_ratio * static_cast<double>(shorter)) {
+    char ratio[32];
+    std::snprintf(ratio, sizeof ratio, "%.6g", params_.max_aspect_ratio);
+    throw SampleError("image is " + size + ", a longer side more than max_aspect_ratio " + ratio +
+                      " times its shorter side (raise augment's max_aspect_ratio to resize it)");
+  }
+  // As resize_shorter_size computes it, in 64 bits.
+  const std::int64_t out_shorter = params_.resize;
+  const std::int64_t out_longer = out_shorter * longer / shorter;
+  const std::int64_t pixels = out_shorter * out_longer;
+  if (pixels > params_.max_pixels) {
+    throw SampleError(
+        "image is " + size + ", resized to a shorter side of " + std::to_string(params_.resize) +
+        " it would be " + std::to_string(width >= height ? out_longer : out_shorter) + "x" +
+        std::to_string(width >= height ? out_shorter : out_longer) + " = " +
+        std::to_string(pixels) + " pixels, above max_pixels " + std::to_string(params_.max_pixels) +
+        " (raise augment's max_pixels to resize it)");
+  }
+}
+
 AugmentStage::Geometry AugmentStage::geometry(int width, int height, CounterRng& rng) const {
   int w = width;
   int h = height;
   double fx = 1.0;
   double fy = 1.0;
   if (params_.resize > 0) {
+    check_resize(width, height);
     std::tie(w, h) = augment::resize_shorter_size(width, height, params_.resize);
     // cv::resize's own factors: resized pixel u covers [u * fx, (u + 1) * fx) of the original.
     fx = static_cast<double>(width) / w;
@@ -202,6 +249,7 @@ void AugmentStage::process_reduced(Sample& sample, CounterRng& rng) const {
 void AugmentStage::process_whole(Sample& sample, CounterRng& rng) const {
   if (params_.resize > 0) {
     const ImageView src = view_of(sample.tensor);
+    check_resize(src.width, src.height);
     const auto [w, h] = augment::resize_shorter_size(src.width, src.height, params_.resize);
     // An intermediate image: borrowed, and given back by whoever reads it last.
     sample.scratch.borrow(buffers_);
@@ -260,6 +308,12 @@ void AugmentStage::process(Sample& sample, RunReporter&) const {
     sample.tensor.give_back();
     sample.scratch.give_back();
     throw SampleError(e.what());
+  } catch (const cv::Exception& e) {
+    sample.tensor.give_back();
+    sample.scratch.give_back();
+    // OpenCV's own buffers: an allocation it could not make is this sample's error.
+    if (e.code == cv::Error::StsNoMem) throw SampleError("out of memory: " + e.msg);
+    throw;
   } catch (...) {
     sample.tensor.give_back();
     sample.scratch.give_back();

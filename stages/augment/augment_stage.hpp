@@ -45,6 +45,11 @@ class AugmentStage final : public TransformStage, public DecodeWindowSource {
     std::array<double, 2> ratio{3.0 / 4.0, 4.0 / 3.0};
     augment::Interp interpolation = augment::Interp::kLinear;
     std::int64_t seed = -1;
+    // A resize makes an image of its own, whose size the file does not bound: a 143-byte PNG of
+    // 20000x1 pixels resized to a shorter side of 256 would be 5120000x256. Both limits are
+    // checked from the image's size before anything is allocated; past them, a per-sample error.
+    std::int64_t max_pixels = 178'956'970;  // as decode's: width x height x 12 below 2^31
+    double max_aspect_ratio = 100.0;        // longer side / shorter side, when resizing
   };
   static StageInfo info();
   static const Schema<Params>& schema();
@@ -59,6 +64,9 @@ class AugmentStage final : public TransformStage, public DecodeWindowSource {
   std::vector<CheaperSetting> cheaper_settings() const override;
   std::optional<decode::WindowRequest> decode_window(int width, int height,
                                                      const Sample& sample) const noexcept override;
+  // Throws SampleError when resizing a width x height image would pass max_pixels or
+  // max_aspect_ratio; nothing when the stage does not resize.
+  void check_resize(int width, int height) const;
   const Params& params() const { return params_; }
   // The resized images' buffers (its created() is what tests hold against the graph's bound).
   const std::shared_ptr<BufferPool>& buffer_pool() const { return buffers_; }

@@ -27,7 +27,9 @@ StageInfo DecodeStage::info() {
           "samples with encoded bytes",
           "samples with an RGB8 HWC tensor",
           true,
-          true};
+          true,
+          SampleContent::kEncoded,
+          SampleContent::kPixels};
 }
 
 const Schema<DecodeStage::Params>& DecodeStage::schema() {

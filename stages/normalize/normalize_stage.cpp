@@ -93,7 +93,9 @@ StageInfo NormalizeStage::info() {
           "samples with an RGB8 HWC tensor (and a crop region, a pending mirror)",
           "samples with an int8 / uint8 / float32 CHW or HWC tensor and its quantization",
           true,
-          false};
+          false,
+          SampleContent::kPixels,
+          SampleContent::kTensor};
 }
 
 const Schema<NormalizeStage::Params>& NormalizeStage::schema() {
