@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <string_view>
 #include <system_error>
 
 #include "engine/json.hpp"
@@ -172,6 +173,23 @@ NpySink::~NpySink() {
   if (index_ >= 0) ::close(index_);
 }
 
+namespace {
+
+// batch_<digits>_<name>.npy, as consume() names the files it writes.
+bool is_batch_file_name(const std::string& file) {
+  constexpr std::string_view kPrefix = "batch_";
+  if (file.rfind(kPrefix, 0) != 0 || file.size() < 4 ||
+      file.compare(file.size() - 4, 4, ".npy") != 0) {
+    return false;
+  }
+  std::size_t i = kPrefix.size();
+  const std::size_t digits = i;
+  while (i < file.size() && file[i] >= '0' && file[i] <= '9') ++i;
+  return i > digits && i < file.size() && file[i] == '_';
+}
+
+}  // namespace
+
 void NpySink::open() {
   std::error_code ec;
   std::filesystem::create_directories(dir_, ec);
@@ -180,13 +198,14 @@ void NpySink::open() {
                              "': " + ec.message());
   }
   // A run killed while writing leaves its temporary file; it is ours (a hidden .batch_*.tmp),
-  // never a result, and would otherwise stay forever.
+  // never a result, and would otherwise stay forever. An earlier run's batch files go too: the
+  // index is started afresh, and a shorter run would leave the earlier run's later batches beside
+  // it, where a reader of the folder would take them for this run's.
   for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
     const std::string file = entry.path().filename().string();
-    if (file.rfind(".batch_", 0) == 0 && file.size() > 4 &&
-        file.compare(file.size() - 4, 4, ".tmp") == 0) {
-      std::filesystem::remove(entry.path(), ec);
-    }
+    const bool temporary = file.rfind(".batch_", 0) == 0 && file.size() > 4 &&
+                           file.compare(file.size() - 4, 4, ".tmp") == 0;
+    if (temporary || is_batch_file_name(file)) std::filesystem::remove(entry.path(), ec);
   }
   const std::string index = dir_ + "/batches.jsonl";
   index_ = ::open(index.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0666);
