@@ -337,6 +337,9 @@ int cmd_pack(const Args& a) {
   } catch (const std::invalid_argument& e) {
     throw UsageError(std::string("pack: ") + e.what());
   }
+  for (const auto& s : report.skipped) {
+    std::fprintf(stderr, "pack: skipped %s\n", without_controls(s).c_str());
+  }
   std::printf("%s: %llu records, %.1f MB of images, %.1f MB file, index %s\n",
               report.rec_path.c_str(), static_cast<unsigned long long>(report.records),
               static_cast<double>(report.image_bytes) / 1e6,

@@ -53,6 +53,10 @@ void write_file_atomically(const std::string& path, std::string_view text,
 // Text from a file as a message shows it: bytes outside printable ASCII escaped (\xNN), cut at
 // `max_chars`, so that binary data or a terminal escape sequence never reaches a terminal raw.
 std::string printable(std::string_view text, std::size_t max_chars = 64);
+// Text for a terminal: control bytes (below 0x20, 0x7F) escaped as \xNN, everything else (UTF-8
+// included) as it is. For paths and messages that carry bytes of a data set (a file name, a
+// decoder's message) into the summary.
+std::string without_controls(std::string_view text);
 
 // The lines of a text file, for list and index formats written by many tools: a UTF-8 byte-order
 // mark at the start is dropped, and a line ends at LF, CRLF or a lone CR (old Mac tools). Calls

@@ -132,12 +132,13 @@ std::string format_summary(const std::string& name, const RunStats& s) {
   if (!s.skipped.empty()) {
     out << "skipped " << s.skipped.size() << " sample(s):\n";
     for (const auto& k : s.skipped) {
-      out << "  " << k.path << " (id " << k.id << ", " << k.stage << "): " << k.error << "\n";
+      out << "  " << without_controls(k.path) << " (id " << k.id << ", " << k.stage
+          << "): " << without_controls(k.error) << "\n";
     }
   }
   if (!s.warnings.empty()) {
     out << s.warnings.size() << " warning(s):\n";
-    for (const auto& w : s.warnings) out << "  " << w << "\n";
+    for (const auto& w : s.warnings) out << "  " << without_controls(w) << "\n";
   }
   if (!s.error.empty()) out << "error: " << s.error << "\n";
   return out.str();

@@ -80,7 +80,7 @@ void reencode(const std::string& path, int resize, int quality, std::vector<std:
   bytes = std::move(out);
 }
 
-std::vector<Item> items_of(const PackOptions& o) {
+std::vector<Item> items_of(const PackOptions& o, std::vector<std::string>& skipped) {
   std::vector<Item> items;
   if (!o.list.empty()) {
     const std::string root = o.root.empty() ? fs::path(o.list).parent_path().string() : o.root;
@@ -98,13 +98,21 @@ std::vector<Item> items_of(const PackOptions& o) {
     throw std::runtime_error(o.folder + ": not a folder");
   }
   FileIndex entries;
+  std::vector<UnreadableEntry> unreadable;
   try {
-    entries = scan_image_folder(o.folder);
+    entries = scan_image_folder(o.folder, &unreadable);
   } catch (const fs::filesystem_error& e) {
     throw std::runtime_error(o.folder + ": cannot scan: " + e.code().message());
   }
+  // Entries named like images that are not read (a dangling link, a FIFO, a file with no class)
+  // are reported, never dropped without a word.
+  std::size_t next_unreadable = 0;  // both are in id order
   for (std::size_t i = 0; i < entries.size(); ++i) {
     FileEntry e = entries[i];
+    if (next_unreadable < unreadable.size() && unreadable[next_unreadable].id == e.id) {
+      skipped.push_back(e.path + ": " + unreadable[next_unreadable++].reason);
+      continue;
+    }
     items.push_back({e.id, std::move(e.labels), std::move(e.path)});
   }
   if (items.empty()) throw std::runtime_error(o.folder + ": no images found");
@@ -131,8 +139,8 @@ PackReport pack(const PackOptions& o, const PackProgress& progress) {
   if (o.resize < 0) throw std::invalid_argument("resize must be positive");
   if (o.quality < 0 || o.quality > 100) throw std::invalid_argument("quality must be in 1..100");
 
-  const std::vector<Item> items = items_of(o);
   PackReport report;
+  const std::vector<Item> items = items_of(o, report.skipped);
   report.rec_path = o.output;
   report.idx_path = index_path_for(o.output);
   if (fs::path(report.rec_path) == fs::path(report.idx_path)) {

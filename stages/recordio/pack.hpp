@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 namespace millrace::recordio {
 
@@ -43,6 +44,8 @@ struct PackReport {
   std::uint64_t records = 0;
   std::uint64_t image_bytes = 0;  // encoded image bytes stored
   std::uint64_t file_bytes = 0;   // size of OUT.rec
+  // Folder mode: entries named like images that were not packed, as "PATH: reason".
+  std::vector<std::string> skipped;
 };
 
 using PackProgress = std::function<void(std::size_t done, std::size_t total)>;
