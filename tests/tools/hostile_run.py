@@ -39,6 +39,7 @@ MISSING = "missing_file.jpg"
 # The first words of a skip reason that name its kind, for the summary's counts.
 KINDS = [
     ("above max_pixels", r"above max_pixels"),
+    ("above max_aspect_ratio", r"above max_aspect_ratio|more than max_aspect_ratio"),
     ("not an image", r"not a JPEG/PNG/WebP/BMP/TIFF image"),
     ("truncated or corrupt JPEG", r"truncated or corrupt JPEG|corrupt JPEG|truncated JPEG"),
     ("corrupt or truncated PNG/WebP/BMP/TIFF", r"(corrupt|truncated) (PNG|WebP|BMP|TIFF)"),
