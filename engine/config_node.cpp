@@ -1,6 +1,7 @@
 #include "engine/config_node.hpp"
 
 #include <yaml-cpp/depthguard.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -181,6 +182,28 @@ ConfigNode convert(const YAML::Node& node, const std::string& file, ExpansionBud
   return out;
 }
 
+// Counts a stream's documents (the start of the second one kept) without building them.
+class DocumentCounter final : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    if (++count == 2) second = mark;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+
+  int count = 0;
+  YAML::Mark second;
+};
+
 std::string expansion_message() {
   return "the document expands to more than " + std::to_string(kMaxConfigNodes) + " nodes, " +
          std::to_string(kMaxConfigScalarBytes) + " bytes of text or " +
@@ -198,16 +221,23 @@ std::string deep_nesting_message() {
 
 ConfigNode load_config_document(std::string_view text, const std::string& file, Diagnostics& out) {
   try {
-    const std::vector<YAML::Node> documents = YAML::LoadAll(std::string(text));
-    if (documents.size() > 1) {
-      // A config is one document; whatever follows a `---` would be silently ignored otherwise.
-      out.error(location_of(documents[1].Mark(), file),
+    const std::string owned(text);
+    YAML::Node root = YAML::Load(owned);
+    // A config is one document; whatever follows a `---` would be silently ignored otherwise.
+    // Counted by events, never past the second: YAML::LoadAll loops without end on some inputs.
+    std::istringstream stream(owned);
+    YAML::Parser parser(stream);
+    DocumentCounter counter;
+    while (counter.count < 2 && parser.HandleNextDocument(counter)) {
+    }
+    if (counter.count > 1) {
+      out.error(location_of(counter.second, file),
                 "a config is one YAML document; this is a second one (remove the '---' before it)");
     }
     ExpansionBudget budget;
-    ConfigNode node = documents.empty() ? ConfigNode() : convert(documents.front(), file, budget);
+    ConfigNode node = convert(root, file, budget);
     if (node.is_null() && node.where.line == 0) node.where = {file, 1, 1};
-    if (documents.size() <= 1) return node;
+    if (counter.count <= 1) return node;
   } catch (const ExpansionTooLarge& e) {
     out.error(location_of(e.mark, file), expansion_message());
   } catch (const YAML::DeepRecursion& e) {
