@@ -159,12 +159,14 @@ void write_file(const std::string& path, const std::string& text) {
   write_file_atomically(path, text, "summary");
 }
 
-// An output named on the command line that cannot be written is a usage error before the run,
-// not a failure after it (a FIFO there would also block the write).
-void check_output(const std::string& flag, const std::string& path) {
+// An output named on the command line that cannot be written is an error before the run (exit
+// 2), not a failure after it (a FIFO there would also block the write).
+void check_output(const std::string& path, const char* what) {
   if (path.empty()) return;
   const std::string problem = output_file_problem(path);
-  if (!problem.empty()) throw UsageError(flag + " " + path + ": cannot write there: " + problem);
+  if (!problem.empty()) {
+    throw ConfigError({{path, 0, 0, std::string("cannot write the ") + what + ": " + problem}});
+  }
 }
 
 const std::string& config_arg(const Args& a, const char* command) {
@@ -188,8 +190,8 @@ std::string trace_override(const std::string& path, const ProcessGroup& group) {
 }
 
 int cmd_run(const Args& a) {
-  check_output("--json", a.json);
-  check_output("--trace", a.trace);
+  check_output(a.json, "summary");
+  check_output(a.trace, "trace file");
   ProgressReporter::catch_stop_signals();
   const ProcessGroup& group = process_group();
   const bool leader = group.rank == 0;
@@ -258,8 +260,8 @@ int cmd_graph(const Args& a) {
 
 int cmd_bench(const Args& a) {
   const std::string& path = config_arg(a, "bench");
-  check_output("--json", a.json);
-  check_output("--trace", a.trace);
+  check_output(a.json, "summary");
+  check_output(a.trace, "trace file");
   BenchResult r = bench(path, a.overrides, a.repeats, a.warmup, a.trace);
   const std::string name = std::filesystem::path(path).stem().string();
   std::cout << format_summary(name, r.last);
