@@ -121,12 +121,13 @@ BENCHMARK(BM_DecodeWhole)->ArgNames({"large", "fast"})->ArgsProduct({{0, 1}, {0,
 // Reduced: range(0) the corpus, range(1) the recipe (1: train's random-resized crop, a new window
 // per image; 0: val's resize + center crop), range(2) `dct: fast`. Counters: the share of images
 // decoded at each scale.
-void BM_DecodeReduced(benchmark::State& state) {
+void decode_reduced(benchmark::State& state, bool strict) {
   const auto& jpegs = corpus_of(state);
   const bool train = state.range(1) == 1;
   std::vector<std::uint8_t> out;
   Options options;
   options.fast_dct = state.range(2) == 1;
+  options.strict = strict;
   std::uint64_t id = 0;
   std::int64_t bytes = 0;
   std::array<std::int64_t, 9> scales{};
@@ -150,9 +151,18 @@ void BM_DecodeReduced(benchmark::State& state) {
   state.counters["at_1/4"] = share(4);
   state.counters["at_1/8"] = share(8);
 }
+
+void BM_DecodeReduced(benchmark::State& state) { decode_reduced(state, true); }
 BENCHMARK(BM_DecodeReduced)
     ->ArgNames({"large", "train", "fast"})
     ->ArgsProduct({{0, 1}, {0, 1}, {0, 1}});
+
+// The same without `strict`, which skips reading the stream below the window: the difference is
+// the price of finding damage there (docs/RELIABILITY.md).
+void BM_DecodeReducedLenient(benchmark::State& state) { decode_reduced(state, false); }
+BENCHMARK(BM_DecodeReducedLenient)
+    ->ArgNames({"large", "train", "fast"})
+    ->ArgsProduct({{0, 1}, {0, 1}, {0}});
 
 void BM_DecodeTurboJpeg(benchmark::State& state) {
   const auto& jpegs = corpus();
