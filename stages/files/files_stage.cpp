@@ -202,8 +202,6 @@ class FolderWalk {
     for (const auto& entry : entries) {
       const std::string name = entry.path().filename().string();
       const std::string rel = relative.empty() ? name : relative + "/" + name;
-      struct stat link {};
-      if (::lstat(entry.path().c_str(), &link) != 0) continue;  // gone since it was listed
       struct stat target {};
       const bool reachable = ::stat(entry.path().c_str(), &target) == 0;
       const int stat_error = reachable ? 0 : errno;
@@ -224,6 +222,8 @@ class FolderWalk {
       }
       if (!is_image_name(entry.path())) continue;
       if (!reachable) {
+        struct stat link {};
+        if (::lstat(entry.path().c_str(), &link) != 0) continue;  // gone since it was listed
         unreadable_.emplace_back(
             rel,
             S_ISLNK(link.st_mode)
@@ -259,14 +259,15 @@ FileIndex scan_image_folder(const std::string& root, std::vector<UnreadableEntry
   std::sort(classes.begin(), classes.end());
   // With class folders, a file directly in the root has no class: giving it 0 would make it one
   // of the first class's. Without any, the folder is one unlabelled set, every file labelled 0.
-  for (auto it = readable.begin(); !classes.empty() && it != readable.end();) {
-    if (it->find('/') == std::string::npos) {
+  if (!classes.empty()) {
+    const auto in_root = std::stable_partition(readable.begin(), readable.end(), [](const auto& r) {
+      return r.find('/') != std::string::npos;
+    });
+    for (auto it = in_root; it != readable.end(); ++it) {
       refused.emplace_back(*it,
                            "directly in the scanned folder, which has class folders: no class");
-      it = readable.erase(it);
-    } else {
-      ++it;
     }
+    readable.erase(in_root, readable.end());
   }
   // Ids are positions in the sorted list of every entry, read or refused.
   std::vector<std::pair<std::string, const std::string*>> all;
