@@ -210,8 +210,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", choices=["train", "val", "both"], default="both")
     parser.add_argument("--images", type=int, default=1000, help="first N images of the list")
-    parser.add_argument("--reduce", choices=["off", "auto", "both"], default="off",
-                        help="millrace's decode.reduce (both: each, against the same peer runs)")
+    parser.add_argument("--reduce", choices=["off", "auto", "both"],
+                        help="millrace's decode.reduce (both: each, against the same peer runs; "
+                             "default off, with --peers auto)")
     parser.add_argument("--dct", choices=["accurate", "fast", "both"], default="accurate",
                         help="millrace's decode.dct (both: each, against the same peer runs)")
     parser.add_argument("--json", help="write the table and both sides' results here")
@@ -249,6 +250,8 @@ def main():
     args = parser.parse_args()
 
     check_root_and_millrace(parser, args)
+    if args.reduce is None:
+        args.reduce = "auto" if args.peers else "off"
     if args.peers:
         import field as field_module
         if args.rounds < 1:

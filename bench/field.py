@@ -48,15 +48,17 @@ def peers_table():
     # Settings: (threads, prefetch); prefetch None where the peer has no such knob.
     return {
         "dali": Peer("dali", "dali_cpu.py", ".venv-peers", "nvidia.dali",
-                     sweep=[(2, 2), (3, 2), (4, 2), (2, 3), (3, 3)], best=(3, 2)),
+                     sweep=[(2, 2), (3, 2), (4, 2), (2, 3), (3, 3)], best=(2, 2)),
         "tfdata": Peer("tfdata", "tf_data.py", ".venv-peers", "tensorflow",
-                       sweep=[(2, -1), (3, -1), (4, -1), (2, 4)], best=(2, -1)),
-        "ffcv": Peer("ffcv", "ffcv_loader.py", ".venv-ffcv", "ffcv",
-                     sweep=[(2, 3), (3, 3), (4, 3), (2, 6)], best=(2, 3)),
+                       sweep=[(2, -1), (3, -1), (4, -1), (2, 4)], best=(3, -1)),
+        "ffcv": Peer("ffcv", "ffcv_loader.py", ".venv-peers", "ffcv",
+                     # FFCV's workers are numba threads, which numba caps at the core count.
+                     sweep=[(1, 3), (2, 3), (2, 6)], best=(2, 3)),
         "mxnet": Peer("mxnet", "mxnet_recorditer.py", ".venv-mxnet", "mxnet",
-                      sweep=[(2, 4), (3, 4), (4, 4), (2, 8)], best=(2, 4),
+                      # MXNet clamps preprocess_threads to max(cores / 2 - 1, 1): 1 here.
+                      sweep=[(2, 4), (2, 8)], best=(2, 4),
                       extra=["--millrace"]),
-        "torch2": Peer("torch2", "torch2_dataloader.py", ".venv-torch2", "torchvision",
+        "torch2": Peer("torch2", "torch2_dataloader.py", ".venv-peers", "torch",
                        sweep=[(2, 2), (3, 2), (4, 2), (2, 4)], best=(2, 2)),
         # Debian's PyTorch 1.13 + PIL in the system interpreter; the script re-executes itself
         # with /usr/bin/python3 when the interpreter at hand has no torch.
@@ -190,36 +192,56 @@ def field_main(args, millrace_config, bench_config):
                         rate, _ = run_json(peer_command(peer, args, recipe, threads, prefetch,
                                                         epochs, out), out, args.timeout, name)
                     except RunFailed as e:
-                        errors[name] = error_text(e)
-                        print(f"[{name}] failed: {errors[name]}", flush=True)
-                        break
+                        # A setting the peer refuses is recorded; the peer fails only when
+                        # every setting does.
+                        failure = error_text(e)
+                        sweeps.append({"system": name, "recipe": recipe, "threads": threads,
+                                       "prefetch": prefetch, "images_per_second": None,
+                                       "error": failure})
+                        print(f"[sweep {recipe}] {name} threads {threads} prefetch {prefetch}: "
+                              f"failed: {failure}", flush=True)
+                        continue
                     sweeps.append({"system": name, "recipe": recipe, "threads": threads,
                                    "prefetch": prefetch, "images_per_second": rate})
                     print(f"[sweep {recipe}] {name} threads {threads} prefetch {prefetch}: "
                           f"{rate:.1f} images/s", flush=True)
                     if best is None or rate > best[0]:
                         best = (rate, (threads, prefetch))
-                if name in errors:
+                if best is None:
+                    errors[name] = f"every setting failed; the last: {failure}"
                     break
                 settings[name][recipe] = best[1]
 
+    # millrace's variants: the first is the one every ratio divides (decode.reduce auto, the
+    # window-only decode, unless --reduce says otherwise); `both` adds the other setting as a row
+    # of its own.
+    reduces = ["auto", "off"] if args.reduce == "both" else [args.reduce]
+    dcts = ["accurate", "fast"] if args.dct == "both" else [args.dct]
+    variants = {}
+    for reduce in reduces:
+        for dct in dcts:
+            key = "millrace" if not variants else f"millrace:{reduce}:{dct}"
+            variants[key] = (reduce, dct)
     configs = {}
     for recipe in recipes:
-        configs[("millrace", recipe)] = millrace_config(
-            recipe, args.root, args.images, args.threads, args.batch, args.reduce, args.dct,
-            epochs)
+        for key, (reduce, dct) in variants.items():
+            configs[(key, recipe)] = millrace_config(recipe, args.root, args.images, args.threads,
+                                                     args.batch, reduce, dct, epochs)
         if prepared_root:
             configs[("millrace_prepared", recipe)] = millrace_config(
-                recipe, prepared_root, args.images, args.threads, args.batch, args.reduce,
-                args.dct, epochs)
-    systems = ["millrace"] + (["millrace_prepared"] if prepared_root else []) + names + ["limit"]
+                recipe, prepared_root, args.images, args.threads, args.batch, reduces[0],
+                dcts[0], epochs)
+    ours_systems = list(variants) + (["millrace_prepared"] if prepared_root else [])
+    systems = ours_systems + names + ["limit"]
+    print(f"settings: {settings}", flush=True)
     rates = {(s, r): [] for s in systems for r in recipes}
     details = {(s, r): [] for s in systems for r in recipes}
 
     def one_run(system, recipe, number):
         tag = f"{system}_{recipe}_round{number}"
-        if system in ("millrace", "millrace_prepared"):
-            rate, data, _ = bench_config(args, configs[(system, recipe)], tag, work, 1)
+        if system in ours_systems:
+            rate, data, _ = bench_config(args, configs[(system, recipe)], tag.replace(":", "_"),
+                                         work, 1)
         elif system == "limit":
             out = os.path.join(work, tag + ".json")
             rate, data = run_json([sys.executable, os.path.join(PEERS_DIR, "turbojpeg_limit.py"),
@@ -268,15 +290,20 @@ def field_main(args, millrace_config, bench_config):
             round_ratios = [a / b for a, b in zip(ours, values)]
             threads, prefetch = (settings[system][recipe] if system in table
                                  else (args.threads, None))
+            variant = variants.get(system, variants["millrace"] if system in ours_systems
+                                   else None)
             rows.append({
-                "recipe": recipe, "system": system, "images_per_second": median,
+                "recipe": recipe, "system": system.split(":")[0], "images_per_second": median,
+                "label": (system.split(":")[0] + (f" (reduce: {variant[0]}, dct: {variant[1]})"
+                                                   if variant else "")),
+                "base": system == "millrace",
                 "images_per_second_per_core": median / args.cores,
                 "millrace_ratio": ours_median / median,
                 "round_ratios": round_ratios,
                 "fraction_of_limit": median / limit_median if limit_median else None,
                 "rounds": values, "threads": threads, "prefetch": prefetch,
-                "output": details[(system, recipe)][-1].get("output") if system in table
-                or system == "limit" else "int8 NCHW",
+                "output": (details[(system, recipe)][-1].get("output")
+                           if system in table or system == "limit" else "int8 NCHW"),
             })
         for system, reason in errors.items():
             rows.append({"recipe": recipe, "system": "error", "peer": system,
@@ -287,17 +314,19 @@ def field_main(args, millrace_config, bench_config):
         print(f"\n{recipe}: {args.images} images x {epochs} epochs, batch {args.batch}, "
               f"{args.rounds} interleaved rounds (medians)")
         cells = []
+        failed = []
         for row in rows:
             if row["recipe"] != recipe:
                 continue
             if row["system"] == "error":
-                cells.append((f"{row['peer']} (error)", "-", "-", "-", "-", "-",
-                              row["error"][:100]))
+                cells.append((f"{row['peer']}", "error", "-", "-", "-", "-", "-"))
+                failed.append(f"  {row['peer']}: {row['error']}")
                 continue
             rr = row["round_ratios"]
-            setting = f"{row['threads']} thr" + (
-                f", prefetch {row['prefetch']}" if row["prefetch"] is not None else "")
-            cells.append((row["system"], f"{row['images_per_second']:.1f}",
+            prefetch = {None: None, -1: "AUTOTUNE"}.get(row["prefetch"], row["prefetch"])
+            setting = f"{row['threads']} threads" + (
+                f", prefetch {prefetch}" if prefetch is not None else "")
+            cells.append((row["label"], f"{row['images_per_second']:.1f}",
                           f"{row['images_per_second_per_core']:.1f}",
                           f"{row['millrace_ratio']:.2f}x",
                           f"{min(rr):.2f}-{max(rr):.2f}x",
@@ -305,6 +334,8 @@ def field_main(args, millrace_config, bench_config):
                            else "-"), setting))
         print_table(("system", "images/s", "per core", "millrace / it", "rounds",
                      "of limit", "setting"), cells)
+        if failed:
+            print("\n".join(["errors:"] + failed))
 
     if args.json:
         write_json(args.json, {
