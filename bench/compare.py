@@ -238,6 +238,9 @@ def main():
                        help="try each peer's thread/prefetch settings first, race the best")
     field.add_argument("--prepared", action="store_true",
                        help="also millrace on the copy `millrace prepare ROOT DST` makes")
+    field.add_argument("--peer-variant", action="append", metavar="NAME:LABEL=ARGS",
+                       help="race peer NAME once more with ARGS added to its command, as its "
+                            "own row (e.g. tfdata:accurate=--dct-method=INTEGER_ACCURATE)")
     field.add_argument("--cores", type=int, default=2,
                        help="the cores the runs share, for images/s per core")
     field.add_argument("--peer-data", default=os.path.join(os.path.dirname(HERE), "out",

@@ -232,7 +232,18 @@ def field_main(args, millrace_config, bench_config):
                 recipe, prepared_root, args.images, args.threads, args.batch, reduces[0],
                 dcts[0], epochs)
     ours_systems = list(variants) + (["millrace_prepared"] if prepared_root else [])
-    systems = ours_systems + names + ["limit"]
+    # --peer-variant NAME:LABEL=ARGS: peer NAME once more, with ARGS (split on spaces) added.
+    peer_variants = {}
+    for spec in args.peer_variant or []:
+        head, _, extra = spec.partition("=")
+        name, _, label = head.partition(":")
+        if name not in table or not label or name in errors:
+            print(f"[{head}] ignored: --peer-variant wants NAME:LABEL=ARGS with NAME a peer "
+                  f"that runs", flush=True)
+            continue
+        peer_variants[head] = (name, extra.split())
+        settings[head] = settings[name]
+    systems = ours_systems + names + list(peer_variants) + ["limit"]
     print(f"settings: {settings}", flush=True)
     rates = {(s, r): [] for s in systems for r in recipes}
     details = {(s, r): [] for s in systems for r in recipes}
@@ -250,11 +261,11 @@ def field_main(args, millrace_config, bench_config):
                                    str(args.images), "--epochs", str(epochs), "--json", out],
                                   out, args.timeout, "limit")
         else:
-            peer = table[system]
-            out = os.path.join(work, tag + ".json")
+            name, extra = peer_variants.get(system, (system, []))
+            out = os.path.join(work, tag.replace(":", "_") + ".json")
             threads, prefetch = settings[system][recipe]
-            rate, data = run_json(peer_command(peer, args, recipe, threads, prefetch, epochs,
-                                               out), out, args.timeout, system)
+            rate, data = run_json(peer_command(table[name], args, recipe, threads, prefetch,
+                                               epochs, out) + extra, out, args.timeout, system)
         rates[(system, recipe)].append(rate)
         details[(system, recipe)].append(data)
         print(f"[{recipe} round {number + 1}] {system}: {rate:.1f} images/s", flush=True)
@@ -288,14 +299,17 @@ def field_main(args, millrace_config, bench_config):
             values = rates[(system, recipe)]
             median = statistics.median(values)
             round_ratios = [a / b for a, b in zip(ours, values)]
-            threads, prefetch = (settings[system][recipe] if system in table
+            threads, prefetch = (settings[system][recipe] if system in settings
                                  else (args.threads, None))
             variant = variants.get(system, variants["millrace"] if system in ours_systems
                                    else None)
+            label = system.split(":")[0] + (
+                f" (reduce: {variant[0]}, dct: {variant[1]})" if variant else
+                f" ({system.split(':', 1)[1]}: {' '.join(peer_variants[system][1])})"
+                if system in peer_variants else "")
             rows.append({
                 "recipe": recipe, "system": system.split(":")[0], "images_per_second": median,
-                "label": (system.split(":")[0] + (f" (reduce: {variant[0]}, dct: {variant[1]})"
-                                                   if variant else "")),
+                "label": label,
                 "base": system == "millrace",
                 "images_per_second_per_core": median / args.cores,
                 "millrace_ratio": ours_median / median,
@@ -303,7 +317,7 @@ def field_main(args, millrace_config, bench_config):
                 "fraction_of_limit": median / limit_median if limit_median else None,
                 "rounds": values, "threads": threads, "prefetch": prefetch,
                 "output": (details[(system, recipe)][-1].get("output")
-                           if system in table or system == "limit" else "int8 NCHW"),
+                           if system not in ours_systems else "int8 NCHW"),
             })
         for system, reason in errors.items():
             rows.append({"recipe": recipe, "system": "error", "peer": system,

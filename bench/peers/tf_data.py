@@ -7,7 +7,10 @@ pipeline writes them.
          (decodes the window only) -> resize 224x224 (bilinear) -> random left-right flip
   val    read_file -> decode_jpeg -> resize, shorter side 256 (bilinear) -> centre crop 224
 
-then the int8 contract: clamp(pixel - (124, 117, 104)) as int8, transposed to CHW; batch with
+Both decoders run with TensorFlow's default `dct_method` (''), which its JPEG kernels map to
+libjpeg's fast integer inverse DCT (JDCT_IFAST): TensorFlow chose speed over decoded quality;
+`--dct-method INTEGER_ACCURATE` asks for the accurate one, millrace's default. Then
+the int8 contract: clamp(pixel - (124, 117, 104)) as int8, transposed to CHW; batch with
 drop_remainder. map() runs with num_parallel_calls=AUTOTUNE and the pipeline ends in
 prefetch(AUTOTUNE) unless --prefetch N fixes it; the dataset's private thread pool has --threads
 threads, and TensorFlow's intra- and inter-op pools the same count, so the core budget holds.
@@ -27,6 +30,9 @@ def main():
     p.add_argument("--prefetch", type=int, default=-1, help="batches to prefetch (-1: AUTOTUNE)")
     p.add_argument("--pool", type=int, default=0,
                    help="the dataset's private thread pool size (0: --threads)")
+    p.add_argument("--dct-method", choices=["", "INTEGER_FAST", "INTEGER_ACCURATE"], default="",
+                   help="the JPEG decoders' dct_method; '' is TensorFlow's default, which its "
+                        "decode kernels map to INTEGER_FAST (libjpeg's JDCT_IFAST)")
     args = p.parse_args()
     peerlib.check(p, args)
 
@@ -55,13 +61,14 @@ def main():
             max_attempts=10, use_image_if_no_bounding_boxes=True)
         y, x, _ = tf.unstack(begin)
         h, w, _ = tf.unstack(size)
-        image = tf.io.decode_and_crop_jpeg(data, tf.stack([y, x, h, w]), channels=3)
+        image = tf.io.decode_and_crop_jpeg(data, tf.stack([y, x, h, w]), channels=3,
+                                           dct_method=args.dct_method)
         image = tf.image.resize(image, [peerlib.CROP, peerlib.CROP], method="bilinear")
         image = tf.image.stateless_random_flip_left_right(image, seed=seed + 1)
         return to_int8(image), label
 
     def val_map(path, label):
-        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3, dct_method=args.dct_method)
         shape = tf.cast(tf.shape(image)[:2], tf.float32)
         scale = peerlib.VAL_RESIZE / tf.reduce_min(shape)
         size = tf.cast(tf.round(shape * scale), tf.int32)
@@ -96,7 +103,8 @@ def main():
     peerlib.report(args, timer.result(
         "tfdata", args, "int8 NCHW (clamp(pixel - mean), transposed from TensorFlow's HWC)",
         settings={"private_threadpool_size": pool,
-                  "prefetch": "AUTOTUNE" if args.prefetch < 0 else args.prefetch},
+                  "prefetch": "AUTOTUNE" if args.prefetch < 0 else args.prefetch,
+                  "dct_method": args.dct_method or "default (INTEGER_FAST)"},
         tensorflow=tf.__version__))
     return 0
 
