@@ -316,8 +316,9 @@ def field_main(args, millrace_config, bench_config):
                 "round_ratios": round_ratios,
                 "fraction_of_limit": median / limit_median if limit_median else None,
                 "rounds": values, "threads": threads, "prefetch": prefetch,
-                "output": (details[(system, recipe)][-1].get("output")
-                           if system not in ours_systems else "int8 NCHW"),
+                "output": ("int8 NCHW" if system in ours_systems else
+                           details[(system, recipe)][-1].get(
+                               "output", "float32 NCHW (ToTensor + Normalize)")),
             })
         for system, reason in errors.items():
             rows.append({"recipe": recipe, "system": "error", "peer": system,
