@@ -18,6 +18,19 @@ taking turns to go first, and each variant reports the ratio of the medians over
 beside the median of the rounds' own ratios and their range: a drift that slows one side's runs
 moves one round, not the result. `--rounds 7 --millrace-repeats 1 --peer-repeats 1` interleaves
 single runs.
+
+The whole field (bench/field.py; bench/peers/README.md says what each peer runs):
+
+  python3 bench/compare.py --millrace build/millrace --root DIR --peers all --rounds N \\
+      --json OUT [--images N] [--epochs E] [--sweep] [--prepared]
+
+runs millrace, DALI (CPU), tf.data, FFCV, MXNet's ImageRecordIter, PyTorch 2 and PyTorch 1.13
+(`--peers all`, or a comma-separated list of dali, tfdata, ffcv, mxnet, torch2, torch1) and a
+libjpeg-turbo limit in interleaved rounds on the same first N images, and prints one table per
+recipe; the JSON's `rows` hold {"recipe", "system", "images_per_second", ...}, a peer that cannot
+run as a row with system "error" saying why. `--sweep` first tries each peer's thread and prefetch
+settings and races each at its best; `--prepared` adds millrace reading the copy that `millrace
+prepare ROOT DST` makes (system "millrace_prepared"), where the binary has that command.
 """
 
 import argparse
@@ -197,8 +210,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", choices=["train", "val", "both"], default="both")
     parser.add_argument("--images", type=int, default=1000, help="first N images of the list")
-    parser.add_argument("--reduce", choices=["off", "auto", "both"], default="off",
-                        help="millrace's decode.reduce (both: each, against the same peer runs)")
+    parser.add_argument("--reduce", choices=["off", "auto", "both"],
+                        help="millrace's decode.reduce (both: each, against the same peer runs; "
+                             "default off, with --peers auto)")
     parser.add_argument("--dct", choices=["accurate", "fast", "both"], default="accurate",
                         help="millrace's decode.dct (both: each, against the same peer runs)")
     parser.add_argument("--json", help="write the table and both sides' results here")
@@ -213,10 +227,48 @@ def main():
                         help="measure everything this many times, the sides taking turns to go "
                              "first; rows give medians over the rounds")
     parser.add_argument("--keep", help="keep the generated configs and raw results in this folder")
+    field = parser.add_argument_group("the whole field (--peers)")
+    field.add_argument("--peers", help="all, or a comma-separated list of dali, tfdata, ffcv, "
+                                       "mxnet, torch2, torch1: race them all (bench/field.py)")
+    field.add_argument("--epochs", type=int, default=0,
+                       help="passes over the N images per run (0: enough for --min-images)")
+    field.add_argument("--min-images", type=int, default=2000,
+                       help="with --epochs 0, images per run at least")
+    field.add_argument("--sweep", action="store_true",
+                       help="try each peer's thread/prefetch settings first, race the best")
+    field.add_argument("--prepared", action="store_true",
+                       help="also millrace on the copy `millrace prepare ROOT DST` makes")
+    field.add_argument("--peer-variant", action="append", metavar="NAME:LABEL=ARGS",
+                       help="race peer NAME once more with ARGS added to its command, as its "
+                            "own row (e.g. tfdata:accurate=--dct-method=INTEGER_ACCURATE)")
+    field.add_argument("--cores", type=int, default=2,
+                       help="the cores the runs share, for images/s per core")
+    field.add_argument("--peer-data", default=os.path.join(os.path.dirname(HERE), "out",
+                                                           "peer-data"),
+                       help="where the peers' converted copies (.beton, .rec) are kept between "
+                            "runs, one folder per data set")
+    field.add_argument("--venvs", default=os.path.dirname(HERE),
+                       help="the folder holding the peers' virtual environments")
     add_run_arguments(parser)
     args = parser.parse_args()
 
     check_root_and_millrace(parser, args)
+    if args.reduce is None:
+        args.reduce = "auto" if args.peers else "off"
+    if args.peers:
+        import field as field_module
+        if args.rounds < 1:
+            parser.error("--rounds must be >= 1")
+        with tempfile.TemporaryDirectory(prefix="millrace_field_") as work:
+            args.work = work
+            if args.keep:
+                os.makedirs(args.keep, exist_ok=True)
+                args.work = os.path.abspath(args.keep)
+            try:
+                return field_module.field_main(args, millrace_config, bench_config)
+            except RunFailed as e:
+                print(f"compare: {e}", file=sys.stderr)
+                return 1
     if args.images < 2 * args.batch or min(args.peer_repeats, args.millrace_repeats,
                                             args.rounds) < 1:
         parser.error("--images must cover at least two batches; --peer-repeats, "
