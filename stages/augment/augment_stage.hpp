@@ -14,6 +14,10 @@
 // resize followed by a crop becomes one resampling of the window). With `interpolation: area`
 // only windows that need no preceding resize are reduced, and only at full scale.
 //
+// `compat: mxnet`: an image smaller than a center or random crop is scaled up to it first, as
+// MXNet's default augmenter does (augment::mxnet_fit_steps), instead of being a per-sample error.
+// Such an image does not fit the crop in decode_window(), so decode delivers it whole.
+//
 // Buffers: a resize before the crop is written into storage borrowed from the stage's own pool of
 // resized images, and the input image (a decoded image borrowed by `decode`) goes back to its pool
 // as soon as the stage has read it. What the stage writes as its output (a random-resized crop, a
@@ -29,6 +33,7 @@
 #include "engine/pool.hpp"
 #include "engine/registry.hpp"
 #include "stages/augment/augment_kernel.hpp"
+#include "stages/common/compat.hpp"
 #include "stages/decode/decode_stage.hpp"
 
 namespace millrace {
@@ -45,6 +50,7 @@ class AugmentStage final : public TransformStage, public DecodeWindowSource {
     std::array<double, 2> ratio{3.0 / 4.0, 4.0 / 3.0};
     augment::Interp interpolation = augment::Interp::kLinear;
     std::int64_t seed = -1;
+    Compat compat = Compat::kNone;
   };
   static StageInfo info();
   static const Schema<Params>& schema();
