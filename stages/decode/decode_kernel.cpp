@@ -520,7 +520,8 @@ void decompress(tjhandle tj, const std::uint8_t* d, std::size_t n, std::uint8_t*
 // means inverted ink: c = 255 - C. The multiplicative model R = (255-C)(255-K)/255 then reads
 // R = c*k/255, rounded. In place: each 4-byte pixel is read before its 3 bytes are written at
 // or below its own position.
-// OpenCV's formula (kOpenCv) is its own: integer, truncating, never above the rounded one.
+// OpenCV's formula (kOpenCv) is its own: a shift by 8 where 255 divides, 0 to 2 above the
+// rounded value.
 void cmyk_to_rgb_in_place(std::uint8_t* p, std::size_t pixels, Options::Cmyk model) {
   const std::uint8_t* src = p;
   std::uint8_t* dst = p;

@@ -62,7 +62,7 @@ struct Options {
   bool fast_dct = false;
   // How a CMYK/YCCK JPEG (Adobe's inverted ink, c = 255 - C) becomes RGB. kRounded: R = c * k /
   // 255, rounded. kOpenCv: R = k - ((255 - c) * k >> 8), what cv::imdecode gives (and so MXNet's
-  // loader); at most 1 below kRounded.
+  // loader); 0 to 2 above kRounded.
   enum class Cmyk { kRounded, kOpenCv };
   Cmyk cmyk = Cmyk::kRounded;
 };

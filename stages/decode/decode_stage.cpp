@@ -53,9 +53,9 @@ const Schema<DecodeStage::Params>& DecodeStage::schema() {
              "accurate)",
              {{"accurate", Dct::kAccurate}, {"fast", Dct::kFast}});
     s.choice("compat", &Params::compat,
-             "mxnet: the pixels of MXNet's ImageRecordIter (OpenCV 3.4's cv::imdecode): no EXIF "
-             "orientation, CMYK JPEGs by OpenCV's formula; excludes exif: true, reduce: auto and "
-             "dct: fast; none: millrace's own",
+             "mxnet: the pixels of MXNet's ImageRecordIter (OpenCV 3.4's cv::imdecode): CMYK JPEGs "
+             "by OpenCV's formula; excludes exif: false, reduce: auto and dct: fast; none: "
+             "millrace's own",
              {{"none", Compat::kNone}, {"mxnet", Compat::kMxnet}});
     return s;
   }();
@@ -71,15 +71,15 @@ void DecodeStage::check(const Params& p, const ConfigNode& node, const std::stri
             where + ": '" + key + ": " + value +
                 "' changes the pixels that `compat: mxnet` reproduces; remove one of them");
   };
-  if (p.exif && node.find("exif") != nullptr) contradiction("exif", "true");
+  // cv::imdecode (OpenCV 3.4) applies the EXIF orientation, as millrace does.
+  if (!p.exif) contradiction("exif", "false");
   if (p.reduce == Reduce::kAuto) contradiction("reduce", "auto");
   if (p.dct == Dct::kFast) contradiction("dct", "fast");
 }
 
 DecodeStage::DecodeStage(StageContext context, Params params)
     : TransformStage(std::move(context)), params_(params) {
-  // MXNet's cv::imdecode (OpenCV 3.4) reads no EXIF orientation.
-  options_.exif = params.exif && params.compat != Compat::kMxnet;
+  options_.exif = params.exif;
   if (params.compat == Compat::kMxnet) options_.cmyk = decode::Options::Cmyk::kOpenCv;
   options_.strict = params.strict;
   options_.max_pixels = params.max_pixels;

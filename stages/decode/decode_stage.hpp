@@ -17,8 +17,8 @@
 // no such stage attached, `auto` decodes whole images, as `off` does.
 //
 // `compat: mxnet`: the pixels of OpenCV 3.4's cv::imdecode, which MXNet 1.9.1's ImageRecordIter
-// decodes with: the EXIF orientation is not applied and CMYK JPEGs follow OpenCV's formula
-// (decode::Options::Cmyk::kOpenCv). Every other decode already is bit for bit cv::imdecode's.
+// decodes with: CMYK JPEGs follow OpenCV's formula (decode::Options::Cmyk::kOpenCv). Every other
+// decode, the EXIF orientation included, already is bit for bit cv::imdecode's.
 #pragma once
 
 #include <memory>
@@ -58,8 +58,8 @@ class DecodeStage final : public TransformStage {
   };
   static StageInfo info();
   static const Schema<Params>& schema();
-  // `compat: mxnet` with a setting that changes the pixels MXNet gives (exif: true, reduce: auto,
-  // dct: fast) is a contradiction, reported at that key.
+  // `compat: mxnet` with a setting that changes the pixels MXNet gives (exif: false, reduce:
+  // auto, dct: fast) is a contradiction, reported at that key.
   static void check(const Params& p, const ConfigNode& node, const std::string& where,
                     Diagnostics& d);
 

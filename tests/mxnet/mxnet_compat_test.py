@@ -54,6 +54,7 @@ class Env:
     adaface_rec = None
     adaface_idx = None
     adaface_rec_alone = None
+    formats_rec = None
 
 
 def run(args, cwd=None):
@@ -106,6 +107,54 @@ def prepare_data():
         raise AssertionError("millrace pack wrote no photos.idx")
     Env.photos_rec_alone = os.path.join(alone, "photos.rec")
     shutil.copyfile(Env.photos_rec, Env.photos_rec_alone)
+    Env.formats_rec = pack_formats(photos)
+
+
+# The encodings of the formats .rec, in file order: (file name, how PIL writes it).
+FORMATS = [
+    ("q444.jpg", dict(format="JPEG", quality=90, subsampling=0)),
+    ("q422.jpg", dict(format="JPEG", quality=90, subsampling=1)),
+    ("progressive.jpg", dict(format="JPEG", quality=85, progressive=True)),
+    ("gray.jpg", dict(format="JPEG", quality=90, mode="L")),
+    ("cmyk.jpg", dict(format="JPEG", quality=90, mode="CMYK")),
+    ("exif6.jpg", dict(format="JPEG", quality=90, orientation=6)),
+    ("rgb.png", dict(format="PNG")),
+    ("rgba.png", dict(format="PNG", mode="RGBA")),
+    ("gray.png", dict(format="PNG", mode="L")),
+    ("palette.png", dict(format="PNG", mode="P")),
+    ("bmp.bmp", dict(format="BMP")),
+]
+
+
+def pack_formats(photos):
+    """A .rec of the photos re-encoded as the other formats and JPEG variants MXNet decodes
+    (PIL, from Debian's python3-pil), in the order of FORMATS, cut to odd sizes."""
+    from PIL import Image
+
+    folder = os.path.join(Env.scratch, "formats")
+    os.makedirs(folder)
+    with open(os.path.join(photos, "labels.lst")) as f:
+        sources = [line.rstrip("\n").split("\t")[2] for line in f if line.strip()]
+    lines = []
+    for i, (name, how) in enumerate(FORMATS):
+        how = dict(how)
+        with Image.open(os.path.join(photos, sources[i % len(sources)])) as im:
+            image = im.convert(how.pop("mode", "RGB"))
+        image = image.crop((0, 0, image.width - 7 * i % 13, image.height - 5 * i % 11))
+        options = {}
+        orientation = how.pop("orientation", None)
+        if orientation:
+            exif = Image.Exif()
+            exif[0x0112] = orientation
+            options["exif"] = exif.tobytes()
+        image.save(os.path.join(folder, name), **how, **options)
+        lines.append(f"{100 + i}\t{i % 3}\t{name}\n")
+    with open(os.path.join(folder, "formats.lst"), "w") as f:
+        f.writelines(lines)
+    rec = os.path.join(Env.scratch, "formats.rec")
+    checked(run([Env.millrace, "pack", "--list", os.path.join(folder, "formats.lst"), "--root",
+                 folder, rec]))
+    return rec
 
 
 def load_batches(folder, pads_from_jsonl):
@@ -122,6 +171,24 @@ def load_batches(folder, pads_from_jsonl):
         label = np.load(os.path.join(folder, "batch_%06d_label.npy" % k))
         batches.append((data, label.reshape(label.shape[0], -1), m["pad"], m["ids"]))
     return batches
+
+
+def stage_blocks(path):
+    """{type: text} of a config's stage entries; the shipped configs write each as a line
+    '  - type: NAME' followed by its more indented keys (comments dropped)."""
+    blocks = {}
+    current = None
+    with open(path) as f:
+        for line in f:
+            stripped = line.split("#", 1)[0].rstrip()
+            if stripped.startswith("  - type:"):
+                current = stripped.split(":", 1)[1].strip()
+                blocks[current] = ""
+            elif current is not None and not stripped.startswith("    "):
+                current = None if stripped else current
+            if current is not None and stripped:
+                blocks[current] += stripped + "\n"
+    return blocks
 
 
 def first_difference(a, b):
@@ -215,19 +282,23 @@ class MxnetCompatTest(unittest.TestCase):
     # ---- which stage differs -----------------------------------------------------------------
 
     def millrace_stage(self, case, image_path, stage):
-        """millrace's pixels after `stage` (decode, resize or crop) for one image file, HWC."""
+        """millrace's pixels after `stage` (decode, resize or crop) for one image file, HWC: the
+        config's own decode and augment entries with the case's overrides of them, fed by a
+        files source, followed by uint8 NHWC output (normalize then only copies) in batches of
+        one."""
         folder = os.path.dirname(image_path)
         with open(os.path.join(folder, "one.lst"), "w") as f:
             f.write(f"0\t0\t{os.path.basename(image_path)}\n")
         out = new_dir("stage-" + stage)
-        config = os.path.join(Env.source, "configs", "mxnet_val_int8.yaml")
-        # The case's own decode and augment settings, with a files source, uint8 NHWC output
-        # (normalize then only copies) and a batch of one.
-        sets = [s for s in case.millrace_overrides(out) if not s.startswith("recordio.")]
-        sets = [s for s in sets if not s.startswith(("normalize.", "batch."))]
-        sets += ["stages.0={type: files, root: " + folder + ", list: one.lst}",
-                 "normalize={type: normalize, dtype: uint8, layout: NHWC}",
-                 "batch.size=1"]
+        blocks = stage_blocks(os.path.join(Env.source, "configs", "mxnet_val_int8.yaml"))
+        config = os.path.join(folder, f"{stage}.yaml")
+        with open(config, "w") as f:
+            f.write("pipeline:\n  threads: 1\nstages:\n"
+                    f"  - type: files\n    root: {folder}\n    list: one.lst\n"
+                    + blocks["decode"] + blocks["augment"] +
+                    "  - type: normalize\n    dtype: uint8\n    layout: NHWC\n"
+                    f"  - type: batch\n    size: 1\n  - type: npy\n    dir: {out}\n")
+        sets = [s for s in case.millrace_overrides(out) if s.startswith(("decode.", "augment."))]
         if stage in ("decode", "resize"):
             sets.append("augment.crop=none")
         if stage == "decode":
@@ -315,6 +386,44 @@ class MxnetCompatTest(unittest.TestCase):
                           crop=(100, 100), dtype="uint8", batch=4,
                           config_overrides=["augment.resize=0", "augment.size=[100, 100]",
                                             "normalize.dtype=uint8", "normalize.mean=[0, 0, 0]"]))
+
+    def test_formats(self):
+        # JPEG 4:4:4, 4:2:2, progressive, grayscale, CMYK (Adobe), EXIF-rotated; PNG RGB, RGBA,
+        # gray, palette; BMP. 11 records in batches of 4: pad 1.
+        self.compare(Case("formats", Env.formats_rec, Env.formats_rec[:-4] + ".idx", resize=256,
+                          crop=(224, 224), dtype="int8", batch=4))
+
+    def test_a_difference_names_its_stage(self):
+        # The comparison itself: recipes that are not MXNet's must fail, naming the first
+        # differing sample and value and the stage where the pixels part.
+        cases = [
+            (Case("located-resize", Env.adaface_rec, Env.adaface_idx, resize=256,
+                  crop=(224, 224), dtype="int8", batch=5,
+                  config_overrides=["augment.interpolation=cubic"]),
+             r"first differing stage: augment \(resize\): channel \d, row \d+, column \d+: "
+             r"millrace \d+, MXNet \d+"),
+            # millrace's own CMYK conversion, not OpenCV's: the 5th record differs by 1 in places.
+            (Case("located-decode", Env.formats_rec, None, resize=0, crop=(200, 200),
+                  dtype="int8", batch=11, config_overrides=["augment.resize=0",
+                                                            "augment.size=[200, 200]",
+                                                            "decode.compat=none"]),
+             r"first differing stage: decode"),
+            (Case("located-normalize", Env.adaface_rec, Env.adaface_idx, resize=256,
+                  crop=(224, 224), dtype="int8", batch=5,
+                  config_overrides=["normalize.mean.0=120"]),
+             r"decode, resize and crop agree: the difference is in normalize or batch"),
+        ]
+        for case, stage in cases:
+            with self.subTest(case=case.name):
+                with self.assertRaises(AssertionError) as caught:
+                    self.compare(case)
+                message = str(caught.exception)
+                if os.environ.get("MILLRACE_SHOW_LOCATED"):
+                    print(message, file=sys.stderr)
+                self.assertRegex(message, r"batch \d+: bytes differ first at row \d+ \(sample "
+                                 r"\d+, record \d+ in file order, id \d+\), channel \d, row \d+, "
+                                 r"column \d+: millrace -?\d+, MXNet -?\d+")
+                self.assertRegex(message, stage)
 
     def test_image_smaller_than_the_crop(self):
         # MXNet scales a 112x112 image up to the crop before cropping it.

@@ -7,10 +7,10 @@ Two commands, each reading a JSON request from argv[1] and writing NumPy files i
           records.json: the header id and label of every record in file order, read with
           mx.recordio (the iterator's own `index` is not filled in by ImageRecordIter).
   stages  for the records named in request["positions"] (file order), MXNet's pixels after each
-          step of its default augmenter, computed with the same OpenCV calls through MXNet's
-          image operators: decode (cv::imdecode, then BGR to RGB), resize (cv::resize,
-          INTER_LINEAR, shorter side to `resize`, longer side resize * long / short), the
-          upscale of an image smaller than the crop, and the center crop. HWC uint8 RGB.
+          step of its default augmenter, each from ImageRecordIter itself run over that one
+          record (uint8): decode (data shape = the decoded size), resize (data shape = the
+          resized size) and the center crop (the case's data shape; an image smaller than it
+          is scaled up first). <pos>_<stage>.npy, HWC uint8 RGB.
 
 The comparison itself is in mxnet_compat_test.py, which runs under Debian's Python.
 """
@@ -33,7 +33,7 @@ def read_records(rec):
         header, payload = mx.recordio.unpack(item)
         label = header.label
         label = [float(v) for v in np.atleast_1d(label)]
-        records.append({"id": int(header.id), "label": label, "payload": payload})
+        records.append({"id": int(header.id), "label": label, "payload": payload, "raw": item})
     reader.close()
     return records
 
@@ -72,41 +72,72 @@ def run_iter(req):
         json.dump(records, f)
 
 
+def exif_orientation(data):
+    """The EXIF orientation (1-8) of a JPEG, 1 when it has none; only to know the shape that
+    cv::imdecode, which applies it, gives."""
+    if data[:2] != b"\xff\xd8":
+        return 1
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker in (0xD9, 0xDA):
+            break
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xE1 and data[pos + 4:pos + 10] == b"Exif\0\0":
+            tiff = data[pos + 10:pos + 2 + length]
+            order = "little" if tiff[:2] == b"II" else "big"
+            ifd = int.from_bytes(tiff[4:8], order)
+            count = int.from_bytes(tiff[ifd:ifd + 2], order)
+            for i in range(count):
+                entry = tiff[ifd + 2 + 12 * i:ifd + 14 + 12 * i]
+                if int.from_bytes(entry[0:2], order) == 0x0112:
+                    value = int.from_bytes(entry[8:10], order)
+                    return value if 1 <= value <= 8 else 1
+            return 1
+        pos += 2 + length
+    return 1
+
+
+def iterate_one(rec, data_shape, resize):
+    """ImageRecordIter over a one-record .rec, uint8: the record's pixels after MXNet's own
+    decode, resize and center crop, HWC."""
+    kwargs = dict(path_imgrec=rec, data_shape=tuple(data_shape), batch_size=1, dtype="uint8",
+                  shuffle=False, rand_crop=False, rand_mirror=False, preprocess_threads=1)
+    if resize > 0:
+        kwargs["resize"] = resize
+    batch = next(iter(mx.io.ImageRecordIter(**kwargs)))
+    return np.ascontiguousarray(batch.data[0].asnumpy()[0].transpose(1, 2, 0))
+
+
 def run_stages(req):
+    """Each stage's pixels from ImageRecordIter itself, over the one record: `decode` with a
+    data shape equal to the decoded size (the center crop then takes all of it), `resize` with
+    `resize` and a data shape equal to the resized size, `crop` with the case's recipe."""
     out = req["out"]
     os.makedirs(out, exist_ok=True)
     records = read_records(req["rec"])
     _, crop_h, crop_w = req["data_shape"]
     resize = req.get("resize", 0)
     for pos in req["positions"]:
+        rec = os.path.join(out, "%d.rec" % pos)
+        writer = mx.recordio.MXRecordIO(rec, "w")
+        writer.write(records[pos]["raw"])
+        writer.close()
         payload = records[pos]["payload"]
-        # ImageRecordIter decodes with cv::imdecode(buf, 1) (this wheel has no TurboJPEG path);
-        # _cvimdecode is the same call followed by cv::cvtColor BGR -> RGB.
-        img = mx.image.imdecode(payload, flag=1, to_rgb=1)
-        np.save(os.path.join(out, "%d_decode.npy" % pos), img.asnumpy())
+        # The stored size (mx.image.imdecode reads no EXIF), turned as cv::imdecode turns it.
+        h, w = mx.image.imdecode(payload, flag=1).shape[:2]
+        if exif_orientation(payload) >= 5:
+            h, w = w, h
+        np.save(os.path.join(out, "%d_decode.npy" % pos), iterate_one(rec, (3, h, w), 0))
         if resize > 0:
-            h, w = img.shape[0], img.shape[1]
             if h > w:
-                nh, nw = resize * h // w, resize
+                h, w = resize * h // w, resize
             else:
-                nh, nw = resize, resize * w // h
-            img = mx.image.imresize(img, nw, nh, interp=1)
-            np.save(os.path.join(out, "%d_resize.npy" % pos), img.asnumpy())
-        # The default augmenter's center crop first scales up an image smaller than the crop,
-        # with the new side truncated from float arithmetic.
-        h, w = img.shape[0], img.shape[1]
-        if h < crop_h:
-            nw = int(np.float32(crop_h) / np.float32(h) * np.float32(w))
-            img = mx.image.imresize(img, nw, crop_h, interp=1)
-            h, w = img.shape[0], img.shape[1]
-        if w < crop_w:
-            nh = int(np.float32(crop_w) / np.float32(w) * np.float32(h))
-            img = mx.image.imresize(img, crop_w, nh, interp=1)
-            h, w = img.shape[0], img.shape[1]
-        y = (h - crop_h) // 2
-        x = (w - crop_w) // 2
-        crop = img.asnumpy()[y:y + crop_h, x:x + crop_w]
-        np.save(os.path.join(out, "%d_crop.npy" % pos), np.ascontiguousarray(crop))
+                h, w = resize, resize * w // h
+            np.save(os.path.join(out, "%d_resize.npy" % pos),
+                    iterate_one(rec, (3, h, w), resize))
+        np.save(os.path.join(out, "%d_crop.npy" % pos),
+                iterate_one(rec, (3, crop_h, crop_w), resize))
 
 
 def main():
