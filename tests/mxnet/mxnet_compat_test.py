@@ -11,7 +11,9 @@ comparison that did not run must not pass.
 The data: the real RecordIO fixture tests/data/recordio/adaface.rec (112x112 JPEGs written by
 MXNet's im2rec, with and without its .idx) and a .rec that `millrace pack` writes from photos
 `millrace make-dataset` makes (40 JPEGs, shorter side 333-500, aspect 3:4 to 16:9, with its .idx,
-and a copy without one). The recipes: configs/mxnet_val_int8.yaml as it is (only its source path,
+and a copy without one), and a .rec `millrace pack` writes from those photos re-encoded by PIL in
+the other layouts and formats MXNet reads (JPEG 4:4:4, 4:2:2, progressive, grayscale, CMYK, EXIF
+orientation 6; PNG RGB, RGBA, gray, palette; BMP). The recipes: configs/mxnet_val_int8.yaml as it is (only its source path,
 index, output folder and, for the 8-record fixture, batch size overridden), a center crop without
 resize, uint8 output, an image smaller than the crop, and round_batch padding (40 photos in batches
 of 32, 8 records in batches of 5).
@@ -247,13 +249,14 @@ class MxnetCompatTest(unittest.TestCase):
         mx_out = new_dir(case.name + "-mxnet")
         mr_out = new_dir(case.name + "-millrace")
         oracle("iter", case.request(mx_out))
-        case.run_millrace(mr_out)
+        summary = case.run_millrace(mr_out).stdout
         mx = load_batches(mx_out, pads_from_jsonl=False)
         mr = load_batches(mr_out, pads_from_jsonl=True)
         with open(os.path.join(mx_out, "records.json")) as f:
             records = json.load(f)
         self.assertGreater(len(mx), 0, f"{case.name}: MXNet delivered no batch")
-        self.assertEqual(len(mr), len(mx), f"{case.name}: number of batches")
+        self.assertEqual(len(mr), len(mx), f"{case.name}: number of batches; millrace's "
+                         f"summary:\n{summary[-3000:]}")
         n = len(records)
         for k, ((mx_data, mx_label, mx_pad, _), (data, label, pad, ids)) in enumerate(zip(mx, mr)):
             where = f"{case.name}: batch {k}"
