@@ -62,6 +62,38 @@ Rect center_window(int width, int height, int crop_w, int crop_h) {
   return Rect{(width - crop_w) / 2, (height - crop_h) / 2, crop_w, crop_h};
 }
 
+FitSteps mxnet_fit_steps(int width, int height, int crop_w, int crop_h) {
+  if (width <= 0 || height <= 0 || crop_w <= 0 || crop_h <= 0) {
+    throw std::invalid_argument("mxnet_fit_steps: sizes must be positive");
+  }
+  // A very elongated image would be scaled to a huge one (1 x 1000 to a height of 224: 224,000
+  // pixels wide); beyond this many crops' worth of pixels it is a per-sample error instead.
+  const std::int64_t max_pixels = kMaxFitCrops * std::int64_t{crop_w} * crop_h;
+  FitSteps steps;
+  // Single-precision arithmetic truncated to an integer, as image_aug_default.cc computes it.
+  if (height < crop_h) {
+    const auto w = static_cast<std::int64_t>(
+        static_cast<float>(crop_h) / static_cast<float>(height) * static_cast<float>(width));
+    if (w <= 0 || w * crop_h > max_pixels) {
+      throw CropError("an image of " + std::to_string(width) + "x" + std::to_string(height) +
+                      " cannot be scaled to the crop's height " + std::to_string(crop_h));
+    }
+    steps.size[steps.count++] = {static_cast<int>(w), crop_h};
+    width = static_cast<int>(w);
+    height = crop_h;
+  }
+  if (width < crop_w) {
+    const auto h = static_cast<std::int64_t>(
+        static_cast<float>(crop_w) / static_cast<float>(width) * static_cast<float>(height));
+    if (h <= 0 || h * crop_w > max_pixels) {
+      throw CropError("an image of " + std::to_string(width) + "x" + std::to_string(height) +
+                      " cannot be scaled to the crop's width " + std::to_string(crop_w));
+    }
+    steps.size[steps.count++] = {crop_w, static_cast<int>(h)};
+  }
+  return steps;
+}
+
 Rect random_window(int width, int height, int crop_w, int crop_h, CounterRng& rng) {
   check_crop(width, height, crop_w, crop_h);
   const int y = rng.uniform_int(0, height - crop_h);

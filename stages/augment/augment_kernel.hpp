@@ -41,6 +41,21 @@ std::pair<int, int> resize_shorter_size(int width, int height, int shorter);
 // Throws CropError if the crop does not fit, std::invalid_argument for non-positive crop sizes.
 Rect center_window(int width, int height, int crop_w, int crop_h);
 
+// MXNet's default augmenter before its center or random crop: an image lower than the crop is
+// first scaled to the crop's height, its width becoming (int)((float)crop_h / height * width);
+// then one narrower than the crop is scaled to the crop's width, its height becoming
+// (int)((float)crop_w / width * height). The sizes (width, height) of those resizes, in order:
+// none, one or two. Throws CropError when a computed side is 0 (where MXNet's cv::resize would
+// fail) or a scaled image would hold more than kMaxFitCrops times the crop's pixels (an image
+// some 64 times wider than high, which MXNet would scale anyway), std::invalid_argument for
+// non-positive sizes.
+constexpr std::int64_t kMaxFitCrops = 64;
+struct FitSteps {
+  int count = 0;
+  std::array<std::pair<int, int>, 2> size{};
+};
+FitSteps mxnet_fit_steps(int width, int height, int crop_w, int crop_h);
+
 // A uniformly placed crop_w x crop_h window: y = uniform_int(0, height - crop_h), then
 // x = uniform_int(0, width - crop_w) (torchvision RandomCrop's draw order).
 // Throws like center_window.

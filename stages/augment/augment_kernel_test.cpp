@@ -37,6 +37,39 @@ TEST(ResizeShorterSize, RejectsNonPositive) {
   EXPECT_THROW(resize_shorter_size(10, 10, 0), std::invalid_argument);
 }
 
+TEST(MxnetFitSteps, ScalesUpWhatTheCropDoesNotFit) {
+  // Fits: nothing to do.
+  EXPECT_EQ(mxnet_fit_steps(300, 300, 224, 224).count, 0);
+  EXPECT_EQ(mxnet_fit_steps(224, 224, 224, 224).count, 0);
+  // Lower than the crop: to its height, the width (int)(224.f / 112 * 112) = 224.
+  FitSteps s = mxnet_fit_steps(112, 112, 160, 224);
+  ASSERT_EQ(s.count, 1);
+  EXPECT_EQ(s.size[0], std::make_pair(224, 224));
+  // 100x50: (int)(224.f / 50 * 100) = (int)448.00000 = 448.
+  s = mxnet_fit_steps(100, 50, 224, 224);
+  ASSERT_EQ(s.count, 1);
+  EXPECT_EQ(s.size[0], std::make_pair(448, 224));
+  // Narrower only: to its width, the height (int)(224.f / 50 * 300) = 1344.
+  s = mxnet_fit_steps(50, 300, 224, 224);
+  ASSERT_EQ(s.count, 1);
+  EXPECT_EQ(s.size[0], std::make_pair(224, 1344));
+  // Both, height first: 30x40 -> (int)(5.6f * 30) = 168 wide (5.6f is 5.5999999, the product
+  // rounds to 168.0f), still narrower, so -> 224 x (int)(224.f / 168 * 224) = 298.
+  s = mxnet_fit_steps(30, 40, 224, 224);
+  ASSERT_EQ(s.count, 2);
+  EXPECT_EQ(s.size[0], std::make_pair(168, 224));
+  EXPECT_EQ(s.size[1], std::make_pair(224, 298));
+}
+
+TEST(MxnetFitSteps, RefusesHugeAndInvalid) {
+  // 1x1000 to a width of 224 would be 224 x 224000: more than 64 crops' worth of pixels.
+  EXPECT_THROW(mxnet_fit_steps(1, 1000, 224, 224), CropError);
+  // 1000x1 to a height of 224: 224000 x 224.
+  EXPECT_THROW(mxnet_fit_steps(1000, 1, 224, 224), CropError);
+  EXPECT_THROW(mxnet_fit_steps(0, 10, 5, 5), std::invalid_argument);
+  EXPECT_THROW(mxnet_fit_steps(10, 10, 0, 5), std::invalid_argument);
+}
+
 TEST(CenterWindow, OffsetsByHand) {
   // (341 - 224) / 2 = 58 (117 / 2 truncated), (256 - 224) / 2 = 16.
   EXPECT_EQ(center_window(341, 256, 224, 224), (Rect{58, 16, 224, 224}));

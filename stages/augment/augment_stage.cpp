@@ -68,6 +68,11 @@ const Schema<AugmentStage::Params>& AugmentStage::schema() {
              "with a resize: an image whose longer side is more than this many times its shorter "
              "side is a per-sample error",
              1.0, 1e9);
+    s.choice("compat", &Params::compat,
+             "mxnet: as MXNet's ImageRecordIter, an image smaller than a center or random crop is "
+             "first scaled up to it (height first, the other side (int)((float)crop / side * "
+             "other)) instead of being skipped as too small; none: millrace's own",
+             {{"none", Compat::kNone}, {"mxnet", Compat::kMxnet}});
     return s;
   }();
   return schema;
@@ -259,9 +264,25 @@ void AugmentStage::process_whole(Sample& sample, CounterRng& rng) const {
     std::swap(sample.tensor, sample.scratch);
     sample.scratch.give_back();
   }
-  const ImageView src = view_of(sample.tensor);
   const int crop_h = params_.size[0];
   const int crop_w = params_.size[1];
+  if (params_.compat == Compat::kMxnet &&
+      (params_.crop == Crop::kCenter || params_.crop == Crop::kRandom)) {
+    const ImageView small = view_of(sample.tensor);
+    const augment::FitSteps steps =
+        augment::mxnet_fit_steps(small.width, small.height, crop_w, crop_h);
+    for (int i = 0; i < steps.count; ++i) {
+      const ImageView from = view_of(sample.tensor);
+      const auto [w, h] = steps.size[static_cast<std::size_t>(i)];
+      sample.scratch.borrow(buffers_);
+      sample.scratch.reshape(DType::kUInt8, {h, w, 3}, "HWC");
+      augment::resize_window(from, Rect{0, 0, from.width, from.height}, w, h, params_.interpolation,
+                             sample.scratch.storage);
+      std::swap(sample.tensor, sample.scratch);
+      sample.scratch.give_back();
+    }
+  }
+  const ImageView src = view_of(sample.tensor);
   Rect window{0, 0, src.width, src.height};
   switch (params_.crop) {
     case Crop::kNone:

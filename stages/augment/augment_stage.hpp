@@ -14,6 +14,10 @@
 // resize followed by a crop becomes one resampling of the window). With `interpolation: area`
 // only windows that need no preceding resize are reduced, and only at full scale.
 //
+// `compat: mxnet`: an image smaller than a center or random crop is scaled up to it first, as
+// MXNet's default augmenter does (augment::mxnet_fit_steps), instead of being a per-sample error.
+// Such an image does not fit the crop in decode_window(), so decode delivers it whole.
+//
 // Buffers: a resize before the crop is written into storage borrowed from the stage's own pool of
 // resized images, and the input image (a decoded image borrowed by `decode`) goes back to its pool
 // as soon as the stage has read it. What the stage writes as its output (a random-resized crop, a
@@ -29,6 +33,7 @@
 #include "engine/pool.hpp"
 #include "engine/registry.hpp"
 #include "stages/augment/augment_kernel.hpp"
+#include "stages/common/compat.hpp"
 #include "stages/decode/decode_stage.hpp"
 
 namespace millrace {
@@ -50,6 +55,7 @@ class AugmentStage final : public TransformStage, public DecodeWindowSource {
     // checked from the image's size before anything is allocated; past them, a per-sample error.
     std::int64_t max_pixels = 178'956'970;  // as decode's: width x height x 12 below 2^31
     double max_aspect_ratio = 100.0;        // longer side / shorter side, when resizing
+    Compat compat = Compat::kNone;
   };
   static StageInfo info();
   static const Schema<Params>& schema();

@@ -523,9 +523,20 @@ void decompress(tjhandle tj, const std::uint8_t* d, std::size_t n, std::uint8_t*
 // means inverted ink: c = 255 - C. The multiplicative model R = (255-C)(255-K)/255 then reads
 // R = c*k/255, rounded. In place: each 4-byte pixel is read before its 3 bytes are written at
 // or below its own position.
-void cmyk_to_rgb_in_place(std::uint8_t* p, std::size_t pixels) {
+// OpenCV's formula (kOpenCv) is its own: a shift by 8 where 255 divides, 0 to 2 above the
+// rounded value.
+void cmyk_to_rgb_in_place(std::uint8_t* p, std::size_t pixels, Options::Cmyk model) {
   const std::uint8_t* src = p;
   std::uint8_t* dst = p;
+  if (model == Options::Cmyk::kOpenCv) {
+    for (std::size_t i = 0; i < pixels; ++i, src += 4, dst += 3) {
+      const unsigned k = src[3];
+      for (int ch = 0; ch < 3; ++ch) {
+        dst[ch] = static_cast<std::uint8_t>(k - (((255U - src[ch]) * k) >> 8));
+      }
+    }
+    return;
+  }
   for (std::size_t i = 0; i < pixels; ++i, src += 4, dst += 3) {
     const unsigned c = src[0];
     const unsigned m = src[1];
@@ -568,7 +579,7 @@ Info decode_jpeg(const std::uint8_t* d, std::size_t n, const Options& options,
                  (options.fast_dct ? TJFLAG_FASTDCT | TJFLAG_FASTUPSAMPLE : 0),
              options.strict, info.warnings);
   if (cmyk) {
-    cmyk_to_rgb_in_place(target.data(), pixels);
+    cmyk_to_rgb_in_place(target.data(), pixels, options.cmyk);
     target.resize(pixels * 3);
   }
 

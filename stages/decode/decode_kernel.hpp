@@ -70,6 +70,11 @@ struct Options {
   // accurate decode: about 43 dB PSNR on photos at 1/1 (docs/PERFORMANCE.md). The reduced inverse
   // DCTs (1/2, 1/4, 1/8) have one kind only; the upsampling choice still applies there.
   bool fast_dct = false;
+  // How a CMYK/YCCK JPEG (Adobe's inverted ink, c = 255 - C) becomes RGB. kRounded: R = c * k /
+  // 255, rounded. kOpenCv: R = k - ((255 - c) * k >> 8), what cv::imdecode gives (and so MXNet's
+  // loader); 0 to 2 above kRounded.
+  enum class Cmyk { kRounded, kOpenCv };
+  Cmyk cmyk = Cmyk::kRounded;
 };
 
 // What a reduced decode delivered instead of the whole image at full size.

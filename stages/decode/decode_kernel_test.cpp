@@ -296,6 +296,20 @@ TEST(DecodeCmyk, YcckFromTurboJpegGivesInkColours) {
   }
 }
 
+TEST(DecodeCmyk, OpenCvFormulaIsCvImdecodeBitForBit) {
+  // Options::Cmyk::kOpenCv (decode `compat: mxnet`) is OpenCV's own conversion, so MXNet's; the
+  // default rounded one is not.
+  const Bytes jpeg = read_corpus("cmyk_adobe.jpg");
+  Options options;
+  options.cmyk = Options::Cmyk::kOpenCv;
+  const Decoded got = decode_bytes(jpeg, options);
+  const Bytes theirs = reference_rgb(jpeg);
+  ASSERT_EQ(got.pixels.size(), theirs.size());
+  EXPECT_TRUE(got.pixels == theirs);
+  EXPECT_FALSE(decode_bytes(jpeg).pixels == theirs);
+  expect_cmyk_patches(got, 3);
+}
+
 // ---------------------------------------------------------------------------------------------
 // EXIF orientation
 

@@ -54,14 +54,35 @@ const Schema<DecodeStage::Params>& DecodeStage::schema() {
              "IDCT and replicated chroma, as tf.data's INTEGER_FAST: faster, about 43 dB from "
              "accurate)",
              {{"accurate", Dct::kAccurate}, {"fast", Dct::kFast}});
+    s.choice("compat", &Params::compat,
+             "mxnet: the pixels of MXNet's ImageRecordIter (OpenCV 3.4's cv::imdecode): CMYK JPEGs "
+             "by OpenCV's formula; excludes exif: false, reduce: auto and dct: fast; none: "
+             "millrace's own",
+             {{"none", Compat::kNone}, {"mxnet", Compat::kMxnet}});
     return s;
   }();
   return schema;
 }
 
+void DecodeStage::check(const Params& p, const ConfigNode& node, const std::string& where,
+                        Diagnostics& d) {
+  if (p.compat != Compat::kMxnet) return;
+  auto contradiction = [&](const char* key, const char* value) {
+    const ConfigNode* n = node.find(key);
+    d.error(n != nullptr ? n->where : node.where,
+            where + ": '" + key + ": " + value +
+                "' changes the pixels that `compat: mxnet` reproduces; remove one of them");
+  };
+  // cv::imdecode (OpenCV 3.4) applies the EXIF orientation, as millrace does.
+  if (!p.exif) contradiction("exif", "false");
+  if (p.reduce == Reduce::kAuto) contradiction("reduce", "auto");
+  if (p.dct == Dct::kFast) contradiction("dct", "fast");
+}
+
 DecodeStage::DecodeStage(StageContext context, Params params)
     : TransformStage(std::move(context)), params_(params) {
   options_.exif = params.exif;
+  if (params.compat == Compat::kMxnet) options_.cmyk = decode::Options::Cmyk::kOpenCv;
   options_.strict = params.strict;
   options_.max_pixels = params.max_pixels;
   options_.fast_dct = params.dct == Dct::kFast;
@@ -75,6 +96,8 @@ bool DecodeStage::attach_window_source(const DecodeWindowSource* source) {
 
 std::vector<CheaperSetting> DecodeStage::cheaper_settings() const {
   std::vector<CheaperSetting> out;
+  // Both would change the pixels that compat promises.
+  if (params_.compat == Compat::kMxnet) return out;
   if (params_.reduce == Reduce::kOff) {
     out.push_back(
         {"reduce: auto",

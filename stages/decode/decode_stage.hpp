@@ -15,6 +15,10 @@
 // window at the smallest DCT scale that still covers the size, and records on the sample
 // (Sample::decoded) what it delivered; the source then maps its window into those pixels. With
 // no such stage attached, `auto` decodes whole images, as `off` does.
+//
+// `compat: mxnet`: the pixels of OpenCV 3.4's cv::imdecode, which MXNet 1.9.1's ImageRecordIter
+// decodes with: CMYK JPEGs follow OpenCV's formula (decode::Options::Cmyk::kOpenCv). Every other
+// decode, the EXIF orientation included, already is bit for bit cv::imdecode's.
 #pragma once
 
 #include <memory>
@@ -22,6 +26,7 @@
 
 #include "engine/pool.hpp"
 #include "engine/registry.hpp"
+#include "stages/common/compat.hpp"
 #include "stages/decode/decode_kernel.hpp"
 
 namespace millrace {
@@ -49,9 +54,14 @@ class DecodeStage final : public TransformStage {
     std::int64_t max_pixels = decode::Options{}.max_pixels;
     Reduce reduce = Reduce::kOff;
     Dct dct = Dct::kAccurate;
+    Compat compat = Compat::kNone;
   };
   static StageInfo info();
   static const Schema<Params>& schema();
+  // `compat: mxnet` with a setting that changes the pixels MXNet gives (exif: false, reduce:
+  // auto, dct: fast) is a contradiction, reported at that key.
+  static void check(const Params& p, const ConfigNode& node, const std::string& where,
+                    Diagnostics& d);
 
   DecodeStage(StageContext context, Params params);
   void process(Sample& sample, RunReporter& reporter) const override;

@@ -19,9 +19,9 @@ namespace millrace::recordio::testing {
 
 namespace fs = std::filesystem;
 
-// The conformance files written by MXNet's tools, kept beside the repository.
+// The conformance files written by MXNet's tools (tests/data/recordio/README.md).
 inline std::string fixture(const std::string& name) {
-  return std::string(MILLRACE_SOURCE_DIR) + "/../shared/fixtures/recordio/" + name;
+  return std::string(MILLRACE_SOURCE_DIR) + "/tests/data/recordio/" + name;
 }
 
 using millrace::testing::TempDir;

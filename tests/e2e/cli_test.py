@@ -101,7 +101,13 @@ def shipped_overrides(cfg, out):
     """The overrides that point a shipped config at the small dataset and at `out`: the files
     root, npy and predictions outputs and, for inference configs (which name full-size exported
     models), the tiny model the export script commits (32x32 input), calibrating on two batches."""
-    extra = [f"{cfg.stage_of_type('files')['name']}.root={e2e.dataset()}"]
+    files = cfg.stage_of_type("files")
+    if files:
+        extra = [f"{files['name']}.root={e2e.dataset()}"]
+    else:
+        recordio = cfg.stage_of_type("recordio")
+        rec, idx = e2e.packed_dataset()
+        extra = [f"{recordio['name']}.path={rec}", f"{recordio['name']}.index={idx}"]
     npy = cfg.stage_of_type("npy")
     if npy:
         extra.append(f"{npy['name']}.dir={os.path.join(out, 'npy')}")
@@ -128,9 +134,9 @@ class RunConfigsTest(CliCase):
 
     def check_config_run(self, path, batch_size=None):
         cfg = e2e.Config(path)
-        files = cfg.stage_of_type("files")
+        files = cfg.stage_of_type("files") or cfg.stage_of_type("recordio")
         batch = cfg.stage_of_type("batch")
-        self.assertIsNotNone(files, f"{path}: the e2e runs need a files source")
+        self.assertIsNotNone(files, f"{path}: the e2e runs need a files or recordio source")
         self.assertIsNotNone(batch, f"{path}: no batch stage")
         overrides = [f"{batch['name']}.size={batch_size}"] if batch_size else []
         result, summary, npy_dir = self.run_config(path, *overrides, quiet=False)

@@ -86,6 +86,24 @@ def dataset():
     return _dataset
 
 
+_packed = None
+
+
+def packed_dataset():
+    """The small dataset packed by `millrace pack` into (dataset.rec, dataset.idx), made on first
+    use: what the configs with a `recordio` source read."""
+    global _packed
+    if _packed is None:
+        root = dataset()
+        rec = os.path.join(scratch_dir(), "dataset.rec")
+        result = run_millrace("pack", "--list", os.path.join(root, "labels.lst"), "--root", root,
+                              rec)
+        if result.returncode != 0:
+            raise RuntimeError(f"pack failed ({result.returncode}): {result.stderr}")
+        _packed = (rec, rec[:-len(".rec")] + ".idx")
+    return _packed
+
+
 def run(args, cwd=None, timeout=RUN_TIMEOUT_S):
     """Runs a command to completion and returns the CompletedProcess (text stdout and stderr)."""
     return subprocess.run(args, cwd=cwd or scratch_dir(), capture_output=True, text=True,
