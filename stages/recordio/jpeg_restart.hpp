@@ -24,7 +24,7 @@ namespace millrace::recordio {
 
 // Segments no wider than this many pixels: a window then decodes at most about this much beyond
 // each of its sides.
-constexpr int kRestartSegmentPixels = 64;
+constexpr int kRestartSegmentPixels = 32;
 
 // The restart interval, in MCUs, for a row of `mcus_per_row` MCUs each `mcu_width` pixels wide:
 // the largest divisor of the row whose segments stay within kRestartSegmentPixels (the fewest
