@@ -39,11 +39,12 @@ using testing::write_text;
 Bytes pixels_of(const Bytes& jpeg) { return whole(jpeg, 1, false).rgb; }
 
 TEST(RestartGrid, AutoIntervalDividesTheRowWithinTheSegmentWidth) {
-  EXPECT_EQ(auto_restart_interval(32, 16), 4);   // 500 px, 4:2:0: 64-pixel segments
-  EXPECT_EQ(auto_restart_interval(63, 8), 7);    // 500 px, 4:4:4: 56
-  EXPECT_EQ(auto_restart_interval(24, 16), 4);   // 375 px, 4:2:0
-  EXPECT_EQ(auto_restart_interval(37, 16), 1);   // a prime row: one MCU per segment
-  EXPECT_EQ(auto_restart_interval(2, 16), 2);    // the whole row is narrower than a segment
+  ASSERT_EQ(kRestartSegmentPixels, 32);
+  EXPECT_EQ(auto_restart_interval(32, 16), 2);  // 500 px, 4:2:0: 32-pixel segments
+  EXPECT_EQ(auto_restart_interval(63, 8), 3);   // 500 px, 4:4:4: 24
+  EXPECT_EQ(auto_restart_interval(64, 8), 4);   // 512 px, 4:4:4: 32
+  EXPECT_EQ(auto_restart_interval(37, 16), 1);  // a prime row: one MCU per segment
+  EXPECT_EQ(auto_restart_interval(2, 16), 2);   // the whole row fits in a segment
   EXPECT_EQ(auto_restart_interval(1, 8), 1);
   for (int mcus = 1; mcus < 400; ++mcus) {
     for (const int width : {8, 16}) {
