@@ -20,6 +20,8 @@
 #include <string>
 #include <utility>
 
+#include "stages/decode/jpeg_window.hpp"
+
 namespace millrace::decode {
 namespace {
 
@@ -800,6 +802,76 @@ bool usable_request(const WindowRequest& r, int width, int height) {
 // of a cropped region like image edges, are then served by real neighbours.
 constexpr int kWindowMargin = 3;
 
+// How close to a cut of the restart grid (in scaled pixels) a delivered pixel may lie before the
+// neighbouring segment is decoded too: smooth chroma upsampling reads one chroma sample beyond
+// each pixel, and treats a cut like an image edge.
+constexpr int kUpsamplingGuard = 2;
+
+// Serves a JPEG that carries a restart grid (jpeg_window.hpp) from the segments that cover the
+// window [x0, x1) x [y0, y1) (scaled pixels) alone; nullopt where the grid cannot serve it. The
+// delivered pixels are those of a whole decode at the same scale: no cut lies within the
+// upsampling's reach of one of them, and the window is cut out of the decoded rows rather than by
+// jpeg_crop_scanline.
+std::optional<Info> decode_restart_window(LibjpegDecompressor& dj, const std::uint8_t* d,
+                                          std::size_t n, const Options& options, int scale,
+                                          const PixelRect& window, int width, int height,
+                                          std::vector<std::uint8_t>& out) {
+  const std::optional<RestartGrid> grid = find_restart_grid(d, n);
+  if (!grid) return std::nullopt;
+  const int guard = grid->subsampled && !options.fast_dct ? kUpsamplingGuard * scale : 0;
+  const PixelRect need{window.x0 * scale, window.y0 * scale, std::min(window.x1 * scale, width),
+                       std::min(window.y1 * scale, height)};
+  thread_local std::vector<std::uint8_t> window_jpeg;
+  const std::optional<PixelRect> placed = build_window_jpeg(d, n, *grid, need, guard, window_jpeg);
+  if (!placed) return std::nullopt;
+  // A rare huge photo's window is not kept in every worker thread.
+  struct Release {
+    ~Release() {
+      if (window_jpeg.capacity() > kKeepStagingBytes) std::vector<std::uint8_t>().swap(window_jpeg);
+    }
+  } release;
+
+  jpeg_abort_decompress(&dj.cinfo);
+  const bool whole = window_jpeg.empty();  // every segment needed: the stream itself
+  if (!libjpeg_read_header(dj, whole ? d : window_jpeg.data(), whole ? n : window_jpeg.size())) {
+    throw_libjpeg_failure(dj.errors);
+  }
+  // The built JPEG starts on a block boundary of every scale (its origin is a multiple of 8).
+  const int origin_x = placed->x0 / scale;
+  const int origin_y = placed->y0 / scale;
+  auto columns = static_cast<JDIMENSION>((placed->x1 - placed->x0 + scale - 1) / scale);
+  JDIMENSION first_column = 0;
+  if (!libjpeg_start_window(dj, scale, options.fast_dct, first_column, columns)) {
+    throw_libjpeg_failure(dj.errors);
+  }
+  const auto rows = static_cast<JDIMENSION>(window.y1 - origin_y);
+  if (dj.cinfo.output_width != columns || dj.cinfo.output_components != 3 ||
+      dj.cinfo.output_height < rows || window.x1 - origin_x > static_cast<int>(columns)) {
+    throw std::logic_error("decode: a restart window's JPEG does not have the expected shape");
+  }
+  const std::size_t stride = static_cast<std::size_t>(columns) * 3;
+  size_output(out, stride * rows);
+  if (!libjpeg_read_rows(dj, 0, rows, out.data(), stride)) throw_libjpeg_failure(dj.errors);
+  // Moves the window to the front of the buffer, row after row; a row never lands after its source.
+  const std::size_t row_bytes = static_cast<std::size_t>(window.x1 - window.x0) * 3;
+  const std::size_t skip_x = static_cast<std::size_t>(window.x0 - origin_x) * 3;
+  const auto skip_y = static_cast<std::size_t>(window.y0 - origin_y);
+  const auto window_rows = static_cast<std::size_t>(window.y1 - window.y0);
+  for (std::size_t r = 0; r < window_rows; ++r) {
+    std::memmove(out.data() + r * row_bytes, out.data() + (r + skip_y) * stride + skip_x,
+                 row_bytes);
+  }
+  out.resize(row_bytes * window_rows);
+
+  Info info;
+  info.format = format_name(Format::kJpeg);
+  info.width = window.x1 - window.x0;
+  info.height = window.y1 - window.y0;
+  if (dj.errors.warned) info.warnings.emplace_back(dj.errors.first_warning);
+  info.reduction = {scale, window.x0, window.y0, width, height, true};
+  return info;
+}
+
 // Decodes the chooser's window, or returns nullopt (having touched nothing) where the full path
 // must serve the image.
 std::optional<Info> decode_jpeg_reduced(const std::uint8_t* d, std::size_t n,
@@ -846,6 +918,10 @@ std::optional<Info> decode_jpeg_reduced(const std::uint8_t* d, std::size_t n,
   const int y1 = last(request->y + request->height, scaled_height);
   // The whole image at full scale: TurboJPEG's full path does that faster.
   if (scale == 1 && x0 == 0 && y0 == 0 && x1 == width && y1 == height) return std::nullopt;
+  if (std::optional<Info> info = decode_restart_window(dj, d, n, options, scale, {x0, y0, x1, y1},
+                                                       width, height, out)) {
+    return info;
+  }
 
   auto x = static_cast<JDIMENSION>(x0);
   auto columns = static_cast<JDIMENSION>(x1 - x0);

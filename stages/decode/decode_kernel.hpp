@@ -36,6 +36,13 @@
 //   TJFLAG_LIMITSCANS, and a libjpeg progress monitor counting scans with the same limit): each
 //   scan is a pass over the whole image, so a few hundred kilobytes repeating one scan would
 //   otherwise cost minutes.
+// - A JPEG whose restart interval divides its MCU row (as `millrace prepare` writes them) is
+//   served from its restart grid instead: the JPEG of the segments under the window is cut out of
+//   the stream (jpeg_window.hpp) and decoded alone, at the same scale, with one more segment or
+//   MCU row where smooth chroma upsampling would otherwise change a pixel next to a cut. Its
+//   pixels are then exactly those of a whole decode at that scale. Segments outside the window
+//   are never decoded, so corrupt data there goes unnoticed too; a stream whose markers do not
+//   match its grid takes the path above.
 // - Nothing blocks except on the CPU; no process-wide state is mutated.
 #pragma once
 
@@ -86,6 +93,9 @@ struct Reduction {
   int y = 0;
   int full_width = 0;  // the image's size at full scale
   int full_height = 0;
+  // The window was decoded from the JPEG's restart grid alone (jpeg_window.hpp): only the
+  // segments under it were read, and its pixels are those of a whole decode at this scale.
+  bool from_grid = false;
 };
 
 struct Info {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "stages/files/files_stage.hpp"
+#include "stages/recordio/jpeg_restart.hpp"
 #include "stages/recordio/recordio_kernel.hpp"
 
 namespace millrace::recordio {
@@ -138,6 +139,9 @@ PackReport pack(const PackOptions& o, const PackProgress& progress) {
   if (o.output.empty()) throw std::invalid_argument("pack needs an output .rec path");
   if (o.resize < 0) throw std::invalid_argument("resize must be positive");
   if (o.quality < 0 || o.quality > 100) throw std::invalid_argument("quality must be in 1..100");
+  if (o.restart < -1 || o.restart > 65535) {
+    throw std::invalid_argument("the restart interval must be in 0..65535 MCUs");
+  }
 
   PackReport report;
   const std::vector<Item> items = items_of(o, report.skipped);
@@ -155,6 +159,7 @@ PackReport pack(const PackOptions& o, const PackProgress& progress) {
   index.reserve(items.size());
   std::vector<std::uint8_t> image;
   std::vector<std::uint8_t> payload;
+  std::vector<std::uint8_t> regridded;
   // Written under hidden temporary names and renamed into place when whole: an interrupted pack
   // (a signal, a full disk) leaves no .rec that a run would read as a smaller data set. The next
   // pack to the same output overwrites the temporary files.
@@ -166,6 +171,15 @@ PackReport pack(const PackOptions& o, const PackProgress& progress) {
       const Item& item = items[i];
       read_file(item.path, image);
       if (recode) reencode(item.path, o.resize, quality, image);
+      if (o.restart >= 0) {
+        const RestartResult r = add_restart_grid(image.data(), image.size(), o.restart, regridded);
+        if (r.outcome == RestartOutcome::kRewritten) {
+          image.swap(regridded);
+          ++report.restart_rewritten;
+        } else if (r.outcome == RestartOutcome::kUnreadable) {
+          ++report.restart_unreadable;
+        }
+      }
       build_image_payload(item.id, item.labels, image, payload);
       index.emplace_back(item.id, writer.write(payload));
       report.image_bytes += image.size();

@@ -36,6 +36,10 @@ struct PackOptions {
   std::string output;  // OUT.rec
   int resize = 0;      // > 0: re-encode with the shorter side scaled to this (cv::INTER_AREA)
   int quality = 0;     // JPEG quality 1..100 when re-encoding (0: 95); alone it re-encodes too
+  // >= 0: each JPEG is rewritten losslessly with a restart grid (jpeg_restart.hpp), a marker
+  // every `restart` MCUs (0: chosen per image); other images, and JPEGs libjpeg cannot read, are
+  // stored as they are. -1: off.
+  int restart = -1;
 };
 
 struct PackReport {
@@ -46,6 +50,8 @@ struct PackReport {
   std::uint64_t file_bytes = 0;   // size of OUT.rec
   // Folder mode: entries named like images that were not packed, as "PATH: reason".
   std::vector<std::string> skipped;
+  std::uint64_t restart_rewritten = 0;   // JPEGs rewritten with a restart grid
+  std::uint64_t restart_unreadable = 0;  // JPEGs stored as they were: libjpeg could not read them
 };
 
 using PackProgress = std::function<void(std::size_t done, std::size_t total)>;
