@@ -281,10 +281,10 @@ class Pipeline:
     def epoch(self, n: int) -> Iterator[Batch]:
         """The batches of epoch `n`: all of them, or those after the position the pipeline stands
         at when that is inside epoch `n` (a resumed state)."""
-        self._check_open()
         if _in_dataloader_worker():
             raise RuntimeError("millrace: a pipeline runs its own threads and is not read inside "
                                "a torch DataLoader worker: " + _USE_LOADER)
+        self._check_open()
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ValueError(f"epoch: a non-negative integer, got {n!r}")
         if self._state["epoch"] != n or self._run is None:

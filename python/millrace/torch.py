@@ -63,10 +63,11 @@ class LoaderBatch:
     data set ids; `pad` counts the batch's last rows that repeat samples delivered elsewhere
     (padding of the epoch's last batch, or the repeat that evens out the ranks' counts)."""
 
-    __slots__ = ("images", "labels", "ids", "pad", "epoch", "index")
+    __slots__ = ("images", "labels", "ids", "pad", "epoch", "index", "batch")
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, pad: int,
-                 epoch: int, index: int) -> None:
+                 epoch: int, index: int, batch: Any = None) -> None:
+        self.batch = batch  # the millrace.Batch underneath (paths, position, quantization)
         self.images = images
         self.labels = labels
         self.ids = ids
@@ -173,7 +174,7 @@ class Loader:
         ids = torch.from_numpy(b.ids)
         if self._pin:
             images, labels, ids = images.pin_memory(), labels.pin_memory(), ids.pin_memory()
-        return LoaderBatch(images, labels, ids, b.pad, b.epoch, b.index)
+        return LoaderBatch(images, labels, ids, b.pad, b.epoch, b.index, b)
 
     def __len__(self) -> int:
         """Batches in one whole epoch on this rank (the same on every rank)."""

@@ -4,7 +4,7 @@ from typing import Any, Optional
 
 import torch
 
-from . import Config, Overrides, Pipeline
+from . import Batch, Config, Overrides, Pipeline
 
 __all__: list[str]
 STATE_FORMAT: str
@@ -17,8 +17,9 @@ class LoaderBatch:
     pad: int
     epoch: int
     index: int
+    batch: Optional[Batch]
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, pad: int,
-                 epoch: int, index: int) -> None: ...
+                 epoch: int, index: int, batch: Optional[Batch] = ...) -> None: ...
     def __iter__(self) -> Iterator[torch.Tensor]: ...
     def __len__(self) -> int: ...
     def __getitem__(self, i: int) -> torch.Tensor: ...
