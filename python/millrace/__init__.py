@@ -247,14 +247,12 @@ class Pipeline:
                 _millrace.set_process_group(*previous)
 
     def _new_run(self, start: dict) -> _Run:
-        global _ran
         run = self._build()
         global_start = 0
         if self._global is not None and self._global[0] == start["epoch"]:
             global_start = self._global[1]
         run.start_at(start["epoch"], start["samples"], start["batches"],
                      start["first_batch_samples"], _OPEN_ENDED, global_start)
-        _ran = True
         return run
 
     def _drop_run(self) -> None:
@@ -298,6 +296,7 @@ class Pipeline:
         return self._epoch_batches(n, self._iteration)
 
     def _epoch_batches(self, n: int, iteration: int) -> Iterator[Batch]:
+        global _ran
         while True:
             if iteration != self._iteration or self._closed:
                 return  # a newer iteration (or close()) took over the stream
@@ -306,6 +305,7 @@ class Pipeline:
             if batch is None:
                 if self._run is None:
                     return
+                _ran = True  # the first next() starts the engine's threads
                 try:
                     batch = self._run.next()
                 except BaseException:
