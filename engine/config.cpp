@@ -579,6 +579,76 @@ std::string_view sample_content_name(SampleContent content) {
   return "?";
 }
 
+namespace {
+
+// The keys that leave the delivered stream as it is: how fast and where it runs, the part a
+// process reads, how many epochs; the source's location keys are identified by its data set
+// digest instead (the same files elsewhere are the same data set).
+bool stream_neutral(std::string_view section, std::string_view key, bool source) {
+  if (section == "pipeline") {
+    return key == "name" || key == "threads" || key == "queue" || key == "prefetch" ||
+           key == "trace" || key == "trace_events" || key == "max_errors";
+  }
+  if (key == "concurrency" || key == "queue") return true;
+  return source && (key == "root" || key == "list" || key == "path" || key == "index" ||
+                    key == "num_parts" || key == "part_index" || key == "split" ||
+                    key == "epochs" || key == "max_file_bytes" || key == "max_record_bytes");
+}
+
+void canonical(const ConfigNode& n, std::string& out) {
+  switch (n.kind) {
+    case ConfigNode::Kind::kNull:
+      out += "~";
+      break;
+    case ConfigNode::Kind::kScalar:
+      // Quoting left out: a dict config's JSON quotes what the same YAML file leaves plain.
+      out += std::to_string(n.scalar.size()) + ':' + n.scalar;
+      break;
+    case ConfigNode::Kind::kSequence:
+      out += '[';
+      for (const ConfigNode& item : n.items) canonical(item, out), out += ',';
+      out += ']';
+      break;
+    case ConfigNode::Kind::kMap: {
+      std::vector<const std::pair<ConfigNode, ConfigNode>*> sorted;
+      for (const auto& e : n.entries) sorted.push_back(&e);
+      std::stable_sort(sorted.begin(), sorted.end(), [](const auto* a, const auto* b) {
+        return a->first.scalar < b->first.scalar;
+      });
+      out += '{';
+      for (const auto* e : sorted) {
+        canonical(e->first, out);
+        out += '=';
+        canonical(e->second, out);
+        out += ',';
+      }
+      out += '}';
+      break;
+    }
+  }
+}
+
+std::uint64_t stream_digest(const ConfigNode& root) {
+  ConfigNode copy = root;
+  if (ConfigNode* section = copy.find("pipeline"); section != nullptr && section->is_map()) {
+    std::erase_if(section->entries,
+                  [](const auto& e) { return stream_neutral("pipeline", e.first.scalar, false); });
+  }
+  if (ConfigNode* stages = copy.find("stages"); stages != nullptr && stages->is_sequence()) {
+    for (std::size_t i = 0; i < stages->items.size(); ++i) {
+      ConfigNode& stage = stages->items[i];
+      if (!stage.is_map()) continue;
+      std::erase_if(stage.entries,
+                    [i](const auto& e) { return stream_neutral("stage", e.first.scalar, i == 0); });
+    }
+  }
+  std::string text;
+  canonical(copy, text);
+  return stable_hash(text);
+}
+
+}  // namespace
+
 PipelinePlan parse_pipeline(ConfigNode root, const std::vector<std::string>& overrides,
                             const Registry& registry, Diagnostics& d, int rank, int world) {
   PipelinePlan plan;
@@ -592,6 +662,7 @@ PipelinePlan parse_pipeline(ConfigNode root, const std::vector<std::string>& ove
   }
   check_duplicates(root, d);
   for (const auto& o : overrides) apply_override(root, o, d);
+  plan.config_digest = stream_digest(root);
 
   for (const auto& [key, value] : root.entries) {
     if (key.scalar != "pipeline" && key.scalar != "stages") {

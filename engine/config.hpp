@@ -44,6 +44,9 @@ struct PipelinePlan {
   double max_error_fraction = -1;
   std::string trace;          // a Chrome trace of the run is written here (empty: no trace)
   int trace_events = 100000;  // events kept per thread in the trace: the latest ones
+  // A hash of the configuration after overrides without the keys that leave the delivered
+  // stream unchanged (StreamIdentity::config).
+  std::uint64_t config_digest = 0;
   std::vector<StagePlan> stages;
 };
 

@@ -1,9 +1,12 @@
 #include "millrace/distributed.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <stdexcept>
+#include <string>
 
 #include "engine/json.hpp"
 
@@ -25,6 +28,28 @@ bool launched_by_mpi() {
 ProcessGroup& group() {
   static ProcessGroup g;
   return g;
+}
+
+// A launcher's RANK / WORLD_SIZE (torchrun, torch.distributed's env:// rendezvous), when both are
+// set and consistent; otherwise nothing.
+bool rank_from_environment(ProcessGroup& g) {
+  const char* rank = std::getenv("RANK");         // NOLINT(concurrency-mt-unsafe): main thread
+  const char* world = std::getenv("WORLD_SIZE");  // NOLINT(concurrency-mt-unsafe)
+  if (rank == nullptr || world == nullptr) return false;
+  int r = -1;
+  int w = 0;
+  const auto parse = [](const char* text, int& out) {
+    const char* end = text + std::strlen(text);
+    const auto [p, ec] = std::from_chars(text, end, out);
+    return ec == std::errc() && p == end && p != text;
+  };
+  if (!parse(rank, r) || !parse(world, w) || w < 1 || r < 0 || r >= w) {
+    throw std::runtime_error(std::string("millrace: RANK '") + rank + "' and WORLD_SIZE '" + world +
+                             "' do not name a process of a run (0 <= RANK < WORLD_SIZE)");
+  }
+  g.rank = r;
+  g.world = w;
+  return true;
 }
 
 // The numbers of one rank's statistics, in a fixed order, for MPI_Gather.
@@ -97,7 +122,10 @@ const ProcessGroup& process_group() {
   static std::once_flag once;
   std::call_once(once, [] {
 #ifdef MILLRACE_WITH_MPI
-    if (!launched_by_mpi()) return;
+    if (!launched_by_mpi()) {
+      rank_from_environment(group());
+      return;
+    }
     int initialized = 0;
     MPI_Initialized(&initialized);
     if (initialized == 0) {
@@ -111,9 +139,22 @@ const ProcessGroup& process_group() {
     g.mpi = true;
 #else
     (void)launched_by_mpi;
+    rank_from_environment(group());
 #endif
   });
   return group();
+}
+
+void set_process_group(int rank, int world) {
+  if (world < 1 || rank < 0 || rank >= world) {
+    throw std::invalid_argument("millrace: rank " + std::to_string(rank) + " of world size " +
+                                std::to_string(world) + " is not a process of a run");
+  }
+  process_group();
+  ProcessGroup& g = group();
+  if (g.mpi) return;  // MPI's own numbering stands
+  g.rank = rank;
+  g.world = world;
 }
 
 void shutdown_process_group() {

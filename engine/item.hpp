@@ -159,6 +159,9 @@ struct Sample {
   // Read again only to pad the epoch's last batch in a resumed run (`last: pad`): the batch stage
   // keeps it for padding and never delivers it as a row of its own.
   bool pad_only = false;
+  // A sample the source deals a second time in an epoch so that every part of a run gets as many
+  // samples as the others: delivered as a padding row (Batch::pad counts it).
+  bool repeat = false;
   std::string path;  // where it came from, for errors and outputs
   std::vector<float> labels;
   std::vector<std::uint8_t> bytes;             // encoded input, as read
@@ -175,7 +178,7 @@ struct Sample {
   void reset() {
     seq = id = position = 0;
     epoch = 0;
-    pad_only = false;
+    pad_only = repeat = false;
     path.clear();
     labels.clear();
     bytes.clear();

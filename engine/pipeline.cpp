@@ -121,8 +121,9 @@ Pipeline Pipeline::from_string(std::string_view yaml, const std::string& source_
   return Pipeline(build(yaml, source_name, overrides, std::chrono::steady_clock::now()));
 }
 
-void Pipeline::start_at(const StreamPosition& from, std::uint32_t epochs) {
-  impl_->start_at(from, epochs);
+void Pipeline::start_at(const StreamPosition& from, std::uint32_t epochs,
+                        std::uint64_t global_start) {
+  impl_->start_at(from, epochs, global_start);
 }
 void Pipeline::start() { impl_->start(); }
 std::optional<Batch> Pipeline::next() { return impl_->next(); }
@@ -131,6 +132,7 @@ std::optional<std::uint64_t> Pipeline::batches_per_epoch() const {
   return impl_->batches_per_epoch();
 }
 int Pipeline::prefetch() const { return impl_->plan().prefetch; }
+StreamIdentity Pipeline::identity() const { return impl_->identity(); }
 void Pipeline::cancel() { impl_->cancel(); }
 RunStats Pipeline::stats() const { return impl_->stats(); }
 const std::string& Pipeline::name() const { return impl_->plan().name; }

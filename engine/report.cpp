@@ -21,8 +21,13 @@ std::vector<Diagnostic> validate_file(const std::string& path,
   } catch (const FileError& e) {
     return {{path, 0, 0, e.detail()}};
   }
+  return validate_string(text, path, overrides);
+}
+
+std::vector<Diagnostic> validate_string(std::string_view yaml, const std::string& source_name,
+                                        const std::vector<std::string>& overrides) {
   Diagnostics d;
-  ConfigNode root = load_config_document(text, path, d);
+  ConfigNode root = load_config_document(yaml, source_name, d);
   if (!d.has_errors()) parse_pipeline(std::move(root), overrides, Registry::builtin(), d);
   std::vector<Diagnostic> all = d.all();
   std::stable_sort(all.begin(), all.end(), [](const Diagnostic& a, const Diagnostic& b) {

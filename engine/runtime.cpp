@@ -1167,7 +1167,8 @@ bool Pipeline::Impl::wait_for(std::chrono::nanoseconds timeout) {
   return ready;
 }
 
-void Pipeline::Impl::start_at(const StreamPosition& from, std::uint32_t epochs) {
+void Pipeline::Impl::start_at(const StreamPosition& from, std::uint32_t epochs,
+                              std::uint64_t global_start) {
   if (started_.load()) throw std::logic_error("millrace: start_at() after the run started");
   if (from.first_batch_samples > from.samples) {
     throw std::invalid_argument("millrace: start_at(): first_batch_samples " +
@@ -1186,6 +1187,12 @@ void Pipeline::Impl::start_at(const StreamPosition& from, std::uint32_t epochs) 
                         "stage '" + s.name + "' (" + s.type +
                             ") cannot start at another epoch or read a chosen number of epochs"}});
   }
+  if (!source.set_global_start(global_start)) {
+    throw ConfigError({{s.where.file, s.where.line, s.where.column,
+                        "stage '" + s.name + "' (" + s.type +
+                            ") cannot start its epoch at position " + std::to_string(global_start) +
+                            " of a global order (it has none, or the epoch is shorter)"}});
+  }
   const BatchStage* batch = batch_stage();
   flow_->set_range(from, batch != nullptr && batch->pads_from_epoch_start());
   expected_samples_ = source.total_samples();
@@ -1196,6 +1203,20 @@ const BatchStage* Pipeline::Impl::batch_stage() const {
     if (const auto* b = dynamic_cast<const BatchStage*>(p.stage.get())) return b;
   }
   return nullptr;
+}
+
+StreamIdentity Pipeline::Impl::identity() const {
+  const auto& source = static_cast<const SourceStage&>(*plan_.stages.front().stage);
+  StreamIdentity id;
+  id.seed = plan_.seed;
+  id.config = plan_.config_digest;
+  if (const BatchStage* batch = batch_stage()) id.batch_size = batch->batch_size();
+  const SourceStage::Split split = source.split();
+  id.dataset = split.dataset;
+  id.dataset_samples = split.dataset_samples;
+  id.global = split.global;
+  std::tie(id.part_index, id.num_parts) = source.part();
+  return id;
 }
 
 std::optional<std::uint64_t> Pipeline::Impl::batches_per_epoch() const {

@@ -160,7 +160,8 @@ class Pipeline::Impl final : public detail::BatchOwner, public RunReporter {
        std::chrono::steady_clock::time_point created);
   ~Impl();
 
-  void start_at(const StreamPosition& from, std::uint32_t epochs);
+  void start_at(const StreamPosition& from, std::uint32_t epochs, std::uint64_t global_start);
+  StreamIdentity identity() const;
   void start();
   std::optional<Batch> next();
   bool wait_for(std::chrono::nanoseconds timeout);

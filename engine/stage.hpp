@@ -121,6 +121,18 @@ class SourceStage : public Stage {
     (void)count;
     return false;
   }
+  // What identifies the source's data and how it deals an epoch to the parts (StreamIdentity's
+  // dataset, dataset_samples and global). Default: nothing known, no global order.
+  struct Split {
+    std::uint64_t dataset = 0;
+    std::uint64_t dataset_samples = 0;
+    bool global = false;
+  };
+  virtual Split split() const { return {}; }
+  // Called before the run, at most once, after set_epochs(): the first epoch read begins after
+  // `start` positions of its global order (Pipeline::start_at's `global_start`). A source without
+  // a global order accepts only 0.
+  virtual bool set_global_start(std::uint64_t start) { return start == 0; }
 };
 
 // The epochs [first, end) that SourceStage::set_epochs(first, count) asks a source for, `count` 0
@@ -165,6 +177,8 @@ class BatchStage : public Stage {
   virtual bool pads_from_epoch_start() const { return false; }
   // The fewest samples still to come in an epoch from which it can make another batch.
   virtual std::uint64_t samples_for_another_batch() const { return 1; }
+  // The rows of a full batch (0: not fixed).
+  virtual int batch_size() const { return 0; }
   // Batches made from an epoch of `samples` usable samples.
   virtual std::optional<std::uint64_t> batches_for(std::uint64_t samples) const {
     (void)samples;

@@ -16,6 +16,16 @@ as it is) and divides by the std in the loop instead.
 `--model resnet18` (any torchvision classifier) trains that network, with random weights, by SGD;
 `--model none` only takes the batches, so that the figure printed is the loader's data rate. Each
 run prints one line: loader, images, seconds, images/s (timed from the first batch on).
+
+Distributed data parallel, one process per rank (torchrun sets RANK, WORLD_SIZE and the
+rendezvous; gloo on CPU):
+
+    PYTHONPATH=build/python /usr/bin/python3 -m torch.distributed.run --nproc-per-node 2 \
+        examples/python/train_loop.py --root data/imagenet-like --steps 20
+
+The model is wrapped in DistributedDataParallel, and millrace.torch.Loader takes its rank and
+world size from torch.distributed: each epoch is one shuffle of the whole data set dealt to the
+ranks, every rank with the same number of batches. Rank 0 prints the line, for its own batches.
 """
 
 import argparse
@@ -33,8 +43,9 @@ SOURCE = os.path.dirname(os.path.dirname(HERE))
 
 
 def millrace_batches(args):
-    """(float NCHW tensor, int64 labels) from millrace's train recipe, epoch after epoch."""
-    import millrace
+    """(float NCHW tensor, int64 labels) from millrace's train recipe, epoch after epoch: this
+    rank's share of each epoch under torch.distributed."""
+    import millrace.torch
 
     overrides = {"files.root": args.root, "batch.size": args.batch,
                  "pipeline.threads": args.threads,
@@ -42,17 +53,18 @@ def millrace_batches(args):
     if args.dtype == "float32":
         overrides.update({"normalize.dtype": "float32",
                           "normalize.std": [255 * s for s in IMAGENET_STD]})
-    pipe = millrace.Pipeline(args.config, overrides)
     # int8 = pixel - round(255 * mean): one unit is one pixel unit, so dividing by 255 * std gives
     # torchvision's (pixel / 255 - mean) / std, up to the rounding of the mean.
     inv_std = torch.tensor([1 / (255 * s) for s in IMAGENET_STD]).view(1, 3, 1, 1)
-    with pipe:
+    with millrace.torch.Loader(args.config, overrides) as loader:
+        epoch = 0
         while True:
-            for batch in pipe:
-                x = torch.from_numpy(batch.data)  # a view of the engine's buffer: no copy
+            loader.set_epoch(epoch)
+            for x, y in loader:  # x views the engine's buffer (no copy); y is int64
                 if args.dtype == "int8":
                     x = x.float().mul_(inv_std)
-                yield x, torch.from_numpy(batch.labels).long()
+                yield x, y
+            epoch += 1
 
 
 def dataloader_batches(args):
@@ -106,11 +118,18 @@ def main():
     if args.steps < 2:
         parser.error("--steps must be at least 2 (the first batch is not timed)")
 
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        torch.distributed.init_process_group("gloo")  # RANK, WORLD_SIZE, MASTER_* from torchrun
+    leader = not distributed or torch.distributed.get_rank() == 0
+
     torch.manual_seed(0)
     model = None
     if args.model != "none":
         model = getattr(torchvision.models, args.model)(weights=None, num_classes=1000)
         model.train()
+        if distributed:
+            model = torch.nn.parallel.DistributedDataParallel(model)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -134,6 +153,10 @@ def main():
         if step + 1 == args.steps:
             break
     seconds = time.perf_counter() - first
+    if not leader:
+        batches.close()
+        torch.distributed.destroy_process_group()
+        return
     print(f"{args.loader}: {images} images in {seconds:.3f} s, {images / seconds:.1f} images/s "
           f"(model {args.model}, batch {args.batch}, checksum {checksum:.4g}, "
           f"{tuple(x.shape)} {str(x.dtype).replace('torch.', '')}, "
@@ -141,6 +164,8 @@ def main():
     sys.stdout.flush()
     # The DataLoader's worker processes and millrace's threads stop with the generator.
     batches.close()
+    if distributed:
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

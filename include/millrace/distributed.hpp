@@ -3,8 +3,13 @@
 // Contract: process_group() initialises MPI the first time it is called when (and only when) the
 // process was started by an MPI launcher (mpirun sets OMPI_COMM_WORLD_SIZE, PMI_SIZE or
 // PMIX_RANK) and millrace was built with MPI; otherwise it reports a single process, rank 0 of 1,
-// and millrace runs as it does without MPI. Call these from the main thread only: MPI is
-// initialised at MPI_THREAD_FUNNELED. gather_run_stats() is a collective: every rank calls it.
+// and millrace runs as it does without MPI. Without MPI, the environment's RANK and WORLD_SIZE
+// (set by torchrun and PyTorch's env:// launchers) place the process when both are set (a pair
+// that names no process throws std::runtime_error), and set_process_group() places it
+// explicitly (an embedder that knows its process group: the Python package under
+// torch.distributed). Sources split the data set by this place unless their config sets
+// num_parts / part_index. Call these from the main thread only: MPI is initialised at
+// MPI_THREAD_FUNNELED. gather_run_stats() is a collective of MPI ranks: every rank calls it.
 #pragma once
 
 #include <string>
@@ -21,6 +26,9 @@ struct ProcessGroup {
 };
 
 const ProcessGroup& process_group();
+// For pipelines built from now on; ignored under MPI. Throws std::invalid_argument unless
+// 0 <= rank < world.
+void set_process_group(int rank, int world);
 // Finalises MPI if process_group() initialised it (also registered with atexit).
 void shutdown_process_group();
 // Every rank's statistics, in rank order, on rank 0; an empty vector on the other ranks.

@@ -38,6 +38,25 @@
 
 namespace millrace {
 
+// What identifies a pipeline's stream and how its source deals each epoch to the processes of a
+// run: what a consumer checks a saved position against before resuming from it.
+struct StreamIdentity {
+  std::uint64_t seed = 0;     // pipeline.seed
+  std::uint64_t config = 0;   // a hash of the configuration after overrides, leaving out the keys
+                              // that do not change what is delivered (threads, queues, prefetch,
+                              // trace, name, parts)
+  int batch_size = 0;         // the batch stage's size (0: none known)
+  std::uint64_t dataset = 0;  // a hash of the source's entries (ids, paths below the root, labels)
+  std::uint64_t dataset_samples = 0;  // samples in one epoch of the whole data set (0: unknown)
+  int part_index = 0;                 // this process's part of each epoch
+  int num_parts = 1;
+  // The source deals one order over the whole data set to the parts in turn (part k takes the
+  // epoch's positions k, k + num_parts, ...; every part the same count), so a run may resume an
+  // epoch with another number of parts (start_at's `global_start`). False: each part is a
+  // contiguous slice of the data set (MXNet's split), or the source has no global order.
+  bool global = false;
+};
+
 class Pipeline {
  public:
   // `overrides` are `key=value` strings, as the CLI's --set: `pipeline.threads=1`,
@@ -60,7 +79,12 @@ class Pipeline {
   // are, once, to pad the epoch's last batch). Batches then carry positions within their epoch
   // continuing from `from`. Resuming mid-epoch needs ordered mode; a source that cannot start at
   // another epoch is a ConfigError naming it.
-  void start_at(const StreamPosition& from, std::uint32_t epochs = 0);
+  // `global_start` (a source whose identity() is `global`): the first epoch begins after that many
+  // positions of its global order, those every part of a run (of any size) had taken together;
+  // this part then takes positions global_start + part_index + k * num_parts, and `from.samples`
+  // counts its own positions from there. Another source refuses a non-zero one (ConfigError).
+  void start_at(const StreamPosition& from, std::uint32_t epochs = 0,
+                std::uint64_t global_start = 0);
   void start();
   std::optional<Batch> next();
   // Starts the run if needed and blocks until next() would return without waiting (a batch, the
@@ -77,6 +101,7 @@ class Pipeline {
   std::optional<std::uint64_t> batches_per_epoch() const;
   // pipeline.prefetch: the batches a consumer may hold at once before the run stalls.
   int prefetch() const;
+  StreamIdentity identity() const;
   // The lowered flow graph, as Graphviz DOT.
   std::string graph_dot() const;
   // Non-fatal configuration remarks (e.g. an int8 mean of 0).

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "millrace/errors.hpp"
@@ -17,6 +18,9 @@ namespace millrace {
 // Every problem in a config file (errors and warnings), without touching the dataset.
 std::vector<Diagnostic> validate_file(const std::string& path,
                                       const std::vector<std::string>& overrides = {});
+// The same for a config given as YAML text; `source_name` stands for the file in diagnostics.
+std::vector<Diagnostic> validate_string(std::string_view yaml, const std::string& source_name,
+                                        const std::vector<std::string>& overrides = {});
 
 // Every stage type with its keys, types, defaults and docs; Markdown when `markdown`.
 std::string stage_reference(bool markdown);

@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "millrace/distributed.hpp"
 #include "millrace/millrace.hpp"
 
 namespace py = pybind11;
@@ -84,18 +85,35 @@ py::dtype numpy_dtype(millrace::DType t) {
   throw std::logic_error("millrace: unknown dtype");
 }
 
+// Row-major strides for `shape` with elements of `element` bytes. Given explicitly: pybind11
+// 2.10 derives default strides from the dtype's item size, read at its NumPy 1 place in the
+// descriptor, which is 0 under NumPy 2 (every element would alias the first).
+std::vector<py::ssize_t> strides_of(const std::vector<py::ssize_t>& shape, py::ssize_t element) {
+  std::vector<py::ssize_t> strides(shape.size());
+  py::ssize_t step = element;
+  for (std::size_t i = shape.size(); i-- > 0;) {
+    strides[i] = step;
+    step *= shape[i];
+  }
+  return strides;
+}
+
 // A writable view of `count` values at `data` in the shape `shape`, owned by the batch `owner`.
 // The batch has passed every stage when Python sees it, so nothing in the engine reads these
 // bytes again: writing to them only changes what Python sees.
 template <class T>
 py::array view(const py::handle& owner, const T* data, std::vector<py::ssize_t> shape) {
-  return py::array(py::dtype::of<T>(), std::move(shape), {}, const_cast<T*>(data), owner);
+  std::vector<py::ssize_t> strides = strides_of(shape, sizeof(T));
+  return py::array(py::dtype::of<T>(), std::move(shape), std::move(strides), const_cast<T*>(data),
+                   owner);
 }
 
 py::array batch_data(const py::object& self) {
   const millrace::Batch& b = self.cast<const PyBatch&>().batch();
   std::vector<py::ssize_t> shape(b.shape().begin(), b.shape().end());
-  return py::array(numpy_dtype(b.dtype()), shape, {}, const_cast<void*>(b.data()), self);
+  std::vector<py::ssize_t> strides =
+      strides_of(shape, static_cast<py::ssize_t>(millrace::dtype_size(b.dtype())));
+  return py::array(numpy_dtype(b.dtype()), shape, strides, const_cast<void*>(b.data()), self);
 }
 
 py::array batch_labels(const py::object& self) {
@@ -107,7 +125,10 @@ py::array batch_labels(const py::object& self) {
 
 py::array batch_ids(const py::object& self) {
   const millrace::Batch& b = self.cast<const PyBatch&>().batch();
-  return view(self, b.ids().data(), {static_cast<py::ssize_t>(b.size())});
+  // int64, as torch and NumPy index with (torch.from_numpy refuses uint64): ids are dataset
+  // positions and record keys, far below 2^63, so the same bytes read as int64 are the same ids.
+  return view(self, reinterpret_cast<const std::int64_t*>(b.ids().data()),
+              {static_cast<py::ssize_t>(b.size())});
 }
 
 py::object batch_outputs(const py::object& self) {
@@ -156,8 +177,23 @@ class PyRun {
   }
 
   void start_at(std::uint32_t epoch, std::uint64_t samples, std::uint64_t batches,
-                std::uint64_t first_batch_samples, std::uint32_t epochs) {
-    run_->pipeline.start_at({epoch, samples, batches, first_batch_samples}, epochs);
+                std::uint64_t first_batch_samples, std::uint32_t epochs,
+                std::uint64_t global_start) {
+    run_->pipeline.start_at({epoch, samples, batches, first_batch_samples}, epochs, global_start);
+  }
+
+  py::dict identity() const {
+    const millrace::StreamIdentity id = run_->pipeline.identity();
+    py::dict d;
+    d["seed"] = id.seed;
+    d["config"] = id.config;
+    d["batch_size"] = id.batch_size;
+    d["dataset"] = id.dataset;
+    d["dataset_samples"] = id.dataset_samples;
+    d["part_index"] = id.part_index;
+    d["num_parts"] = id.num_parts;
+    d["global"] = id.global;
+    return d;
   }
 
   // The next batch, or None at the end of the run.
@@ -240,7 +276,15 @@ class PyRun {
 PYBIND11_MODULE(_millrace, m) {
   m.doc() = "millrace's C++ engine; use the millrace package, not this module";
 
+  m.attr("__version__") = MILLRACE_VERSION;
+
   py::class_<millrace::Diagnostic>(m, "Diagnostic")
+      .def(
+          py::init([](std::string file, int line, int column, std::string message, bool warning) {
+            return millrace::Diagnostic{std::move(file), line, column, std::move(message), warning};
+          }),
+          py::arg("file"), py::arg("line"), py::arg("column"), py::arg("message"),
+          py::arg("warning") = false)
       .def_readonly("file", &millrace::Diagnostic::file)
       .def_readonly("line", &millrace::Diagnostic::line)
       .def_readonly("column", &millrace::Diagnostic::column)
@@ -311,6 +355,21 @@ PYBIND11_MODULE(_millrace, m) {
         return millrace::validate_file(path, overrides);
       },
       py::arg("path"), py::arg("overrides"));
+  m.def(
+      "validate_string",
+      [](const std::string& yaml, const std::string& source_name,
+         const std::vector<std::string>& overrides) {
+        py::gil_scoped_release release;
+        return millrace::validate_string(yaml, source_name, overrides);
+      },
+      py::arg("yaml"), py::arg("source_name"), py::arg("overrides"));
+  m.def("set_process_group", &millrace::set_process_group, py::arg("rank"), py::arg("world"),
+        "the rank and world size that pipelines built from now on split their data set by, "
+        "unless their config sets num_parts / part_index (ignored under MPI)");
+  m.def("process_group", [] {
+    const millrace::ProcessGroup& g = millrace::process_group();
+    return py::make_tuple(g.rank, g.world, g.mpi);
+  });
   m.def("stage_reference", &millrace::stage_reference, py::arg("markdown"));
 
   py::class_<PyRun>(m, "Run")
@@ -318,7 +377,8 @@ PYBIND11_MODULE(_millrace, m) {
       .def_static("from_string", &PyRun::from_string, py::arg("yaml"), py::arg("source_name"),
                   py::arg("overrides"))
       .def("start_at", &PyRun::start_at, py::arg("epoch"), py::arg("samples"), py::arg("batches"),
-           py::arg("first_batch_samples"), py::arg("epochs"))
+           py::arg("first_batch_samples"), py::arg("epochs"), py::arg("global_start") = 0)
+      .def("identity", &PyRun::identity)
       .def("next", &PyRun::next)
       .def("cancel", &PyRun::cancel)
       .def("stats_json", &PyRun::stats_json)

@@ -150,6 +150,18 @@ void BatchAssembler::push(const Sample& s, BatchEmitter& out) {
   }
   BatchData& b = *open.partial;
   append_row(b, s);
+  if (s.repeat) {
+    ++b.pad;
+  } else if (b.pad > 0) {
+    // Repeated samples stay the batch's last rows, where `pad` says the padding is (they arrive
+    // last in source order, but an unordered run may bring one early).
+    const std::size_t first_repeat = b.rows - 1 - static_cast<std::size_t>(b.pad);
+    const std::size_t last = b.rows - 1;
+    copy_row(b, last, b, first_repeat);
+    b.rows = first_repeat;
+    append_row(b, s);
+    b.rows = last + 1;
+  }
   if (b.rows < static_cast<std::size_t>(params_.size)) return;
 
   if (params_.last == Last::kPad && open.first == nullptr) {
@@ -202,7 +214,7 @@ void BatchAssembler::finish_epoch(std::uint32_t epoch, BatchEmitter& out) {
             copy_row(b, r, b, k % filled);
           }
         }
-        b.pad = static_cast<int>(size - filled);
+        b.pad += static_cast<int>(size - filled);
         b.rows = size;
         out.emit(b);
         break;

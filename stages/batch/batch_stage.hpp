@@ -28,6 +28,7 @@ class BatchAssembler final : public BatchStage {
   void push(const Sample& sample, BatchEmitter& out) override;
   void finish_epoch(std::uint32_t epoch, BatchEmitter& out) override;
   bool pads_from_epoch_start() const override { return params_.last == Last::kPad; }
+  int batch_size() const override { return params_.size; }
   std::optional<std::uint64_t> batches_for(std::uint64_t samples) const override;
   std::uint64_t samples_for_another_batch() const override {
     return params_.last == Last::kDrop ? static_cast<std::uint64_t>(params_.size) : 1;

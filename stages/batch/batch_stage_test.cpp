@@ -500,5 +500,45 @@ TEST(BatchAssembler, SchemaThroughTheRegistry) {
   }
 }
 
+// A sample dealt twice in an epoch (Sample::repeat) to even out the parts of a run: a padding row,
+// kept at the end of its batch and counted in `pad`.
+TEST(BatchAssembler, RepeatedSamplesArePaddingRowsAtTheBatchEnd) {
+  const auto repeat = [](std::uint64_t id) {
+    Sample s = make_sample(id, 0);
+    s.repeat = true;
+    return s;
+  };
+  {
+    FakeEmitter out;
+    auto stage = make_batch(4, BatchAssembler::Last::kPartial);
+    stage.push(make_sample(0, 0), out);
+    stage.push(repeat(9), out);  // early, as an unordered run may bring it
+    stage.push(make_sample(1, 0), out);
+    finish(stage, out, 0);
+    ASSERT_EQ(out.emitted.size(), 1U);
+    expect_rows(out.emitted[0], {0, 1, 9});
+    EXPECT_EQ(out.emitted[0].pad, 1);
+  }
+  {
+    FakeEmitter out;
+    auto stage = make_batch(4, BatchAssembler::Last::kPad);
+    push_range(stage, out, 0, 5, 0);
+    stage.push(repeat(1), out);
+    finish(stage, out, 0);
+    ASSERT_EQ(out.emitted.size(), 2U);
+    expect_rows(out.emitted[1], {4, 1, 0, 1});
+    EXPECT_EQ(out.emitted[1].pad, 3);  // the repeat and the two rows padded from the epoch's start
+  }
+  {
+    FakeEmitter out;
+    auto stage = make_batch(2, BatchAssembler::Last::kDrop);
+    push_range(stage, out, 0, 1, 0);
+    stage.push(repeat(0), out);
+    finish(stage, out, 0);
+    ASSERT_EQ(out.emitted.size(), 1U);
+    EXPECT_EQ(out.emitted[0].pad, 1);
+  }
+}
+
 }  // namespace
 }  // namespace millrace

@@ -20,6 +20,7 @@
 #include <tuple>
 
 #include "engine/file_io.hpp"
+#include "engine/deal.hpp"
 #include "engine/random.hpp"
 
 namespace millrace {
@@ -330,6 +331,11 @@ const Schema<FilesSource::Params>& FilesSource::schema() {
               0, 1 << 20);
     s.integer("part_index", &Params::part_index,
               "the part this process reads, 0-based; -1: the process's MPI rank", -1, 1 << 20);
+    s.choice("split", &Params::contiguous,
+             "how the parts share an epoch: global (one order over the whole data set dealt to "
+             "the parts in turn, as DistributedSampler; equal counts) or contiguous (MXNet's "
+             "slices of the list, shuffled within)",
+             {{"global", false}, {"contiguous", true}});
     s.integer64("max_file_bytes", &Params::max_file_bytes,
                 "a file larger than this is a per-sample error, refused from its size before "
                 "reading",
@@ -394,7 +400,29 @@ void FilesSource::prepare() {
   }
   part_index_ = part;
   num_parts_ = parts;
-  if (parts > 1) {
+  // The data set's identity, for checking a resumed position: ids, labels and the paths below the
+  // root, so that the same files elsewhere are the same data set.
+  std::uint64_t digest = stable_hash("files");
+  const auto mix = [&digest](const void* bytes, std::size_t size) {
+    for (std::size_t k = 0; k < size; ++k) {  // FNV-1a, as stable_hash, over every field
+      digest ^= static_cast<const std::uint8_t*>(bytes)[k];
+      digest *= 0x100000001B3ull;
+    }
+  };
+  for (std::size_t i = 0; i < entries_.size(); ++i) {
+    std::string_view path = entries_.path(i);
+    if (path.substr(0, params_.root.size()) == params_.root)
+      path.remove_prefix(params_.root.size());
+    const std::uint64_t id = entries_.id(i);
+    const std::uint64_t length = path.size();
+    mix(&id, sizeof id);
+    mix(&length, sizeof length);
+    mix(path.data(), path.size());
+    mix(entries_.labels(i), sizeof(float) * static_cast<std::size_t>(entries_.label_width()));
+  }
+  digest_ = digest;
+  dataset_samples_ = entries_.size();
+  if (parts > 1 && params_.contiguous) {
     const auto [begin, end] = part_range(entries_.size(), parts, part);
     entries_.keep(begin, end);
   }
@@ -418,19 +446,29 @@ void FilesSource::begin_epoch() {
       std::swap(order_[i - 1], order_[j]);
     }
   }
+  epoch_start_ = epoch_ == first_epoch_ ? global_start_ : 0;
+  epoch_samples_ = deal(epoch_start_).count();
   position_ = 0;
   epoch_open_ = true;
+}
+
+Deal FilesSource::deal(std::uint64_t start) const {
+  if (!global()) return {order_.size(), start, 1, 0};
+  return {order_.size(), start, static_cast<std::uint64_t>(num_parts_),
+          static_cast<std::uint64_t>(part_index_)};
 }
 
 SourceStatus FilesSource::next(Sample& sample) {
   if (epoch_ >= end_epoch_) return SourceStatus::kEnd;
   if (!epoch_open_) begin_epoch();
-  if (position_ == order_.size()) {
+  if (position_ == epoch_samples_) {
     epoch_open_ = false;
     ++epoch_;
     return SourceStatus::kEpochEnd;
   }
-  const std::size_t i = order_[position_++];
+  const Deal::Position at = deal(epoch_start_).at(position_++);
+  const std::size_t i = order_[at.index];
+  sample.repeat = at.repeat;
   sample.id = entries_.id(i);
   sample.path.assign(entries_.path(i));
   sample.labels.assign(entries_.labels(i), entries_.labels(i) + entries_.label_width());
@@ -495,11 +533,22 @@ void FilesSource::load(Sample& sample) const {
   ::close(fd);
 }
 
-std::optional<std::uint64_t> FilesSource::samples_per_epoch() const { return entries_.size(); }
+std::optional<std::uint64_t> FilesSource::samples_per_epoch() const { return deal(0).count(); }
 
 std::optional<std::uint64_t> FilesSource::total_samples() const {
-  return static_cast<std::uint64_t>(entries_.size()) *
-         static_cast<std::uint64_t>(end_epoch_ - first_epoch_);
+  if (end_epoch_ <= first_epoch_) return 0;
+  return deal(global_start_).count() +
+         deal(0).count() * static_cast<std::uint64_t>(end_epoch_ - first_epoch_ - 1);
+}
+
+FilesSource::Split FilesSource::split() const {
+  return {digest_, dataset_samples_, !params_.contiguous};
+}
+
+bool FilesSource::set_global_start(std::uint64_t start) {
+  if (epoch_open_ || start > order_.size() || (params_.contiguous && start != 0)) return false;
+  global_start_ = start;
+  return true;
 }
 
 bool FilesSource::set_epochs(std::uint32_t first, std::uint32_t count) {

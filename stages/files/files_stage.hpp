@@ -1,7 +1,12 @@
 // `files`: the source that reads image files from a folder tree or an im2rec .lst list.
 //
-// `num_parts` / `part_index` shard the dataset with MXNet's semantics (after `limit`); the
-// shuffle then permutes the part.
+// `num_parts` / `part_index` split the dataset (after `limit`). `split: global` (the default)
+// deals each epoch's order over the whole data set to the parts in turn, as PyTorch's
+// DistributedSampler does: part k takes positions k, k + num_parts, ..., every part the same count
+// (a part short of one repeats a sample from the epoch's start, delivered as padding), so a
+// shuffled epoch mixes the whole data set on every part and a resumed epoch may be dealt to
+// another number of parts. `split: contiguous` keeps MXNet's semantics: part k is a contiguous
+// slice of the list, and the shuffle permutes within it.
 //
 // Contract: next() runs serially on one worker (cheap: it only fills a sample's id, path and
 // labels); load() reads the file's bytes and runs concurrently on different samples. The file
@@ -16,6 +21,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "engine/deal.hpp"
 #include "engine/registry.hpp"
 
 namespace millrace {
@@ -99,6 +105,8 @@ class FilesSource final : public SourceStage {
     std::int64_t limit = 0;
     int num_parts = 0;    // 0: the number of processes in the run (1 without MPI)
     int part_index = -1;  // -1: this process's rank
+    // `split: contiguous` (MXNet's slices) rather than `global`.
+    bool contiguous = false;
     // A file is read whole into memory: 256 MiB, as recordio's max_record_bytes.
     std::int64_t max_file_bytes = std::int64_t{256} << 20;
   };
@@ -117,11 +125,16 @@ class FilesSource final : public SourceStage {
   std::pair<int, int> part() const override { return {part_index_, num_parts_}; }
   std::optional<std::uint64_t> samples_per_epoch() const override;
   bool set_epochs(std::uint32_t first, std::uint32_t count) override;
+  Split split() const override;
+  bool set_global_start(std::uint64_t start) override;
 
   const FileIndex& entries() const { return entries_; }
 
  private:
   void begin_epoch();
+  // How an epoch whose first `start` positions were taken earlier is dealt to this part.
+  Deal deal(std::uint64_t start) const;
+  bool global() const { return !params_.contiguous && num_parts_ > 1; }
 
   Params params_;
   std::uint64_t seed_ = 0;
@@ -136,6 +149,11 @@ class FilesSource final : public SourceStage {
   bool epoch_open_ = false;
   int part_index_ = 0;
   int num_parts_ = 1;
+  std::uint64_t digest_ = 0;
+  std::uint64_t dataset_samples_ = 0;
+  std::uint64_t global_start_ = 0;   // where the first epoch read begins in its global order
+  std::uint64_t epoch_start_ = 0;    // ... and the current epoch
+  std::uint64_t epoch_samples_ = 0;  // positions this part takes in the current epoch
 };
 
 }  // namespace millrace

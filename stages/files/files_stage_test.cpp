@@ -610,5 +610,142 @@ TEST(PartRange, MatchesMxnetNstep) {
   EXPECT_EQ(part_range(10, 3, 2), (std::pair<std::size_t, std::size_t>{8, 10}));
 }
 
+// ---- the global split
+// ----------------------------------------------------------------------------
+
+struct Dealt {
+  std::vector<std::uint64_t> ids;      // in the order drawn
+  std::vector<std::uint64_t> repeats;  // the ids drawn as repeats
+};
+
+std::vector<Dealt> deal_epochs(const std::string& yaml, int parts, std::uint64_t global_start,
+                               std::size_t epochs) {
+  std::vector<Dealt> out;
+  for (int k = 0; k < parts; ++k) {
+    auto source = make_source(yaml + "num_parts: " + std::to_string(parts) +
+                              "\npart_index: " + std::to_string(k) + "\n");
+    EXPECT_NE(source, nullptr);
+    if (source == nullptr) return out;
+    source->prepare();
+    EXPECT_TRUE(source->set_global_start(global_start));
+    const Drawn drawn = drain(*source, epochs);
+    Dealt d;
+    for (const Sample& sample : drawn.samples) {
+      if (sample.epoch != 0) continue;
+      d.ids.push_back(sample.id);
+      if (sample.repeat) d.repeats.push_back(sample.id);
+    }
+    out.push_back(d);
+  }
+  return out;
+}
+
+TEST(FilesSource, GlobalSplitDealsOneShuffleToThePartsWithEqualCounts) {
+  TempDir dir;
+  make_dataset(dir, 10);
+  const std::string yaml = "type: files\nroot: " + dir.str() + "\nshuffle: true\nseed: 4\n";
+  auto whole = make_source(yaml);
+  ASSERT_NE(whole, nullptr);
+  whole->prepare();
+  const std::vector<std::uint64_t> order = drain(*whole, 1).epochs[0];
+  ASSERT_NE(order, iota_ids(10));
+  for (const int parts : {2, 3, 4}) {
+    SCOPED_TRACE(std::to_string(parts) + " parts");
+    const std::size_t each = (10 + parts - 1) / parts;
+    std::vector<std::uint64_t> all;
+    std::size_t repeats = 0;
+    const auto dealt = deal_epochs(yaml, parts, 0, 1);
+    ASSERT_EQ(dealt.size(), static_cast<std::size_t>(parts));
+    for (int k = 0; k < parts; ++k) {
+      const Dealt& d = dealt[static_cast<std::size_t>(k)];
+      ASSERT_EQ(d.ids.size(), each);  // every part the same count
+      for (std::size_t j = 0; j < each; ++j) {
+        const std::size_t g = static_cast<std::size_t>(k) + j * static_cast<std::size_t>(parts);
+        // Dealt in turn from the one order; past its end, from its start again.
+        EXPECT_EQ(d.ids[j], order[g < 10 ? g : g - 10]);
+      }
+      repeats += d.repeats.size();
+      all.insert(all.end(), d.ids.begin(), d.ids.end() - static_cast<long>(d.repeats.size()));
+    }
+    EXPECT_EQ(repeats, each * static_cast<std::size_t>(parts) - 10);
+    std::sort(all.begin(), all.end());
+    EXPECT_EQ(all, iota_ids(10));  // disjoint and covering, repeats aside
+  }
+}
+
+TEST(FilesSource, GlobalStartDealsTheRestOfTheEpochToAnyNumberOfParts) {
+  TempDir dir;
+  make_dataset(dir, 10);
+  const std::string yaml =
+      "type: files\nroot: " + dir.str() + "\nshuffle: true\nseed: 4\nepochs: 2\n";
+  auto whole = make_source(yaml);
+  ASSERT_NE(whole, nullptr);
+  whole->prepare();
+  const auto epochs = drain(*whole, 2).epochs;
+  // Two parts took 3 each: positions [0, 6) of the order. Three parts deal [6, 10).
+  const auto dealt = deal_epochs(yaml, 3, 6, 2);
+  std::vector<std::uint64_t> rest;
+  for (const Dealt& d : dealt) {
+    ASSERT_EQ(d.ids.size(), 2U);
+    rest.insert(rest.end(), d.ids.begin(), d.ids.end() - static_cast<long>(d.repeats.size()));
+  }
+  std::sort(rest.begin(), rest.end());
+  std::vector<std::uint64_t> expected(epochs[0].begin() + 6, epochs[0].end());
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(rest, expected);
+  // Only the first epoch starts late: the next is whole.
+  auto one = make_source(yaml);
+  ASSERT_NE(one, nullptr);
+  one->prepare();
+  ASSERT_TRUE(one->set_global_start(6));
+  const auto resumed = drain(*one, 2).epochs;
+  EXPECT_EQ(resumed[0], std::vector<std::uint64_t>(epochs[0].begin() + 6, epochs[0].end()));
+  EXPECT_EQ(resumed[1], epochs[1]);
+  // Past the end of the order, or with a contiguous split, there is no such start.
+  auto past = make_source(yaml);
+  ASSERT_NE(past, nullptr);
+  past->prepare();
+  EXPECT_FALSE(past->set_global_start(11));
+  auto contiguous = make_source(yaml + "split: contiguous\n");
+  ASSERT_NE(contiguous, nullptr);
+  contiguous->prepare();
+  EXPECT_FALSE(contiguous->set_global_start(6));
+  EXPECT_FALSE(contiguous->split().global);
+}
+
+TEST(FilesSource, ContiguousSplitKeepsMxnetsSlices) {
+  TempDir dir;
+  make_dataset(dir, 10);
+  auto part = make_source("type: files\nroot: " + dir.str() +
+                          "\nsplit: contiguous\nnum_parts: 2\npart_index: 1\n");
+  ASSERT_NE(part, nullptr);
+  part->prepare();
+  const auto ids = drain(*part, 1).epochs[0];
+  EXPECT_EQ(ids, std::vector<std::uint64_t>({5, 6, 7, 8, 9}));
+}
+
+TEST(FilesSource, TheDatasetDigestFollowsTheEntriesNotWhereTheyLie) {
+  TempDir a;
+  TempDir b;
+  TempDir c;
+  make_dataset(a, 6);
+  make_dataset(b, 6);
+  make_dataset(c, 5);
+  c.write("odd/f105.jpg", "bytes of 5");  // the same count, another name
+  const auto split = [](const TempDir& dir, const std::string& extra) {
+    auto source = make_source("type: files\nroot: " + dir.str() + "\n" + extra);
+    EXPECT_NE(source, nullptr);
+    if (source == nullptr) return SourceStage::Split{};
+    source->prepare();
+    return source->split();
+  };
+  EXPECT_EQ(split(a, "").dataset, split(b, "").dataset);  // the same files in another folder
+  EXPECT_EQ(split(a, "").dataset_samples, 6U);
+  EXPECT_EQ(split(a, "limit: 5\n").dataset_samples, 5U);
+  EXPECT_NE(split(a, "").dataset, split(a, "limit: 5\n").dataset);
+  EXPECT_NE(split(a, "").dataset, split(c, "").dataset);
+  EXPECT_TRUE(split(a, "").global);
+}
+
 }  // namespace
 }  // namespace millrace

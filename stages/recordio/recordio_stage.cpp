@@ -128,6 +128,11 @@ const Schema<RecordIoSource::Params>& RecordIoSource::schema() {
               0, 1 << 20);
     s.integer("part_index", &Params::part_index,
               "the part this process reads, 0-based; -1: the process's MPI rank", -1, 1 << 20);
+    s.choice("split", &Params::contiguous,
+             "how the parts share an epoch with an index: global (one order over all the records "
+             "dealt to the parts in turn, as DistributedSampler; equal counts) or contiguous "
+             "(MXNet's slices, shuffled within); without an index always MXNet's byte ranges",
+             {{"global", false}, {"contiguous", true}});
     s.integer("shuffle_buffer", &Params::shuffle_buffer,
               "records held for shuffling when there is no index", 1, 1 << 24);
     s.integer64("max_record_bytes", &Params::max_record_bytes,
@@ -270,9 +275,10 @@ void RecordIoSource::prepare_indexed(const std::vector<std::uint64_t>& sizes) {
   }
   if (all.empty()) throw std::runtime_error("stage '" + name() + "': the index lists no records");
   const std::uint64_t n = all.size();
-  const auto parts = static_cast<std::uint64_t>(num_parts_);
+  const auto parts = static_cast<std::uint64_t>(params_.contiguous ? num_parts_ : 1);
   const std::uint64_t step = (n + parts - 1) / parts;
-  const std::uint64_t first = std::min(n, step * static_cast<std::uint64_t>(part_index_));
+  const std::uint64_t first =
+      params_.contiguous ? std::min(n, step * static_cast<std::uint64_t>(part_index_)) : 0;
   std::uint64_t last = std::min(n, first + step);
   if (params_.limit > 0) last = std::min(last, first + static_cast<std::uint64_t>(params_.limit));
   if (last - first > std::numeric_limits<std::int32_t>::max()) {
@@ -280,6 +286,18 @@ void RecordIoSource::prepare_indexed(const std::vector<std::uint64_t>& sizes) {
   }
   records_.assign(all.begin() + static_cast<std::ptrdiff_t>(first),
                   all.begin() + static_cast<std::ptrdiff_t>(last));
+  // The data set's identity, for checking a resumed position: the records' keys and sizes.
+  std::uint64_t digest = stable_hash("recordio");
+  for (const Indexed& r : records_) {
+    for (const std::uint64_t v : {r.key, r.size}) {
+      for (unsigned k = 0; k < sizeof v; ++k) {  // FNV-1a, as stable_hash
+        digest ^= (v >> (8 * k)) & 0xFFU;
+        digest *= 0x100000001B3ull;
+      }
+    }
+  }
+  digest_ = digest;
+  dataset_samples_ = params_.contiguous ? n : records_.size();
   for (const int fd : fds_) ::close(fd);
   fds_.clear();
   for (const auto& f : file_paths_) {
@@ -326,6 +344,8 @@ void RecordIoSource::begin_epoch() {
         std::swap(order_[i - 1], order_[j]);
       }
     }
+    epoch_start_ = epoch_ == first_epoch_ ? global_start_ : 0;
+    epoch_samples_ = deal(epoch_start_).count();
     position_ = 0;
   } else {
     range_ = 0;
@@ -381,8 +401,10 @@ SourceStatus RecordIoSource::next(Sample& sample) {
     return SourceStatus::kEpochEnd;
   };
   if (indexed_) {
-    if (position_ == order_.size()) return end_epoch();
-    const std::uint32_t i = order_[position_++];
+    if (position_ == epoch_samples_) return end_epoch();
+    const Deal::Position at = deal(epoch_start_).at(position_++);
+    const std::uint32_t i = order_[at.index];
+    sample.repeat = at.repeat;
     const Indexed& r = records_[i];
     sample.id = r.key;  // im2rec writes the header id as the key; load() reads the header's
     sample.epoch = static_cast<std::uint32_t>(epoch_);
@@ -509,13 +531,31 @@ void RecordIoSource::load(Sample& sample) const {
 
 std::optional<std::uint64_t> RecordIoSource::samples_per_epoch() const {
   if (!indexed_) return std::nullopt;
-  return records_.size();
+  return deal(0).count();
 }
 
 std::optional<std::uint64_t> RecordIoSource::total_samples() const {
   if (!indexed_) return std::nullopt;
-  return static_cast<std::uint64_t>(records_.size()) *
-         static_cast<std::uint64_t>(end_epoch_ - first_epoch_);
+  if (end_epoch_ <= first_epoch_) return 0;
+  return deal(global_start_).count() +
+         deal(0).count() * static_cast<std::uint64_t>(end_epoch_ - first_epoch_ - 1);
+}
+
+Deal RecordIoSource::deal(std::uint64_t start) const {
+  if (!global()) return {records_.size(), start, 1, 0};
+  return {records_.size(), start, static_cast<std::uint64_t>(num_parts_),
+          static_cast<std::uint64_t>(part_index_)};
+}
+
+RecordIoSource::Split RecordIoSource::split() const {
+  return {indexed_ ? digest_ : 0, indexed_ ? dataset_samples_ : 0, global()};
+}
+
+bool RecordIoSource::set_global_start(std::uint64_t start) {
+  if (start == 0) return true;
+  if (epoch_open_ || !global() || start > records_.size()) return false;
+  global_start_ = start;
+  return true;
 }
 
 bool RecordIoSource::set_epochs(std::uint32_t first, std::uint32_t count) {

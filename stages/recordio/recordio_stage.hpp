@@ -19,11 +19,14 @@
 //   frame a payload under the limit can have). A framing error
 //   found by next() travels in the sample's `error` to load(), which raises it: an exception from
 //   next() would stop the run.
-// - Sharding follows MXNet: with an index by record count (part k = records [k*nstep,
-//   min(N,(k+1)*nstep)) in offset order, nstep = ceil(N/num_parts)); without one by bytes over the
-//   concatenated files (boundaries every ceil(size/num_parts) bytes rounded up to 4, each moved
-//   forward to the next record head). Every record lands in exactly one part. By default an MPI
-//   run gives each process the part of its rank.
+// - With an index, `split: global` (the default) deals each epoch's order over all the records
+//   to the parts in turn (engine/deal.hpp: DistributedSampler's split, equal counts), so a
+//   resumed epoch may be dealt to another number of parts. `split: contiguous`, and every run
+//   without an index, shard as MXNet does: with an index by record count (part k = records
+//   [k*nstep, min(N,(k+1)*nstep)) in offset order, nstep = ceil(N/num_parts)); without one by bytes
+//   over the concatenated files (boundaries every ceil(size/num_parts) bytes rounded up to 4, each
+//   moved forward to the next record head). Every record lands in exactly one part. By default an
+//   MPI run gives each process the part of its rank.
 // - Shuffling draws from a counter-based generator keyed on (seed, epoch): with an index a new
 //   full permutation of the part each epoch; without one a buffer of `shuffle_buffer` records
 //   (memory: that many encoded images), never the whole file.
@@ -38,6 +41,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "engine/deal.hpp"
 #include "engine/random.hpp"
 #include "engine/registry.hpp"
 #include "stages/recordio/recordio_kernel.hpp"
@@ -57,6 +61,8 @@ class RecordIoSource final : public SourceStage {
     std::int64_t limit = 0;
     int num_parts = 0;    // 0: the number of processes in the run (1 without MPI)
     int part_index = -1;  // -1: this process's rank
+    // `split: contiguous`: MXNet's slices even with an index.
+    bool contiguous = false;
     int shuffle_buffer = 1024;
     std::int64_t max_record_bytes = static_cast<std::int64_t>(recordio::kDefaultMaxRecordBytes);
   };
@@ -76,6 +82,8 @@ class RecordIoSource final : public SourceStage {
   std::pair<int, int> part() const override { return {part_index_, num_parts_}; }
   std::optional<std::uint64_t> samples_per_epoch() const override;
   bool set_epochs(std::uint32_t first, std::uint32_t count) override;
+  Split split() const override;
+  bool set_global_start(std::uint64_t start) override;
 
   // What prepare() found: the .rec files in reading order and whether they are read by index.
   const std::vector<std::string>& files() const { return file_paths_; }
@@ -103,6 +111,8 @@ class RecordIoSource final : public SourceStage {
   void prepare_indexed(const std::vector<std::uint64_t>& sizes);
   void prepare_ranges(const std::vector<std::uint64_t>& sizes);
   void begin_epoch();
+  bool global() const { return indexed_ && !params_.contiguous; }
+  Deal deal(std::uint64_t start) const;
   bool pull(Pending& item);
   void emit(Sample& sample, Pending& item);
   void finish_load(Sample& sample, std::uint64_t offset) const;
@@ -120,6 +130,11 @@ class RecordIoSource final : public SourceStage {
   std::vector<int> fds_;
   std::vector<std::uint32_t> order_;
   std::size_t position_ = 0;
+  std::uint64_t digest_ = 0;
+  std::uint64_t dataset_samples_ = 0;
+  std::uint64_t global_start_ = 0;   // where the first epoch read begins in its global order
+  std::uint64_t epoch_start_ = 0;    // ... and the current epoch
+  std::uint64_t epoch_samples_ = 0;  // positions this part takes in the current epoch
 
   // Without: the part's byte range in each file, read in order by one reader.
   std::vector<Range> ranges_;

@@ -320,8 +320,9 @@ void expect_parts_cover_once(const Source& src) {
     const auto step_bytes = recordio::align4((src.size + static_cast<std::uint64_t>(parts) - 1) /
                                              static_cast<std::uint64_t>(parts));
     for (int k = 0; k < parts; ++k) {
-      auto source = make_source(src.yaml + "num_parts: " + std::to_string(parts) +
-                                "\npart_index: " + std::to_string(k) + "\n");
+      auto source =
+          make_source(src.yaml + "split: contiguous\nnum_parts: " + std::to_string(parts) +
+                      "\npart_index: " + std::to_string(k) + "\n");
       ASSERT_NE(source, nullptr);
       EXPECT_EQ(source->indexed(), src.indexed);
       EXPECT_EQ(source->part(), std::make_pair(k, parts));
@@ -514,7 +515,7 @@ TEST(RecordIoShuffle, WithAnIndexAFullPermutationPerEpoch) {
   }
   EXPECT_GT(longest, 25U);
   // A shuffled part is a permutation of that part.
-  const auto part = epoch_ids(yaml + "num_parts: 3\npart_index: 1\n");
+  const auto part = epoch_ids(yaml + "split: contiguous\nnum_parts: 3\npart_index: 1\n");
   ASSERT_EQ(part.size(), 3U);
   const auto ids = all_ids(d.records);
   const std::vector<std::uint64_t> middle(ids.begin() + 17, ids.begin() + 34);
@@ -580,7 +581,7 @@ TEST(RecordIoSource, LimitTakesThePartsFirstRecords) {
       EXPECT_EQ(ids_of(e), std::vector<std::uint64_t>(ids.begin(), ids.begin() + 4));
     }
     auto part = make_source("type: recordio\npath: " + d->rec +
-                            "\nlimit: 3\nnum_parts: 2\npart_index: 1\n");
+                            "\nlimit: 3\nsplit: contiguous\nnum_parts: 2\npart_index: 1\n");
     ASSERT_NE(part, nullptr);
     // The second half starts at record 10 (by count) or at the first record head in the second
     // half of the bytes.
@@ -841,8 +842,8 @@ TEST(RecordIoSource, PartFollowsTheProcessRankByDefault) {
   TempDir dir;
   const Dataset d = make_dataset(dir.file("data.rec"), 9, true);
   Diagnostics diagnostics;
-  const ConfigNode node =
-      load_config_document("type: recordio\npath: " + d.rec + "\n", "r.yaml", diagnostics);
+  const ConfigNode node = load_config_document(
+      "type: recordio\npath: " + d.rec + "\nsplit: contiguous\n", "r.yaml", diagnostics);
   StageContext context;
   context.name = "recordio";
   context.type = "recordio";

@@ -49,8 +49,8 @@ class MpiTest(unittest.TestCase):
         for ids in per_rank:
             self.assertTrue(ids, "a rank read nothing")
         self.assertFalse(set(per_rank[0]) & set(per_rank[1]))
-        # MXNet's partition by count: rank 0 reads the first ceil(N / 2) entries of the list.
-        self.assertEqual(sorted(per_rank[0]), list(range((e2e.DATASET_COUNT + 1) // 2)))
+        # The list dealt to the ranks in turn (split: global): rank 0 takes entries 0, 2, 4, ...
+        self.assertEqual(sorted(per_rank[0]), list(range(0, e2e.DATASET_COUNT, RANKS)))
 
         with open(summary) as f:
             data = json.load(f)
@@ -60,6 +60,13 @@ class MpiTest(unittest.TestCase):
         self.assertEqual(sum(r["images"] for r in data["ranks"]), e2e.DATASET_COUNT)
         self.assertIn(f"({RANKS} ranks", result.stdout)
         self.assertEqual(result.stdout.count("images in"), 1, "only rank 0 prints the summary")
+
+    def test_a_contiguous_split_is_mxnets_partition_by_count(self):
+        out, _, _ = self.run_sharded("files.split=contiguous")
+        per_rank = [self.ids_of_rank(out, r) for r in range(RANKS)]
+        # Rank 0 reads the first ceil(N / 2) entries of the list.
+        self.assertEqual(sorted(per_rank[0]), list(range((e2e.DATASET_COUNT + 1) // 2)))
+        self.assertEqual(sorted(per_rank[0] + per_rank[1]), list(range(e2e.DATASET_COUNT)))
 
     def test_the_config_can_pin_the_part(self):
         out, summary, _ = self.run_sharded("files.num_parts=1", "files.part_index=0")

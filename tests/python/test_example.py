@@ -38,3 +38,23 @@ def test_a_torchvision_network_trains_on_millrace_batches(source, dataset):
                     "--steps", "2", "--batch", "2", "--threads", "2")
     loss = float(m.group(5))
     assert int(m.group(2)) == 2 and 0 < loss < 2 * 20  # two cross-entropy losses over 1000 classes
+
+
+def test_the_loop_trains_under_distributed_data_parallel_on_two_ranks(source, dataset, tmp_path):
+    # Two processes with the variables torchrun sets (Debian's torch 1.13 launcher fails on
+    # Python 3.11 before it starts anything).
+    script = os.path.join(source, "examples", "python", "train_loop.py")
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT="29517")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-B", script, "--root", dataset, "--loader", "millrace", "--model",
+             "resnet18", "--steps", "3", "--batch", "2", "--threads", "2"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path))
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    lines = [LINE.findall(out) for out, _ in outs]
+    assert len(lines[0]) == 1 and lines[1] == []  # rank 0 alone reports
+    assert int(lines[0][0][1]) == 2 * 2 and 0 < float(lines[0][0][4]) < 3 * 20

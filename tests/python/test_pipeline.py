@@ -108,7 +108,7 @@ def test_arrays_view_the_batch_buffer_and_torch_shares_it(source, dataset):
         assert tensor.dtype == torch.int8 and tuple(tensor.shape) == data.shape
         assert tuple(batch.data.shape) == (6, 3, 64, 64)
         assert batch.labels.dtype == np.float32 and batch.labels.shape == (6,)
-        assert batch.ids.dtype == np.uint64 and batch.ids.shape == (6,)
+        assert batch.ids.dtype == np.int64 and batch.ids.shape == (6,)
         q = batch.quantization
         assert q["unit"] == [1.0, 1.0, 1.0] and q["zero_point"] == 0 and q["mxnet_compatible"]
 
