@@ -90,7 +90,8 @@ def millrace_run(args, model, variant, work, images, calibrate, batch=32):
     if batch != 32:
         sets.append(f"batch.size={batch}")
     if not calibrate:
-        sets.append(f"infer.alone={args.peer_batches}")
+        # As many images as the peers time: --peer-batches batches of 32.
+        sets.append(f"infer.alone={max(1, args.peer_batches * 32 // batch)}")
     if variant == "fp32":
         sets.append("infer.precision=fp32")
     else:
@@ -161,7 +162,7 @@ def summarise_millrace(model, reports, variants):
 def peer_round(args, work, number):
     """One run of the peer: every model and precision, timed once."""
     peer_json = os.path.join(work, f"peer_{number}.json")
-    cmd = [args.peer_python, PEER, "--models", ",".join(args.models), "--batch", "32",
+    cmd = [args.peer_python, PEER, "--models", ",".join(args.torch1_models), "--batch", "32",
            "--threads", str(args.infer_threads), "--batches", str(args.peer_batches),
            "--calibration-batches", str(args.calibration_batches), "--repeats", "1",
            "--json", peer_json]

@@ -90,39 +90,39 @@ def prepare_all(paths, mean, std):
 
 # ----------------------------------------------------------------------------- OpenVINO
 
-def openvino_runner(model_path, precision, calibration, batch, threads):
+def openvino_runner(model_path, precision, calibration, batches, threads):
     import openvino as ov
 
     core = ov.Core()
     model = core.read_model(model_path)
+    info = {"openvino": ov.__version__}
     if precision == "int8":
         import nncf
         dataset = nncf.Dataset(list(calibration), lambda x: x[None])
         model = nncf.quantize(model, dataset, subset_size=len(calibration))
-    model.reshape({model.inputs[0].get_any_name(): [batch, 3, 224, 224]})
+        info["nncf"] = nncf.__version__
     config = {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1,
               "PERFORMANCE_HINT": "LATENCY"}
     if precision == "fp32":
         config["INFERENCE_PRECISION_HINT"] = "f32"
-    compiled = core.compile_model(model, "CPU", config)
-    request = compiled.create_infer_request()
-    output = compiled.outputs[0]
+    runs = {}
+    for batch in batches:
+        model.reshape({model.inputs[0].get_any_name(): [batch, 3, 224, 224]})
+        compiled = core.compile_model(model, "CPU", config)
+        request = compiled.create_infer_request()
+        info["inference_precision"] = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
 
-    def run(x):
-        request.infer({0: x})
-        return request.get_tensor(output).data.copy()
+        def run(x, request=request, output=compiled.outputs[0]):
+            request.infer({0: x})
+            return request.get_tensor(output).data.copy()
 
-    info = {"openvino": ov.__version__,
-            "inference_precision": str(compiled.get_property("INFERENCE_PRECISION_HINT"))}
-    if precision == "int8":
-        import nncf
-        info["nncf"] = nncf.__version__
-    return run, info
+        runs[batch] = run
+    return runs, info
 
 
 # ----------------------------------------------------------------------------- ONNX Runtime
 
-def onnxruntime_runner(model_path, precision, calibration, batch, threads, work):
+def onnxruntime_runner(model_path, precision, calibration, batches, threads, work):
     import onnxruntime as ort
 
     path = model_path
@@ -158,7 +158,7 @@ def onnxruntime_runner(model_path, precision, calibration, batch, threads, work)
     def run(x):
         return session.run(None, {name: x})[0]
 
-    return run, {"onnxruntime": ort.__version__}
+    return {batch: run for batch in batches}, {"onnxruntime": ort.__version__}
 
 
 # ----------------------------------------------------------------------------- PyTorch 2
@@ -310,7 +310,7 @@ def onnx_module(model_path):
     return OnnxModule().eval()
 
 
-def torch2_runner(model_path, precision, calibration, batch, threads):
+def torch2_runner(model_path, precision, calibration, batches, threads):
     import torch
 
     torch.set_num_threads(threads)
@@ -331,16 +331,18 @@ def torch2_runner(model_path, precision, calibration, batch, threads):
         with torch.inference_mode():
             return model(torch.from_numpy(x)).numpy()
 
-    return run, {"torch": torch.__version__, "quantized_engine": "x86"}
+    return {batch: run for batch in batches}, {"torch": torch.__version__,
+                                               "quantized_engine": "x86"}
 
 
-def make_runner(system, model_path, precision, calibration, batch, threads, work):
+def make_runner(system, model_path, precision, calibration, batches, threads, work):
+    """({batch: run(x) -> logits}, facts): the model quantized once, prepared for each batch."""
     if system == "openvino":
-        return openvino_runner(model_path, precision, calibration, batch, threads)
+        return openvino_runner(model_path, precision, calibration, batches, threads)
     if system == "onnxruntime":
-        return onnxruntime_runner(model_path, precision, calibration, batch, threads, work)
+        return onnxruntime_runner(model_path, precision, calibration, batches, threads, work)
     if system == "torch2":
-        return torch2_runner(model_path, precision, calibration, batch, threads)
+        return torch2_runner(model_path, precision, calibration, batches, threads)
     raise SystemExit(f"unknown system {system}")
 
 
@@ -350,21 +352,22 @@ def speed(args, calibration, work):
     rows = []
     for system in args.systems:
         for precision in args.precisions:
+            started = time.perf_counter()
+            runs, info = make_runner(system, args.model, precision, calibration, args.batches,
+                                     args.threads, work)
+            setup_seconds = time.perf_counter() - started
             for batch in args.batches:
-                started = time.perf_counter()
-                run, info = make_runner(system, args.model, precision, calibration, batch,
-                                        args.threads, work)
-                setup_seconds = time.perf_counter() - started
+                run = runs[batch]
                 x = np.ascontiguousarray(np.resize(calibration, (batch,) + calibration.shape[1:]))
                 for _ in range(args.warmup):
                     run(x)
-                runs = max(1, -(-args.images // batch))
+                count = max(1, -(-args.images // batch))
                 rates = []
                 for _ in range(args.repeats):
                     t0 = time.perf_counter()
-                    for _ in range(runs):
+                    for _ in range(count):
                         run(x)
-                    rates.append(runs * batch / (time.perf_counter() - t0))
+                    rates.append(count * batch / (time.perf_counter() - t0))
                 rate = statistics.median(rates)
                 print(f"{system} {os.path.basename(args.model)} {precision} batch {batch}: "
                       f"{rate:.1f} images/s (repeats {', '.join(f'{r:.1f}' for r in rates)})",
@@ -380,8 +383,9 @@ def predict(args, calibration, work):
     rows = []
     for system in args.systems:
         for precision in args.precisions:
-            run, info = make_runner(system, args.model, precision, calibration,
-                                    args.predict_batch, args.threads, work)
+            runs, info = make_runner(system, args.model, precision, calibration,
+                                     [args.predict_batch], args.threads, work)
+            run = runs[args.predict_batch]
             top = []
             for start in range(0, len(items), args.predict_batch):
                 chunk = items[start:start + args.predict_batch]
