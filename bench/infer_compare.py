@@ -1,8 +1,24 @@
 #!/usr/bin/python3
-"""millrace's int8 inference against PyTorch's, side by side, in one command.
+"""millrace's int8 inference against its peers', side by side, in one command.
 
   /usr/bin/python3 bench/infer_compare.py [--millrace build/millrace] [--models resnet18,resnet50]
-      [--images 192] [--json out/infer_compare.json] [--keep DIR]
+      [--images 192] [--peers openvino,onnxruntime,torch2] [--batches 32,1]
+      [--json out/infer_compare.json] [--keep DIR]
+
+Models: resnet18, resnet50, mobilenet_v2 (bench/models/export.py) and efficientnet_lite0 (the
+trained network, bench/models/export_efficientnet_lite.py); data/models/<model>.onnx. A model
+without a config of its own (configs/<model>_int8.yaml) runs ResNet-18's with its model file.
+
+--peers adds OpenVINO + NNCF, ONNX Runtime (QDQ) and PyTorch 2 (x86 backend) on the same ONNX
+file (bench/peers/infer_peers.py, run by .venv-infer-peers/bin/python from `scripts/setup
+--peers`), int8, at every batch of --batches, calibrated on the same images as millrace and the
+PyTorch 1.13 peer (the --calibration-batches x 32 photos spread evenly over the data set's list).
+Each round then runs them after the PyTorch 1.13 peer. --batches also times millrace at the other
+batch sizes (int8 and fp32, `batch.size=N`). The JSON's `rows` list every figure as
+{"model", "system", "batch", "images_per_second"} (medians over the rounds; system is one of
+millrace-int8, millrace-fp32, torch1.13-int8, torch1.13-fp32, openvino-int8, onnxruntime-int8,
+torch2-int8), with `round_images_per_second` and, for millrace-int8 at batch 32, the end-to-end
+rate; `models` holds the per-model summary below.
 
 For each model, the repository's config configs/<model>_int8.yaml runs through
 `millrace run CONFIG --set files.limit=N --json F --quiet` in four variants:
@@ -45,20 +61,37 @@ from benchlib import RunFailed, print_table, run, write_json
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 PEER = os.path.join(HERE, "peers", "torch_int8.py")
+PEERS2 = os.path.join(HERE, "peers", "infer_peers.py")
+MODELS = ("resnet18", "resnet50", "mobilenet_v2", "efficientnet_lite0")
+TORCH1_MODELS = ("resnet18", "resnet50", "mobilenet_v2")  # torchvision's quantizable models
+# The model's own preprocessing, pixel units: mean, std.
+PREPROCESSING = {"efficientnet_lite0": ("127,127,127", "128,128,128")}
 MODEL_STD = "[58.395,57.12,57.375]"  # torchvision's std in pixel units, as the configs give it
 IMAGE_ELEMENTS = 224 * 224 * 3
 BYTES_PER_ELEMENT = {"int8": 1, "uint8": 1, "float32": 4}
 
 
-def millrace_run(args, model, variant, work, images, calibrate):
+def millrace_run(args, model, variant, work, images, calibrate, batch=32):
     """One `millrace run` of configs/<model>_int8.yaml; returns its JSON report."""
     config = os.path.join(REPO, "configs", f"{model}_int8.yaml")
-    stem = f"{model}_{variant}" + ("_calibration" if calibrate else "")
+    sets = []
+    if not os.path.isfile(config):
+        config = os.path.join(REPO, "configs", "resnet18_int8.yaml")
+        sets.append(f"infer.model={os.path.join(REPO, 'data', 'models', model + '.onnx')}")
+    stem = f"{model}_{variant}_b{batch}" + ("_calibration" if calibrate else "")
     result_json = os.path.join(work, stem + ".json")
-    sets = [f"files.limit={images}", f"predictions.path={os.path.join(work, stem + '.jsonl')}",
-            f"infer.threads={args.infer_threads}", f"pipeline.threads={args.threads}"]
+    sets += [f"predictions.path={os.path.join(work, stem + '.jsonl')}",
+             f"infer.threads={args.infer_threads}", f"pipeline.threads={args.threads}"]
+    if calibrate:
+        # The photos every system calibrates on (calibration_list()).
+        sets.append(f"files.list={os.path.join(work, 'calibration.lst')}")
+    else:
+        sets.append(f"files.limit={images}")
+    if batch != 32:
+        sets.append(f"batch.size={batch}")
     if not calibrate:
-        sets.append(f"infer.alone={args.peer_batches}")
+        # As many images as the peers time: --peer-batches batches of 32.
+        sets.append(f"infer.alone={max(1, args.peer_batches * 32 // batch)}")
     if variant == "fp32":
         sets.append("infer.precision=fp32")
     else:
@@ -80,7 +113,7 @@ def millrace_run(args, model, variant, work, images, calibrate):
         raise RunFailed(f"millrace ({model}, {variant}) wrote no usable JSON at {result_json}: {e}")
     if not report.get("finished") or report.get("error"):
         raise RunFailed(f"millrace ({model}, {variant}) did not finish: {report.get('error')}")
-    if report.get("images") != images:
+    if not calibrate and report.get("images") != images:
         raise RunFailed(f"millrace ({model}, {variant}) delivered {report.get('images')} images, "
                         f"{images} expected")
     report["command"] = cmd
@@ -102,9 +135,9 @@ VARIANTS = ("int8", "int8-layers", "fp32", "f32-loader")
 TABLE_OF = {"int8": "int8", "int8-layers": "int8", "fp32": None, "f32-loader": "f32-loader"}
 
 
-def summarise_millrace(model, reports):
+def summarise_millrace(model, reports, variants):
     rows = {}
-    for variant in VARIANTS:
+    for variant in variants:
         what = f"millrace ({model}, {variant})"
         inference = [metric(r, "infer.alone_images_per_second", what) for r in reports[variant]]
         in_pipeline = [metric(r, "infer.inference_images_per_second", what)
@@ -129,7 +162,7 @@ def summarise_millrace(model, reports):
 def peer_round(args, work, number):
     """One run of the peer: every model and precision, timed once."""
     peer_json = os.path.join(work, f"peer_{number}.json")
-    cmd = [args.peer_python, PEER, "--models", ",".join(args.models), "--batch", "32",
+    cmd = [args.peer_python, PEER, "--models", ",".join(args.torch1_models), "--batch", "32",
            "--threads", str(args.infer_threads), "--batches", str(args.peer_batches),
            "--calibration-batches", str(args.calibration_batches), "--repeats", "1",
            "--json", peer_json]
@@ -140,21 +173,72 @@ def peer_round(args, work, number):
         return json.load(f)
 
 
+def calibration_list(args, work):
+    """The calibration photos: --calibration-batches x 32 spread evenly over the data set's list,
+    the very ones bench/peers/torch_int8.py and infer_peers.py choose, as a list millrace reads."""
+    root = os.path.join(REPO, "data", "imagenet-like")
+    with open(os.path.join(root, "labels.lst")) as f:
+        lines = [line for line in f if line.count("\t") >= 2]
+    count = args.calibration_batches * 32
+    chosen = [lines[i * len(lines) // count] for i in range(count)]
+    path = os.path.join(work, "calibration.lst")
+    with open(path, "w") as f:
+        f.writelines(chosen)
+    return path
+
+
+def peers2_round(args, work, number):
+    """One run of the peers of infer_peers.py per model: int8 at every batch size."""
+    rows = []
+    for model in args.models:
+        peer_json = os.path.join(work, f"peers2_{model}_{number}.json")
+        mean, std = PREPROCESSING.get(model, ("123.675,116.28,103.53", "58.395,57.12,57.375"))
+        cmd = [args.peers_python, PEERS2, "speed", "--systems", ",".join(args.peers),
+               "--precisions", "int8", "--model",
+               os.path.join(REPO, "data", "models", f"{model}.onnx"),
+               "--calibration-list", os.path.join(work, "calibration.lst"),
+               "--calibration-root", os.path.join(REPO, "data", "imagenet-like"),
+               "--calibration-images", str(args.calibration_batches * 32),
+               "--mean", mean, "--std", std,
+               "--batches", ",".join(str(b) for b in args.batches),
+               "--threads", str(args.infer_threads), "--images", str(args.peer_batches * 32),
+               "--repeats", "1", "--json", peer_json]
+        result, _ = run(cmd, args.timeout, f"the peers ({model})", cwd=REPO)
+        for line in result.stdout.strip().splitlines():
+            print(f"[round {number + 1}] {line}", flush=True)
+        with open(peer_json) as f:
+            for row in json.load(f)["rows"]:
+                rows.append({"model": model, **row})
+    return rows
+
+
 def measure(args, work):
     """Rounds of every millrace variant of every model, then the peer; medians over the rounds.
 
     Taking turns in this way, rather than timing one side after the other, lets a change in a
     shared machine's load touch both sides (and every variant) alike.
     """
+    calibration_list(args, work)
     for model in args.models:
-        for variant in VARIANTS:
+        for variant in args.variants:
             if TABLE_OF[variant] == variant:
                 millrace_run(args, model, variant, work, args.calibration_images, calibrate=True)
     reports = {m: {v: [] for v in VARIANTS} for m in args.models}
+    small = {(m, v, b): [] for m in args.models for v in ("int8", "fp32") for b in args.batches
+             if b != 32}
     peer_runs = []
+    peers2_runs = []
     for number in range(args.repeats):
         for model in args.models:
-            for variant in VARIANTS:
+            for batch in [b for b in args.batches if b != 32]:
+                for variant in ("int8", "fp32"):
+                    report = millrace_run(args, model, variant, work, args.small_batch_images,
+                                          calibrate=False, batch=batch)
+                    rate = metric(report, "infer.alone_images_per_second", "millrace")
+                    small[(model, variant, batch)].append(rate)
+                    print(f"[round {number + 1}] millrace {model} {variant} batch {batch}: "
+                          f"inference alone {rate:.1f} images/s", flush=True)
+            for variant in args.variants:
                 report = millrace_run(args, model, variant, work, args.images, calibrate=False)
                 reports[model][variant].append(report)
                 print(f"[round {number + 1}] millrace {model} {variant}: inference alone "
@@ -165,17 +249,55 @@ def measure(args, work):
                       f"reorders/batch "
                       f"{metric(report, 'infer.input_reorders_per_batch', 'millrace'):g}",
                       flush=True)
-        peer_runs.append(peer_round(args, work, number))
-    millrace = {m: summarise_millrace(m, reports[m]) for m in args.models}
+        if args.torch1_models:
+            peer_runs.append(peer_round(args, work, number))
+        if args.peers:
+            peers2_runs.append(peers2_round(args, work, number))
+    millrace = {m: summarise_millrace(m, reports[m], args.variants) for m in args.models}
     peer_rates = {}
-    for model in args.models:
+    for model in args.torch1_models:
         for precision in ("int8", "fp32"):
             rounds = [r["images_per_second"] for run in peer_runs for r in run["results"]
                       if r["model"] == model and r["precision"] == precision]
             peer_rates[(model, precision)] = statistics.median(rounds)
             peer_rates[(model, precision, "best")] = max(rounds)
             peer_rates[(model, precision, "rounds")] = rounds
-    return millrace, peer_runs, peer_rates
+    return millrace, peer_runs, peer_rates, small, peers2_runs
+
+
+def flat_rows(args, millrace, peer_rates, small, peers2_runs):
+    """Every figure as {"model", "system", "batch", "images_per_second"} (medians of rounds)."""
+    rows = []
+    for model in args.models:
+        for variant in ("int8", "fp32"):
+            if variant not in args.variants:
+                continue
+            m = millrace[model][variant]
+            row = {"model": model, "system": f"millrace-{variant}", "batch": 32,
+                   "images_per_second": m["inference_images_per_second"],
+                   "round_images_per_second": m["round_inference_images_per_second"],
+                   "end_to_end_images_per_second": m["end_to_end_images_per_second"],
+                   "round_end_to_end_images_per_second": m["round_end_to_end_images_per_second"]}
+            rows.append(row)
+            for batch in [b for b in args.batches if b != 32]:
+                rates = small[(model, variant, batch)]
+                rows.append({"model": model, "system": f"millrace-{variant}", "batch": batch,
+                             "images_per_second": statistics.median(rates),
+                             "round_images_per_second": rates})
+        if model in args.torch1_models:
+            for precision in ("int8", "fp32"):
+                rows.append({"model": model, "system": f"torch1.13-{precision}", "batch": 32,
+                             "images_per_second": peer_rates[(model, precision)],
+                             "round_images_per_second": peer_rates[(model, precision, "rounds")]})
+        for system in args.peers:
+            for batch in args.batches:
+                rates = [r["images_per_second"] for run in peers2_runs for r in run
+                         if r["model"] == model and r["system"] == system and r["batch"] == batch]
+                if rates:
+                    rows.append({"model": model, "system": f"{system}-int8", "batch": batch,
+                                 "images_per_second": statistics.median(rates),
+                                 "round_images_per_second": rates})
+    return rows
 
 
 def main():
@@ -183,7 +305,19 @@ def main():
     parser.add_argument("--millrace", default=os.path.join(REPO, "build", "millrace"),
                         help="the millrace executable (default %(default)s)")
     parser.add_argument("--models", default="resnet18,resnet50",
-                        help="comma-separated: resnet18, resnet50 (default %(default)s)")
+                        help="comma-separated: " + ", ".join(MODELS) + " (default %(default)s)")
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help="millrace variants timed at batch 32 (default %(default)s)")
+    parser.add_argument("--peers", default="",
+                        help="also these peers of bench/peers/infer_peers.py: openvino, "
+                             "onnxruntime, torch2")
+    parser.add_argument("--peers-python", default=os.path.join(REPO, ".venv-infer-peers", "bin",
+                                                               "python"),
+                        help="interpreter of those peers (default %(default)s)")
+    parser.add_argument("--batches", default="32",
+                        help="batch sizes, 32 first (default %(default)s; e.g. 32,1)")
+    parser.add_argument("--small-batch-images", type=int, default=64,
+                        help="images per millrace run at a batch size other than 32")
     parser.add_argument("--images", type=int, default=192,
                         help="images per timed millrace run, a multiple of 32 "
                              "(default %(default)s)")
@@ -209,8 +343,21 @@ def main():
     args = parser.parse_args()
 
     args.models = [m for m in args.models.split(",") if m]
-    if not args.models or any(m not in ("resnet18", "resnet50") for m in args.models):
-        parser.error("--models: resnet18, resnet50 or both")
+    if not args.models or any(m not in MODELS for m in args.models):
+        parser.error("--models: " + ", ".join(MODELS))
+    args.torch1_models = [m for m in args.models if m in TORCH1_MODELS]
+    args.variants = [v for v in args.variants.split(",") if v]
+    if "int8" not in args.variants or any(v not in VARIANTS for v in args.variants) or \
+            any(TABLE_OF[v] not in args.variants + [None] for v in args.variants):
+        parser.error("--variants: int8 and any of " + ", ".join(VARIANTS))
+    args.peers = [p for p in args.peers.split(",") if p]
+    if any(p not in ("openvino", "onnxruntime", "torch2") for p in args.peers):
+        parser.error("--peers: openvino, onnxruntime, torch2")
+    if args.peers and not os.path.isfile(args.peers_python):
+        parser.error(f"{args.peers_python} is missing: run `scripts/setup --peers`")
+    args.batches = [int(b) for b in args.batches.split(",") if b]
+    if not args.batches or args.batches[0] != 32 or min(args.batches) < 1:
+        parser.error("--batches: 32 first, then other sizes")
     if args.images < 64 or args.images % 32 or args.calibration_images < 32 or args.repeats < 1:
         parser.error("--images must be a multiple of 32 and >= 64, --calibration-images >= 32, "
                      "--repeats >= 1")
@@ -229,7 +376,7 @@ def main():
         work_context = tempfile.TemporaryDirectory(prefix="millrace_infer_compare_")
         work = work_context.name
     try:
-        millrace, peer_runs, peer_rates = measure(args, work)
+        millrace, peer_runs, peer_rates, small, peers2_runs = measure(args, work)
     except RunFailed as e:
         print(f"infer_compare: {e}", file=sys.stderr)
         return 1
@@ -237,8 +384,36 @@ def main():
         if work_context is not None:
             work_context.cleanup()
 
+    flat = flat_rows(args, millrace, peer_rates, small, peers2_runs)
+    print()
+    print(f"inference alone, images/s ({args.infer_threads} threads; medians of {args.repeats} "
+          f"rounds)")
+    print_table(("model", "system", "batch", "images/s", "rounds", "end to end"),
+                [(r["model"], r["system"], str(r["batch"]), f"{r['images_per_second']:.1f}",
+                  ", ".join(f"{x:.1f}" for x in r["round_images_per_second"]),
+                  f"{r['end_to_end_images_per_second']:.1f}"
+                  if "end_to_end_images_per_second" in r else "") for r in flat])
+    targets = []
+    for m in args.models:
+        ours = next(r for r in flat if r["model"] == m and r["system"] == "millrace-int8"
+                    and r["batch"] == 32)
+        others = [r for r in flat if r["model"] == m and r["batch"] == 32 and
+                  r["system"].endswith("-int8") and not r["system"].startswith("millrace")]
+        if others:
+            best = max(others, key=lambda r: r["images_per_second"])
+            targets.append((f"{m}: millrace int8 >= the fastest peer's int8 at batch 32 "
+                            f"({best['system']}: {ours['images_per_second']:.1f} vs "
+                            f"{best['images_per_second']:.1f})",
+                            ours["images_per_second"] >= best["images_per_second"]))
+        targets.append((f"{m}: end to end >= 0.95 x inference alone "
+                        f"({ours['end_to_end_images_per_second'] / ours['images_per_second']:.2f})",
+                        ours["end_to_end_images_per_second"] >=
+                        0.95 * ours["images_per_second"]))
+
     rows = []
     for m in args.models:
+        if m not in args.torch1_models or len(args.variants) != len(VARIANTS):
+            continue  # the summary against PyTorch 1.13 below needs every variant and that peer
         mr = millrace[m]
         row = {
             "model": m,
@@ -324,7 +499,6 @@ def main():
 
     # The speed targets of the infer stage's specification, reported, not enforced: absolute
     # rates on a shared 2-core machine move too much for a benchmark to fail a build.
-    targets = []
     for r in rows:
         targets.append((f"{r['model']}: millrace int8 / torch int8 >= 1.3 (medians)",
                         r["int8_ratio_vs_torch"] >= 1.3))
@@ -348,7 +522,10 @@ def main():
             "infer_threads": args.infer_threads,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                         "load_average": os.getloadavg()},
-            "rows": rows,
+            "batches": args.batches,
+            "rows": flat,
+            "models": rows,
+            "peers2_rounds": peers2_runs,
             "millrace": millrace,
             "peer_rounds": peer_runs,
         }

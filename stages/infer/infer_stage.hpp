@@ -37,7 +37,10 @@ class InferStage final : public BatchTransformStage {
     int threads = 1;
     infer::Parallelism parallel = infer::Parallelism::kSamples;
     bool winograd = true;            // int8: Winograd kernel for wide 3x3 convolutions
-    bool channel_ranges = true;      // int8: per-channel scales where convolutions chain
+    // int8: per-channel scales where convolutions chain. Off by default: on a trained network
+    // the weights need the precision it takes from them (docs/PERFORMANCE.md, "int8 on a trained
+    // network").
+    bool channel_ranges = false;
     std::vector<double> input_mean;  // the model's expectations, pixel units (empty: none given)
     std::vector<double> input_std;
     int top_k = 5;
