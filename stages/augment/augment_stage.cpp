@@ -71,7 +71,7 @@ const Schema<AugmentStage::Params>& AugmentStage::schema() {
     s.choice("compat", &Params::compat,
              "mxnet: as MXNet's ImageRecordIter, an image smaller than a center or random crop is "
              "first scaled up to it (height first, the other side (int)((float)crop / side * "
-             "other)) instead of being skipped as too small; none: millrace's own",
+             "other)) instead of being a per-sample error; none: millrace's own",
              {{"none", Compat::kNone}, {"mxnet", Compat::kMxnet}});
     return s;
   }();

@@ -2,6 +2,7 @@
 // whole-image decoding, and outputs within 35 dB PSNR of it.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
@@ -217,6 +218,37 @@ TEST(Reduce, ACropLargerThanTheImageIsStillAugmentsError) {
   on.decode->process(s, reporter);
   EXPECT_EQ(s.decoded.scale, 0);
   EXPECT_THROW(on.augment->process(s, reporter), SampleError);
+}
+
+// compat: mxnet scales an image smaller than the crop up to it, as MXNet's default augmenter
+// does: 320x240 to a 400x400 crop is cv::resize to (int)(400.f / 240 * 320) = 533 x 400, then the
+// center crop at x = (533 - 400) / 2 = 66. decode, asked for a window that does not fit, delivers
+// the whole image.
+TEST(Reduce, CompatMxnetScalesUpAnImageSmallerThanTheCrop) {
+  AugmentStage::Params params;
+  params.crop = AugmentStage::Crop::kCenter;
+  params.size = {400, 400};
+  params.compat = Compat::kMxnet;
+  const std::vector<std::uint8_t> jpeg = photo_like_jpeg(320, 240, 5);
+  const Output got = run_pair(make_pair(DecodeStage::Reduce::kAuto, params), jpeg, 3);
+  EXPECT_EQ(got.scale, 0);
+
+  const cv::Mat bgr = cv::imdecode(jpeg, cv::IMREAD_COLOR);
+  cv::Mat rgb;
+  cv::cvtColor(bgr, rgb, cv::COLOR_BGR2RGB);
+  cv::Mat scaled;
+  cv::resize(rgb, scaled, cv::Size(533, 400), 0, 0, cv::INTER_LINEAR);
+  const cv::Mat expected = scaled(cv::Rect(66, 0, 400, 400)).clone();
+  ASSERT_EQ(got.pixels.size(), expected.total() * 3);
+  EXPECT_TRUE(std::equal(got.pixels.begin(), got.pixels.end(), expected.data));
+
+  params.compat = Compat::kNone;
+  const Pair own = make_pair(DecodeStage::Reduce::kAuto, params);
+  NullReporter reporter;
+  Sample s;
+  s.bytes = jpeg;
+  own.decode->process(s, reporter);
+  EXPECT_THROW(own.augment->process(s, reporter), SampleError);
 }
 
 // A whole pipeline, files to int8 batches, on photos cut by the dataset generator (ImageNet-like

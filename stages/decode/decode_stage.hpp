@@ -17,8 +17,9 @@
 // no such stage attached, `auto` decodes whole images, as `off` does.
 //
 // `compat: mxnet`: the pixels of OpenCV 3.4's cv::imdecode, which MXNet 1.9.1's ImageRecordIter
-// decodes with: CMYK JPEGs follow OpenCV's formula (decode::Options::Cmyk::kOpenCv). Every other
-// decode, the EXIF orientation included, already is bit for bit cv::imdecode's.
+// decodes with: CMYK JPEGs follow OpenCV's formula (decode::Options::Cmyk::kOpenCv). The other
+// layouts and formats tests/mxnet/mxnet_compat_test.py covers (JPEG subsamplings, progressive,
+// grayscale, EXIF orientation; PNG; BMP) already give cv::imdecode's pixels.
 #pragma once
 
 #include <memory>
