@@ -142,8 +142,8 @@ std::optional<RestartGrid> find_restart_grid(const std::uint8_t* d, std::size_t 
 std::optional<PixelRect> build_window_jpeg(const std::uint8_t* d, std::size_t n,
                                            const RestartGrid& g, const PixelRect& need,
                                            int guard_pixels, std::vector<std::uint8_t>& jpeg) {
-  if (need.x0 < 0 || need.y0 < 0 || need.x1 > g.width || need.y1 > g.height ||
-      need.x0 >= need.x1 || need.y0 >= need.y1 || g.scan_at >= n) {
+  if (need.x0 < 0 || need.y0 < 0 || need.x1 > g.width || need.y1 > g.height || need.x0 >= need.x1 ||
+      need.y0 >= need.y1 || g.scan_at >= n) {
     return std::nullopt;
   }
   const int segment_width = g.interval * g.mcu_width;
@@ -197,8 +197,9 @@ std::optional<PixelRect> build_window_jpeg(const std::uint8_t* d, std::size_t n,
   };
 
   jpeg.clear();
-  jpeg.reserve(g.scan_at + 2 + (segment_end(static_cast<std::size_t>(r1) * g.segments_per_row - 1) -
-                                segment_start(static_cast<std::size_t>(r0) * g.segments_per_row)));
+  jpeg.reserve(g.scan_at + 2 +
+               (segment_end(static_cast<std::size_t>(r1) * g.segments_per_row - 1) -
+                segment_start(static_cast<std::size_t>(r0) * g.segments_per_row)));
   jpeg.push_back(0xFF);
   jpeg.push_back(kSoi);
   std::size_t frame_size_at = 0;

@@ -21,8 +21,8 @@ namespace millrace::decode {
 namespace {
 
 using testing::Bytes;
-using testing::Encoding;
 using testing::encode;
+using testing::Encoding;
 using testing::Image;
 using testing::k420;
 using testing::k422;
@@ -55,9 +55,8 @@ Difference compare(const Bytes& window, const Info& info, const Image& reference
       bool differs = false;
       for (int c = 0; c < 3; ++c) {
         const int a = window[(static_cast<std::size_t>(y) * info.width + x) * 3 + c];
-        const int b = reference.rgb[(static_cast<std::size_t>(r.y + y) * reference.width + r.x + x) *
-                                        3 +
-                                    c];
+        const int b =
+            reference.rgb[(static_cast<std::size_t>(r.y + y) * reference.width + r.x + x) * 3 + c];
         if (a != b) {
           differs = true;
           d.max = std::max(d.max, std::abs(a - b));
@@ -149,9 +148,8 @@ TEST(JpegWindow, GridDescribesTheStream) {
   EXPECT_EQ(g->segments_per_row, 8);
   EXPECT_TRUE(g->subsampled);
   // A one-component scan is not interleaved: its MCU is one block whatever the factors say.
-  const std::optional<RestartGrid> gray =
-      find_restart_grid(with_grid(encode(100, 60, kGray, {})).data(),
-                        with_grid(encode(100, 60, kGray, {})).size());
+  const std::optional<RestartGrid> gray = find_restart_grid(
+      with_grid(encode(100, 60, kGray, {})).data(), with_grid(encode(100, 60, kGray, {})).size());
   ASSERT_TRUE(gray.has_value());
   EXPECT_EQ(gray->mcu_width, 8);
   EXPECT_EQ(gray->mcus_per_row, 13);
@@ -236,10 +234,9 @@ TEST(JpegWindow, OddSizesAndTinyImages) {
   for (const auto& [w, h] : std::vector<std::pair<int, int>>{{17, 9}, {31, 47}, {129, 65}}) {
     for (const Layout& layout : {k444, k420, k422, k440, kGray}) {
       const Bytes jpeg = with_grid(encode(w, h, layout, {}));
-      expect_exact_windows(jpeg, w, h, false,
-                           std::string(layout.name) + " " + std::to_string(w) + "x" +
-                               std::to_string(h),
-                           15);
+      expect_exact_windows(
+          jpeg, w, h, false,
+          std::string(layout.name) + " " + std::to_string(w) + "x" + std::to_string(h), 15);
     }
   }
   // One segment in all: nothing smaller can be cut, the stream itself is the window's JPEG.
@@ -308,7 +305,8 @@ TEST(JpegWindow, CorruptSegmentInTheWindowIsReported) {
   // The same damage in the top-left quarter lies outside the window's segments: not read, as
   // rows below a window are not read by the ordinary reduced path.
   const std::size_t k_outside = 2 * 8 + 1;
-  Bytes elsewhere(jpeg.begin(), jpeg.begin() + static_cast<std::ptrdiff_t>(markers[k_outside - 1] + 6));
+  Bytes elsewhere(jpeg.begin(),
+                  jpeg.begin() + static_cast<std::ptrdiff_t>(markers[k_outside - 1] + 6));
   elsewhere.insert(elsewhere.end(), jpeg.begin() + static_cast<std::ptrdiff_t>(markers[k_outside]),
                    jpeg.end());
   const Info clean = decode(elsewhere.data(), elsewhere.size(), {}, out, &chooser);

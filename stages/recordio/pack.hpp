@@ -42,8 +42,8 @@ struct PackReport {
   std::string rec_path;
   std::string idx_path;
   std::uint64_t records = 0;
-  std::uint64_t image_bytes = 0;  // encoded image bytes stored
-  std::uint64_t file_bytes = 0;   // size of OUT.rec
+  std::uint64_t image_bytes = 0;         // encoded image bytes stored
+  std::uint64_t file_bytes = 0;          // size of OUT.rec
   std::uint64_t restart_rewritten = 0;   // JPEGs rewritten with a restart grid
   std::uint64_t restart_unreadable = 0;  // JPEGs stored as they were: libjpeg could not read them
 };
