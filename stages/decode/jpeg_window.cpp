@@ -15,6 +15,7 @@ constexpr std::uint8_t kRst0 = 0xD0;
 constexpr std::uint8_t kApp0 = 0xE0;
 constexpr std::uint8_t kApp14 = 0xEE;
 constexpr std::uint8_t kCom = 0xFE;
+constexpr std::size_t kKeepMarkers = std::size_t{1} << 16;
 
 int load_be16(const std::uint8_t* p) { return p[0] << 8 | p[1]; }
 
@@ -166,6 +167,12 @@ std::optional<PixelRect> build_window_jpeg(const std::uint8_t* d, std::size_t n,
   // 0x00, so every other 0xFF starts a marker (or is a fill byte before one).
   thread_local std::vector<std::size_t> markers;
   markers.clear();
+  // A huge image's marker list is not kept in every worker thread.
+  struct Release {
+    ~Release() {
+      if (markers.capacity() > kKeepMarkers) std::vector<std::size_t>().swap(markers);
+    }
+  } release;
   const std::size_t segments =
       static_cast<std::size_t>(g.segments_per_row) * static_cast<std::size_t>(g.mcu_rows);
   std::size_t end_of_scan = 0;
