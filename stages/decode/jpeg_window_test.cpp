@@ -367,6 +367,54 @@ TEST(JpegWindow, WindowJpegDropsMetadataAndKeepsItsTables) {
   EXPECT_EQ(window.height, 48);
 }
 
+// What the caller reads (the requested window, without the decoder's margin) is the same from the
+// prepared file's grid as from the original through the cropping path: batches do not change.
+TEST(JpegWindow, PreparedFileGivesTheCroppingPathsWindow) {
+  std::mt19937 rng(2024);
+  for (const Layout& layout : {k444, k420, k422, k440, kGray}) {
+    const Bytes original = encode(500, 375, layout, {});
+    const Bytes prepared = with_grid(original);
+    for (int t = 0; t < 25; ++t) {
+      WindowRequest request;
+      request.width = std::uniform_int_distribution<int>(60, 500)(rng);
+      request.height = std::uniform_int_distribution<int>(60, 375)(rng);
+      request.x = std::uniform_real_distribution<double>(0, 500 - request.width)(rng);
+      request.y = std::uniform_real_distribution<double>(0, 375 - request.height)(rng);
+      const int wanted = 1 << std::uniform_int_distribution<int>(0, 2)(rng);
+      request.out_width = std::max(1, static_cast<int>(request.width) / (2 * wanted));
+      request.out_height = std::max(1, static_cast<int>(request.height) / (2 * wanted));
+      const FixedWindow chooser(request);
+      Bytes a;
+      Bytes b;
+      const Info from_crop = decode(original.data(), original.size(), {}, a, &chooser);
+      const Info from_grid = decode(prepared.data(), prepared.size(), {}, b, &chooser);
+      ASSERT_FALSE(from_crop.reduction.from_grid);
+      ASSERT_TRUE(from_grid.reduction.from_grid) << layout.name;
+      ASSERT_EQ(from_crop.reduction.scale, from_grid.reduction.scale);
+      const int s = from_grid.reduction.scale;
+      const int x0 = static_cast<int>(std::ceil(request.x / s));
+      const int y0 = static_cast<int>(std::ceil(request.y / s));
+      const int x1 = static_cast<int>(std::floor((request.x + request.width) / s));
+      const int y1 = static_cast<int>(std::floor((request.y + request.height) / s));
+      std::size_t differ = 0;
+      for (int y = y0; y < y1; ++y) {
+        for (int x = x0; x < x1; ++x) {
+          for (int c = 0; c < 3; ++c) {
+            const auto at = [&](const Info& info, const Bytes& px) {
+              return px[(static_cast<std::size_t>(y - info.reduction.y) * info.width + x -
+                         info.reduction.x) *
+                            3 +
+                        c];
+            };
+            differ += at(from_crop, a) != at(from_grid, b) ? 1 : 0;
+          }
+        }
+      }
+      EXPECT_EQ(differ, 0u) << layout.name << ", window " << t << " at 1/" << s;
+    }
+  }
+}
+
 // Damage anywhere (headers, markers, segments, the cut-off tail) gives a window or a DecodeError,
 // never a crash or another exception (with MILLRACE_SANITIZE=address, no stray access either).
 TEST(JpegWindow, DamagedStreamsNeverCrash) {
