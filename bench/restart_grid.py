@@ -3,7 +3,8 @@
 after `millrace prepare`, in interleaved rounds.
 
     python3 bench/restart_grid.py --millrace build/millrace --root DATA --prepared /tmp/DATA-prep \\
-        [--recipe train|val|both] [--rounds 5] [--epochs 2] [--repeats 3] [--json out.json]
+        [--recipe train|val|both] [--rounds 5] [--epochs 2] [--repeats 3] [--warmup 1]
+        [--json out.json]
 
 DATA holds labels.lst (an im2rec list). PREPARED is made with `millrace prepare DATA PREPARED` when
 it does not exist yet. Per recipe, each round runs `millrace bench` once on every variant, in an
@@ -58,8 +59,8 @@ def bench(args, recipe, root, reduce, work, stem):
             f.write(val_config(root, args.epochs))
         sets = []
     sets.append(f"decode.reduce={reduce}")
-    cmd = [args.millrace, "bench", config, "--repeats", str(args.repeats), "--warmup", "1",
-           "--json", result]
+    cmd = [args.millrace, "bench", config, "--repeats", str(args.repeats), "--warmup",
+           str(args.warmup), "--json", result]
     for s in sets:
         cmd += ["--set", s]
     done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -78,6 +79,7 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--epochs", type=int, default=2, help="passes over the data set per run")
     p.add_argument("--repeats", type=int, default=3, help="`millrace bench --repeats`")
+    p.add_argument("--warmup", type=int, default=1, help="`millrace bench --warmup`")
     p.add_argument("--json", help="write every round's rates and the table here")
     args = p.parse_args()
     if not os.path.isfile(os.path.join(args.root, "labels.lst")):

@@ -365,12 +365,13 @@ int cmd_pack(const Args& a) {
               static_cast<double>(report.image_bytes) / 1e6,
               static_cast<double>(report.file_bytes) / 1e6, report.idx_path.c_str());
   if (a.restart >= 0) {
-    std::printf("restart grid: %llu JPEGs rewritten, %llu JPEGs libjpeg could not read stored as "
-                "they were, %llu other images stored as they were\n",
-                static_cast<unsigned long long>(report.restart_rewritten),
-                static_cast<unsigned long long>(report.restart_unreadable),
-                static_cast<unsigned long long>(report.records - report.restart_rewritten -
-                                                report.restart_unreadable));
+    std::printf(
+        "restart grid: %llu JPEGs rewritten, %llu JPEGs libjpeg could not read stored as "
+        "they were, %llu other images stored as they were\n",
+        static_cast<unsigned long long>(report.restart_rewritten),
+        static_cast<unsigned long long>(report.restart_unreadable),
+        static_cast<unsigned long long>(report.records - report.restart_rewritten -
+                                        report.restart_unreadable));
   }
   return kOk;
 }
@@ -396,12 +397,13 @@ int cmd_prepare(const Args& a) {
   }
   const double in = static_cast<double>(report.jpeg_bytes_in);
   const double out = static_cast<double>(report.jpeg_bytes_out);
-  std::printf("%s: %llu files: %llu JPEGs rewritten with a restart grid (%.1f MB -> %.1f MB, "
-              "%+.1f %%), %llu other files copied, %llu unreadable JPEGs copied as they were\n",
-              options.destination.c_str(), static_cast<unsigned long long>(report.files),
-              static_cast<unsigned long long>(report.rewritten), in / 1e6, out / 1e6,
-              in > 0 ? (out / in - 1) * 100 : 0.0, static_cast<unsigned long long>(report.copied),
-              static_cast<unsigned long long>(report.unreadable));
+  std::printf(
+      "%s: %llu files: %llu JPEGs rewritten with a restart grid (%.1f MB -> %.1f MB, "
+      "%+.1f %%), %llu other files copied, %llu unreadable JPEGs copied as they were\n",
+      options.destination.c_str(), static_cast<unsigned long long>(report.files),
+      static_cast<unsigned long long>(report.rewritten), in / 1e6, out / 1e6,
+      in > 0 ? (out / in - 1) * 100 : 0.0, static_cast<unsigned long long>(report.copied),
+      static_cast<unsigned long long>(report.unreadable));
   for (const std::string& p : report.problems) std::fprintf(stderr, "prepare: %s\n", p.c_str());
   return kOk;
 }

@@ -918,8 +918,8 @@ std::optional<Info> decode_jpeg_reduced(const std::uint8_t* d, std::size_t n,
   const int y1 = last(request->y + request->height, scaled_height);
   // The whole image at full scale: TurboJPEG's full path does that faster.
   if (scale == 1 && x0 == 0 && y0 == 0 && x1 == width && y1 == height) return std::nullopt;
-  if (std::optional<Info> info = decode_restart_window(dj, d, n, options, scale, {x0, y0, x1, y1},
-                                                       width, height, out)) {
+  if (std::optional<Info> info =
+          decode_restart_window(dj, d, n, options, scale, {x0, y0, x1, y1}, width, height, out)) {
     return info;
   }
 

@@ -40,9 +40,12 @@
 //   served from its restart grid instead: the JPEG of the segments under the window is cut out of
 //   the stream (jpeg_window.hpp) and decoded alone, at the same scale, with one more segment or
 //   MCU row where smooth chroma upsampling would otherwise change a pixel next to a cut. Its
-//   pixels are then exactly those of a whole decode at that scale. Segments outside the window
-//   are never decoded, so corrupt data there goes unnoticed too; a stream whose markers do not
-//   match its grid takes the path above.
+//   pixels are then exactly those of a whole decode at that scale. Segments start afresh (byte
+//   aligned, DC predictions reset), so damage in one outside the window cannot change a delivered
+//   pixel; those segments are never entropy-decoded, under `strict` too, where the window's own
+//   segments are decoded strictly. Every restart marker of the stream is checked while the grid is
+//   found: a stream whose markers do not match its grid (a truncated or spliced file, a lost or
+//   misnumbered marker) takes the path above, which reports the damage.
 // - Nothing blocks except on the CPU; no process-wide state is mutated.
 #pragma once
 

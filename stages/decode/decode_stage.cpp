@@ -46,7 +46,9 @@ const Schema<DecodeStage::Params>& DecodeStage::schema() {
              "auto: for a JPEG, decode only the window the following augment stage will read, at "
              "the smallest DCT scale (1/2, 1/4, 1/8) at which it still covers twice its output "
              "size (whole "
-             "images without such a stage, for EXIF-rotated and CMYK files); off: whole images",
+             "images without such a stage, for EXIF-rotated and CMYK files); a JPEG with a restart "
+             "grid (`millrace prepare`) decodes only the segments under the window; off: whole "
+             "images",
              {{"off", Reduce::kOff}, {"auto", Reduce::kAuto}});
     s.choice("dct", &Params::dct,
              "JPEG inverse DCT and chroma upsampling: accurate (libjpeg's accurate integer IDCT, "

@@ -48,8 +48,8 @@ inline Bytes photo(int width, int height, int components, int seed) {
   for (int y = 0; y < height; ++y) {
     for (int x = 0; x < width; ++x) {
       for (int c = 0; c < components; ++c) {
-        const double base = 128 + 80 * std::sin(x / (7.0 + 3 * c) + seed) *
-                                       std::cos(y / (11.0 + 2 * c)) +
+        const double base = 128 +
+                            80 * std::sin(x / (7.0 + 3 * c) + seed) * std::cos(y / (11.0 + 2 * c)) +
                             (((x / 5) + (y / 9) + c) % 3 == 0 ? 30 : -30);
         px[(static_cast<std::size_t>(y) * width + x) * components + c] =
             static_cast<std::uint8_t>(std::clamp(base + noise(rng), 0.0, 255.0));
@@ -123,7 +123,8 @@ inline Image whole(const Bytes& jpeg, int scale, bool fast) {
   image.height = static_cast<int>(cinfo.output_height);
   image.rgb.resize(static_cast<std::size_t>(image.width) * image.height * 3);
   while (cinfo.output_scanline < cinfo.output_height) {
-    JSAMPROW row = image.rgb.data() + static_cast<std::size_t>(cinfo.output_scanline) * image.width * 3;
+    JSAMPROW row =
+        image.rgb.data() + static_cast<std::size_t>(cinfo.output_scanline) * image.width * 3;
     jpeg_read_scanlines(&cinfo, &row, 1);
   }
   jpeg_finish_decompress(&cinfo);

@@ -15,6 +15,7 @@ constexpr std::uint8_t kRst0 = 0xD0;
 constexpr std::uint8_t kApp0 = 0xE0;
 constexpr std::uint8_t kApp14 = 0xEE;
 constexpr std::uint8_t kCom = 0xFE;
+constexpr std::size_t kKeepMarkers = std::size_t{1} << 16;
 
 int load_be16(const std::uint8_t* p) { return p[0] << 8 | p[1]; }
 
@@ -142,8 +143,8 @@ std::optional<RestartGrid> find_restart_grid(const std::uint8_t* d, std::size_t 
 std::optional<PixelRect> build_window_jpeg(const std::uint8_t* d, std::size_t n,
                                            const RestartGrid& g, const PixelRect& need,
                                            int guard_pixels, std::vector<std::uint8_t>& jpeg) {
-  if (need.x0 < 0 || need.y0 < 0 || need.x1 > g.width || need.y1 > g.height ||
-      need.x0 >= need.x1 || need.y0 >= need.y1 || g.scan_at >= n) {
+  if (need.x0 < 0 || need.y0 < 0 || need.x1 > g.width || need.y1 > g.height || need.x0 >= need.x1 ||
+      need.y0 >= need.y1 || g.scan_at >= n) {
     return std::nullopt;
   }
   const int segment_width = g.interval * g.mcu_width;
@@ -166,6 +167,12 @@ std::optional<PixelRect> build_window_jpeg(const std::uint8_t* d, std::size_t n,
   // 0x00, so every other 0xFF starts a marker (or is a fill byte before one).
   thread_local std::vector<std::size_t> markers;
   markers.clear();
+  // A huge image's marker list is not kept in every worker thread.
+  struct Release {
+    ~Release() {
+      if (markers.capacity() > kKeepMarkers) std::vector<std::size_t>().swap(markers);
+    }
+  } release;
   const std::size_t segments =
       static_cast<std::size_t>(g.segments_per_row) * static_cast<std::size_t>(g.mcu_rows);
   std::size_t end_of_scan = 0;
@@ -197,8 +204,9 @@ std::optional<PixelRect> build_window_jpeg(const std::uint8_t* d, std::size_t n,
   };
 
   jpeg.clear();
-  jpeg.reserve(g.scan_at + 2 + (segment_end(static_cast<std::size_t>(r1) * g.segments_per_row - 1) -
-                                segment_start(static_cast<std::size_t>(r0) * g.segments_per_row)));
+  jpeg.reserve(g.scan_at + 2 +
+               (segment_end(static_cast<std::size_t>(r1) * g.segments_per_row - 1) -
+                segment_start(static_cast<std::size_t>(r0) * g.segments_per_row)));
   jpeg.push_back(0xFF);
   jpeg.push_back(kSoi);
   std::size_t frame_size_at = 0;

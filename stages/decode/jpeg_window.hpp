@@ -12,8 +12,8 @@
 // Contract:
 // - Plain functions over bytes, no decoder involved: the segment boundaries are found by looking
 //   for RST markers in the entropy-coded data (a marker's 0xFF can never appear there otherwise),
-//   not by decoding anything. They may be called from any number of threads at once; nothing is
-//   shared.
+//   not by decoding anything. They may be called from any number of threads at once; each thread
+//   keeps its own scratch list of marker offsets (released after a huge image).
 // - The caller owns the input (read only) and the output buffer (reused: its capacity is kept).
 // - A stream whose markers do not match its declared grid (a missing or misnumbered RST, data
 //   after the scan) gives no window: its decoder takes the ordinary path and reports the damage
@@ -62,9 +62,9 @@ struct PixelRect {
 // Builds in `jpeg` the JPEG of the smallest run of whole segments covering `need` (full-scale
 // pixels, inside the image). The neighbouring segment column or MCU row is included wherever a
 // needed pixel lies within `guard_pixels` of a cut (0: none): smooth chroma upsampling treats a
-// cut like an image edge, which changes the pixels next to it. Returns the
-// rectangle the built JPEG covers (its x0 and y0 multiples of the MCU size), or nullopt when the
-// stream's markers do not match its grid. Where the segments needed are all of them, `jpeg` is
+// cut like an image edge, which changes the pixels next to it. Returns the rectangle the built
+// JPEG covers (its x0 and y0 multiples of the MCU size), or nullopt when the stream's markers do
+// not match its grid. Where the segments needed are all of them, `jpeg` is
 // left empty and the whole image returned: the stream itself is the window's JPEG. APPn (other
 // than JFIF's APP0 and Adobe's APP14) and COM segments are left out of the window's JPEG.
 std::optional<PixelRect> build_window_jpeg(const std::uint8_t* data, std::size_t size,

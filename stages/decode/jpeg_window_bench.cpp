@@ -120,13 +120,15 @@ void BM_WindowDecode(benchmark::State& state) {
   for (auto _ : state) {
     const Bytes& jpeg = files[id % files.size()];
     const RecipeWindow chooser(mode == 1, id++);
-    const Info info = decode(jpeg.data(), jpeg.size(), options, out, mode == 0 ? nullptr : &chooser);
+    const Info info =
+        decode(jpeg.data(), jpeg.size(), options, out, mode == 0 ? nullptr : &chooser);
     benchmark::DoNotOptimize(out.data());
     grid += info.reduction.from_grid ? 1 : 0;
   }
   state.SetItemsProcessed(state.iterations());
-  state.counters["grid"] = benchmark::Counter(
-      static_cast<double>(grid) / static_cast<double>(std::max<std::int64_t>(state.iterations(), 1)));
+  state.counters["grid"] =
+      benchmark::Counter(static_cast<double>(grid) /
+                         static_cast<double>(std::max<std::int64_t>(state.iterations(), 1)));
 }
 BENCHMARK(BM_WindowDecode)->ArgNames({"prepared", "window"})->ArgsProduct({{0, 1}, {0, 1, 2}});
 

@@ -20,8 +20,8 @@ namespace millrace::recordio {
 namespace {
 
 namespace fs = std::filesystem;
-using decode::testing::Encoding;
 using decode::testing::encode;
+using decode::testing::Encoding;
 using decode::testing::k420;
 using decode::testing::k422;
 using decode::testing::k440;
@@ -100,9 +100,9 @@ TEST(RestartGrid, RewriteIsLosslessAndWindowable) {
 TEST(RestartGrid, ExplicitIntervalAndMetadataKept) {
   Bytes original = encode(256, 128, k420, {});
   // EXIF (orientation 6) and a comment after SOI.
-  const Bytes exif = {0xFF, 0xE1, 0x00, 0x22, 'E', 'x', 'i', 'f', 0,    0,    'I', 'I', 42,
-                      0,    8,    0,    0,    0,    1,   0,   0x12, 0x01, 3,   0,   1,   0,
-                      0,    0,    6,    0,    0,    0,   0,   0,    0,    0};
+  const Bytes exif = {0xFF, 0xE1, 0x00, 0x22, 'E', 'x', 'i', 'f', 0,    0,    'I', 'I',
+                      42,   0,    8,    0,    0,   0,   1,   0,   0x12, 0x01, 3,   0,
+                      1,    0,    0,    0,    6,   0,   0,   0,   0,    0,    0,   0};
   const Bytes comment = {0xFF, 0xFE, 0x00, 0x07, 'h', 'e', 'l', 'l', 'o'};
   original.insert(original.begin() + 2, comment.begin(), comment.end());
   original.insert(original.begin() + 2, exif.begin(), exif.end());
@@ -230,10 +230,10 @@ TEST(Prepare, CommandLineAndPackRestart) {
   EXPECT_NE(c.out.find("3 JPEGs rewritten"), std::string::npos) << c.out;
   EXPECT_NE(c.out.find("bee/d.jpg"), std::string::npos) << c.out;
   EXPECT_TRUE(fs::exists(dir.file("dst/labels.lst")));
-  for (const std::string& args : {std::string(" prepare ") + quoted(dir.file("src")),
-                                  " prepare " + quoted(dir.file("src")) + " " +
-                                      quoted(dir.file("src/in")),
-                                  std::string(" prepare a b --restart 0")}) {
+  for (const std::string& args :
+       {std::string(" prepare ") + quoted(dir.file("src")),
+        " prepare " + quoted(dir.file("src")) + " " + quoted(dir.file("src/in")),
+        std::string(" prepare a b --restart 0")}) {
     c = run(quoted(millrace) + args + " 2>&1");
     EXPECT_EQ(c.status, 2) << args << "\n" << c.out;
   }

@@ -33,9 +33,9 @@ struct PrepareOptions {
 
 struct PrepareReport {
   std::uint64_t files = 0;
-  std::uint64_t rewritten = 0;   // JPEGs rewritten with a restart grid
-  std::uint64_t copied = 0;      // other files, copied as they are
-  std::uint64_t unreadable = 0;  // JPEGs copied as they are because libjpeg could not read them
+  std::uint64_t rewritten = 0;       // JPEGs rewritten with a restart grid
+  std::uint64_t copied = 0;          // other files, copied as they are
+  std::uint64_t unreadable = 0;      // JPEGs copied as they are because libjpeg could not read them
   std::uint64_t jpeg_bytes_in = 0;   // the rewritten JPEGs' size before
   std::uint64_t jpeg_bytes_out = 0;  // and after
   std::vector<std::string> problems;  // "PATH: libjpeg's message" for each unreadable JPEG
