@@ -227,7 +227,13 @@ int cmd_run(const Args& a) {
       failure = e.what();
     }
   }
-  const RunStats stats = p.stats();
+  RunStats stats = p.stats();
+  if (stats.has_sink) {
+    // This consumer only drains: what the run delivered is what its sinks wrote, which a run
+    // stopped early can have done for a batch that never reached the drain.
+    stats.images = stats.sink_images;
+    stats.batches = stats.sink_batches;
+  }
   if (group.world > 1) {
     const std::vector<RunStats> ranks = gather_run_stats(stats);
     if (leader) {

@@ -1372,10 +1372,11 @@ RunStats Pipeline::Impl::build_stats(bool final) const {
   s.rank = plan_.stages.front().stage->context().rank;
   std::tie(s.part_index, s.num_parts) =
       static_cast<const SourceStage&>(*plan_.stages.front().stage).part();
-  // With sinks, what they consumed is what the run delivered; the consumer may have been handed
-  // fewer when the run stopped early.
-  s.images = has_sink_ ? sunk_images_.load() : images_.load();
-  s.batches = has_sink_ ? sunk_batches_.load() : batches_.load();
+  s.images = images_.load();
+  s.batches = batches_.load();
+  s.has_sink = has_sink_;
+  s.sink_images = sunk_images_.load();
+  s.sink_batches = sunk_batches_.load();
   s.samples_read = samples_read_.load();
   s.expected_samples = expected_samples_;
   const std::int64_t idle = idle_ns_.load();

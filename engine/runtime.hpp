@@ -237,9 +237,7 @@ class Pipeline::Impl final : public detail::BatchOwner, public RunReporter {
   // Consumer side (one consumer thread at a time).
   std::atomic<std::uint64_t> images_{0};
   std::atomic<std::uint64_t> batches_{0};
-  // What the last sink has consumed: with sinks, what the run delivered. A run that stops drops
-  // the batches between the last sink and the consumer, so the consumer's count can be short of
-  // what the sinks wrote.
+  // What the last sink has consumed (RunStats::sink_images, sink_batches).
   std::atomic<std::uint64_t> sunk_images_{0};
   std::atomic<std::uint64_t> sunk_batches_{0};
   bool has_sink_ = false;

@@ -34,6 +34,7 @@
 #include "stages/decode/decode_kernel.hpp"
 #include "stages/files/files_stage.hpp"
 #include "stages/infer/calibration.hpp"
+#include "stages/normalize/normalize_stage.hpp"
 #include "stages/recordio/pack.hpp"
 #include "stages/recordio/recordio_kernel.hpp"
 #include "stages/recordio/recordio_stage.hpp"
@@ -151,6 +152,33 @@ TEST(CalibrationTable, AFolderOrADeviceIsNamedForWhatItIs) {
   const fs::path fifo = make_fifo(dir, "table.json");
   message = error_of([&] { infer::load_calibration_table(fifo.string()); });
   EXPECT_NE(message.find("a FIFO"), std::string::npos) << message;
+}
+
+TEST(PredictionsFile, AFifoInItsPlaceIsAnErrorNotAHang) {
+  TempDir dir;
+  const fs::path fifo = make_fifo(dir, "predictions.jsonl");
+  auto sink = testing::make_stage<PredictionsSink>(
+      "predictions", "{type: predictions, path: " + fifo.string() + "}");
+  ASSERT_NE(sink, nullptr);
+  const std::string message = error_of([&] { sink->open(); });
+  EXPECT_NE(message.find("a FIFO is in the way"), std::string::npos) << message;
+}
+
+TEST(MeanImage, ANpyHeaderCannotDeclareMoreThanTheFileHolds) {
+  TempDir dir;
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (100000, 100000, 3), }";
+  header.resize(118, ' ');
+  header += '\n';
+  std::string npy = std::string("\x93NUMPY\x01\x00", 8) + static_cast<char>(header.size()) + '\0' +
+                    header + std::string(64, '\0');
+  const fs::path file = dir.write("mean.npy", npy);
+  std::vector<float> values;
+  std::string message = error_of([&] { read_npy_float32(file.string(), values); });
+  EXPECT_NE(message.find("holds more values than the file"), std::string::npos) << message;
+  EXPECT_EQ(values.capacity(), 0U);
+  const fs::path fifo = make_fifo(dir, "fifo.npy");
+  message = error_of([&] { read_npy_float32(fifo.string(), values); });
+  EXPECT_NE(message.find("a FIFO, not a regular file"), std::string::npos) << message;
 }
 
 // ---- config documents ----------------------------------------------------------------------
@@ -733,8 +761,11 @@ TEST(StoppedRun, TheSummaryCountsWhatTheSinksWrote) {
     while (p.next()) {
     }
     g_pipeline = nullptr;
-    EXPECT_EQ(p.stats().batches, static_cast<std::uint64_t>(g_sunk.load())) << "round " << round;
-    EXPECT_EQ(p.stats().images, 4U * static_cast<std::uint64_t>(g_sunk.load()));
+    const RunStats s = p.stats();
+    EXPECT_TRUE(s.has_sink);
+    EXPECT_EQ(s.sink_batches, static_cast<std::uint64_t>(g_sunk.load())) << "round " << round;
+    EXPECT_EQ(s.sink_images, 4U * static_cast<std::uint64_t>(g_sunk.load()));
+    EXPECT_LE(s.batches, s.sink_batches);
   }
 }
 

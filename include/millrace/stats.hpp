@@ -63,8 +63,14 @@ struct TraceInfo {
 };
 
 struct RunStats {
-  std::uint64_t images = 0;  // samples delivered in batches, pad rows excluded
+  std::uint64_t images = 0;  // samples delivered in batches to the consumer, pad rows excluded
   std::uint64_t batches = 0;
+  // What the pipeline's last sink consumed (written to disk, for `npy`), pad rows excluded; 0
+  // without a sink. A run stopped early (a signal, a failure, a consumer that stops reading)
+  // drops the batches between the sink and the consumer, so these can exceed the two above.
+  bool has_sink = false;
+  std::uint64_t sink_images = 0;
+  std::uint64_t sink_batches = 0;
   std::uint64_t samples_read = 0;                 // samples the source produced
   std::optional<std::uint64_t> expected_samples;  // known when the source knows its size
   double seconds = 0;                             // from start to now (or to the end)

@@ -1,7 +1,12 @@
 #include "stages/normalize/normalize_stage.hpp"
 
+#include <sys/stat.h>
+
+#include <charconv>
 #include <cstring>
 #include <fstream>
+
+#include "engine/file_io.hpp"
 
 namespace millrace {
 
@@ -33,6 +38,14 @@ DType engine_dtype(normalize::DType d) {
 }  // namespace
 
 std::vector<std::int64_t> read_npy_float32(const std::string& path, std::vector<float>& values) {
+  // A FIFO would hang the open, a device never end: only a regular file, whose size bounds what
+  // its header may declare.
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) throw std::runtime_error(path + ": cannot open");
+  if (!S_ISREG(st.st_mode)) {
+    throw std::runtime_error(path + ": " + file_kind_name(st.st_mode) + ", not a regular file");
+  }
+  const auto file_bytes = static_cast<std::uint64_t>(st.st_size);
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error(path + ": cannot open");
   char magic[8];
@@ -70,9 +83,21 @@ std::vector<std::int64_t> read_npy_float32(const std::string& path, std::vector<
     const auto comma = dims.find(',', pos);
     const std::string part =
         dims.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
-    if (part.find_first_not_of(' ') != std::string::npos) {
-      shape.push_back(std::stoll(part));
-      count *= shape.back();
+    const auto first = part.find_first_not_of(' ');
+    if (first != std::string::npos) {
+      const auto last = part.find_last_not_of(' ');
+      std::int64_t d = -1;
+      const auto [p, ec] = std::from_chars(part.data() + first, part.data() + last + 1, d);
+      if (ec != std::errc() || p != part.data() + last + 1 || d < 0) {
+        throw std::runtime_error(path + ": bad shape in header");
+      }
+      // The data must be in the file: a header cannot make us allocate more than it holds.
+      if (d != 0 && count > static_cast<std::int64_t>(file_bytes / sizeof(float)) / d) {
+        throw std::runtime_error(path + ": the header's shape holds more values than the file (" +
+                                 std::to_string(file_bytes) + " bytes)");
+      }
+      shape.push_back(d);
+      count *= d;
     }
     if (comma == std::string::npos) break;
     pos = comma + 1;

@@ -12,6 +12,7 @@
 #include <string_view>
 #include <system_error>
 
+#include "engine/file_io.hpp"
 #include "engine/json.hpp"
 #include "stages/infer/infer_stage.hpp"
 
@@ -357,6 +358,10 @@ void PredictionsSink::open() {
   const auto parent = std::filesystem::path(path_).parent_path();
   std::error_code ec;
   if (!parent.empty()) std::filesystem::create_directories(parent, ec);
+  // A FIFO in the file's place would block the open until a reader came.
+  if (const std::string problem = output_file_problem(path_); !problem.empty()) {
+    throw std::runtime_error(path_ + ": cannot create: " + problem);
+  }
   out_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0666);
   if (out_ < 0) throw std::runtime_error(io_error(path_, "create"));
   out_bytes_ = 0;

@@ -184,5 +184,36 @@ class HostileImagesTest(HostileCase):
         self.assertNotIn("\x07", result.stdout)
 
 
+class StoppedRunTest(HostileCase):
+    def test_the_summary_counts_the_batches_the_sink_wrote(self):
+        root = e2e.new_dir("stop")
+        os.makedirs(os.path.join(root, "a"))
+        for i in range(60):
+            with open(os.path.join(root, "a", f"{i:03d}.png"), "wb") as f:
+                f.write(png(64, 48))
+        with open(os.path.join(root, "a", "050_bad.png"), "wb") as f:
+            f.write(b"not a png")
+        for round_ in range(3):
+            folder = e2e.new_dir("stop-run")
+            config = os.path.join(folder, "config.yaml")
+            npy = os.path.join(folder, "npy")
+            with open(config, "w") as f:
+                f.write("pipeline: {threads: 2, prefetch: 1}\nstages:\n"
+                        f"  - {{type: files, root: {root}}}\n"
+                        "  - {type: decode, on_error: fail}\n"
+                        "  - {type: augment, resize: 40, size: 32}\n"
+                        "  - {type: normalize, mean: [0, 0, 0]}\n"
+                        "  - {type: batch, size: 2}\n"
+                        f"  - {{type: npy, dir: {npy}}}\n")
+            summary = os.path.join(folder, "summary.json")
+            result = self.millrace("run", config, "--quiet", "--json", summary, expect=1)
+            with open(summary) as f:
+                s = json.load(f)
+            with open(os.path.join(npy, "batches.jsonl")) as f:
+                lines = [line for line in f if line.strip()]
+            self.assertEqual(s["batches"], len(lines), e2e.describe(result))
+            self.assertEqual(s["images"], 2 * len(lines))
+
+
 if __name__ == "__main__":
     e2e.main()
