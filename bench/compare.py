@@ -30,7 +30,8 @@ libjpeg-turbo limit in interleaved rounds on the same first N images, and prints
 recipe; the JSON's `rows` hold {"recipe", "system", "images_per_second", ...}, a peer that cannot
 run as a row with system "error" saying why. `--sweep` first tries each peer's thread and prefetch
 settings and races each at its best; `--prepared` adds millrace reading the copy that `millrace
-prepare ROOT DST` makes (system "millrace_prepared"), where the binary has that command.
+prepare ROOT DST` makes (system "millrace_prepared"), where the binary has that command;
+`--peer-variant NAME:LABEL=ARGS` races peer NAME once more with ARGS added to its command.
 """
 
 import argparse
