@@ -80,8 +80,11 @@ def scores(labels, top5, reference=None):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--millrace", default=os.path.join(REPO, "build", "millrace"))
-    parser.add_argument("--photos", default=os.path.normpath(
-        os.path.join(REPO, "..", "..", "shared", "fixtures", "imagenet-samples")))
+    # shared/ sits beside the repository (../shared), or beside the folder of worktrees.
+    photos = [os.path.normpath(os.path.join(REPO, *up, "shared", "fixtures", "imagenet-samples"))
+              for up in (("..",), ("..", ".."))]
+    parser.add_argument("--photos", default=next((p for p in photos if os.path.isdir(p)),
+                                                 photos[0]))
     parser.add_argument("--calibration", default=os.path.join(REPO, "data", "imagenet-like"))
     parser.add_argument("--calibration-images", type=int, default=64)
     parser.add_argument("--peers", default="openvino,onnxruntime,torch2",
