@@ -643,11 +643,9 @@ PipelinePlan parse_pipeline(ConfigNode root, const std::vector<std::string>& ove
   // an echo of the one already reported.
   if (all_types_known) check_structure(plan, *stages, d);
   if (!d.has_errors()) {
-    std::vector<Stage*> upstream;
-    for (auto& s : plan.stages) {
-      s.stage->link(upstream, d);
-      upstream.push_back(s.stage.get());
-    }
+    std::vector<Stage*> stages_in_order;
+    for (auto& s : plan.stages) stages_in_order.push_back(s.stage.get());
+    link_stream(stages_in_order, d);
   }
   return plan;
 }

@@ -1184,7 +1184,9 @@ void Pipeline::Impl::start_at(const StreamPosition& from, std::uint32_t epochs) 
 
 const BatchStage* Pipeline::Impl::batch_stage() const {
   for (const StagePlan& p : plan_.stages) {
-    if (const auto* b = dynamic_cast<const BatchStage*>(p.stage.get())) return b;
+    if (p.factory->info().shape == StageShape::kBatch) {
+      return static_cast<const BatchStage*>(p.stage.get());
+    }
   }
   return nullptr;
 }

@@ -178,6 +178,45 @@ NormalizeStage::NormalizeStage(StageContext context, Params params)
   if (params_.layout == LayoutChoice::kNHWC) layout_ = normalize::Layout::kNHWC;
 }
 
+StreamWants NormalizeStage::want_input(const StreamWants& output) {
+  if (params_.layout == LayoutChoice::kAuto && output.layout != Layout::kAny) {
+    layout_ = output.layout == Layout::kHWC ? normalize::Layout::kNHWC : normalize::Layout::kNCHW;
+  }
+  return Stage::want_input(output);
+}
+
+StreamDesc NormalizeStage::link(const StreamDesc& input, Diagnostics&) {
+  StreamDesc out = input;
+  out.dtype = engine_dtype(params_.dtype);
+  const auto [height, width] = input.spatial();
+  if (layout_ == normalize::Layout::kNCHW) {
+    out.layout = Layout::kCHW;
+    out.shape = {3, height, width};
+  } else {
+    out.layout = Layout::kHWC;
+    out.shape = {height, width, 3};
+  }
+  StreamScaling scaling;
+  scaling.stage = name();
+  for (std::size_t c = 0; c < 3; ++c) {
+    if (!params_.mean.empty()) scaling.mean[c] = params_.mean[params_.mean.size() == 1 ? 0 : c];
+  }
+  if (!quantization_.unit.empty()) {
+    for (std::size_t c = 0; c < 3; ++c) scaling.unit[c] = quantization_.unit[c];
+    scaling.zero_point = quantization_.zero_point;
+  } else {
+    // float32: x = (p - mean) / std * scale + zero_point, so one float unit is std / scale.
+    for (std::size_t c = 0; c < 3; ++c) {
+      const double s = params_.std.empty() ? 1.0 : params_.std[params_.std.size() == 1 ? 0 : c];
+      scaling.unit[c] = static_cast<float>(s / params_.scale);
+    }
+    scaling.zero_point = static_cast<float>(params_.zero_point);
+  }
+  scaling.mxnet_compatible = quantization_.mxnet_compatible;
+  out.scaling = scaling;
+  return out;
+}
+
 void NormalizeStage::prepare() {
   if (params_.mean_image.empty()) return;
   mean_image_shape_ = read_npy_float32(params_.mean_image, mean_image_);

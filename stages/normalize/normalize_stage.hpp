@@ -44,14 +44,16 @@ class NormalizeStage final : public TransformStage {
   void prepare() override;
   void process(Sample& sample, RunReporter& reporter) const override;
 
+  // `layout: auto` takes the layout the stages after it want (infer: what its first layer reads);
+  // an explicit layout is kept.
+  StreamWants want_input(const StreamWants& output) override;
+  // Describes its output: element type, layout, the crop's shape and how the values relate to
+  // pixels (the mean, the unit and zero point of the int8 contract).
+  StreamDesc link(const StreamDesc& input, Diagnostics& diagnostics) override;
+
   const Params& params() const { return params_; }
   const Quantization& quantization() const { return quantization_; }
   normalize::Layout layout() const { return layout_; }
-  // Settles `layout: auto` (a stage downstream, such as infer, knows what it wants); an explicit
-  // layout is kept. Call before the run starts.
-  void settle_layout(normalize::Layout wanted) {
-    if (params_.layout == LayoutChoice::kAuto) layout_ = wanted;
-  }
 
  private:
   Params params_;
