@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "engine/layout.hpp"
 #include "millrace/batch.hpp"
 
 namespace millrace {
@@ -27,10 +28,6 @@ namespace millrace {
 class Diagnostics;
 class Stage;
 struct Sample;
-
-// How a sample's dimensions are ordered: height, width, channels (kHWC) or channels first
-// (kCHW); a batch puts its rows in front (NHWC, NCHW). kAny: not fixed, or no preference.
-enum class Layout { kAny, kHWC, kCHW };
 
 // A window of a sample's two spatial dimensions that the next stage will read, and the size it
 // will resample it to. Output pixel (i, j) is sampled at full-scale coordinates
@@ -95,8 +92,8 @@ struct StreamDesc {
 
   // The spatial size {height, width}, from whichever layout; 0 where unknown.
   std::array<std::int64_t, 2> spatial() const {
-    return layout == Layout::kCHW ? std::array<std::int64_t, 2>{shape[1], shape[2]}
-                                  : std::array<std::int64_t, 2>{shape[0], shape[1]};
+    return layout == Layout::kNCHW ? std::array<std::int64_t, 2>{shape[1], shape[2]}
+                                   : std::array<std::int64_t, 2>{shape[0], shape[1]};
   }
 };
 

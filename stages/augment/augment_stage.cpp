@@ -99,7 +99,7 @@ StreamWants AugmentStage::want_input(const StreamWants& output) {
 StreamDesc AugmentStage::link(const StreamDesc& input, Diagnostics&) {
   StreamDesc out = input;
   if (params_.size[0] != 0) {
-    out.layout = Layout::kHWC;
+    out.layout = Layout::kNHWC;
     out.shape = {params_.size[0], params_.size[1], input.shape[2]};
     out.shape_stage = name();
   }

@@ -82,7 +82,7 @@ StreamWants DecodeStage::want_input(const StreamWants& output) {
 StreamDesc DecodeStage::link(const StreamDesc& input, Diagnostics&) {
   StreamDesc out = input;
   out.dtype = DType::kUInt8;
-  out.layout = Layout::kHWC;
+  out.layout = Layout::kNHWC;
   out.shape = {0, 0, 3};  // the size of each image is known only once it is decoded
   out.shape_stage.clear();
   return out;

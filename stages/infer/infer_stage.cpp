@@ -200,7 +200,7 @@ StreamWants InferStage::want_input(const StreamWants& output) {
   // `auto` layouts take what the first primitive reads; an explicit one is honoured (and costs a
   // reorder per batch when it differs, which the metrics report).
   StreamWants wants = Stage::want_input(output);
-  wants.layout = params_.precision == infer::Precision::kInt8 ? Layout::kHWC : Layout::kCHW;
+  wants.layout = params_.precision == infer::Precision::kInt8 ? Layout::kNHWC : Layout::kNCHW;
   return wants;
 }
 
@@ -271,7 +271,7 @@ StreamDesc InferStage::link(const StreamDesc& input, Diagnostics& d) {
   for (std::size_t c = 0; c < 3; ++c) options_.input.unit[c] = scaling.unit[c];
   options_.input.zero_point = scaling.zero_point;
   options_.input.layout =
-      input.layout == Layout::kHWC ? infer::InputLayout::kNHWC : infer::InputLayout::kNCHW;
+      input.layout == Layout::kNHWC ? infer::InputLayout::kNHWC : infer::InputLayout::kNCHW;
   check_calibration_table(where, d);
   return out;
 }

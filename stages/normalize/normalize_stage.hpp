@@ -24,14 +24,13 @@ std::vector<std::int64_t> read_npy_float32(const std::string& path, std::vector<
 class NormalizeStage final : public TransformStage {
  public:
   enum class Order { kRgb, kBgr };
-  enum class LayoutChoice { kAuto, kNCHW, kNHWC };
   struct Params {
-    normalize::DType dtype = normalize::DType::kInt8;
+    DType dtype = DType::kInt8;
     std::vector<double> mean;
     std::vector<double> std;
     double scale = 1.0;
     double zero_point = 0.0;
-    LayoutChoice layout = LayoutChoice::kAuto;
+    Layout layout = Layout::kAny;  // kAny: `auto`
     Order order = Order::kRgb;
     std::string mean_image;
   };
@@ -53,11 +52,11 @@ class NormalizeStage final : public TransformStage {
 
   const Params& params() const { return params_; }
   const Quantization& quantization() const { return quantization_; }
-  normalize::Layout layout() const { return layout_; }
+  Layout layout() const { return layout_; }
 
  private:
   Params params_;
-  normalize::Layout layout_ = normalize::Layout::kNCHW;
+  Layout layout_ = Layout::kNCHW;
   normalize::Table table_;
   Quantization quantization_;
   std::vector<float> mean_image_;
