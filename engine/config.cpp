@@ -126,52 +126,154 @@ std::string_view shape_name(StageShape shape) {
   return "?";
 }
 
-std::vector<ParamDoc> pipeline_key_docs() {
-  return {
-      {"name", "string", "pipeline", "a name for reports", false},
-      {"threads", "integer", "all cores", "TBB worker threads", false},
-      {"queue", "integer", "8",
-       "default queue of every edge between two stages: items that may wait in it, on top of one "
-       "per slot of the stage that fills it",
-       false},
-      {"ordered", "boolean", "true", "deliver samples in source order (false: as they complete)",
-       false},
-      {"prefetch", "integer", "2", "batches handed to the consumer ahead of it", false},
-      {"seed", "integer", "0", "seed of every stage's random stream (augmentations)", false},
-      {"max_errors", "integer | fraction | N%", "no limit",
-       "fail the run when more samples than this are skipped (a count, or a fraction of the "
-       "samples read)",
-       false},
-      {"trace", "string", "none",
-       "write a Chrome trace event file of the run here (open it in Perfetto or chrome://tracing): "
-       "a span per stage invocation on a track per worker thread, queue occupancy counters",
-       false},
-      {"trace_events", "integer", "100000",
-       "trace events kept per thread; a longer run keeps each thread's latest ones and counts the "
-       "older ones as dropped",
-       false},
-  };
+namespace {
+
+void parse_max_errors(const ConfigNode& n, PipelinePlan& plan, Diagnostics& d);
+
+// The keys of the `pipeline` section. Defaults are PipelinePlan's member initialisers.
+const Schema<PipelinePlan>& pipeline_schema() {
+  static const Schema<PipelinePlan> schema = [] {
+    Schema<PipelinePlan> s;
+    s.string("name", &PipelinePlan::name, "a name for reports");
+    s.integer("threads", &PipelinePlan::threads, "TBB worker threads", 1, 1024)
+        .shown_default("all cores");
+    s.integer("queue", &PipelinePlan::queue,
+              "default queue of every edge between two stages: items that may wait in it, on top "
+              "of one per slot of the stage that fills it",
+              1, 1 << 20);
+    s.boolean("ordered", &PipelinePlan::ordered,
+              "deliver samples in source order (false: as they complete)");
+    s.integer("prefetch", &PipelinePlan::prefetch, "batches handed to the consumer ahead of it", 1,
+              1 << 20);
+    s.custom("seed", "integer", "seed of every stage's random stream (augmentations)",
+             std::to_string(PipelinePlan{}.seed),
+             [](PipelinePlan& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
+               std::int64_t i = 0;
+               if (!read_int(n, i, c, d)) return;
+               if (i < 0) {
+                 d.error(n.where, c + " must not be negative");
+               } else {
+                 p.seed = static_cast<std::uint64_t>(i);
+               }
+             });
+    s.custom("max_errors", "integer | fraction | N%",
+             "fail the run when more samples than this are skipped (a count, or a fraction of the "
+             "samples read)",
+             "no limit",
+             [](PipelinePlan& p, const ConfigNode& n, const std::string&, Diagnostics& d) {
+               parse_max_errors(n, p, d);
+             });
+    s.custom("trace", "string",
+             "write a Chrome trace event file of the run here (open it in Perfetto or "
+             "chrome://tracing): a span per stage invocation on a track per worker thread, queue "
+             "occupancy counters",
+             "none",
+             [](PipelinePlan& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
+               if (read_string(n, p.trace, c, d) && p.trace.empty()) {
+                 d.error(n.where, c + " expects a file path, got an empty string");
+               }
+             });
+    s.integer("trace_events", &PipelinePlan::trace_events,
+              "trace events kept per thread; a longer run keeps each thread's latest ones and "
+              "counts the older ones as dropped",
+              1, 1 << 20);
+    return s;
+  }();
+  return schema;
 }
 
+std::string stage_where(const StagePlan& plan) {
+  return "stage '" + plan.name + "' (" + plan.type + ")";
+}
+
+// The engine's keys of every stage, beside the stage's own (`type` and `name` are read first, to
+// know the stage). Their defaults depend on the pipeline and the stage: parse_common_keys sets
+// them before parsing.
+const Schema<StagePlan>& common_schema() {
+  static const Schema<StagePlan> schema = [] {
+    Schema<StagePlan> s;
+    s.custom(
+        "concurrency", "integer | serial | auto",
+        "samples processed at once; auto (concurrent stages): measure each auto stage's cost per "
+        "item over the first items, then split pipeline.threads between them in proportion",
+        "pipeline.threads for concurrent stages, else serial",
+        [](StagePlan& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
+          const std::string where = stage_where(p);
+          const StageInfo& info = p.factory->info();
+          std::int64_t v = 0;
+          if (n.is_scalar() && n.scalar == "serial") {
+            p.concurrency = 1;
+          } else if (n.is_scalar() && n.scalar == "auto") {
+            if (!info.concurrent) {
+              d.error(n.where, where + ": 'concurrency: auto' balances concurrent stages; a " +
+                                   std::string(shape_name(info.shape)) + " stage of type '" +
+                                   p.type + "' runs serially");
+            } else {
+              p.concurrency_auto = true;
+            }
+          } else if (read_int(n, v, c, d)) {
+            if (v < 1 || v > 1024) {
+              d.error(n.where, c + " is out of range: " + std::to_string(v) +
+                                   " not in 1..1024 (or 'serial')");
+            } else if (v > 1 && !info.concurrent) {
+              d.error(n.where, c + " must be 1 or 'serial': a " +
+                                   std::string(shape_name(info.shape)) + " stage of type '" +
+                                   p.type + "' runs serially");
+            } else {
+              p.concurrency = static_cast<int>(v);
+            }
+          }
+        });
+    s.custom(
+        "queue", "integer",
+        "items that may wait in the edge into this stage; the edge also holds one item per slot "
+        "of the stage before it, so that stage always runs at its full concurrency (ordered mode: "
+        "the batch stage's edge defaults to the sum of the edges before it, its reordering window)",
+        "pipeline.queue",
+        [](StagePlan& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
+          std::int64_t q = 0;
+          if (!read_int(n, q, c, d)) return;
+          if (q < 1 || q > (1 << 20)) {
+            d.error(n.where, c + " is out of range: " + std::to_string(q) + " not in 1..1048576");
+          } else {
+            p.queue = static_cast<int>(q);
+            p.queue_set = true;
+          }
+        });
+    s.custom("on_error", "skip | fail",
+             "per-sample errors: skip the sample and list it, or fail the run (stages that can "
+             "fail on one sample)",
+             StagePlan{}.on_error == OnError::kSkip ? "skip" : "fail",
+             [](StagePlan& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
+               // A stage without per-sample errors has no such key: left to the stage schema's
+               // unknown-key report, which lists the keys this stage has.
+               if (!p.factory->info().per_sample_errors) return;
+               std::string v;
+               if (!read_string(n, v, c, d)) return;
+               if (v == "skip") {
+                 p.on_error = OnError::kSkip;
+               } else if (v == "fail") {
+                 p.on_error = OnError::kFail;
+               } else {
+                 d.error(n.where, c + " expects one of skip | fail, got '" + v + "'");
+               }
+             });
+    return s;
+  }();
+  return schema;
+}
+
+}  // namespace
+
+std::vector<ParamDoc> pipeline_key_docs() { return pipeline_schema().docs(); }
+
 std::vector<ParamDoc> common_stage_key_docs() {
-  return {
+  std::vector<ParamDoc> docs{
       {"type", "string", "(required)", "the stage type", true},
       {"name", "string", "the type", "unique name; `--set NAME.key=value` addresses it", false},
-      {"concurrency", "integer | serial | auto",
-       "pipeline.threads for concurrent stages, else serial",
-       "samples processed at once; auto (concurrent stages): measure each auto stage's cost per "
-       "item over the first items, then split pipeline.threads between them in proportion",
-       false},
-      {"queue", "integer", "pipeline.queue",
-       "items that may wait in the edge into this stage; the edge also holds one item per slot "
-       "of the stage before it, so that stage always runs at its full concurrency (ordered mode: "
-       "the batch stage's edge defaults to the sum of the edges before it, its reordering window)",
-       false},
-      {"on_error", "skip | fail", "skip",
-       "per-sample errors: skip the sample and list it, or fail the run (stages that can fail on "
-       "one sample)",
-       false},
   };
+  for (ParamDoc& doc : common_schema().docs()) docs.push_back(std::move(doc));
+  return docs;
 }
 
 namespace {
@@ -401,51 +503,7 @@ void parse_pipeline_section(const ConfigNode& section, PipelinePlan& plan, Diagn
     d.error(section.where, "'pipeline' expects a mapping, got " + describe(section));
     return;
   }
-  std::vector<std::string> known;
-  for (const auto& doc : pipeline_key_docs()) known.push_back(doc.key);
-  for (const auto& [key, value] : section.entries) {
-    const std::string context = "pipeline: '" + key.scalar + "'";
-    std::int64_t i = 0;
-    if (key.scalar == "name") {
-      read_string(value, plan.name, context, d);
-    } else if (key.scalar == "trace") {
-      if (read_string(value, plan.trace, context, d) && plan.trace.empty()) {
-        d.error(value.where, context + " expects a file path, got an empty string");
-      }
-    } else if (key.scalar == "threads" || key.scalar == "queue" || key.scalar == "prefetch" ||
-               key.scalar == "trace_events") {
-      if (!read_int(value, i, context, d)) continue;
-      const std::int64_t hi = key.scalar == "threads" ? 1024 : 1 << 20;
-      if (i < 1 || i > hi) {
-        d.error(value.where, context + " is out of range: " + std::to_string(i) + " not in 1.." +
-                                 std::to_string(hi));
-        continue;
-      }
-      (key.scalar == "threads"    ? plan.threads
-       : key.scalar == "queue"    ? plan.queue
-       : key.scalar == "prefetch" ? plan.prefetch
-                                  : plan.trace_events) = static_cast<int>(i);
-    } else if (key.scalar == "ordered") {
-      read_bool(value, plan.ordered, context, d);
-    } else if (key.scalar == "seed") {
-      if (read_int(value, i, context, d)) {
-        if (i < 0) {
-          d.error(value.where, context + " must not be negative");
-        } else {
-          plan.seed = static_cast<std::uint64_t>(i);
-        }
-      }
-    } else if (key.scalar == "max_errors") {
-      parse_max_errors(value, plan, d);
-    } else {
-      std::string hint = nearest(key.scalar, known);
-      std::string list;
-      for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
-      d.error(key.where, "pipeline: unknown key '" + key.scalar + "'" +
-                             (hint.empty() ? "" : " (did you mean '" + hint + "'?)") +
-                             "; known keys: " + list);
-    }
-  }
+  pipeline_schema().parse(plan, section, "pipeline", {}, d);
 }
 
 // The engine's own keys of one stage; the rest goes to the stage's schema.
@@ -455,57 +513,7 @@ void parse_common_keys(const ConfigNode& stage, StagePlan& plan, const PipelineP
   const StageInfo& info = plan.factory->info();
   plan.queue = pipeline.queue;
   plan.concurrency = info.concurrent ? pipeline.threads : 1;
-  if (const ConfigNode* n = stage.find("concurrency")) {
-    std::int64_t c = 0;
-    if (n->is_scalar() && n->scalar == "serial") {
-      plan.concurrency = 1;
-    } else if (n->is_scalar() && n->scalar == "auto") {
-      if (!info.concurrent) {
-        d.error(n->where, where + ": 'concurrency: auto' balances concurrent stages; a " +
-                              std::string(shape_name(info.shape)) + " stage of type '" + plan.type +
-                              "' runs serially");
-      } else {
-        plan.concurrency_auto = true;
-      }
-    } else if (read_int(*n, c, where + ": 'concurrency'", d)) {
-      if (c < 1 || c > 1024) {
-        d.error(n->where, where + ": 'concurrency' is out of range: " + std::to_string(c) +
-                              " not in 1..1024 (or 'serial')");
-      } else if (c > 1 && !info.concurrent) {
-        d.error(n->where, where + ": 'concurrency' must be 1 or 'serial': a " +
-                              std::string(shape_name(info.shape)) + " stage of type '" + plan.type +
-                              "' runs serially");
-      } else {
-        plan.concurrency = static_cast<int>(c);
-      }
-    }
-  }
-  if (const ConfigNode* n = stage.find("queue")) {
-    std::int64_t q = 0;
-    if (read_int(*n, q, where + ": 'queue'", d)) {
-      if (q < 1 || q > (1 << 20)) {
-        d.error(n->where,
-                where + ": 'queue' is out of range: " + std::to_string(q) + " not in 1..1048576");
-      } else {
-        plan.queue = static_cast<int>(q);
-        plan.queue_set = true;
-      }
-    }
-  }
-  if (const ConfigNode* n = stage.find("on_error")) {
-    std::string v;
-    if (!info.per_sample_errors) {
-      // Left to the schema's unknown-key report, which lists the keys this stage has.
-    } else if (read_string(*n, v, where + ": 'on_error'", d)) {
-      if (v == "skip") {
-        plan.on_error = OnError::kSkip;
-      } else if (v == "fail") {
-        plan.on_error = OnError::kFail;
-      } else {
-        d.error(n->where, where + ": 'on_error' expects one of skip | fail, got '" + v + "'");
-      }
-    }
-  }
+  common_schema().parse_known(plan, stage, where, d);
 }
 
 void check_structure(PipelinePlan& plan, const ConfigNode& stages_node, Diagnostics& d) {
@@ -745,11 +753,9 @@ PipelinePlan parse_pipeline(ConfigNode root, const std::vector<std::string>& ove
   // an echo of the one already reported.
   if (all_types_known) check_structure(plan, *stages, d);
   if (!d.has_errors()) {
-    std::vector<Stage*> upstream;
-    for (auto& s : plan.stages) {
-      s.stage->link(upstream, d);
-      upstream.push_back(s.stage.get());
-    }
+    std::vector<Stage*> stages_in_order;
+    for (auto& s : plan.stages) stages_in_order.push_back(s.stage.get());
+    link_stream(stages_in_order, d);
   }
   return plan;
 }

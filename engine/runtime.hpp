@@ -1,4 +1,6 @@
-// Pipeline::Impl: lowers a validated PipelinePlan to a oneTBB flow graph and runs it.
+// Pipeline::Impl: lowers a validated PipelinePlan to a oneTBB flow graph (FlowGraph,
+// engine/flow_graph.hpp) and runs it, handing batches to the consumer and keeping the run's
+// report (failures, skipped samples, warnings, statistics).
 //
 // Contract (see include/millrace/pipeline.hpp for the public side):
 // - Every edge between two steps is bounded by tokens: a step may start an item only while it
@@ -17,6 +19,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <boost/lockfree/spsc_queue.hpp>
 #include <chrono>
 #include <condition_variable>
 #include <memory>
@@ -184,6 +187,7 @@ class Pipeline::Impl final : public detail::BatchOwner, public RunReporter {
   void deliver(const Msg& msg);
   void note_first_item();
   void note_sunk(std::uint64_t rows);
+  void note_sample_read() { samples_read_.fetch_add(1, std::memory_order_relaxed); }
   // What `concurrency: auto` chose, for the summary.
   void note_concurrency(const std::string& note);
 
@@ -194,7 +198,6 @@ class Pipeline::Impl final : public detail::BatchOwner, public RunReporter {
   std::vector<int> edge_capacities() const;
 
  private:
-  friend class FlowGraph;
   void run_graph();
   RunStats build_stats(bool final) const;
   // Tells the consumer that a batch, the end or a failure is ready for it.
@@ -205,6 +208,9 @@ class Pipeline::Impl final : public detail::BatchOwner, public RunReporter {
   PipelinePlan plan_;
   std::vector<Diagnostic> warnings_;
   std::chrono::steady_clock::time_point created_;
+  // Finished batches on their way to the consumer (the end of stream is a marker address).
+  // Declared before the graph, so that it outlives any task the graph is still finishing.
+  boost::lockfree::spsc_queue<BatchData*> ready_;
   std::unique_ptr<FlowGraph> flow_;
   // Per stage, what it could change to cost less (Stage::cheaper_settings), read once when the
   // graph is built: a stage's settings do not change while it runs.
@@ -245,7 +251,7 @@ class Pipeline::Impl final : public detail::BatchOwner, public RunReporter {
   std::atomic<std::int64_t> first_item_ns_{-1};
   std::atomic<std::int64_t> first_batch_ns_{-1};
   std::atomic<std::int64_t> last_batch_ns_{-1};
-  std::atomic<std::int64_t> end_ns_{-1};
+  std::atomic<std::int64_t> stopped_ns_{-1};  // when the graph stopped, ns after construction
   std::int64_t built_ns_ = 0;  // construction time (scanning, preparing), part of start-up
   std::atomic<std::int64_t> idle_ns_{
       0};  // between construction and start(): not the pipeline's time

@@ -227,6 +227,12 @@ class Schema : public SchemaBase {
         key, std::move(type), std::move(doc), [default_text](const P&) { return default_text; },
         std::move(parser));
   }
+  // Shows `text` as the default of the field declared last, for a default whose plain value does
+  // not say what it means (threads 0: all cores).
+  Schema& shown_default(std::string text) {
+    fields_.back().doc.default_value = std::move(text);
+    return *this;
+  }
   // Marks the field declared last as required.
   Schema& required() {
     fields_.back().doc.required = true;
@@ -262,6 +268,17 @@ class Schema : public SchemaBase {
     for (const auto& f : fields_) {
       if (f.doc.required && map.find(f.doc.key) == nullptr) {
         d.error(map.where, context + ": missing required key '" + f.doc.key + "'");
+      }
+    }
+  }
+
+  // Parses the keys of `map` that this schema has and leaves every other key alone: for keys that
+  // share a mapping with another schema's (the engine's keys of a stage, beside the stage's own).
+  void parse_known(P& params, const ConfigNode& map, const std::string& context,
+                   Diagnostics& d) const {
+    for (const auto& [key, value] : map.entries) {
+      for (const auto& f : fields_) {
+        if (f.doc.key == key.scalar) f.parse(params, value, context + ": '" + key.scalar + "'", d);
       }
     }
   }

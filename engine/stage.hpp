@@ -25,6 +25,7 @@
 
 #include "engine/config_node.hpp"
 #include "engine/item.hpp"
+#include "engine/stream.hpp"
 #include "millrace/stats.hpp"
 
 namespace millrace {
@@ -70,13 +71,24 @@ class Stage {
   const StageContext& context() const { return context_; }
   const std::string& name() const { return context_.name; }
 
-  // Called once after every stage of the pipeline is constructed, with the stages before this
-  // one (source first): rules that span stages (a model's input shape against the crop size, its
-  // mean against normalize's) are reported here as config errors at this stage's place, and a
-  // stage may settle choices left to it (a layout of `auto`). No I/O beyond reading configs.
-  virtual void link(const std::vector<Stage*>& upstream, Diagnostics& diagnostics) {
-    (void)upstream;
+  // The back-to-front pass of link_stream (engine/stream.hpp), once, after every stage is
+  // constructed: `output` is what the stages after this one want from its output edge; returns
+  // what this stage wants from its input edge. A stage settles choices left to it here (a layout
+  // of `auto`). By default the wants pass through, less the window request, which is only ever
+  // meant for the stage right before its reader.
+  virtual StreamWants want_input(const StreamWants& output) {
+    StreamWants wants = output;
+    wants.window_reader = nullptr;
+    return wants;
+  }
+  // The front-to-back pass: `input` describes what arrives on this stage's input edge (empty for
+  // a source); returns the description of what it gives. Rules that span stages (a model's input
+  // shape against the crop size, its mean against the loader's) are reported here as config
+  // errors at this stage's place. No I/O beyond reading configs. By default the stream passes
+  // through unchanged.
+  virtual StreamDesc link(const StreamDesc& input, Diagnostics& diagnostics) {
     (void)diagnostics;
+    return input;
   }
   // Called once, after every stage is constructed and before any item flows, on the thread that
   // builds the pipeline. Slow start-up work (scanning a folder, loading a model) belongs here.

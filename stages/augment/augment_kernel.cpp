@@ -7,18 +7,10 @@
 #include <opencv2/imgproc.hpp>
 #include <string>
 
+#include "stages/common/rounding.hpp"
+
 namespace millrace::augment {
 namespace {
-
-// Python's round(): ties to even. Written out instead of relying on the floating-point
-// environment's rounding mode, which a host application could have changed.
-double round_half_even(double x) {
-  const double lower = std::floor(x);
-  const double diff = x - lower;
-  if (diff > 0.5) return lower + 1.0;
-  if (diff < 0.5) return lower;
-  return std::fmod(lower, 2.0) == 0.0 ? lower : lower + 1.0;
-}
 
 void check_crop(int width, int height, int crop_w, int crop_h) {
   if (width <= 0 || height <= 0) throw std::invalid_argument("crop: image size must be positive");
@@ -122,8 +114,8 @@ Rect random_resized_window(int width, int height, std::array<double, 2> scale,
     const double target_area = area * rng.uniform(scale[0], scale[1]);
     const double aspect = std::exp(rng.uniform(log_lo, log_hi));
     // Compared as doubles: a large scale could give a size beyond int.
-    const double w = round_half_even(std::sqrt(target_area * aspect));
-    const double h = round_half_even(std::sqrt(target_area / aspect));
+    const double w = round_half_to_even(std::sqrt(target_area * aspect));
+    const double h = round_half_to_even(std::sqrt(target_area / aspect));
     if (w > 0 && w <= width && h > 0 && h <= height) {
       const int cw = static_cast<int>(w);
       const int ch = static_cast<int>(h);
@@ -139,9 +131,9 @@ Rect random_resized_window(int width, int height, std::array<double, 2> scale,
   int cw = width;
   int ch = height;
   if (in_ratio < ratio[0]) {
-    ch = std::max(1, static_cast<int>(round_half_even(cw / ratio[0])));
+    ch = std::max(1, static_cast<int>(round_half_to_even(cw / ratio[0])));
   } else if (in_ratio > ratio[1]) {
-    cw = std::max(1, static_cast<int>(round_half_even(ch * ratio[1])));
+    cw = std::max(1, static_cast<int>(round_half_to_even(ch * ratio[1])));
   }
   return Rect{(width - cw) / 2, (height - ch) / 2, cw, ch};
 }

@@ -112,16 +112,24 @@ AugmentStage::AugmentStage(StageContext context, Params params)
   seed_ = params_.seed >= 0 ? static_cast<std::uint64_t>(params_.seed) : this->context().seed;
 }
 
-void AugmentStage::link(const std::vector<Stage*>& upstream, Diagnostics&) {
+StreamWants AugmentStage::want_input(const StreamWants& output) {
+  StreamWants wants = Stage::want_input(output);
   // Nothing to reduce without a resize or a crop, and area interpolation needs the resize to see
   // every source pixel.
   const bool useful = params_.resize > 0 || params_.crop != Crop::kNone;
   const bool area_resize = params_.resize > 0 && params_.interpolation == augment::Interp::kArea;
-  if (upstream.empty() || !useful || area_resize) return;
-  // Only the stage right before: any other stage in between may change the pixels.
-  if (auto* decode = dynamic_cast<DecodeStage*>(upstream.back())) {
-    decode->attach_window_source(this);
+  if (useful && !area_resize) wants.window_reader = this;
+  return wants;
+}
+
+StreamDesc AugmentStage::link(const StreamDesc& input, Diagnostics&) {
+  StreamDesc out = input;
+  if (params_.size[0] != 0) {
+    out.layout = Layout::kNHWC;
+    out.shape = {params_.size[0], params_.size[1], input.shape[2]};
+    out.shape_stage = name();
   }
+  return out;
 }
 
 void AugmentStage::check_resize(int width, int height) const {
@@ -185,12 +193,12 @@ AugmentStage::Geometry AugmentStage::geometry(int width, int height, CounterRng&
   return g;
 }
 
-std::optional<decode::WindowRequest> AugmentStage::decode_window(
-    int width, int height, const Sample& sample) const noexcept {
+std::optional<WindowRequest> AugmentStage::window(int width, int height,
+                                                  const Sample& sample) const noexcept {
   try {
     CounterRng rng(seed_, context().stage_key, sample.epoch, sample.id);
     const Geometry g = geometry(width, height, rng);
-    decode::WindowRequest request;
+    WindowRequest request;
     request.x = g.window.x;
     request.y = g.window.y;
     request.width = g.window.width;

@@ -6,9 +6,10 @@
 // region of the sample and the mirror as a deferred flip: normalize applies both while it copies,
 // so a plain center crop costs no pass over the pixels here.
 //
-// Reduced decoding: right after a `decode` stage with `reduce: auto`, the stage attaches itself
-// to it in link() and answers, from an image's full size, which window it will read
-// (decode_window, the same draws from the same generator as process(), so the window never
+// Reduced decoding: the stage asks the stage right before it, through the stream's wants
+// (StreamWants::window_reader, engine/stream.hpp), to consult it; a `decode` with `reduce: auto`
+// then asks, from an image's full size, which window it will read (window(), the same draws from
+// the same generator as process(), so the window never
 // depends on whether decode reduced). A sample decoded that way carries Sample::decoded; process()
 // then maps the same window into the delivered pixels and resamples from there in one pass (a
 // resize followed by a crop becomes one resampling of the window). With `interpolation: area`
@@ -34,11 +35,10 @@
 #include "engine/registry.hpp"
 #include "stages/augment/augment_kernel.hpp"
 #include "stages/common/compat.hpp"
-#include "stages/decode/decode_stage.hpp"
 
 namespace millrace {
 
-class AugmentStage final : public TransformStage, public DecodeWindowSource {
+class AugmentStage final : public TransformStage, public WindowReader {
  public:
   enum class Crop { kNone, kCenter, kRandom, kRandomResized };
   struct Params {
@@ -63,13 +63,14 @@ class AugmentStage final : public TransformStage, public DecodeWindowSource {
                     Diagnostics& d);
 
   AugmentStage(StageContext context, Params params);
-  void link(const std::vector<Stage*>& upstream, Diagnostics& diagnostics) override;
+  StreamWants want_input(const StreamWants& output) override;
+  StreamDesc link(const StreamDesc& input, Diagnostics& diagnostics) override;
   void prepare() override;
   void process(Sample& sample, RunReporter& reporter) const override;
   // A smaller `resize`, when it resizes before cropping.
   std::vector<CheaperSetting> cheaper_settings() const override;
-  std::optional<decode::WindowRequest> decode_window(int width, int height,
-                                                     const Sample& sample) const noexcept override;
+  std::optional<WindowRequest> window(int width, int height,
+                                      const Sample& sample) const noexcept override;
   // Throws SampleError when resizing a width x height image would pass max_pixels or
   // max_aspect_ratio; nothing when the stage does not resize.
   void check_resize(int width, int height) const;

@@ -132,6 +132,12 @@ void BatchAssembler::append_row(BatchData& b, const Sample& s) {
   ++b.rows;
 }
 
+StreamDesc BatchAssembler::link(const StreamDesc& input, Diagnostics&) {
+  StreamDesc out = input;
+  out.batch_size = params_.size;
+  return out;
+}
+
 void BatchAssembler::push(const Sample& s, BatchEmitter& out) {
   check_shape(s);
   Open& open = open_[s.epoch];

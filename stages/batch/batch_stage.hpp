@@ -25,6 +25,8 @@ class BatchAssembler final : public BatchStage {
 
   BatchAssembler(StageContext context, Params params);
 
+  // Describes batches of `size` rows of what arrives.
+  StreamDesc link(const StreamDesc& input, Diagnostics& diagnostics) override;
   void push(const Sample& sample, BatchEmitter& out) override;
   void finish_epoch(std::uint32_t epoch, BatchEmitter& out) override;
   bool pads_from_epoch_start() const override { return params_.last == Last::kPad; }

@@ -4,17 +4,20 @@ namespace millrace {
 
 namespace {
 
-// Binds a window source to one sample for the kernel's one question; lives on the stack.
+// Binds a window reader to one sample for the kernel's one question; lives on the stack.
 class SampleWindowChooser final : public decode::WindowChooser {
  public:
-  SampleWindowChooser(const DecodeWindowSource& source, const Sample& sample)
-      : source_(source), sample_(sample) {}
+  SampleWindowChooser(const WindowReader& reader, const Sample& sample)
+      : reader_(reader), sample_(sample) {}
   std::optional<decode::WindowRequest> choose(int width, int height) const noexcept override {
-    return source_.decode_window(width, height, sample_);
+    const std::optional<WindowRequest> w = reader_.window(width, height, sample_);
+    if (!w) return std::nullopt;
+    return decode::WindowRequest{w->x,         w->y,          w->width,      w->height,
+                                 w->out_width, w->out_height, w->allow_scale};
   }
 
  private:
-  const DecodeWindowSource& source_;
+  const WindowReader& reader_;
   const Sample& sample_;
 };
 
@@ -90,10 +93,24 @@ DecodeStage::DecodeStage(StageContext context, Params params)
   options_.fast_dct = params.dct == Dct::kFast;
 }
 
-bool DecodeStage::attach_window_source(const DecodeWindowSource* source) {
+bool DecodeStage::attach_window_source(const WindowReader* reader) {
   if (params_.reduce != Reduce::kAuto) return false;
-  window_source_ = source;
+  window_source_ = reader;
   return true;
+}
+
+StreamWants DecodeStage::want_input(const StreamWants& output) {
+  if (output.window_reader != nullptr) attach_window_source(output.window_reader);
+  return Stage::want_input(output);
+}
+
+StreamDesc DecodeStage::link(const StreamDesc& input, Diagnostics&) {
+  StreamDesc out = input;
+  out.dtype = DType::kUInt8;
+  out.layout = Layout::kNHWC;
+  out.shape = {0, 0, 3};  // the size of each image is known only once it is decoded
+  out.shape_stage.clear();
+  return out;
 }
 
 std::vector<CheaperSetting> DecodeStage::cheaper_settings() const {

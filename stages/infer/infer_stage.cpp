@@ -7,11 +7,8 @@
 #include <limits>
 
 #include "engine/file_io.hpp"
-#include "stages/augment/augment_stage.hpp"
-#include "stages/batch/batch_stage.hpp"
 #include "stages/infer/calibration.hpp"
 #include "stages/infer/onnx_import.hpp"
-#include "stages/normalize/normalize_stage.hpp"
 
 namespace millrace {
 
@@ -202,21 +199,31 @@ InferStage::InferStage(StageContext context, Params params)
 
 InferStage::~InferStage() = default;
 
-void InferStage::link(const std::vector<Stage*>& upstream, Diagnostics& d) {
+StreamWants InferStage::want_input(const StreamWants& output) {
+  // `auto` layouts take what the first primitive reads; an explicit one is honoured (and costs a
+  // reorder per batch when it differs, which the metrics report).
+  StreamWants wants = Stage::want_input(output);
+  wants.layout = params_.precision == infer::Precision::kInt8 ? Layout::kNHWC : Layout::kNCHW;
+  return wants;
+}
+
+StreamDesc InferStage::link(const StreamDesc& input, Diagnostics& d) {
   const std::string where = "stage '" + name() + "' (infer)";
-  NormalizeStage* normalize = nullptr;
-  const AugmentStage* augment = nullptr;
-  const BatchAssembler* batch = nullptr;
-  for (Stage* s : upstream) {
-    if (auto* n = dynamic_cast<NormalizeStage*>(s)) normalize = n;
-    if (const auto* a = dynamic_cast<const AugmentStage*>(s)) augment = a;
-    if (const auto* b = dynamic_cast<const BatchAssembler*>(s)) batch = b;
+  StreamDesc out = input;
+  out.outputs_stage = name();
+  out.output_width = 0;
+  if (model_.output >= 0 && model_.output < model_.value_count()) {
+    std::int64_t width = 1;
+    const auto& shape = model_.value_shapes[static_cast<std::size_t>(model_.output)];
+    for (std::size_t i = 1; i < shape.size(); ++i) width *= shape[i];
+    out.output_width = static_cast<int>(width);
   }
-  if (normalize == nullptr || batch == nullptr) {
+  out.top_k = params_.top_k;
+  if (!input.scaling || input.batch_size <= 0) {
     d.error(context().where, where + ": needs a normalize stage and a batch stage before it");
-    return;
+    return out;
   }
-  batch_size_ = batch->params().size;
+  batch_size_ = input.batch_size;
   options_.batch = batch_size_;
 
   // The batches' pixels must be what the model takes.
@@ -225,72 +232,51 @@ void InferStage::link(const std::vector<Stage*>& upstream, Diagnostics& d) {
     d.error(context().where, where + ": model '" + params_.model + "' takes " +
                                  std::to_string(in[1]) + " input channels; the loader gives 3");
   }
-  if (augment != nullptr && augment->params().size[0] != 0 &&
-      (augment->params().size[0] != in[2] || augment->params().size[1] != in[3])) {
+  const auto [height, width] = input.spatial();
+  if (!input.shape_stage.empty() && height != 0 && (height != in[2] || width != in[3])) {
     d.error(context().where, where + ": model '" + params_.model + "' takes " +
                                  std::to_string(in[2]) + "x" + std::to_string(in[3]) +
-                                 " images but stage '" + augment->name() + "' crops " +
-                                 std::to_string(augment->params().size[0]) + "x" +
-                                 std::to_string(augment->params().size[1]));
+                                 " images but stage '" + input.shape_stage + "' crops " +
+                                 std::to_string(height) + "x" + std::to_string(width));
   }
 
   // The loader's integers and the model's expectations must agree on the mean (int8-contract.md,
   // section 3): with int8 a padded 0 then means "the mean pixel", as the float model sees it.
-  const auto& np = normalize->params();
-  const auto& q = normalize->quantization();
+  const StreamScaling& scaling = *input.scaling;
   if (!params_.input_mean.empty()) {
     for (std::size_t c = 0; c < 3; ++c) {
-      const double loader = np.mean.empty() ? 0.0 : np.mean[np.mean.size() == 1 ? 0 : c];
+      const double loader = scaling.mean[c];
       const double model = params_.input_mean[c];
       // MXNet-compatible int8 rounds the mean, so agreement is to rounding.
-      const double tolerance = q.mxnet_compatible ? 0.5 + 1e-9 : 1e-3;
+      const double tolerance = scaling.mxnet_compatible ? 0.5 + 1e-9 : 1e-3;
       if (std::abs(std::round(loader) - model) > tolerance &&
           std::abs(loader - model) > tolerance) {
         d.error(context().where, where + ": the model expects mean " + format_number(model) +
                                      " on channel " + std::to_string(c) + " but stage '" +
-                                     normalize->name() + "' subtracts " + format_number(loader) +
+                                     scaling.stage + "' subtracts " + format_number(loader) +
                                      " (they must agree, to rounding)");
         break;
       }
     }
   }
-  for (std::size_t c = 0; c < 3; ++c) {
-    options_.input.mean[c] =
-        np.mean.empty() ? 0.0F : static_cast<float>(np.mean[np.mean.size() == 1 ? 0 : c]);
-  }
-  switch (np.dtype) {
-    case normalize::DType::kInt8:
+  for (std::size_t c = 0; c < 3; ++c) options_.input.mean[c] = static_cast<float>(scaling.mean[c]);
+  switch (input.dtype) {
+    case DType::kInt8:
       options_.input.type = infer::InputType::kS8;
       break;
-    case normalize::DType::kUInt8:
+    case DType::kUInt8:
       options_.input.type = infer::InputType::kU8;
       break;
-    case normalize::DType::kFloat32:
+    case DType::kFloat32:
       options_.input.type = infer::InputType::kF32;
       break;
   }
-  if (!q.unit.empty()) {
-    for (std::size_t c = 0; c < 3; ++c) options_.input.unit[c] = q.unit[c];
-    options_.input.zero_point = q.zero_point;
-  } else if (np.dtype == normalize::DType::kFloat32) {
-    // float32: x = (p - mean) / std * scale + zero_point, so one float unit is std / scale.
-    for (std::size_t c = 0; c < 3; ++c) {
-      const double s = np.std.empty() ? 1.0 : np.std[np.std.size() == 1 ? 0 : c];
-      options_.input.unit[c] = static_cast<float>(s / np.scale);
-    }
-    options_.input.zero_point = static_cast<float>(np.zero_point);
-  }
-  // Layout: `auto` takes what the first primitive reads; an explicit one is honoured (and costs a
-  // reorder per batch when it differs, which the metrics report).
-  const infer::InputLayout preferred = params_.precision == infer::Precision::kInt8
-                                           ? infer::InputLayout::kNHWC
-                                           : infer::InputLayout::kNCHW;
-  normalize->settle_layout(preferred == infer::InputLayout::kNHWC ? normalize::Layout::kNHWC
-                                                                  : normalize::Layout::kNCHW);
-  options_.input.layout = normalize->layout() == normalize::Layout::kNHWC
-                              ? infer::InputLayout::kNHWC
-                              : infer::InputLayout::kNCHW;
+  for (std::size_t c = 0; c < 3; ++c) options_.input.unit[c] = scaling.unit[c];
+  options_.input.zero_point = scaling.zero_point;
+  options_.input.layout =
+      input.layout == Layout::kNHWC ? infer::InputLayout::kNHWC : infer::InputLayout::kNCHW;
   check_calibration_table(where, d);
+  return out;
 }
 
 void InferStage::check_calibration_table(const std::string& where, Diagnostics& d) {

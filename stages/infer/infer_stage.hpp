@@ -54,7 +54,11 @@ class InferStage final : public BatchTransformStage {
   InferStage(StageContext context, Params params);
   ~InferStage() override;
 
-  void link(const std::vector<Stage*>& upstream, Diagnostics& diagnostics) override;
+  // Wants the layout its first layer reads (NHWC for int8, NCHW for fp32).
+  StreamWants want_input(const StreamWants& output) override;
+  // Checks the described batches against the model (channels, size, mean) and takes their element
+  // type, layout and scaling; describes its output rows (the logits) and top_k.
+  StreamDesc link(const StreamDesc& input, Diagnostics& diagnostics) override;
   void thread_start() override;
   void process(BatchData& batch, BatchEmitter& out) override;
   void flush(BatchEmitter& out) override;

@@ -7,18 +7,10 @@
 #include <stdexcept>
 #include <string>
 
+#include "stages/common/rounding.hpp"
+
 namespace millrace::normalize {
 namespace {
-
-// Ties to even, written out so that the result does not depend on the floating-point
-// environment's rounding mode, which a host application could have changed.
-double round_half_to_even(double x) {
-  const double lower = std::floor(x);
-  const double diff = x - lower;
-  if (diff > 0.5) return lower + 1.0;
-  if (diff < 0.5) return lower;
-  return std::fmod(lower, 2.0) == 0.0 ? lower : lower + 1.0;
-}
 
 // Expands 0, 1 or 3 values to three (RGB order); `fallback` for an empty list.
 std::array<double, 3> per_channel(const std::vector<double>& values, double fallback,

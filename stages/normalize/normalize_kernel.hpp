@@ -20,12 +20,13 @@
 #include <cstdint>
 #include <vector>
 
+#include "engine/layout.hpp"
 #include "stages/common/image.hpp"
 
 namespace millrace::normalize {
 
-enum class DType { kInt8, kUInt8, kFloat32 };
-enum class Layout { kNCHW, kNHWC };  // per sample: CHW or HWC
+// The element type and layout are millrace::DType and millrace::Layout (engine/layout.hpp); a
+// layout here is per sample, kNCHW writing CHW and kNHWC writing HWC.
 
 struct Params {
   DType dtype = DType::kInt8;

@@ -23,18 +23,6 @@ normalize::Params kernel_params(const NormalizeStage::Params& p) {
   return k;
 }
 
-DType engine_dtype(normalize::DType d) {
-  switch (d) {
-    case normalize::DType::kInt8:
-      return DType::kInt8;
-    case normalize::DType::kUInt8:
-      return DType::kUInt8;
-    case normalize::DType::kFloat32:
-      return DType::kFloat32;
-  }
-  return DType::kUInt8;
-}
-
 }  // namespace
 
 std::vector<std::int64_t> read_npy_float32(const std::string& path, std::vector<float>& values) {
@@ -127,9 +115,7 @@ const Schema<NormalizeStage::Params>& NormalizeStage::schema() {
   static const Schema<Params> schema = [] {
     Schema<Params> s;
     s.choice("dtype", &Params::dtype, "output element type",
-             {{"int8", normalize::DType::kInt8},
-              {"uint8", normalize::DType::kUInt8},
-              {"float32", normalize::DType::kFloat32}});
+             {{"int8", DType::kInt8}, {"uint8", DType::kUInt8}, {"float32", DType::kFloat32}});
     s.numbers("mean", &Params::mean,
               "per-channel mean in pixel units, RGB order (1 or 3 numbers); int8 with mean only "
               "is MXNet's mode: pixel - round(mean), saturated",
@@ -143,9 +129,7 @@ const Schema<NormalizeStage::Params>& NormalizeStage::schema() {
     s.choice("layout", &Params::layout,
              "layout of each sample in the batch; auto: what a following infer stage's first "
              "layer reads (NHWC for oneDNN's int8 convolutions), else NCHW",
-             {{"auto", LayoutChoice::kAuto},
-              {"NCHW", LayoutChoice::kNCHW},
-              {"NHWC", LayoutChoice::kNHWC}});
+             {{"auto", Layout::kAny}, {"NCHW", Layout::kNCHW}, {"NHWC", Layout::kNHWC}});
     s.choice("order", &Params::order, "channel order of the output",
              {{"RGB", Order::kRgb}, {"BGR", Order::kBgr}});
     s.string("mean_image", &Params::mean_image,
@@ -165,15 +149,15 @@ void NormalizeStage::check(const Params& p, const ConfigNode& node, const std::s
   const bool mean_given = node.find("mean") != nullptr;
   const bool nonzero_mean =
       std::any_of(p.mean.begin(), p.mean.end(), [](double m) { return m != 0.0; });
-  if (p.dtype == normalize::DType::kUInt8 && nonzero_mean && node.find("zero_point") == nullptr) {
+  if (p.dtype == DType::kUInt8 && nonzero_mean && node.find("zero_point") == nullptr) {
     d.error(at("mean"), where +
                             ": 'mean' with dtype uint8 needs a 'zero_point' (pixels below the "
                             "mean would saturate to 0); use dtype int8 for mean subtraction");
     return;
   }
   if (!p.mean_image.empty()) {
-    if (p.dtype != normalize::DType::kInt8 || mean_given || !p.std.empty() ||
-        node.find("scale") != nullptr || node.find("zero_point") != nullptr) {
+    if (p.dtype != DType::kInt8 || mean_given || !p.std.empty() || node.find("scale") != nullptr ||
+        node.find("zero_point") != nullptr) {
       d.error(at("mean_image"), where +
                                     ": 'mean_image' is MXNet's int8 mode: dtype int8 and no "
                                     "mean, std, scale or zero_point");
@@ -182,7 +166,7 @@ void NormalizeStage::check(const Params& p, const ConfigNode& node, const std::s
   }
   try {
     normalize::Table table(kernel_params(p));
-    if (p.dtype == normalize::DType::kInt8 && table.quant().mxnet_mode && !nonzero_mean) {
+    if (p.dtype == DType::kInt8 && table.quant().mxnet_mode && !nonzero_mean) {
       d.warning(at("dtype"), where +
                                  ": int8 with a mean of 0 saturates every pixel value >= 128 "
                                  "to 127 (set 'mean', e.g. [123.68, 116.779, 103.939])");
@@ -197,12 +181,48 @@ NormalizeStage::NormalizeStage(StageContext context, Params params)
       params_(std::move(params)),
       table_(kernel_params(params_)) {
   const auto& info = table_.quant();
-  if (params_.dtype != normalize::DType::kFloat32) {
+  if (params_.dtype != DType::kFloat32) {
     quantization_.unit.assign(info.unit.begin(), info.unit.end());
     quantization_.zero_point = info.zero_point;
   }
   quantization_.mxnet_compatible = info.mxnet_mode || !params_.mean_image.empty();
-  if (params_.layout == LayoutChoice::kNHWC) layout_ = normalize::Layout::kNHWC;
+  if (params_.layout != Layout::kAny) layout_ = params_.layout;
+}
+
+StreamWants NormalizeStage::want_input(const StreamWants& output) {
+  if (params_.layout == Layout::kAny && output.layout != Layout::kAny) layout_ = output.layout;
+  return Stage::want_input(output);
+}
+
+StreamDesc NormalizeStage::link(const StreamDesc& input, Diagnostics&) {
+  StreamDesc out = input;
+  out.dtype = params_.dtype;
+  const auto [height, width] = input.spatial();
+  out.layout = layout_;
+  if (layout_ == Layout::kNCHW) {
+    out.shape = {3, height, width};
+  } else {
+    out.shape = {height, width, 3};
+  }
+  StreamScaling scaling;
+  scaling.stage = name();
+  for (std::size_t c = 0; c < 3; ++c) {
+    if (!params_.mean.empty()) scaling.mean[c] = params_.mean[params_.mean.size() == 1 ? 0 : c];
+  }
+  if (!quantization_.unit.empty()) {
+    for (std::size_t c = 0; c < 3; ++c) scaling.unit[c] = quantization_.unit[c];
+    scaling.zero_point = quantization_.zero_point;
+  } else {
+    // float32: x = (p - mean) / std * scale + zero_point, so one float unit is std / scale.
+    for (std::size_t c = 0; c < 3; ++c) {
+      const double s = params_.std.empty() ? 1.0 : params_.std[params_.std.size() == 1 ? 0 : c];
+      scaling.unit[c] = static_cast<float>(s / params_.scale);
+    }
+    scaling.zero_point = static_cast<float>(params_.zero_point);
+  }
+  scaling.mxnet_compatible = quantization_.mxnet_compatible;
+  out.scaling = scaling;
+  return out;
 }
 
 void NormalizeStage::prepare() {
@@ -228,8 +248,8 @@ void NormalizeStage::process(Sample& sample, RunReporter&) const {
   view.height = static_cast<int>(r.height);
   view.width = static_cast<int>(r.width);
   const bool mirror = (sample.deferred & kFlipLastSpatialAxis) != 0;
-  const bool chw = layout_ == normalize::Layout::kNCHW;
-  const DType out = engine_dtype(params_.dtype);
+  const bool chw = layout_ == Layout::kNCHW;
+  const DType out = params_.dtype;
   if (chw) {
     sample.scratch.reshape(out, {3, r.height, r.width}, "CHW");
   } else {

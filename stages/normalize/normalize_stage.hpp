@@ -24,14 +24,13 @@ std::vector<std::int64_t> read_npy_float32(const std::string& path, std::vector<
 class NormalizeStage final : public TransformStage {
  public:
   enum class Order { kRgb, kBgr };
-  enum class LayoutChoice { kAuto, kNCHW, kNHWC };
   struct Params {
-    normalize::DType dtype = normalize::DType::kInt8;
+    DType dtype = DType::kInt8;
     std::vector<double> mean;
     std::vector<double> std;
     double scale = 1.0;
     double zero_point = 0.0;
-    LayoutChoice layout = LayoutChoice::kAuto;
+    Layout layout = Layout::kAny;  // kAny: `auto`
     Order order = Order::kRgb;
     std::string mean_image;
   };
@@ -44,18 +43,20 @@ class NormalizeStage final : public TransformStage {
   void prepare() override;
   void process(Sample& sample, RunReporter& reporter) const override;
 
+  // `layout: auto` takes the layout the stages after it want (infer: what its first layer reads);
+  // an explicit layout is kept.
+  StreamWants want_input(const StreamWants& output) override;
+  // Describes its output: element type, layout, the crop's shape and how the values relate to
+  // pixels (the mean, the unit and zero point of the int8 contract).
+  StreamDesc link(const StreamDesc& input, Diagnostics& diagnostics) override;
+
   const Params& params() const { return params_; }
   const Quantization& quantization() const { return quantization_; }
-  normalize::Layout layout() const { return layout_; }
-  // Settles `layout: auto` (a stage downstream, such as infer, knows what it wants); an explicit
-  // layout is kept. Call before the run starts.
-  void settle_layout(normalize::Layout wanted) {
-    if (params_.layout == LayoutChoice::kAuto) layout_ = wanted;
-  }
+  Layout layout() const { return layout_; }
 
  private:
   Params params_;
-  normalize::Layout layout_ = normalize::Layout::kNCHW;
+  Layout layout_ = Layout::kNCHW;
   normalize::Table table_;
   Quantization quantization_;
   std::vector<float> mean_image_;

@@ -14,7 +14,6 @@
 
 #include "engine/file_io.hpp"
 #include "engine/json.hpp"
-#include "stages/infer/infer_stage.hpp"
 
 namespace millrace {
 
@@ -342,16 +341,15 @@ PredictionsSink::~PredictionsSink() {
   if (out_ >= 0) ::close(out_);
 }
 
-void PredictionsSink::link(const std::vector<Stage*>& upstream, Diagnostics& d) {
-  for (auto it = upstream.rbegin(); it != upstream.rend(); ++it) {
-    if (const auto* infer = dynamic_cast<const InferStage*>(*it)) {
-      if (params_.top_k == 0) params_.top_k = infer->params().top_k;
-      return;
-    }
+StreamDesc PredictionsSink::link(const StreamDesc& input, Diagnostics& d) {
+  if (input.outputs_stage.empty()) {
+    d.error(context().where, "stage '" + name() +
+                                 "' (predictions): needs an infer stage before it (it writes the "
+                                 "model's predictions)");
+  } else if (params_.top_k == 0) {
+    params_.top_k = input.top_k;
   }
-  d.error(context().where, "stage '" + name() +
-                               "' (predictions): needs an infer stage before it (it writes the "
-                               "model's predictions)");
+  return input;
 }
 
 void PredictionsSink::open() {

@@ -80,7 +80,8 @@ class PredictionsSink final : public SinkStage {
   PredictionsSink(StageContext context, Params params);
   ~PredictionsSink() override;
 
-  void link(const std::vector<Stage*>& upstream, Diagnostics& diagnostics) override;
+  // Takes top_k from the stream when it is 0; an error without outputs on its input.
+  StreamDesc link(const StreamDesc& input, Diagnostics& diagnostics) override;
   void open() override;
   void consume(const BatchData& batch) override;
   void finish() override;

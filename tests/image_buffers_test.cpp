@@ -208,12 +208,11 @@ struct Chain {
     if (ap != nullptr) augment = std::make_unique<AugmentStage>(context_for("augment"), *ap);
     normalize = std::make_unique<NormalizeStage>(context_for("normalize"), np);
     Diagnostics d;
-    std::vector<Stage*> upstream;
+    std::vector<Stage*> stages;
     for (Stage* s : std::vector<Stage*>{decode.get(), augment.get(), normalize.get()}) {
-      if (s == nullptr) continue;
-      s->link(upstream, d);
-      upstream.push_back(s);
+      if (s != nullptr) stages.push_back(s);
     }
+    link_stream(stages, d);
     EXPECT_FALSE(d.has_errors());
     normalize->prepare();
   }

@@ -62,8 +62,7 @@ Pair make_pair(DecodeStage::Reduce reduce, const AugmentStage::Params& params) {
   Pair p{std::make_unique<DecodeStage>(context_for("decode"), dp),
          std::make_unique<AugmentStage>(context_for("augment"), params)};
   Diagnostics d;
-  p.decode->link({}, d);
-  p.augment->link({p.decode.get()}, d);
+  link_stream({p.decode.get(), p.augment.get()}, d);
   EXPECT_FALSE(d.has_errors());
   return p;
 }
