@@ -458,35 +458,36 @@ def main():
                                                           row["f32_loader_end_to_end"])
         rows.append(row)
 
-    print()
-    print("inference only, images/s (batch 32, "
-          f"{args.infer_threads} inference threads; medians of {args.repeats} rounds; millrace "
-          f"runs of {args.images} images)")
-    print_table(("model", "millrace int8", "torch int8", "ratio", "millrace fp32", "torch fp32",
-                 "int8/fp32 millrace", "int8/fp32 torch", "e2e int8", "e2e / inference"),
-                [(r["model"], f"{r['millrace_int8']:.1f}", f"{r['torch_int8']:.1f}",
-                  f"{r['int8_ratio_vs_torch']:.2f}x", f"{r['millrace_fp32']:.1f}",
-                  f"{r['torch_fp32']:.1f}", f"{r['millrace_int8_over_fp32']:.2f}x",
-                  f"{r['torch_int8_over_fp32']:.2f}x", f"{r['millrace_int8_end_to_end']:.1f}",
-                  f"{r['end_to_end_over_inference']:.2f}") for r in rows])
-    print()
-    print("int8 loader (s8 straight in) vs float32 loader + quantize, int8 network")
-    print_table(("model", "s8 inference", "f32 inference", "ratio", "s8 e2e", "f32 e2e", "ratio",
-                 "bytes/image s8", "bytes/image f32", "input reorders s8/f32"),
-                [(r["model"], f"{r['millrace_int8']:.1f}", f"{r['f32_loader_inference']:.1f}",
-                  f"{r['int8_loader_over_f32_loader_inference']:.2f}x",
-                  f"{r['millrace_int8_end_to_end']:.1f}", f"{r['f32_loader_end_to_end']:.1f}",
-                  f"{r['int8_loader_over_f32_loader_end_to_end']:.2f}x",
-                  str(r["int8_batch_bytes_per_image"]), str(r["f32_batch_bytes_per_image"]),
-                  f"{r['int8_input_reorders_per_batch']:g}/"
-                  f"{r['f32_loader_input_reorders_per_batch']:g}") for r in rows])
+    if rows:  # the summary against PyTorch 1.13 (every variant, torchvision's models)
+        print()
+        print("inference only, images/s (batch 32, "
+              f"{args.infer_threads} inference threads; medians of {args.repeats} rounds; millrace "
+              f"runs of {args.images} images)")
+        print_table(("model", "millrace int8", "torch int8", "ratio", "millrace fp32", "torch fp32",
+                     "int8/fp32 millrace", "int8/fp32 torch", "e2e int8", "e2e / inference"),
+                    [(r["model"], f"{r['millrace_int8']:.1f}", f"{r['torch_int8']:.1f}",
+                      f"{r['int8_ratio_vs_torch']:.2f}x", f"{r['millrace_fp32']:.1f}",
+                      f"{r['torch_fp32']:.1f}", f"{r['millrace_int8_over_fp32']:.2f}x",
+                      f"{r['torch_int8_over_fp32']:.2f}x", f"{r['millrace_int8_end_to_end']:.1f}",
+                      f"{r['end_to_end_over_inference']:.2f}") for r in rows])
+        print()
+        print("int8 loader (s8 straight in) vs float32 loader + quantize, int8 network")
+        print_table(("model", "s8 inference", "f32 inference", "ratio", "s8 e2e", "f32 e2e", "ratio",
+                     "bytes/image s8", "bytes/image f32", "input reorders s8/f32"),
+                    [(r["model"], f"{r['millrace_int8']:.1f}", f"{r['f32_loader_inference']:.1f}",
+                      f"{r['int8_loader_over_f32_loader_inference']:.2f}x",
+                      f"{r['millrace_int8_end_to_end']:.1f}", f"{r['f32_loader_end_to_end']:.1f}",
+                      f"{r['int8_loader_over_f32_loader_end_to_end']:.2f}x",
+                      str(r["int8_batch_bytes_per_image"]), str(r["f32_batch_bytes_per_image"]),
+                      f"{r['int8_input_reorders_per_batch']:g}/"
+                      f"{r['f32_loader_input_reorders_per_batch']:g}") for r in rows])
 
-    print()
-    print("int8 network, threads sharing a batch by samples (default) or by layers")
-    print_table(("model", "samples", "layers", "ratio", "rounds' ratios"),
-                [(r["model"], f"{r['millrace_int8']:.1f}", f"{r['millrace_int8_layers']:.1f}",
-                  f"{r['samples_over_layers']:.2f}x",
-                  ", ".join(f"{x:.2f}x" for x in r["round_samples_over_layers"])) for r in rows])
+        print()
+        print("int8 network, threads sharing a batch by samples (default) or by layers")
+        print_table(("model", "samples", "layers", "ratio", "rounds' ratios"),
+                    [(r["model"], f"{r['millrace_int8']:.1f}", f"{r['millrace_int8_layers']:.1f}",
+                      f"{r['samples_over_layers']:.2f}x",
+                      ", ".join(f"{x:.2f}x" for x in r["round_samples_over_layers"])) for r in rows])
 
     print()
     for r in rows:
