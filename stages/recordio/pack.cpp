@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "stages/common/jpeg/jpeg_restart.hpp"
-#include "stages/files/files_stage.hpp"
+#include "stages/common/source/image_list.hpp"
 #include "stages/recordio/recordio_kernel.hpp"
 
 namespace millrace::recordio {
