@@ -47,23 +47,13 @@ const Schema<FilesSource::Params>& FilesSource::schema() {
              "im2rec .lst (index, labels, path; tab-separated), relative to root unless absolute; "
              "without it the folder is scanned");
     s.integer("label_width", &Params::label_width, "labels per line of the list", 1, 4096);
-    s.boolean("shuffle", &Params::shuffle, "a new reproducible permutation every epoch");
-    s.integer64("seed", &Params::seed, "shuffle seed; -1 takes pipeline.seed", -1,
-                std::numeric_limits<std::int64_t>::max());
-    s.integer("epochs", &Params::epochs, "passes over the dataset", 1, 1 << 20);
-    s.integer64("limit", &Params::limit, "use only the first N entries of the dataset (0: all)", 0,
-                std::numeric_limits<std::int64_t>::max());
-    s.integer("num_parts", &Params::num_parts,
-              "split the dataset into this many parts (MXNet semantics: by count); 0: one part "
-              "per process of an MPI run",
-              0, 1 << 20);
-    s.integer("part_index", &Params::part_index,
-              "the part this process reads, 0-based; -1: the process's MPI rank", -1, 1 << 20);
-    s.choice("split", &Params::contiguous,
-             "how the parts share an epoch: global (one order over the whole data set dealt to "
-             "the parts in turn, as DistributedSampler; equal counts) or contiguous (MXNet's "
-             "slices of the list, shuffled within)",
-             {{"global", false}, {"contiguous", true}});
+    add_source_keys(
+        s, {"a new reproducible permutation every epoch",
+            "split the dataset into this many parts (MXNet semantics: by count); 0: one part "
+            "per process of an MPI run",
+            "how the parts share an epoch: global (one order over the whole data set dealt to "
+            "the parts in turn, as DistributedSampler; equal counts) or contiguous (MXNet's "
+            "slices of the list, shuffled within)"});
     s.integer64("max_file_bytes", &Params::max_file_bytes,
                 "a file larger than this is a per-sample error, refused from its size before "
                 "reading",
@@ -75,12 +65,7 @@ const Schema<FilesSource::Params>& FilesSource::schema() {
 
 void FilesSource::check(const Params& p, const ConfigNode& node, const std::string& where,
                         Diagnostics& d) {
-  if (p.num_parts > 0 && p.part_index >= p.num_parts) {
-    const ConfigNode* n = node.find("part_index");
-    d.error(n != nullptr ? n->where : node.where,
-            where + ": 'part_index' " + std::to_string(p.part_index) +
-                " is not below 'num_parts' " + std::to_string(p.num_parts));
-  }
+  check_source_keys(p, node, where, d);
   const ConfigNode* root = node.find("root");
   std::error_code ec;
   if (!fs::is_directory(p.root, ec)) {
@@ -101,9 +86,9 @@ void FilesSource::check(const Params& p, const ConfigNode& node, const std::stri
 }
 
 FilesSource::FilesSource(StageContext context, Params params)
-    : SourceStage(std::move(context)), params_(std::move(params)) {
-  seed_ = params_.seed >= 0 ? static_cast<std::uint64_t>(params_.seed) : this->context().seed;
-  end_epoch_ = params_.epochs;
+    : SourceStage(std::move(context)),
+      params_(std::move(params)),
+      cursor_(params_.epochs, source_seed(params_, this->context()), stable_hash("files.shuffle")) {
 }
 
 void FilesSource::prepare() {
@@ -120,12 +105,7 @@ void FilesSource::prepare() {
   if (params_.limit > 0 && entries_.size() > static_cast<std::size_t>(params_.limit)) {
     entries_.keep(0, static_cast<std::size_t>(params_.limit));
   }
-  const int parts = params_.num_parts > 0 ? params_.num_parts : context().world;
-  const int part = params_.part_index >= 0 ? params_.part_index : context().rank;
-  if (part >= parts) {
-    throw std::runtime_error("stage '" + name() + "': part_index " + std::to_string(part) +
-                             " is not below num_parts " + std::to_string(parts));
-  }
+  const auto [part, parts] = resolve_part(params_, context(), name());
   part_index_ = part;
   num_parts_ = parts;
   // The data set's identity, for checking a resumed position: ids, labels and the paths below the
@@ -161,46 +141,23 @@ void FilesSource::prepare() {
         (parts > 1 ? " for part " + std::to_string(part) + " of " + std::to_string(parts)
                    : std::string()));
   }
-  order_.resize(entries_.size());
-}
-
-void FilesSource::begin_epoch() {
-  std::iota(order_.begin(), order_.end(), 0U);
-  if (params_.shuffle) {
-    // Fisher-Yates with our own generator: std::shuffle's draws differ between library versions.
-    CounterRng rng(seed_, stable_hash("files.shuffle"), static_cast<std::uint64_t>(epoch_), 0);
-    for (std::size_t i = order_.size(); i > 1; --i) {
-      const auto j = static_cast<std::size_t>(rng.uniform_int(0, static_cast<int>(i - 1)));
-      std::swap(order_[i - 1], order_[j]);
-    }
-  }
-  epoch_start_ = epoch_ == first_epoch_ ? global_start_ : 0;
-  epoch_samples_ = deal(epoch_start_).count();
-  position_ = 0;
-  epoch_open_ = true;
-}
-
-Deal FilesSource::deal(std::uint64_t start) const {
-  if (!global()) return {order_.size(), start, 1, 0};
-  return {order_.size(), start, static_cast<std::uint64_t>(num_parts_),
-          static_cast<std::uint64_t>(part_index_)};
+  cursor_.set_order(entries_.size(), part, parts, !params_.contiguous && parts > 1);
 }
 
 SourceStatus FilesSource::next(Sample& sample) {
-  if (epoch_ >= end_epoch_) return SourceStatus::kEnd;
-  if (!epoch_open_) begin_epoch();
-  if (position_ == epoch_samples_) {
-    epoch_open_ = false;
-    ++epoch_;
+  if (cursor_.done()) return SourceStatus::kEnd;
+  if (!cursor_.open()) cursor_.begin_epoch(params_.shuffle);
+  const std::optional<Deal::Position> at = cursor_.next();
+  if (!at) {
+    cursor_.end_epoch();
     return SourceStatus::kEpochEnd;
   }
-  const Deal::Position at = deal(epoch_start_).at(position_++);
-  const std::size_t i = order_[at.index];
-  sample.repeat = at.repeat;
+  const std::size_t i = at->index;
+  sample.repeat = at->repeat;
   sample.id = entries_.id(i);
   sample.path.assign(entries_.path(i));
   sample.labels.assign(entries_.labels(i), entries_.labels(i) + entries_.label_width());
-  sample.epoch = static_cast<std::uint32_t>(epoch_);
+  sample.epoch = static_cast<std::uint32_t>(cursor_.epoch());
   return SourceStatus::kSample;
 }
 
@@ -261,31 +218,23 @@ void FilesSource::load(Sample& sample) const {
   ::close(fd);
 }
 
-std::optional<std::uint64_t> FilesSource::samples_per_epoch() const { return deal(0).count(); }
-
-std::optional<std::uint64_t> FilesSource::total_samples() const {
-  if (end_epoch_ <= first_epoch_) return 0;
-  return deal(global_start_).count() +
-         deal(0).count() * static_cast<std::uint64_t>(end_epoch_ - first_epoch_ - 1);
+std::optional<std::uint64_t> FilesSource::samples_per_epoch() const {
+  return cursor_.samples_per_epoch();
 }
+
+std::optional<std::uint64_t> FilesSource::total_samples() const { return cursor_.total_samples(); }
 
 FilesSource::Split FilesSource::split() const {
   return {digest_, dataset_samples_, !params_.contiguous};
 }
 
 bool FilesSource::set_global_start(std::uint64_t start) {
-  if (epoch_open_ || start > order_.size() || (params_.contiguous && start != 0)) return false;
-  global_start_ = start;
-  return true;
+  if (params_.contiguous && start != 0) return false;
+  return cursor_.set_global_start(start);
 }
 
 bool FilesSource::set_epochs(std::uint32_t first, std::uint32_t count) {
-  // Every epoch's order is drawn from (seed, epoch) alone, so an epoch can be entered directly.
-  const auto range = epoch_range(first, count, params_.epochs);
-  if (epoch_open_ || !range) return false;
-  std::tie(epoch_, end_epoch_) = *range;
-  first_epoch_ = epoch_;
-  return true;
+  return cursor_.set_epochs(first, count, params_.epochs);
 }
 
 }  // namespace millrace
