@@ -20,7 +20,7 @@
 #include <string>
 #include <utility>
 
-#include "stages/decode/jpeg_window.hpp"
+#include "stages/common/jpeg/jpeg_window.hpp"
 
 namespace millrace::decode {
 namespace {

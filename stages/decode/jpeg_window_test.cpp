@@ -1,6 +1,6 @@
 // Windows decoded from a JPEG's restart grid against a whole decode at the same scale, and the
 // grids that must take the ordinary path.
-#include "stages/decode/jpeg_window.hpp"
+#include "stages/common/jpeg/jpeg_window.hpp"
 
 #include <gtest/gtest.h>
 
@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
+#include "stages/common/jpeg/jpeg_restart.hpp"
+#include "stages/common/jpeg/jpeg_test_support.hpp"
 #include "stages/decode/decode_kernel.hpp"
-#include "stages/decode/jpeg_test_support.hpp"
-#include "stages/recordio/jpeg_restart.hpp"
 
 namespace millrace::decode {
 namespace {

@@ -1,12 +1,13 @@
 // `files`: the source that reads image files from a folder tree or an im2rec .lst list.
 //
-// `num_parts` / `part_index` split the dataset (after `limit`). `split: global` (the default)
-// deals each epoch's order over the whole data set to the parts in turn, as PyTorch's
-// DistributedSampler does: part k takes positions k, k + num_parts, ..., every part the same count
-// (a part short of one repeats a sample from the epoch's start, delivered as padding), so a
-// shuffled epoch mixes the whole data set on every part and a resumed epoch may be dealt to
-// another number of parts. `split: contiguous` keeps MXNet's semantics: part k is a contiguous
-// slice of the list, and the shuffle permutes within it.
+// The keys, epochs, parts and shuffle every source shares are
+// stages/common/source/source_base.hpp's: `limit` takes the data set's first N entries, then
+// `num_parts` / `part_index` split them. `split: global` (the default) deals each epoch's order
+// over the whole data set to the parts in turn, as PyTorch's DistributedSampler does: part k takes
+// positions k, k + num_parts, ..., every part the same count (a part short of one repeats a sample
+// from the epoch's start, delivered as padding), so a shuffled epoch mixes the whole data set on
+// every part and a resumed epoch may be dealt to another number of parts. `split: contiguous` keeps
+// MXNet's semantics: part k is a contiguous slice of the list, and the shuffle permutes within it.
 //
 // Contract: next() runs serially on one worker (cheap: it only fills a sample's id, path and
 // labels); load() reads the file's bytes and runs concurrently on different samples. The file
@@ -21,92 +22,18 @@
 #include <unordered_map>
 #include <vector>
 
-#include "engine/deal.hpp"
 #include "engine/registry.hpp"
+#include "stages/common/source/image_list.hpp"
+#include "stages/common/source/source_base.hpp"
 
 namespace millrace {
 
-struct FileEntry {
-  std::uint64_t id = 0;
-  std::string path;  // as opened: absolute, or relative to the working directory
-  std::vector<float> labels;
-};
-
-// The data set's file list, stored flat: all paths in one character buffer, all labels in one
-// float array (every entry has the same number of labels), ids in one array. About 70 bytes an
-// entry for ImageNet-style paths, where a vector of FileEntry costs about 200 (a string and a
-// vector, each a heap block, per entry): the one part of millrace's memory that grows with the
-// data set, 90 MB instead of 250 MB for ImageNet's 1.28 million training images.
-class FileIndex {
- public:
-  explicit FileIndex(int label_width = 1) : label_width_(label_width) {}
-
-  // `labels` holds label_width() values.
-  void add(std::uint64_t id, std::string_view path, const float* labels);
-  // Keeps entries [begin, end) (a limit, a part), releasing the rest's memory.
-  void keep(std::size_t begin, std::size_t end);
-
-  std::size_t size() const { return ids_.size(); }
-  bool empty() const { return ids_.empty(); }
-  int label_width() const { return label_width_; }
-  std::uint64_t id(std::size_t i) const { return ids_[i]; }
-  std::string_view path(std::size_t i) const {
-    const std::size_t begin = i == 0 ? 0 : path_end_[i - 1];
-    return std::string_view(chars_).substr(begin, path_end_[i] - begin);
-  }
-  const float* labels(std::size_t i) const {
-    return labels_.data() + i * static_cast<std::size_t>(label_width_);
-  }
-  // One entry as a value (for tools and tests; the source reads the fields above).
-  FileEntry operator[](std::size_t i) const;
-  FileEntry at(std::size_t i) const;
-
- private:
-  int label_width_;
-  std::string chars_;
-  std::vector<std::uint64_t> path_end_;
-  std::vector<float> labels_;
-  std::vector<std::uint64_t> ids_;
-};
-
-// Reads an im2rec list: `index<TAB>label_1<TAB>...<TAB>label_W<TAB>path` per line. Paths are
-// resolved against `root` unless absolute. Throws std::runtime_error naming file:line on a
-// malformed line.
-FileIndex read_image_list(const std::string& list_path, const std::string& root, int label_width);
-// An entry of a scanned folder that looks like an image and will not be read, and why.
-struct UnreadableEntry {
-  std::uint64_t id = 0;
-  std::string reason;
-};
-
-// Scans `root` recursively for image files (jpg, jpeg, png, webp, bmp, tif, tiff), following
-// links to folders except those that lead back to the root, a folder above it or one on the way
-// down (a loop, a link to `/`). Label = index of the sorted top-level sub-folder the file is in
-// (0 for every file when root has no sub-folders); sample id = position in the list sorted by
-// relative path. Entries that look like images but cannot be read (a dangling link, a FIFO, a
-// device; a file directly in a root that has class folders, which has no class; a looping link)
-// take an id too: with `unreadable`, they are in the index and listed there with the reason;
-// without, they are left out.
-FileIndex scan_image_folder(const std::string& root,
-                            std::vector<UnreadableEntry>* unreadable = nullptr);
-// MXNet's partition by record count: part k of n holds entries [k*step, min(N, (k+1)*step)) with
-// step = ceil(N / n). Every entry lands in exactly one part.
-std::pair<std::size_t, std::size_t> part_range(std::size_t count, int num_parts, int part_index);
-
 class FilesSource final : public SourceStage {
  public:
-  struct Params {
+  struct Params : SourceParams {
     std::string root;
     std::string list;
     int label_width = 1;
-    bool shuffle = false;
-    std::int64_t seed = -1;
-    int epochs = 1;
-    std::int64_t limit = 0;
-    int num_parts = 0;    // 0: the number of processes in the run (1 without MPI)
-    int part_index = -1;  // -1: this process's rank
-    // `split: contiguous` (MXNet's slices) rather than `global`.
-    bool contiguous = false;
     // A file is read whole into memory: 256 MiB, as recordio's max_record_bytes.
     std::int64_t max_file_bytes = std::int64_t{256} << 20;
   };
@@ -131,29 +58,15 @@ class FilesSource final : public SourceStage {
   const FileIndex& entries() const { return entries_; }
 
  private:
-  void begin_epoch();
-  // How an epoch whose first `start` positions were taken earlier is dealt to this part.
-  Deal deal(std::uint64_t start) const;
-  bool global() const { return !params_.contiguous && num_parts_ > 1; }
-
   Params params_;
-  std::uint64_t seed_ = 0;
   FileIndex entries_;
   // Scanned entries that are listed as skipped with their reason instead of being read.
   std::unordered_map<std::uint64_t, std::string> unreadable_;
-  std::vector<std::uint32_t> order_;
-  std::size_t position_ = 0;
-  int epoch_ = 0;
-  int first_epoch_ = 0;  // the epochs to read: [0, `epochs`), or as set_epochs says
-  int end_epoch_ = 0;
-  bool epoch_open_ = false;
+  EpochCursor cursor_;
   int part_index_ = 0;
   int num_parts_ = 1;
   std::uint64_t digest_ = 0;
   std::uint64_t dataset_samples_ = 0;
-  std::uint64_t global_start_ = 0;   // where the first epoch read begins in its global order
-  std::uint64_t epoch_start_ = 0;    // ... and the current epoch
-  std::uint64_t epoch_samples_ = 0;  // positions this part takes in the current epoch
 };
 
 }  // namespace millrace

@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "engine/file_io.hpp"
+#include "engine/json_reader.hpp"
 
 namespace millrace::infer {
 
@@ -253,167 +254,22 @@ std::string calibration_to_json(const CalibrationTable& table) {
 
 namespace {
 
-// Just enough of JSON for the table: objects, arrays, strings, numbers, literals.
-struct JsonValue {
-  enum class Kind { kNull, kBool, kNumber, kString, kArray, kObject } kind = Kind::kNull;
-  double number = 0.0;
-  std::string text;
-  std::vector<JsonValue> items;
-  std::vector<std::string> keys;  // an object's members: keys[i] names items[i]
-
-  const JsonValue* member(std::string_view name) const {
-    for (std::size_t i = 0; i < keys.size(); ++i) {
-      if (keys[i] == name) return &items[i];
-    }
-    return nullptr;
-  }
-};
-
-class JsonReader {
+// Reports what the table holds that it must not, as the reader reports what is not JSON: at the
+// table's last line (the whole document has been read by then).
+class TableErrors {
  public:
-  JsonReader(std::string_view text, const std::string& origin) : text_(text), origin_(origin) {}
-
-  JsonValue document() {
-    JsonValue v = value(0);
-    skip_space();
-    if (pos_ != text_.size()) fail("unexpected text after the JSON value");
-    return v;
-  }
-
+  TableErrors(std::string_view text, const std::string& origin) : text_(text), origin_(origin) {}
   [[noreturn]] void fail(const std::string& what) const {
-    int line = 1;
-    for (std::size_t i = 0; i < pos_ && i < text_.size(); ++i) line += text_[i] == '\n' ? 1 : 0;
-    throw CalibrationError(origin_ + ":" + std::to_string(line) +
-                           ": error: calibration table: " + what);
+    throw CalibrationError(
+        json_error_text(text_, text_.size(), origin_, "calibration table", what));
   }
 
  private:
-  static constexpr int kMaxDepth = 32;
-
-  void skip_space() {
-    while (pos_ < text_.size() && (text_[pos_] == ' ' || text_[pos_] == '\n' ||
-                                   text_[pos_] == '\r' || text_[pos_] == '\t')) {
-      ++pos_;
-    }
-  }
-
-  bool consume(char c) {
-    skip_space();
-    if (pos_ < text_.size() && text_[pos_] == c) {
-      ++pos_;
-      return true;
-    }
-    return false;
-  }
-
-  void expect(char c) {
-    if (!consume(c)) fail(std::string("expected '") + c + "'");
-  }
-
-  JsonValue value(int depth) {
-    if (depth > kMaxDepth) fail("nesting too deep");
-    skip_space();
-    if (pos_ >= text_.size()) fail("unexpected end of text");
-    const char c = text_[pos_];
-    JsonValue v;
-    if (c == '{') {
-      ++pos_;
-      v.kind = JsonValue::Kind::kObject;
-      if (consume('}')) return v;
-      do {
-        skip_space();
-        v.keys.push_back(string());
-        expect(':');
-        v.items.push_back(value(depth + 1));
-      } while (consume(','));
-      expect('}');
-    } else if (c == '[') {
-      ++pos_;
-      v.kind = JsonValue::Kind::kArray;
-      if (consume(']')) return v;
-      do {
-        v.items.push_back(value(depth + 1));
-      } while (consume(','));
-      expect(']');
-    } else if (c == '"') {
-      v.kind = JsonValue::Kind::kString;
-      v.text = string();
-    } else if (literal("true")) {
-      v.kind = JsonValue::Kind::kBool;
-      v.number = 1.0;
-    } else if (literal("false")) {
-      v.kind = JsonValue::Kind::kBool;
-    } else if (literal("null")) {
-      v.kind = JsonValue::Kind::kNull;
-    } else {
-      v.kind = JsonValue::Kind::kNumber;
-      v.number = number();
-    }
-    return v;
-  }
-
-  bool literal(std::string_view word) {
-    if (text_.substr(pos_, word.size()) != word) return false;
-    pos_ += word.size();
-    return true;
-  }
-
-  std::string string() {
-    if (pos_ >= text_.size() || text_[pos_] != '"') fail("expected a string");
-    ++pos_;
-    std::string out;
-    while (pos_ < text_.size() && text_[pos_] != '"') {
-      char c = text_[pos_++];
-      if (c == '\\') {
-        if (pos_ >= text_.size()) break;
-        c = text_[pos_++];
-        switch (c) {
-          case 'n':
-            c = '\n';
-            break;
-          case 't':
-            c = '\t';
-            break;
-          case 'r':
-            c = '\r';
-            break;
-          case 'b':
-            c = '\b';
-            break;
-          case 'f':
-            c = '\f';
-            break;
-          case 'u':
-            fail("\\u escapes are not supported in a calibration table");
-          default:
-            break;  // '"', '\\', '/'
-        }
-      }
-      out += c;
-    }
-    if (pos_ >= text_.size()) fail("unterminated string");
-    ++pos_;
-    return out;
-  }
-
-  double number() {
-    const std::size_t start = pos_;
-    while (pos_ < text_.size() && std::strchr("+-0123456789.eE", text_[pos_]) != nullptr) ++pos_;
-    const std::string token(text_.substr(start, pos_ - start));
-    if (token.empty()) fail("expected a value");
-    char* end = nullptr;
-    errno = 0;
-    const double v = std::strtod(token.c_str(), &end);
-    if (end != token.c_str() + token.size()) fail("malformed number '" + token + "'");
-    return v;
-  }
-
   std::string_view text_;
   const std::string& origin_;
-  std::size_t pos_ = 0;
 };
 
-float table_number(const JsonReader& reader, const JsonValue& entry, std::string_view name,
+float table_number(const TableErrors& reader, const JsonValue& entry, std::string_view name,
                    std::size_t index) {
   const JsonValue* v = entry.member(name);
   const std::string where = "values[" + std::to_string(index) + "]";
@@ -428,8 +284,13 @@ float table_number(const JsonReader& reader, const JsonValue& entry, std::string
 }  // namespace
 
 CalibrationTable calibration_from_json(std::string_view text, const std::string& origin) {
-  JsonReader reader(text, origin);
-  const JsonValue doc = reader.document();
+  const TableErrors reader(text, origin);
+  JsonValue doc;
+  try {
+    doc = parse_json(text, origin, "calibration table");
+  } catch (const JsonError& e) {
+    throw CalibrationError(e.what());
+  }
   if (doc.kind != JsonValue::Kind::kObject) reader.fail("the table must be a JSON object");
 
   CalibrationTable table;

@@ -14,8 +14,8 @@
 #include <utility>
 #include <vector>
 
-#include "stages/files/files_stage.hpp"
-#include "stages/recordio/jpeg_restart.hpp"
+#include "stages/common/jpeg/jpeg_restart.hpp"
+#include "stages/common/source/image_list.hpp"
 #include "stages/recordio/recordio_kernel.hpp"
 
 namespace millrace::recordio {

@@ -11,7 +11,7 @@
 #include <thread>
 #include <utility>
 
-#include "stages/recordio/jpeg_restart.hpp"
+#include "stages/common/jpeg/jpeg_restart.hpp"
 
 namespace millrace::recordio {
 

@@ -113,26 +113,13 @@ const Schema<RecordIoSource::Params>& RecordIoSource::schema() {
              "im2rec .lst whose labels, keyed by record id, replace the records' own");
     s.integer("label_width", &Params::label_width,
               "labels per sample; a record carrying another number (flag) is an error", 1, 4096);
-    s.boolean("shuffle", &Params::shuffle,
-              "with an index a new permutation of the part every epoch; without, a shuffle "
-              "buffer");
-    s.integer64("seed", &Params::seed, "shuffle seed; -1 takes pipeline.seed", -1,
-                std::numeric_limits<std::int64_t>::max());
-    s.integer("epochs", &Params::epochs, "passes over the part", 1, 1 << 20);
-    s.integer64("limit", &Params::limit,
-                "use only the first N records of the part, in file order (0: all)", 0,
-                std::numeric_limits<std::int64_t>::max());
-    s.integer("num_parts", &Params::num_parts,
-              "split the dataset into this many parts (MXNet semantics: by record count with an "
-              "index, by bytes without) and read one; 0: one part per process of an MPI run",
-              0, 1 << 20);
-    s.integer("part_index", &Params::part_index,
-              "the part this process reads, 0-based; -1: the process's MPI rank", -1, 1 << 20);
-    s.choice("split", &Params::contiguous,
-             "how the parts share an epoch with an index: global (one order over all the records "
-             "dealt to the parts in turn, as DistributedSampler; equal counts) or contiguous "
-             "(MXNet's slices, shuffled within); without an index always MXNet's byte ranges",
-             {{"global", false}, {"contiguous", true}});
+    add_source_keys(
+        s, {"with an index a new permutation of the part every epoch; without, a shuffle buffer",
+            "split the dataset into this many parts (MXNet semantics: by record count with an "
+            "index, by bytes without) and read one; 0: one part per process of an MPI run",
+            "how the parts share an epoch with an index: global (one order over all the records "
+            "dealt to the parts in turn, as DistributedSampler; equal counts) or contiguous "
+            "(MXNet's slices, shuffled within); without an index always MXNet's byte ranges"});
     s.integer("shuffle_buffer", &Params::shuffle_buffer,
               "records held for shuffling when there is no index", 1, 1 << 24);
     s.integer64("max_record_bytes", &Params::max_record_bytes,
@@ -188,18 +175,14 @@ void RecordIoSource::check(const Params& p, const ConfigNode& node, const std::s
       d.error(at("labels"), where + ": 'labels' file '" + p.labels + "' does not exist");
     }
   }
-  if (p.num_parts > 0 && p.part_index >= p.num_parts) {
-    d.error(at("part_index"), where + ": 'part_index' is " + std::to_string(p.part_index) +
-                                  " but num_parts is " + std::to_string(p.num_parts) +
-                                  " (parts are 0.." + std::to_string(p.num_parts - 1) + ")");
-  }
+  check_source_keys(p, node, where, d);
 }
 
 RecordIoSource::RecordIoSource(StageContext context, Params params)
-    : SourceStage(std::move(context)), params_(std::move(params)) {
-  seed_ = params_.seed >= 0 ? static_cast<std::uint64_t>(params_.seed) : this->context().seed;
-  end_epoch_ = params_.epochs;
-}
+    : SourceStage(std::move(context)),
+      params_(std::move(params)),
+      seed_(source_seed(params_, this->context())),
+      cursor_(params_.epochs, seed_, stable_hash("recordio.shuffle")) {}
 
 RecordIoSource::~RecordIoSource() {
   for (const int fd : fds_) ::close(fd);
@@ -217,12 +200,7 @@ void RecordIoSource::prepare() {
     throw std::runtime_error(stage + e.what());
   }
   if (file_paths_.empty()) throw std::runtime_error(stage + "no .rec files found");
-  num_parts_ = params_.num_parts > 0 ? params_.num_parts : context().world;
-  part_index_ = params_.part_index >= 0 ? params_.part_index : context().rank;
-  if (part_index_ >= num_parts_ || part_index_ < 0) {
-    throw std::runtime_error(stage + "part_index " + std::to_string(part_index_) +
-                             " is not in 0.." + std::to_string(num_parts_ - 1));
-  }
+  std::tie(part_index_, num_parts_) = resolve_part(params_, context(), name());
   if (file_paths_.size() > std::numeric_limits<std::uint32_t>::max()) {
     throw std::runtime_error(stage + "too many .rec files");
   }
@@ -274,13 +252,16 @@ void RecordIoSource::prepare_indexed(const std::vector<std::uint64_t>& sizes) {
     }
   }
   if (all.empty()) throw std::runtime_error("stage '" + name() + "': the index lists no records");
+  // The data set is its first `limit` records, in file order, whatever the parts.
+  if (params_.limit > 0 && all.size() > static_cast<std::uint64_t>(params_.limit)) {
+    all.resize(static_cast<std::size_t>(params_.limit));
+  }
   const std::uint64_t n = all.size();
   const auto parts = static_cast<std::uint64_t>(params_.contiguous ? num_parts_ : 1);
   const std::uint64_t step = (n + parts - 1) / parts;
   const std::uint64_t first =
       params_.contiguous ? std::min(n, step * static_cast<std::uint64_t>(part_index_)) : 0;
-  std::uint64_t last = std::min(n, first + step);
-  if (params_.limit > 0) last = std::min(last, first + static_cast<std::uint64_t>(params_.limit));
+  const std::uint64_t last = std::min(n, first + step);
   if (last - first > std::numeric_limits<std::int32_t>::max()) {
     throw std::runtime_error("stage '" + name() + "': a part of more than 2^31 records");
   }
@@ -305,7 +286,7 @@ void RecordIoSource::prepare_indexed(const std::vector<std::uint64_t>& sizes) {
     if (fd < 0) throw std::runtime_error(f + ": cannot open: " + errno_text());
     fds_.push_back(fd);
   }
-  order_.resize(records_.size());
+  cursor_.set_order(records_.size(), part_index_, num_parts_, global());
 }
 
 void RecordIoSource::prepare_ranges(const std::vector<std::uint64_t>& sizes) {
@@ -314,14 +295,17 @@ void RecordIoSource::prepare_ranges(const std::vector<std::uint64_t>& sizes) {
   const std::uint64_t step = recordio::align4((total + parts - 1) / parts);
   const auto k = static_cast<std::uint64_t>(part_index_);
   const std::uint64_t begin = std::min(total, step * k);
-  const std::uint64_t end = k + 1 == parts ? recordio::kToEnd : std::min(total, step * (k + 1));
+  std::uint64_t end = k + 1 == parts ? recordio::kToEnd : std::min(total, step * (k + 1));
+  // With one part the reader stops after `limit` records itself; with several, each part must
+  // not read past the data set's first `limit`, which only a read from the start can find.
+  if (params_.limit > 0 && parts > 1) end = std::min(end, limit_end(sizes));
   ranges_.clear();
   std::uint64_t start = 0;  // of the file in the concatenation
   for (std::size_t f = 0; f < sizes.size(); ++f) {
     const std::uint64_t file_end = start + sizes[f];
     // The part reads this file when its range holds a record head in it: from `begin` if that is
     // in the file (else from the file's start), up to the first head at or after `end`.
-    if (begin < file_end && end > start) {
+    if (begin < end && begin < file_end && end > start) {
       Range r;
       r.file = static_cast<std::uint32_t>(f);
       r.begin = begin > start ? begin - start : 0;
@@ -332,29 +316,35 @@ void RecordIoSource::prepare_ranges(const std::vector<std::uint64_t>& sizes) {
   }
 }
 
-void RecordIoSource::begin_epoch() {
-  const auto epoch = static_cast<std::uint64_t>(epoch_);
-  if (indexed_) {
-    std::iota(order_.begin(), order_.end(), 0U);
-    if (params_.shuffle) {
-      // Fisher-Yates with our own generator: std::shuffle's draws differ between library versions.
-      CounterRng rng(seed_, stable_hash("recordio.shuffle"), epoch, 0);
-      for (std::size_t i = order_.size(); i > 1; --i) {
-        const auto j = static_cast<std::size_t>(rng.uniform_int(0, static_cast<int>(i - 1)));
-        std::swap(order_[i - 1], order_[j]);
-      }
+std::uint64_t RecordIoSource::limit_end(const std::vector<std::uint64_t>& sizes) const {
+  const auto limit = static_cast<std::uint64_t>(params_.limit);
+  std::uint64_t counted = 0;
+  std::uint64_t start = 0;  // of the file in the concatenation
+  std::vector<std::uint8_t> payload;
+  for (std::size_t f = 0; f < sizes.size(); ++f) {
+    recordio::RecordReader reader(file_paths_[f], 0, recordio::kToEnd, recordio::kDefaultChunkBytes,
+                                  static_cast<std::uint64_t>(params_.max_record_bytes));
+    // Counted as pull() counts: a damaged record is a sample (a per-sample error) too.
+    for (recordio::ReadResult r = reader.next(payload); r.status != recordio::ReadStatus::kEnd;
+         r = reader.next(payload)) {
+      if (counted == limit) return start + r.offset;
+      ++counted;
     }
-    epoch_start_ = epoch_ == first_epoch_ ? global_start_ : 0;
-    epoch_samples_ = deal(epoch_start_).count();
-    position_ = 0;
-  } else {
+    start += sizes[f];
+  }
+  return recordio::kToEnd;
+}
+
+void RecordIoSource::begin_epoch() {
+  cursor_.begin_epoch(indexed_ && params_.shuffle);
+  if (!indexed_) {
     range_ = 0;
     reader_.reset();
     pulled_ = 0;
     buffered_ = 0;
-    rng_ = CounterRng(seed_, stable_hash("recordio.shuffle"), epoch, 0);
+    rng_ = CounterRng(seed_, stable_hash("recordio.shuffle"),
+                      static_cast<std::uint64_t>(cursor_.epoch()), 0);
   }
-  epoch_open_ = true;
 }
 
 bool RecordIoSource::pull(Pending& item) {
@@ -383,7 +373,7 @@ bool RecordIoSource::pull(Pending& item) {
 
 void RecordIoSource::emit(Sample& sample, Pending& item) {
   sample.id = 0;  // the header's id, set by load()
-  sample.epoch = static_cast<std::uint32_t>(epoch_);
+  sample.epoch = static_cast<std::uint32_t>(cursor_.epoch());
   locate(sample.path, file_paths_[item.file], item.offset);
   sample.labels.clear();
   // The sample's old buffer stays behind for the next record: no allocation in steady state.
@@ -393,21 +383,20 @@ void RecordIoSource::emit(Sample& sample, Pending& item) {
 }
 
 SourceStatus RecordIoSource::next(Sample& sample) {
-  if (epoch_ >= end_epoch_) return SourceStatus::kEnd;
-  if (!epoch_open_) begin_epoch();
+  if (cursor_.done()) return SourceStatus::kEnd;
+  if (!cursor_.open()) begin_epoch();
   auto end_epoch = [&] {
-    epoch_open_ = false;
-    ++epoch_;
+    cursor_.end_epoch();
     return SourceStatus::kEpochEnd;
   };
   if (indexed_) {
-    if (position_ == epoch_samples_) return end_epoch();
-    const Deal::Position at = deal(epoch_start_).at(position_++);
-    const std::uint32_t i = order_[at.index];
-    sample.repeat = at.repeat;
+    const std::optional<Deal::Position> at = cursor_.next();
+    if (!at) return end_epoch();
+    const auto i = static_cast<std::uint32_t>(at->index);
+    sample.repeat = at->repeat;
     const Indexed& r = records_[i];
     sample.id = r.key;  // im2rec writes the header id as the key; load() reads the header's
-    sample.epoch = static_cast<std::uint32_t>(epoch_);
+    sample.epoch = static_cast<std::uint32_t>(cursor_.epoch());
     locate(sample.path, file_paths_[r.file], r.offset);
     sample.labels.clear();
     // Tells load() which record to read; it replaces these bytes with the image.
@@ -531,20 +520,12 @@ void RecordIoSource::load(Sample& sample) const {
 
 std::optional<std::uint64_t> RecordIoSource::samples_per_epoch() const {
   if (!indexed_) return std::nullopt;
-  return deal(0).count();
+  return cursor_.samples_per_epoch();
 }
 
 std::optional<std::uint64_t> RecordIoSource::total_samples() const {
   if (!indexed_) return std::nullopt;
-  if (end_epoch_ <= first_epoch_) return 0;
-  return deal(global_start_).count() +
-         deal(0).count() * static_cast<std::uint64_t>(end_epoch_ - first_epoch_ - 1);
-}
-
-Deal RecordIoSource::deal(std::uint64_t start) const {
-  if (!global()) return {records_.size(), start, 1, 0};
-  return {records_.size(), start, static_cast<std::uint64_t>(num_parts_),
-          static_cast<std::uint64_t>(part_index_)};
+  return cursor_.total_samples();
 }
 
 RecordIoSource::Split RecordIoSource::split() const {
@@ -553,18 +534,12 @@ RecordIoSource::Split RecordIoSource::split() const {
 
 bool RecordIoSource::set_global_start(std::uint64_t start) {
   if (start == 0) return true;
-  if (epoch_open_ || !global() || start > records_.size()) return false;
-  global_start_ = start;
-  return true;
+  if (!global()) return false;
+  return cursor_.set_global_start(start);
 }
 
 bool RecordIoSource::set_epochs(std::uint32_t first, std::uint32_t count) {
-  // Every epoch's order is drawn from (seed, epoch) alone, so an epoch can be entered directly.
-  const auto range = epoch_range(first, count, params_.epochs);
-  if (epoch_open_ || !range) return false;
-  std::tie(epoch_, end_epoch_) = *range;
-  first_epoch_ = epoch_;
-  return true;
+  return cursor_.set_epochs(first, count, params_.epochs);
 }
 
 }  // namespace millrace

@@ -27,6 +27,11 @@
 //   over the concatenated files (boundaries every ceil(size/num_parts) bytes rounded up to 4, each
 //   moved forward to the next record head). Every record lands in exactly one part. By default an
 //   MPI run gives each process the part of its rank.
+// - The keys, epochs, parts and shuffle every source shares are stages/common/source/
+//   source_base.hpp's. `limit` takes the data set's first N records in file order before the
+//   split into parts, as for every source: with an index from the index; without one, when there
+//   are several parts, prepare() reads the first N records once to find where they end and cuts
+//   every part's byte range there.
 // - Shuffling draws from a counter-based generator keyed on (seed, epoch): with an index a new
 //   full permutation of the part each epoch; without one a buffer of `shuffle_buffer` records
 //   (memory: that many encoded images), never the whole file.
@@ -41,28 +46,20 @@
 #include <unordered_map>
 #include <vector>
 
-#include "engine/deal.hpp"
 #include "engine/random.hpp"
 #include "engine/registry.hpp"
+#include "stages/common/source/source_base.hpp"
 #include "stages/recordio/recordio_kernel.hpp"
 
 namespace millrace {
 
 class RecordIoSource final : public SourceStage {
  public:
-  struct Params {
+  struct Params : SourceParams {
     std::vector<std::string> path;
     std::string index;
     std::string labels;
     int label_width = 1;
-    bool shuffle = false;
-    std::int64_t seed = -1;
-    int epochs = 1;
-    std::int64_t limit = 0;
-    int num_parts = 0;    // 0: the number of processes in the run (1 without MPI)
-    int part_index = -1;  // -1: this process's rank
-    // `split: contiguous`: MXNet's slices even with an index.
-    bool contiguous = false;
     int shuffle_buffer = 1024;
     std::int64_t max_record_bytes = static_cast<std::int64_t>(recordio::kDefaultMaxRecordBytes);
   };
@@ -112,13 +109,16 @@ class RecordIoSource final : public SourceStage {
   void prepare_ranges(const std::vector<std::uint64_t>& sizes);
   void begin_epoch();
   bool global() const { return indexed_ && !params_.contiguous; }
-  Deal deal(std::uint64_t start) const;
+  // Without an index: where the record after the data set's first `limit` begins, in the
+  // concatenation of the files (the end of all of them when there are no more).
+  std::uint64_t limit_end(const std::vector<std::uint64_t>& sizes) const;
   bool pull(Pending& item);
   void emit(Sample& sample, Pending& item);
   void finish_load(Sample& sample, std::uint64_t offset) const;
 
   Params params_;
   std::uint64_t seed_ = 0;
+  EpochCursor cursor_;
   int part_index_ = 0;
   int num_parts_ = 1;
   std::vector<std::string> file_paths_;
@@ -128,13 +128,8 @@ class RecordIoSource final : public SourceStage {
   // With an index: the part's records in offset order, read with pread in load().
   std::vector<Indexed> records_;
   std::vector<int> fds_;
-  std::vector<std::uint32_t> order_;
-  std::size_t position_ = 0;
   std::uint64_t digest_ = 0;
   std::uint64_t dataset_samples_ = 0;
-  std::uint64_t global_start_ = 0;   // where the first epoch read begins in its global order
-  std::uint64_t epoch_start_ = 0;    // ... and the current epoch
-  std::uint64_t epoch_samples_ = 0;  // positions this part takes in the current epoch
 
   // Without: the part's byte range in each file, read in order by one reader.
   std::vector<Range> ranges_;
@@ -145,11 +140,6 @@ class RecordIoSource final : public SourceStage {
   std::size_t buffered_ = 0;
   Pending direct_;
   CounterRng rng_{0, 0, 0, 0};
-
-  int epoch_ = 0;
-  int first_epoch_ = 0;  // the epochs to read: [0, `epochs`), or as set_epochs says
-  int end_epoch_ = 0;
-  bool epoch_open_ = false;
 };
 
 }  // namespace millrace

@@ -567,11 +567,15 @@ TEST(RecordIoShuffle, NoShuffleKeepsFileOrderEveryEpoch) {
   }
 }
 
-TEST(RecordIoSource, LimitTakesThePartsFirstRecords) {
+// `limit` is the data set's first N records in file order, taken before the split: the parts
+// together read exactly those, with an index or without (where each part's byte range is cut at
+// the end of the first N), for any number of parts and either split.
+TEST(RecordIoSource, LimitTakesTheDataSetsFirstRecords) {
   TempDir dir;
   const Dataset with = make_dataset(dir.file("i/data.rec"), 20, true);
   const Dataset without = make_dataset(dir.file("p/data.rec"), 20, false);
   for (const Dataset* d : {&with, &without}) {
+    SCOPED_TRACE(d == &with ? "with an index" : "without an index");
     auto source = make_source("type: recordio\npath: " + d->rec + "\nlimit: 4\nepochs: 2\n");
     ASSERT_NE(source, nullptr);
     const auto epochs = drain(*source);
@@ -580,19 +584,25 @@ TEST(RecordIoSource, LimitTakesThePartsFirstRecords) {
     for (const auto& e : epochs) {
       EXPECT_EQ(ids_of(e), std::vector<std::uint64_t>(ids.begin(), ids.begin() + 4));
     }
-    auto part = make_source("type: recordio\npath: " + d->rec +
-                            "\nlimit: 3\nsplit: contiguous\nnum_parts: 2\npart_index: 1\n");
-    ASSERT_NE(part, nullptr);
-    // The second half starts at record 10 (by count) or at the first record head in the second
-    // half of the bytes.
-    std::size_t first = 10;
-    if (d == &without) {
-      first = 0;
-      while (d->records[first].offset < recordio::align4((d->size + 1) / 2)) ++first;
+    for (const char* split : {"contiguous", "global"}) {
+      for (const int parts : {2, 3, 5}) {
+        SCOPED_TRACE(std::string(split) + ", " + std::to_string(parts) + " parts");
+        std::vector<std::uint64_t> read;
+        for (int k = 0; k < parts; ++k) {
+          auto part =
+              make_source("type: recordio\npath: " + d->rec + "\nlimit: 7\nsplit: " + split +
+                          "\nnum_parts: " + std::to_string(parts) +
+                          "\npart_index: " + std::to_string(k) + "\n");
+          ASSERT_NE(part, nullptr);
+          const auto epochs_read = drain(*part);
+          ASSERT_EQ(epochs_read.size(), 1U);
+          for (const Loaded& l : epochs_read[0]) read.push_back(l.id);
+        }
+        std::sort(read.begin(), read.end());
+        read.erase(std::unique(read.begin(), read.end()), read.end());  // the deal's padding
+        EXPECT_EQ(read, std::vector<std::uint64_t>(ids.begin(), ids.begin() + 7));
+      }
     }
-    EXPECT_EQ(ids_of(drain(*part)[0]),
-              std::vector<std::uint64_t>(ids.begin() + static_cast<long>(first),
-                                         ids.begin() + static_cast<long>(first) + 3));
   }
 }
 

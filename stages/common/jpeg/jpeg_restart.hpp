@@ -1,5 +1,5 @@
 // Lossless rewriting of JPEGs with a restart grid, so that the decode stage can decode a window
-// from the segments that cover it alone (stages/decode/jpeg_window.hpp).
+// from the segments that cover it alone (stages/common/jpeg/jpeg_window.hpp).
 //
 // Contract:
 // - add_restart_grid() goes through libjpeg's coefficient API (jpeg_read_coefficients,

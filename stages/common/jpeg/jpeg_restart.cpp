@@ -1,4 +1,4 @@
-#include "stages/recordio/jpeg_restart.hpp"
+#include "stages/common/jpeg/jpeg_restart.hpp"
 
 // jpeglib.h needs FILE and size_t declared before it.
 #include <cstdio>

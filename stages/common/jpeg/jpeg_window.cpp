@@ -1,4 +1,4 @@
-#include "stages/decode/jpeg_window.hpp"
+#include "stages/common/jpeg/jpeg_window.hpp"
 
 #include <algorithm>
 #include <array>

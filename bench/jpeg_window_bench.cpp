@@ -20,8 +20,8 @@
 
 #include "engine/random.hpp"
 #include "stages/augment/augment_kernel.hpp"
+#include "stages/common/jpeg/jpeg_restart.hpp"
 #include "stages/decode/decode_kernel.hpp"
-#include "stages/recordio/jpeg_restart.hpp"
 
 namespace millrace::decode {
 namespace {
