@@ -212,7 +212,7 @@ class PngWarningsTest(HostileCase):
                     f"  - {{type: files, root: {root}}}\n"
                     f"  - {{type: decode, on_error: skip, strict: {str(strict).lower()}}}\n"
                     "  - {type: augment, resize: 40, size: 32}\n"
-                    "  - {type: normalize, mean: [0, 0, 0]}\n"
+                    "  - {type: normalize, mean: [123.68, 116.779, 103.939]}\n"
                     "  - {type: batch, size: 4, last: partial}\n"
                     "  - {type: discard}\n")
         summary = os.path.join(folder, "summary.json")
