@@ -30,7 +30,8 @@
 //   and never reach stderr: an error (a truncated or corrupt stream, a bad CRC in a critical
 //   chunk) is a DecodeError whatever `strict` says; a warning (a malformed ancillary chunk such as
 //   an iCCP profile that is too short, a bad CRC in one, data after the image) is one under
-//   `strict`, and otherwise listed in Info::warnings (the first, and how many more).
+//   `strict`, and otherwise listed in Info::warnings (the first, and how many more). Text chunks
+//   (tEXt, zTXt, iTXt) are skipped unparsed: libpng would inflate and keep up to 1000 of them.
 // - Reduced decoding: given a WindowChooser, `decode` asks it, once the header is read, which part
 //   of the image the caller will read and at what size, then decodes only that window (rounded out
 //   to libjpeg's iMCU columns), at the smallest DCT scale (1/2, 1/4, 1/8; 1/2 at most for 4:2:2

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <jpeglib.h>
 #include <png.h>
+#include <sys/resource.h>
 #include <turbojpeg.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -1089,6 +1090,44 @@ TEST(DecodePng, LibpngWarningIsReportedNotPrinted) {
   std::string error;
   EXPECT_EQ(captured_stderr([&] { error = error_of(png); }), "");
   EXPECT_EQ(error, "corrupt PNG (decoder warning: iCCP: too short)");
+}
+
+Bytes zlib_bytes(const Bytes& data) {
+  uLongf size = compressBound(data.size());
+  Bytes packed(size);
+  EXPECT_EQ(compress2(packed.data(), &size, data.data(), data.size(), 9), Z_OK);
+  packed.resize(size);
+  return packed;
+}
+
+std::int64_t peak_rss_bytes() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return std::int64_t{usage.ru_maxrss} * 1024;
+}
+
+// Text chunks are never read: libpng would inflate and keep each one (a few kilobytes of zTXt
+// each holding 7.9 MB of text; 100 of them cost 790 MB), and a malformed one would warn.
+TEST(DecodePng, TextChunksAreNotInflated) {
+  const Bytes clean = encode_cv(textured_rgb(30, 20, 7), ".png");
+  Bytes ztxt = {'k', 0, 0};
+  const Bytes text = zlib_bytes(Bytes(7'900'000, 'a'));
+  ztxt.insert(ztxt.end(), text.begin(), text.end());
+  const Bytes chunk = png_chunk("zTXt", ztxt);
+  Bytes bomb = clean;
+  for (int i = 0; i < 100; ++i) bomb = with_chunk_after_ihdr(bomb, chunk);
+  const std::int64_t before = peak_rss_bytes();
+  const Decoded got = decode_bytes(bomb);
+  EXPECT_LT(peak_rss_bytes() - before, std::int64_t{100} << 20);
+  EXPECT_TRUE(got.info.warnings.empty());
+  EXPECT_TRUE(same_bytes(got.pixels, reference_rgb(clean)));
+
+  Bytes broken = {'k', 0, 0, 'n', 'o', 't', ' ', 'z', 'l', 'i', 'b'};
+  const Bytes png = with_chunk_after_ihdr(clean, png_chunk("zTXt", broken));
+  Decoded strict;
+  EXPECT_EQ(captured_stderr([&] { strict = decode_bytes(png); }), "");
+  EXPECT_TRUE(strict.info.warnings.empty());
+  EXPECT_TRUE(same_bytes(strict.pixels, reference_rgb(clean)));
 }
 
 TEST(DecodePng, SeveralWarningsAreCounted) {
