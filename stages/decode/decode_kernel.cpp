@@ -1140,8 +1140,11 @@ Info decode_png(const std::uint8_t* d, std::size_t n, const Options& options,
   PngState state;
   state.data = d;
   state.size = n;
-  state.strict = options.strict;
+  // Strict only once the read struct exists: a warning while it is made (libpng short of memory)
+  // has no setjmp to stop at yet.
+  state.strict = false;
   const PngReader reader(state);
+  state.strict = options.strict;
   PngHeader header;
   if (!png_read_header(reader, header)) throw_png_failure(state);
   if (header.width != static_cast<png_uint_32>(size.width) ||
