@@ -5,6 +5,7 @@
 // clang-format off
 #include <jpeglib.h>
 // clang-format on
+#include <png.h>
 #include <turbojpeg.h>
 
 #include <algorithm>
@@ -954,7 +955,235 @@ std::optional<Info> decode_jpeg_reduced(const std::uint8_t* d, std::size_t n,
 }
 
 // ---------------------------------------------------------------------------------------------
-// PNG, WebP, BMP, TIFF through OpenCV
+// PNG through libpng
+
+// libpng reports through callbacks: a fatal error must not return, so it keeps the message and
+// jumps back to the setjmp of the function that made the library call (no C++ frame with a
+// destructor lies in between, and no exception ever crosses a libpng frame). Warnings, which
+// libpng would otherwise print on stderr, are kept (the first one, and how many) and, under
+// strict, stop the decode like an error.
+struct PngState {
+  const std::uint8_t* data = nullptr;
+  std::size_t size = 0;
+  std::size_t pos = 0;
+  bool strict = true;
+  bool truncated = false;  // the read callback ran out of input
+  bool stopped_on_warning = false;
+  int warnings = 0;
+  char first_warning[256] = {};
+  char message[256] = {};
+};
+
+PngState& png_state(png_structp png) { return *static_cast<PngState*>(png_get_error_ptr(png)); }
+
+[[noreturn]] void png_on_error(png_structp png, png_const_charp message) {
+  PngState& state = png_state(png);
+  std::snprintf(state.message, sizeof state.message, "%s", message != nullptr ? message : "");
+  png_longjmp(png, 1);
+}
+
+void png_on_warning(png_structp png, png_const_charp message) {
+  PngState& state = png_state(png);
+  if (state.warnings++ == 0) {
+    std::snprintf(state.first_warning, sizeof state.first_warning, "%s",
+                  message != nullptr ? message : "");
+  }
+  if (state.strict) {
+    state.stopped_on_warning = true;
+    png_longjmp(png, 1);
+  }
+}
+
+void png_read_memory(png_structp png, png_bytep dst, png_size_t length) {
+  PngState& state = png_state(png);
+  if (state.size - state.pos < length) {
+    state.truncated = true;
+    png_error(png, "the data ends early");
+  }
+  std::memcpy(dst, state.data + state.pos, length);
+  state.pos += length;
+}
+
+// Owns one libpng read struct (single use: libpng cannot rewind one to a new image).
+class PngReader {
+ public:
+  explicit PngReader(PngState& state) {
+    png_ = png_create_read_struct(PNG_LIBPNG_VER_STRING, &state, png_on_error, png_on_warning);
+    if (png_ == nullptr) throw DecodeError("cannot create a libpng decoder");
+    info_ = png_create_info_struct(png_);
+    end_ = png_create_info_struct(png_);
+    if (info_ == nullptr || end_ == nullptr) {
+      png_destroy_read_struct(&png_, &info_, &end_);
+      throw DecodeError("cannot create a libpng decoder");
+    }
+    png_set_read_fn(png_, &state, png_read_memory);
+    // Text chunks are never read, and libpng would inflate and keep every one (up to 1000 of up
+    // to 8 MB each: a 3 MB file of zTXt chunks cost cv::imdecode 3.2 GB and 19 s). Skipped as
+    // unknown chunks, their CRCs are still checked.
+    static constexpr png_byte kIgnored[] = "tEXt\0zTXt\0iTXt";
+    png_set_keep_unknown_chunks(png_, PNG_HANDLE_CHUNK_NEVER, kIgnored, 3);
+  }
+  PngReader(const PngReader&) = delete;
+  PngReader& operator=(const PngReader&) = delete;
+  ~PngReader() { png_destroy_read_struct(&png_, &info_, &end_); }
+
+  png_structp png() const { return png_; }
+  png_infop info() const { return info_; }
+  png_infop end() const { return end_; }
+
+ private:
+  png_structp png_ = nullptr;
+  png_infop info_ = nullptr;
+  png_infop end_ = nullptr;
+};
+
+struct PngHeader {
+  png_uint_32 width = 0;
+  png_uint_32 height = 0;
+  int bit_depth = 0;
+  int color_type = 0;
+};
+
+// The two steps below each guard their library calls with setjmp and report a libpng error (or a
+// warning under strict) by returning false. Nothing with a destructor lives in their frames.
+
+bool png_read_header(const PngReader& r, PngHeader& header) {
+  if (setjmp(png_jmpbuf(r.png())) != 0) return false;
+  png_read_info(r.png(), r.info());
+  png_get_IHDR(r.png(), r.info(), &header.width, &header.height, &header.bit_depth,
+               &header.color_type, nullptr, nullptr, nullptr);
+  return true;
+}
+
+// The transformations OpenCV's PNG decoder (grfmt_png.cpp) asks of libpng for an 8-bit colour
+// image, so that the pixels are cv::imdecode's: 16-bit samples stripped to their high byte,
+// alpha dropped (a palette's tRNS expanded first, then dropped), palettes and 1/2/4-bit gray
+// expanded, gray replicated; libpng's own interlace handling, one row at a time straight into
+// `dst` (what png_read_image does, without its array of row pointers).
+bool png_read_pixels(const PngReader& r, const PngHeader& header, std::uint8_t* dst,
+                     std::size_t stride) {
+  png_structp png = r.png();
+  if (setjmp(png_jmpbuf(png)) != 0) return false;
+  if (header.bit_depth == 16) png_set_strip_16(png);
+  png_set_strip_alpha(png);
+  if (header.color_type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+  const bool gray = (header.color_type & PNG_COLOR_MASK_COLOR) == 0;
+  if (gray && header.bit_depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+  if (gray) png_set_gray_to_rgb(png);
+  const int passes = png_set_interlace_handling(png);
+  png_read_update_info(png, r.info());
+  if (png_get_rowbytes(png, r.info()) != stride || png_get_channels(png, r.info()) != 3) {
+    png_error(png, "unexpected row layout after the transformations");
+  }
+  for (int pass = 0; pass < passes; ++pass) {
+    for (png_uint_32 y = 0; y < header.height; ++y) png_read_row(png, dst + y * stride, nullptr);
+  }
+  png_read_end(png, r.end());
+  return true;
+}
+
+[[noreturn]] void throw_png_failure(const PngState& state) {
+  if (state.stopped_on_warning) {
+    throw DecodeError(std::string("corrupt PNG (decoder warning: ") + state.first_warning + ")");
+  }
+  std::string what = state.message[0] != '\0' ? state.message : "the decoder stopped early";
+  if (state.warnings > 0)
+    what += std::string(" (after decoder warning: ") + state.first_warning + ")";
+  if (state.truncated) throw_truncated(Format::kPng, state.size, what);
+  throw_corrupt(Format::kPng, what);
+}
+
+// The EXIF orientation of a PNG's eXIf chunk (a TIFF header and its first IFD), read as OpenCV's
+// ExifReader reads it, since cv::imdecode applies it to PNGs too: the 16 bits at the value
+// field of the first Orientation entry whatever its type; reading stops at the first entry
+// beyond the data. 1 (as stored) when there is none.
+int png_exif_orientation(const std::uint8_t* p, std::size_t n) {
+  constexpr std::uint16_t kOrientation = 0x0112;
+  if (n < 8 || p[0] != p[1] || (p[0] != 'I' && p[0] != 'M')) return 1;
+  const TiffReader r{p[0] == 'I'};
+  if (r.u16(p + 2) != 42) return 1;
+  const std::uint64_t ifd = r.u32(p + 4);
+  if (ifd + 2 > n) return 1;
+  const std::uint16_t count = r.u16(p + ifd);
+  for (std::uint64_t i = 0; i < count; ++i) {
+    const std::uint64_t at = ifd + 2 + i * 12;
+    if (at + 2 > n) return 1;
+    if (r.u16(p + at) != kOrientation) continue;
+    if (at + 10 > n) return 1;
+    return r.u16(p + at + 8);
+  }
+  return 1;
+}
+
+// Applies an orientation as OpenCV's ExifTransform does (values outside 2-8 change nothing).
+void apply_png_orientation(int orientation, std::vector<std::uint8_t>& out, int& width,
+                           int& height) {
+  if (orientation < 2 || orientation > 8) return;
+  cv::Mat image(height, width, CV_8UC3, out.data());
+  if (orientation <= 4) {
+    cv::flip(image, image, orientation == 2 ? 1 : orientation == 3 ? -1 : 0);
+    return;
+  }
+  cv::Mat turned;
+  cv::transpose(image, turned);
+  if (orientation != 5) cv::flip(turned, turned, orientation == 6 ? 1 : orientation == 7 ? -1 : 0);
+  std::memcpy(out.data(), turned.data, out.size());
+  std::swap(width, height);
+}
+
+Info decode_png(const std::uint8_t* d, std::size_t n, const Options& options,
+                std::vector<std::uint8_t>& out) {
+  // The size from the IHDR bytes, checked before libpng allocates anything for the image.
+  const Size size = png_size(d, n);
+  check_pixels(size.width, size.height, options.max_pixels);
+
+  PngState state;
+  state.data = d;
+  state.size = n;
+  // Strict only once the read struct exists: a warning while it is made (libpng short of memory)
+  // has no setjmp to stop at yet.
+  state.strict = false;
+  const PngReader reader(state);
+  state.strict = options.strict;
+  PngHeader header;
+  if (!png_read_header(reader, header)) throw_png_failure(state);
+  if (header.width != static_cast<png_uint_32>(size.width) ||
+      header.height != static_cast<png_uint_32>(size.height)) {
+    throw std::logic_error("decode: libpng's IHDR differs from the bytes read before it");
+  }
+  const std::size_t stride = static_cast<std::size_t>(size.width) * 3;
+  size_output(out, stride * static_cast<std::size_t>(size.height));
+  if (!png_read_pixels(reader, header, out.data(), stride)) throw_png_failure(state);
+
+  Info info;
+  info.format = format_name(Format::kPng);
+  info.width = size.width;
+  info.height = size.height;
+  if (options.exif) {
+    png_uint_32 exif_size = 0;
+    png_bytep exif = nullptr;
+    for (png_infop where : {reader.info(), reader.end()}) {
+      if (png_get_valid(reader.png(), where, PNG_INFO_eXIf) != 0) {
+        png_get_eXIf_1(reader.png(), where, &exif_size, &exif);
+        break;
+      }
+    }
+    if (exif != nullptr && exif_size > 0) {
+      apply_png_orientation(png_exif_orientation(exif, exif_size), out, info.width, info.height);
+    }
+  }
+  if (state.warnings > 0) {
+    std::string warning = state.first_warning;
+    if (state.warnings > 1) {
+      warning += " (and " + std::to_string(state.warnings - 1) + " more decoder warnings)";
+    }
+    info.warnings.push_back(std::move(warning));
+  }
+  return info;
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebP, BMP, TIFF through OpenCV
 
 Info decode_with_opencv(Format format, const std::uint8_t* d, std::size_t n, const Options& options,
                         std::vector<std::uint8_t>& out) {
@@ -1022,6 +1251,7 @@ Info decode(const std::uint8_t* data, std::size_t size, const Options& options,
     }
     return decode_jpeg(data, size, options, out);
   }
+  if (format == Format::kPng) return decode_png(data, size, options, out);
   return decode_with_opencv(format, data, size, options, out);
 }
 

@@ -6,8 +6,8 @@
 //   (thread_local) and frees it when the thread exits; nothing is shared between threads.
 // - The caller owns `data` (read only, must stay valid for the duration of the call) and `out`.
 //   `decode` resizes `out` to exactly width*height*3 bytes and reuses its capacity, so once a
-//   buffer is large enough decoding a JPEG into it allocates no pixel memory (PNG, WebP, BMP and
-//   TIFF are decoded into OpenCV's own buffer first, then converted into `out`: OpenCV cannot
+//   buffer is large enough decoding a JPEG or a PNG into it allocates no pixel memory (WebP, BMP
+//   and TIFF are decoded into OpenCV's own buffer first, then converted into `out`: OpenCV cannot
 //   report a failure in a buffer it was lent). The pixels never depend on what `out` held before
 //   the call. On a thrown DecodeError
 //   the contents and size of `out` are unspecified; an image refused by `max_pixels` leaves `out`
@@ -18,8 +18,20 @@
 //   them (kept for reuse, released after use when above 64 MiB).
 // - The format is detected from the magic bytes, never from a file name. JPEG goes through
 //   TurboJPEG directly (bit-identical to cv::imdecode, about twice as fast as imdecode plus its
-//   BGR->RGB conversion); PNG, WebP, BMP and TIFF go through cv::imdecode once their dimensions
-//   were read from the header.
+//   BGR->RGB conversion); WebP, BMP and TIFF go through cv::imdecode once their dimensions were
+//   read from the header.
+// - PNG goes through libpng directly, with the transformations OpenCV's own PNG decoder asks for
+//   (16-bit samples stripped to their high byte, alpha and tRNS dropped, palettes and 1/2/4-bit
+//   gray expanded, gray replicated, Adam7 interlacing undone) and the orientation of an eXIf
+//   chunk applied as cv::imdecode applies it: the pixels are cv::imdecode's for IMREAD_COLOR, in
+//   every colour type and bit depth. A libpng read struct is created per image (libpng cannot
+//   reuse one) and lives only for the call. libpng's errors and warnings come back through its
+//   callbacks (a longjmp to the decoding function, never a C++ exception through libpng's frames)
+//   and never reach stderr: an error (a truncated or corrupt stream, a bad CRC in a critical
+//   chunk) is a DecodeError whatever `strict` says; a warning (a malformed ancillary chunk such as
+//   an iCCP profile that is too short, a bad CRC in one, data after the image) is one under
+//   `strict`, and otherwise listed in Info::warnings (the first, and how many more). Text chunks
+//   (tEXt, zTXt, iTXt) are skipped unparsed: libpng would inflate and keep up to 1000 of them.
 // - Reduced decoding: given a WindowChooser, `decode` asks it, once the header is read, which part
 //   of the image the caller will read and at what size, then decodes only that window (rounded out
 //   to libjpeg's iMCU columns), at the smallest DCT scale (1/2, 1/4, 1/8; 1/2 at most for 4:2:2
@@ -63,12 +75,14 @@ namespace millrace::decode {
 inline constexpr int kMaxJpegScans = 500;
 
 struct Options {
-  // Apply the EXIF orientation (JPEG APP1 "Exif", tag 0x0112, values 1-8) so that the pixels come
-  // out the way a viewer shows them. Other formats follow OpenCV's own orientation handling.
+  // Apply the EXIF orientation (JPEG APP1 "Exif", PNG eXIf, tag 0x0112, values 1-8) so that the
+  // pixels come out the way a viewer shows them. Other formats follow OpenCV's own orientation
+  // handling.
   bool exif = true;
-  // Any decoder warning (a truncated or corrupt JPEG that libjpeg patches over) makes the sample an
-  // error. With strict=false the patched image is returned and the warning is reported in
-  // Info::warnings. PNG/WebP/BMP/TIFF either decode or fail: OpenCV surfaces no warnings.
+  // Any decoder warning (a truncated or corrupt JPEG that libjpeg patches over, a malformed
+  // ancillary PNG chunk that libpng ignores) makes the sample an error. With strict=false the
+  // image is returned and the warning is reported in Info::warnings. WebP/BMP/TIFF either decode
+  // or fail: OpenCV surfaces no warnings.
   bool strict = true;
   // Images with more pixels than this are refused from their header, before any pixel buffer is
   // allocated (decompression bombs). The default keeps width*height*12 below 2^31.

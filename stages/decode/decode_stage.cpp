@@ -25,7 +25,7 @@ class SampleWindowChooser final : public decode::WindowChooser {
 
 StageInfo DecodeStage::info() {
   return {"decode",
-          "decodes JPEG (TurboJPEG), PNG, WebP, BMP and TIFF (OpenCV) to 8-bit RGB",
+          "decodes JPEG (TurboJPEG), PNG (libpng), WebP, BMP and TIFF (OpenCV) to 8-bit RGB",
           StageShape::kTransform,
           "samples with encoded bytes",
           "samples with an RGB8 HWC tensor",
@@ -40,8 +40,8 @@ const Schema<DecodeStage::Params>& DecodeStage::schema() {
     Schema<Params> s;
     s.boolean("exif", &Params::exif, "apply the EXIF orientation of JPEGs");
     s.boolean("strict", &Params::strict,
-              "any decoder warning (a truncated or corrupt JPEG) makes the sample an error; false: "
-              "deliver it and list the warning");
+              "any decoder warning (a truncated or corrupt JPEG, a malformed ancillary PNG chunk) "
+              "makes the sample an error; false: deliver it and list the warning");
     s.integer64("max_pixels", &Params::max_pixels,
                 "refuse images with more pixels than this, from the header, before allocating", 1,
                 std::numeric_limits<std::int64_t>::max());

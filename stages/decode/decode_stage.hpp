@@ -1,7 +1,11 @@
-// `decode`: encoded bytes -> 8-bit RGB pixels (TurboJPEG for JPEG, OpenCV for the rest).
+// `decode`: encoded bytes -> 8-bit RGB pixels (TurboJPEG for JPEG, libpng for PNG, OpenCV for the
+// rest).
 //
 // Contract: concurrent; process() touches only its sample. A file that does not decode (corrupt,
-// truncated under `strict`, not an image, larger than `max_pixels`) is a per-sample error.
+// truncated, not an image, larger than `max_pixels`) is a per-sample error. A decoder's warning
+// (libjpeg's on a damaged JPEG, libpng's on a malformed ancillary chunk) is never printed by the
+// library: under `strict` it is the sample's error, otherwise the sample is delivered and the
+// warning listed through the run's reporter.
 //
 // The decoded image is large and needed only until a later stage has read it: it goes into
 // storage borrowed from the stage's pool of decoded images (Sample::tensor borrows; see

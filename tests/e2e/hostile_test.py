@@ -184,6 +184,65 @@ class HostileImagesTest(HostileCase):
         self.assertNotIn("\x07", result.stdout)
 
 
+class PngWarningsTest(HostileCase):
+    """libpng's warnings are the sample's, reported by millrace, never printed by libpng."""
+
+    def short_iccp_png(self):
+        # A profile far shorter than an ICC header: libpng warns "iCCP: too short" (OpenCV 4.6
+        # let it print that on stderr).
+        raw = png(64, 48)
+        profile = zlib.compress(b"x" * 10)
+        data = b"icc\0\0" + profile
+        body = b"iCCP" + data
+        chunk = struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+        return raw[:33] + chunk + raw[33:]
+
+    def run_folder(self, strict):
+        root = e2e.new_dir("png-warn")
+        os.makedirs(os.path.join(root, "a"))
+        files = {"ok.png": png(64, 48), "iccp.png": self.short_iccp_png(),
+                 "cut.png": png(64, 48)[:-20]}
+        for name, data in files.items():
+            with open(os.path.join(root, "a", name), "wb") as f:
+                f.write(data)
+        folder = e2e.new_dir("png-warn-run")
+        config = os.path.join(folder, "config.yaml")
+        with open(config, "w") as f:
+            f.write("pipeline: {threads: 2}\nstages:\n"
+                    f"  - {{type: files, root: {root}}}\n"
+                    f"  - {{type: decode, on_error: skip, strict: {str(strict).lower()}}}\n"
+                    "  - {type: augment, resize: 40, size: 32}\n"
+                    "  - {type: normalize, mean: [123.68, 116.779, 103.939]}\n"
+                    "  - {type: batch, size: 4, last: partial}\n"
+                    "  - {type: discard}\n")
+        summary = os.path.join(folder, "summary.json")
+        result = self.millrace("run", config, "--quiet", "--json", summary, expect=0)
+        with open(summary) as f:
+            return result, json.load(f)
+
+    def test_a_warning_is_listed_and_nothing_reaches_stderr(self):
+        result, s = self.run_folder(strict=False)
+        self.assertNotIn("libpng", result.stderr, e2e.describe(result))
+        self.assertEqual(result.stderr, "", e2e.describe(result))
+        self.assertEqual(s["images"], 2, e2e.describe(result))
+        warnings = [w for w in s["warnings"] if "iCCP: too short" in w]
+        self.assertEqual(len(warnings), 1, s["warnings"])
+        self.assertIn("iccp.png", warnings[0])
+        reasons = {os.path.basename(k["path"]): k["error"] for k in s["skipped"]}
+        self.assertEqual(sorted(reasons), ["cut.png"])
+        self.assertIn("truncated PNG", reasons["cut.png"])
+
+    def test_under_strict_a_warning_is_the_samples_error(self):
+        result, s = self.run_folder(strict=True)
+        self.assertNotIn("libpng", result.stderr, e2e.describe(result))
+        self.assertEqual(result.stderr, "", e2e.describe(result))
+        self.assertEqual(s["images"], 1, e2e.describe(result))
+        reasons = {os.path.basename(k["path"]): k["error"] for k in s["skipped"]}
+        self.assertEqual(sorted(reasons), ["cut.png", "iccp.png"])
+        self.assertIn("decoder warning: iCCP: too short", reasons["iccp.png"])
+        self.assertIn("truncated PNG", reasons["cut.png"])
+
+
 class StoppedRunTest(HostileCase):
     def test_the_summary_counts_the_batches_the_sink_wrote(self):
         root = e2e.new_dir("stop")
