@@ -960,15 +960,15 @@ std::optional<Info> decode_jpeg_reduced(const std::uint8_t* d, std::size_t n,
 // libpng reports through callbacks: a fatal error must not return, so it keeps the message and
 // jumps back to the setjmp of the function that made the library call (no C++ frame with a
 // destructor lies in between, and no exception ever crosses a libpng frame). Warnings, which
-// libpng would otherwise print on stderr, are kept (the first one, and how many) and, under
-// strict, stop the decode like an error.
+// libpng would otherwise print on stderr, are kept (the first one, and how many); they never stop
+// the decode: libpng warns about ancillary chunks and trailing data it then ignores, never about
+// pixels it delivers (damaged image data is an error), so `strict` leaves them listed. An
+// ordinary photo's "iCCP: known incorrect sRGB profile" must not cost the sample.
 struct PngState {
   const std::uint8_t* data = nullptr;
   std::size_t size = 0;
   std::size_t pos = 0;
-  bool strict = true;
   bool truncated = false;  // the read callback ran out of input
-  bool stopped_on_warning = false;
   int warnings = 0;
   char first_warning[256] = {};
   char message[256] = {};
@@ -987,10 +987,6 @@ void png_on_warning(png_structp png, png_const_charp message) {
   if (state.warnings++ == 0) {
     std::snprintf(state.first_warning, sizeof state.first_warning, "%s",
                   message != nullptr ? message : "");
-  }
-  if (state.strict) {
-    state.stopped_on_warning = true;
-    png_longjmp(png, 1);
   }
 }
 
@@ -1083,9 +1079,6 @@ bool png_read_pixels(const PngReader& r, const PngHeader& header, std::uint8_t* 
 }
 
 [[noreturn]] void throw_png_failure(const PngState& state) {
-  if (state.stopped_on_warning) {
-    throw DecodeError(std::string("corrupt PNG (decoder warning: ") + state.first_warning + ")");
-  }
   std::string what = state.message[0] != '\0' ? state.message : "the decoder stopped early";
   if (state.warnings > 0)
     what += std::string(" (after decoder warning: ") + state.first_warning + ")";
@@ -1140,11 +1133,7 @@ Info decode_png(const std::uint8_t* d, std::size_t n, const Options& options,
   PngState state;
   state.data = d;
   state.size = n;
-  // Strict only once the read struct exists: a warning while it is made (libpng short of memory)
-  // has no setjmp to stop at yet.
-  state.strict = false;
   const PngReader reader(state);
-  state.strict = options.strict;
   PngHeader header;
   if (!png_read_header(reader, header)) throw_png_failure(state);
   if (header.width != static_cast<png_uint_32>(size.width) ||

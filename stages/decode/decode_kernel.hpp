@@ -29,8 +29,9 @@
 //   callbacks (a longjmp to the decoding function, never a C++ exception through libpng's frames)
 //   and never reach stderr: an error (a truncated or corrupt stream, a bad CRC in a critical
 //   chunk) is a DecodeError whatever `strict` says; a warning (a malformed ancillary chunk such as
-//   an iCCP profile that is too short, a bad CRC in one, data after the image) is one under
-//   `strict`, and otherwise listed in Info::warnings (the first, and how many more). Text chunks
+//   an iCCP profile that is too short, a bad CRC in one, data after the image) concerns nothing
+//   the pixels depend on, so it is listed in Info::warnings (the first, and how many more) under
+//   `strict` too: a PNG's pixels are complete or its decode fails. Text chunks
 //   (tEXt, zTXt, iTXt) are skipped unparsed: libpng would inflate and keep up to 1000 of them.
 // - Reduced decoding: given a WindowChooser, `decode` asks it, once the header is read, which part
 //   of the image the caller will read and at what size, then decodes only that window (rounded out
@@ -79,10 +80,10 @@ struct Options {
   // pixels come out the way a viewer shows them. Other formats follow OpenCV's own orientation
   // handling.
   bool exif = true;
-  // Any decoder warning (a truncated or corrupt JPEG that libjpeg patches over, a malformed
-  // ancillary PNG chunk that libpng ignores) makes the sample an error. With strict=false the
-  // image is returned and the warning is reported in Info::warnings. WebP/BMP/TIFF either decode
-  // or fail: OpenCV surfaces no warnings.
+  // Any JPEG decoder warning (a truncated or corrupt JPEG that libjpeg patches over) makes the
+  // sample an error. With strict=false the image is returned and the warning is reported in
+  // Info::warnings. PNG warnings are always only reported (see above); WebP/BMP/TIFF either
+  // decode or fail: OpenCV surfaces no warnings.
   bool strict = true;
   // Images with more pixels than this are refused from their header, before any pixel buffer is
   // allocated (decompression bombs). The default keeps width*height*12 below 2^31.
