@@ -90,7 +90,8 @@ def make_config(model, list_path, out_dir, precision, loader, table, calibration
     for stage in config["stages"]:
         kind = stage["type"]
         if kind == "files":
-            stage["root"] = os.path.join(REPO, stage["root"])
+            # Relative to the config's folder, as millrace reads it.
+            stage["root"] = os.path.normpath(os.path.join(REPO, "configs", stage["root"]))
             stage["list"] = list_path
         elif kind == "normalize" and loader == "float32":
             stage["dtype"] = "float32"

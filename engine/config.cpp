@@ -76,6 +76,14 @@ bool read_string(const ConfigNode& node, std::string& out, const std::string& co
   return false;
 }
 
+bool read_path(const ConfigNode& node, std::string& out, const std::string& context,
+               Diagnostics& diagnostics) {
+  std::string value;
+  if (!read_string(node, value, context, diagnostics)) return false;
+  out = resolve_config_path(node.where, value);
+  return true;
+}
+
 std::string format_number(double value) {
   std::ostringstream out;
   out.precision(10);
@@ -164,13 +172,13 @@ const Schema<PipelinePlan>& pipeline_schema() {
              [](PipelinePlan& p, const ConfigNode& n, const std::string&, Diagnostics& d) {
                parse_max_errors(n, p, d);
              });
-    s.custom("trace", "string",
+    s.custom("trace", "path",
              "write a Chrome trace event file of the run here (open it in Perfetto or "
              "chrome://tracing): a span per stage invocation on a track per worker thread, queue "
              "occupancy counters",
              "none",
              [](PipelinePlan& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
-               if (read_string(n, p.trace, c, d) && p.trace.empty()) {
+               if (read_path(n, p.trace, c, d) && p.trace.empty()) {
                  d.error(n.where, c + " expects a file path, got an empty string");
                }
              });

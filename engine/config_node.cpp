@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <filesystem>
 #include <sstream>
 
 namespace millrace {
@@ -219,7 +220,8 @@ std::string deep_nesting_message() {
 
 }  // namespace
 
-ConfigNode load_config_document(std::string_view text, const std::string& file, Diagnostics& out) {
+ConfigNode load_config_document(std::string_view text, const std::string& file, Diagnostics& out,
+                                ConfigOrigin origin) {
   try {
     const std::string owned(text);
     YAML::Node root = YAML::Load(owned);
@@ -237,6 +239,19 @@ ConfigNode load_config_document(std::string_view text, const std::string& file, 
     ExpansionBudget budget;
     ConfigNode node = convert(root, file, budget);
     if (node.is_null() && node.where.line == 0) node.where = {file, 1, 1};
+    if (origin == ConfigOrigin::kFile) {
+      std::vector<ConfigNode*> stack{&node};
+      while (!stack.empty()) {
+        ConfigNode* n = stack.back();
+        stack.pop_back();
+        n->where.in_file = true;
+        for (auto& item : n->items) stack.push_back(&item);
+        for (auto& [k, v] : n->entries) {
+          stack.push_back(&k);
+          stack.push_back(&v);
+        }
+      }
+    }
     if (counter.count <= 1) return node;
   } catch (const ExpansionTooLarge& e) {
     out.error(location_of(e.mark, file), expansion_message());
@@ -263,6 +278,21 @@ ConfigNode load_config_document(std::string_view text, const std::string& file, 
   ConfigNode empty;
   empty.where = {file, 1, 1};
   return empty;
+}
+
+std::string resolve_config_path(const Location& where, const std::string& value) {
+  if (!where.in_file || value.empty()) return value;
+  const std::filesystem::path path(value);
+  if (path.is_absolute()) return value;
+  const std::filesystem::path folder = std::filesystem::path(where.file).parent_path();
+  if (folder.empty()) return value;
+  // "./x" and "x" name the same file: drop the leading "." so messages stay short.
+  std::filesystem::path rest;
+  for (const auto& part : path) {
+    if (rest.empty() && part == ".") continue;
+    rest /= part;
+  }
+  return rest.empty() ? folder.string() : (folder / rest).string();
 }
 
 ConfigNode parse_inline_value(std::string_view text, const Location& where, Diagnostics& out) {

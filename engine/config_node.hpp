@@ -21,7 +21,16 @@ struct Location {
   std::string file;
   int line = 0;
   int column = 0;
+  // The node was read from the config file `file`: a relative path written in it is relative to
+  // that file's folder. Otherwise (YAML text, a Python dict, a `--set` override) `file` only names
+  // the source in messages and a relative path is relative to the current directory.
+  bool in_file = false;
 };
+
+// Where a file or folder path written at `where` lies: `value` itself when it is absolute or was
+// not written in a config file, else `value` joined to the config file's folder (kept as a path
+// the user can open from the current directory; `..` is not folded, so symbolic links stay right).
+std::string resolve_config_path(const Location& where, const std::string& value);
 
 class ConfigNode {
  public:
@@ -78,9 +87,14 @@ inline constexpr int kMaxConfigDepth = 500;
 // A config file larger than this is refused before it is parsed.
 inline constexpr std::uint64_t kMaxConfigFileBytes = 16U << 20U;
 
+// Where a document's text came from: a config file (relative paths in it resolve against its
+// folder) or text with no folder of its own (relative paths resolve against the current directory).
+enum class ConfigOrigin { kText, kFile };
+
 // Parses YAML text: one document. Syntax errors, a second document and a document above the
 // limits become diagnostics (the document is then null).
-ConfigNode load_config_document(std::string_view text, const std::string& file, Diagnostics& out);
+ConfigNode load_config_document(std::string_view text, const std::string& file, Diagnostics& out,
+                                ConfigOrigin origin = ConfigOrigin::kText);
 
 // Parses a YAML value written inline (an override's right-hand side, a builder's value).
 ConfigNode parse_inline_value(std::string_view text, const Location& where, Diagnostics& out);

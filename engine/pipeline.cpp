@@ -80,9 +80,10 @@ namespace {
 std::unique_ptr<Pipeline::Impl> build(std::string_view yaml, const std::string& source_name,
                                       const std::vector<std::string>& overrides,
                                       std::chrono::steady_clock::time_point created,
-                                      const Registry& registry = Registry::builtin()) {
+                                      const Registry& registry = Registry::builtin(),
+                                      ConfigOrigin origin = ConfigOrigin::kText) {
   Diagnostics diagnostics;
-  ConfigNode root = load_config_document(yaml, source_name, diagnostics);
+  ConfigNode root = load_config_document(yaml, source_name, diagnostics, origin);
   PipelinePlan plan;
   if (!diagnostics.has_errors()) {
     const ProcessGroup& group = process_group();
@@ -113,7 +114,7 @@ Pipeline Pipeline::from_file(const std::string& path, const std::vector<std::str
   } catch (const FileError& e) {
     throw ConfigError({{path, 0, 0, e.detail()}});
   }
-  return Pipeline(build(text, path, overrides, created));
+  return Pipeline(build(text, path, overrides, created, Registry::builtin(), ConfigOrigin::kFile));
 }
 
 Pipeline Pipeline::from_string(std::string_view yaml, const std::string& source_name,

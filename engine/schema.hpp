@@ -39,6 +39,11 @@ bool read_bool(const ConfigNode& node, bool& out, const std::string& context,
                Diagnostics& diagnostics);
 bool read_string(const ConfigNode& node, std::string& out, const std::string& context,
                  Diagnostics& diagnostics);
+// A file or folder path: a string, resolved by resolve_config_path (a relative path written in a
+// config file is relative to the file's folder, one from YAML text, a dict or `--set` to the
+// current directory). Every key that names a path reads it here, so the rule holds for all.
+bool read_path(const ConfigNode& node, std::string& out, const std::string& context,
+               Diagnostics& diagnostics);
 std::string format_number(double value);
 
 class SchemaBase {
@@ -98,6 +103,16 @@ class Schema : public SchemaBase {
         [member](P& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
           std::string v;
           if (read_string(n, v, c, d)) p.*member = std::move(v);
+        });
+  }
+  // A file or folder path (read_path): shown as type "path".
+  Schema& path(const char* key, std::string P::*member, std::string doc) {
+    return add(
+        key, "path", std::move(doc),
+        [member](const P& p) { return (p.*member).empty() ? std::string("(none)") : p.*member; },
+        [member](P& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
+          std::string v;
+          if (read_path(n, v, c, d)) p.*member = std::move(v);
         });
   }
   template <class E>

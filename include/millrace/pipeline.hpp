@@ -64,6 +64,9 @@ class Pipeline {
   // `stages.NAME` / `stages.INDEX`), nested keys by their path (`infer.calibration.mode=entropy`),
   // list elements by index or name (`normalize.mean.0=124`). They are checked like the file; a
   // wrong one is a ConfigError located at `--set <override>`.
+  // A relative path (a dataset root, a model, an output) written in the file at `path` is
+  // relative to that file's folder; one in `yaml` given to from_string, or in an override, is
+  // relative to the current directory (`source_name` only names the text in messages).
   static Pipeline from_file(const std::string& path,
                             const std::vector<std::string>& overrides = {});
   static Pipeline from_string(std::string_view yaml, const std::string& source_name = "<string>",

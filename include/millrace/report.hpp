@@ -19,6 +19,7 @@ namespace millrace {
 std::vector<Diagnostic> validate_file(const std::string& path,
                                       const std::vector<std::string>& overrides = {});
 // The same for a config given as YAML text; `source_name` stands for the file in diagnostics.
+// Relative paths resolve as in Pipeline::from_file and Pipeline::from_string.
 std::vector<Diagnostic> validate_string(std::string_view yaml, const std::string& source_name,
                                         const std::vector<std::string>& overrides = {});
 

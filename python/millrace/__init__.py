@@ -24,8 +24,9 @@ The config is a YAML file or a dict with the same schema; `overrides` take the C
 paths as well as plain values. A config with problems raises ConfigError with every problem
 (`.diagnostics`, each with file, line and column; for a dict, the key path such as
 `config["stages"][0]["root"]` in place of the file); a failed run raises RunError. Relative paths
-in a config (a dataset root, a model) are taken as the millrace command takes them: relative to
-the current directory, for a file config and a dict alike.
+(a dataset root, a model, an output folder) are taken as the millrace command takes them: in a
+config file, relative to the file's folder; in a dict or in `overrides`, relative to the current
+directory.
 
 PyTorch: `millrace.torch.Loader` yields torch tensors (int64 labels and ids), splits the data set
 among the ranks of torch.distributed (or RANK / WORLD_SIZE) with one global shuffle, and saves and

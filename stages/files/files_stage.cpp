@@ -42,7 +42,7 @@ StageInfo FilesSource::info() {
 const Schema<FilesSource::Params>& FilesSource::schema() {
   static const Schema<Params> schema = [] {
     Schema<Params> s;
-    s.string("root", &Params::root, "dataset folder; list entries are relative to it").required();
+    s.path("root", &Params::root, "dataset folder; list entries are relative to it").required();
     s.string("list", &Params::list,
              "im2rec .lst (index, labels, path; tab-separated), relative to root unless absolute; "
              "without it the folder is scanned");

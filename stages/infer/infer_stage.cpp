@@ -75,7 +75,7 @@ StageInfo InferStage::info() {
 const Schema<InferStage::Params>& InferStage::schema() {
   static const Schema<Params> schema = [] {
     Schema<Params> s;
-    s.string("model", &Params::model, "fp32 ONNX model (opset 11-17)").required();
+    s.path("model", &Params::model, "fp32 ONNX model (opset 11-17)").required();
     s.integer64("max_model_bytes", &Params::max_model_bytes,
                 "refuse a model whose file and external data together exceed this many bytes, "
                 "before reading it",
@@ -117,7 +117,7 @@ const Schema<InferStage::Params>& InferStage::schema() {
                                   ctx + " expects one of minmax | entropy | mse, got '" + m + "'");
                             }
                           } else {
-                            read_string(v, p.calibration_table, ctx, d);
+                            read_path(v, p.calibration_table, ctx, d);
                           }
                         });
              });

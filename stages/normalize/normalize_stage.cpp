@@ -132,9 +132,9 @@ const Schema<NormalizeStage::Params>& NormalizeStage::schema() {
              {{"auto", Layout::kAny}, {"NCHW", Layout::kNCHW}, {"NHWC", Layout::kNHWC}});
     s.choice("order", &Params::order, "channel order of the output",
              {{"RGB", Order::kRgb}, {"BGR", Order::kBgr}});
-    s.string("mean_image", &Params::mean_image,
-             "a per-pixel mean (C,H,W float32 .npy, indexed after crop and mirror), int8 only, "
-             "instead of `mean`");
+    s.path("mean_image", &Params::mean_image,
+           "a per-pixel mean (C,H,W float32 .npy, indexed after crop and mirror), int8 only, "
+           "instead of `mean`");
     return s;
   }();
   return schema;

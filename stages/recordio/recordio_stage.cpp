@@ -81,7 +81,7 @@ StageInfo RecordIoSource::info() {
 const Schema<RecordIoSource::Params>& RecordIoSource::schema() {
   static const Schema<Params> schema = [] {
     Schema<Params> s;
-    s.custom("path", "string | list of strings",
+    s.custom("path", "path | list of paths",
              "a .rec file, a folder of .rec files (read in name order) or a list of .rec files",
              "(required)",
              [](Params& p, const ConfigNode& n, const std::string& c, Diagnostics& d) {
@@ -94,23 +94,23 @@ const Schema<RecordIoSource::Params>& RecordIoSource::schema() {
                  bool ok = true;
                  for (const auto& item : n.items) {
                    std::string v;
-                   ok = read_string(item, v, c, d) && ok;
+                   ok = read_path(item, v, c, d) && ok;
                    paths.push_back(std::move(v));
                  }
                  if (!ok) return;
                } else {
                  std::string v;
-                 if (!read_string(n, v, c, d)) return;
+                 if (!read_path(n, v, c, d)) return;
                  paths.push_back(std::move(v));
                }
                p.path = std::move(paths);
              })
         .required();
-    s.string("index", &Params::index,
-             ".idx of a single .rec file; default: the .idx beside each .rec (same name), used "
-             "when every file has one; without an index the files are read sequentially");
-    s.string("labels", &Params::labels,
-             "im2rec .lst whose labels, keyed by record id, replace the records' own");
+    s.path("index", &Params::index,
+           ".idx of a single .rec file; default: the .idx beside each .rec (same name), used "
+           "when every file has one; without an index the files are read sequentially");
+    s.path("labels", &Params::labels,
+           "im2rec .lst whose labels, keyed by record id, replace the records' own");
     s.integer("label_width", &Params::label_width,
               "labels per sample; a record carrying another number (flag) is an error", 1, 4096);
     add_source_keys(

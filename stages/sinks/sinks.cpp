@@ -148,9 +148,9 @@ StageInfo NpySink::info() {
 const Schema<NpySink::Params>& NpySink::schema() {
   static const Schema<Params> schema = [] {
     Schema<Params> s;
-    s.string("dir", &Params::dir,
-             "output folder (created if missing): batch_<k:06d>_data.npy, batch_<k:06d>_label.npy, "
-             "batches.jsonl; under MPI each rank writes in rank<k>/ inside it")
+    s.path("dir", &Params::dir,
+           "output folder (created if missing): batch_<k:06d>_data.npy, batch_<k:06d>_label.npy, "
+           "batches.jsonl; under MPI each rank writes in rank<k>/ inside it")
         .required();
     s.choice("fsync", &Params::fsync,
              "when the files reach the disk: end (the file system is flushed when the run stops), "
@@ -317,9 +317,9 @@ StageInfo PredictionsSink::info() {
 const Schema<PredictionsSink::Params>& PredictionsSink::schema() {
   static const Schema<Params> schema = [] {
     Schema<Params> s;
-    s.string("path", &Params::path,
-             "output .jsonl file (folders created); under MPI, rank<k>/ is inserted before the "
-             "file name")
+    s.path("path", &Params::path,
+           "output .jsonl file (folders created); under MPI, rank<k>/ is inserted before the "
+           "file name")
         .required();
     s.integer("top_k", &Params::top_k,
               "classes per sample, best first; 0: the top_k of the infer stage before it", 0, 1000);

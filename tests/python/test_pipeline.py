@@ -5,6 +5,7 @@ Ctrl-C, bad configs and bad files, and no thread or memory left behind."""
 import glob
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -90,6 +91,44 @@ def test_a_dict_config_gives_what_its_yaml_file_gives(source, dataset, tmp_path)
         got = epoch_snapshots(a)
         assert_same(got, epoch_snapshots(b))
     assert got[0][0].shape == (8, 32, 32, 3)  # NHWC as configured
+
+
+def test_relative_paths_follow_the_config_file_or_the_current_directory(dataset, tmp_path,
+                                                                         monkeypatch):
+    """`root: data/x` in a file is the file's folder's data/x; in a dict or in overrides, the
+    current directory's. The two data sets differ in size, so the count says which was read."""
+    here = tmp_path / "data" / "x" / "c0"
+    here.mkdir(parents=True)
+    for photo in sorted(glob.glob(os.path.join(dataset, "*", "*.jpg")))[:5]:
+        shutil.copy(photo, here)
+    (tmp_path / "sub" / "data").mkdir(parents=True)
+    os.symlink(dataset, tmp_path / "sub" / "data" / "x")
+    config = {
+        "pipeline": {"threads": 2},
+        "stages": [
+            {"type": "files", "root": "data/x"},
+            {"type": "decode"},
+            {"type": "augment", "size": [16, 16]},
+            {"type": "normalize", "mean": [124, 117, 104]},
+            {"type": "batch", "size": 4, "last": "partial"},
+        ],
+    }
+    (tmp_path / "sub" / "config.yaml").write_text(json.dumps(config))
+    monkeypatch.chdir(tmp_path)
+
+    def count(pipe):
+        with pipe:
+            return sum(len(b.ids) - b.pad for b in pipe)
+
+    assert count(millrace.Pipeline("sub/config.yaml")) == DATASET_COUNT
+    assert count(millrace.Pipeline(config)) == 5
+    assert count(millrace.Pipeline("sub/config.yaml", {"files.root": "data/x"})) == 5
+    assert count(millrace.Pipeline("sub/config.yaml", ["files.root=data/x"])) == 5
+    # From a folder without data/x, the file still finds its own; the dict does not.
+    monkeypatch.chdir(tmp_path / "sub" / "data")
+    assert count(millrace.Pipeline(str(tmp_path / "sub" / "config.yaml"))) == DATASET_COUNT
+    assert millrace.validate(str(tmp_path / "sub" / "config.yaml")) == []
+    assert any("data/x" in d.message for d in millrace.validate(config))
 
 
 # ---- zero copy and lifetime -----------------------------------------------------------------------
