@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/recipe_window.hpp"
 #include "engine/random.hpp"
 #include "stages/augment/augment_kernel.hpp"
 #include "stages/common/jpeg/jpeg_restart.hpp"
@@ -74,35 +75,6 @@ const std::vector<Bytes>& jpegs(bool prepared) {
   }();
   return prepared ? gridded : originals;
 }
-
-// The two standard recipes' windows, as the augment stage computes them.
-class RecipeWindow final : public WindowChooser {
- public:
-  RecipeWindow(bool train, std::uint64_t id) : train_(train), id_(id) {}
-  std::optional<WindowRequest> choose(int width, int height) const noexcept override {
-    if (train_) {
-      CounterRng rng(1, 2, 0, id_);
-      const Rect r =
-          augment::random_resized_window(width, height, {0.08, 1.0}, {3.0 / 4.0, 4.0 / 3.0}, rng);
-      return WindowRequest{static_cast<double>(r.x),
-                           static_cast<double>(r.y),
-                           static_cast<double>(r.width),
-                           static_cast<double>(r.height),
-                           224,
-                           224,
-                           true};
-    }
-    const auto [w, h] = augment::resize_shorter_size(width, height, 256);
-    const Rect c = augment::center_window(w, h, 224, 224);
-    const double fx = static_cast<double>(width) / w;
-    const double fy = static_cast<double>(height) / h;
-    return WindowRequest{c.x * fx, c.y * fy, c.width * fx, c.height * fy, 224, 224, true};
-  }
-
- private:
-  bool train_;
-  std::uint64_t id_;
-};
 
 // range(0): 1 = the prepared copies; range(1): 0 whole images, 1 train windows, 2 val windows.
 // Counter "grid": the share of images served from the restart grid.
