@@ -38,6 +38,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Optional, Union
 
 import numpy as np
+# NumPy 2 imports numpy.random on first use, and a DataLoader worker's first act is to seed it: on
+# CPython 3.11 that import in a freshly forked worker can die in importlib's module-lock table
+# (a KeyError there), so the worker exits before it can even report millrace's
+# refusal. Importing it here, in the parent, leaves the workers nothing to import.
+import numpy.random  # noqa: F401  pylint: disable=unused-import
 import torch
 
 from . import Pipeline, _in_dataloader_worker
