@@ -130,8 +130,9 @@ const Schema<InferStage::Params>& InferStage::schema() {
              {{"samples", infer::Parallelism::kSamples}, {"layers", infer::Parallelism::kLayers}});
     s.boolean("winograd", &Params::winograd,
               "int8: 3x3 stride-1 convolutions with at least 128 input channels run oneDNN's "
-              "Winograd kernel (fewer multiplications, the same result up to rounding); false: "
-              "direct convolution everywhere");
+              "Winograd kernel (fewer multiplications, the same result up to rounding, less "
+              "accurate; it can pay where the direct int8 kernel is AVX-512 VNNI, not where it "
+              "runs on AMX); false: direct convolution everywhere");
     s.boolean("channel_ranges", &Params::channel_ranges,
               "int8: a value one convolution writes only for convolutions is quantized with a "
               "scale per channel (folded into the two convolutions' scales and weights: no cost "

@@ -36,7 +36,7 @@ class InferStage final : public BatchTransformStage {
     std::string calibration_table;
     int threads = 1;
     infer::Parallelism parallel = infer::Parallelism::kSamples;
-    bool winograd = true;  // int8: Winograd kernel for wide 3x3 convolutions
+    bool winograd = false;  // int8: Winograd kernel for wide 3x3 convolutions
     // int8: per-channel scales where convolutions chain. Off by default: on a trained network
     // the weights need the precision it takes from them (docs/PERFORMANCE.md, "int8 on a trained
     // network").

@@ -87,10 +87,11 @@ struct NetworkOptions {
   // int8 only: 3x3, stride-1, undilated, ungrouped convolutions with at least
   // kWinogradMinChannels input channels run oneDNN's int8 Winograd kernel where it accepts the
   // shape (attributes included), direct convolution otherwise. Winograd does fewer
-  // multiplications for the same result up to rounding; on wide layers with small maps it is the
-  // faster kernel (docs/PERFORMANCE.md), on the 64-channel 56x56 maps of a ResNet it is not.
+  // multiplications for the same result up to rounding (it costs some accuracy); it can pay on a
+  // CPU whose direct int8 kernel is AVX-512 VNNI, but where oneDNN's direct kernel runs on AMX
+  // tiles it is 1.6-2x slower than direct (docs/PERFORMANCE.md), hence off unless asked for.
   // fp32 always runs direct: it is the reference.
-  bool winograd = true;
+  bool winograd = false;
   // int8 only: a value that a convolution writes for convolutions alone is quantized with a scale
   // per channel (from the calibration table's per-channel limits), folded into the producer's
   // output scales and the readers' weights, so it costs nothing at run time; the values' ranges

@@ -662,6 +662,7 @@ TEST(Network, Int8WinogradTakesOnlyWideStrideOneConvolutionsAndMatchesDirect) {
   const int batch = 8;
   Network fp32(m, options_for(Precision::kFp32, InputType::kS8, InputLayout::kNHWC, batch));
   NetworkOptions o = options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, batch);
+  o.winograd = true;
   Network winograd(m, o);
   o.winograd = false;
   Network direct(m, o);
