@@ -58,5 +58,46 @@ void BM_RandomResizedCrop(benchmark::State& state) {
 }
 BENCHMARK(BM_RandomResizedCrop);
 
+// The window-only decode's resampling: a fractional window (full-scale coordinates of the
+// evaluation geometry, as `decode.reduce: auto` delivers it with a few pixels of margin) straight
+// to 224x224, where the whole-image path resizes and then crops.
+void BM_ResampleWindowVal(benchmark::State& state) {
+  const std::vector<std::uint8_t> pixels = make_image();
+  const ImageView src{pixels.data(), kWidth, kHeight, 3, static_cast<std::size_t>(kWidth) * 3};
+  const auto [rw, rh] = resize_shorter_size(kWidth, kHeight, 256);
+  const double fx = static_cast<double>(kWidth) / rw;
+  const double fy = static_cast<double>(kHeight) / rh;
+  const Rect c = center_window(rw, rh, 224, 224);
+  const WindowF window{c.x * fx, c.y * fy, c.width * fx, c.height * fy};
+  std::vector<std::uint8_t> crop;
+  for (auto _ : state) {
+    resample_window(src, window, 224, 224, Interp::kLinear, crop);
+    benchmark::DoNotOptimize(crop.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_ResampleWindowVal);
+
+// The training geometry through the same resampler: a RandomResizedCrop window shifted by a
+// fraction of a pixel (a window of a DCT-scaled decode has fractional bounds), to 224x224.
+void BM_ResampleWindowTrain(benchmark::State& state) {
+  const std::vector<std::uint8_t> pixels = make_image();
+  const ImageView src{pixels.data(), kWidth, kHeight, 3, static_cast<std::size_t>(kWidth) * 3};
+  std::vector<std::uint8_t> crop;
+  std::uint64_t sample = 0;
+  for (auto _ : state) {
+    CounterRng rng(0, stable_hash("augment"), 0, sample++);
+    const Rect win =
+        random_resized_window(kWidth, kHeight, {0.08, 1.0}, {3.0 / 4.0, 4.0 / 3.0}, rng);
+    const WindowF window{win.x + 0.375, win.y + 0.625, win.width - 1.0, win.height - 1.0};
+    resample_window(src, window, 224, 224, Interp::kLinear, crop);
+    benchmark::DoNotOptimize(crop.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_ResampleWindowTrain);
+
 }  // namespace
 }  // namespace millrace::augment

@@ -295,6 +295,79 @@ TEST(ResizeWindow, BitIdenticalToCvResizeOnClonedRoi) {
   }
 }
 
+// Bilinear interpolation in double precision at the positions resample_window promises, with the
+// pixels past the edges replicated: the reference its fixed-point taps are held to.
+std::vector<double> reference_resample(const TestImage& img, WindowF w, int out_w, int out_h) {
+  const ImageView& v = img.view;
+  std::vector<double> out(static_cast<std::size_t>(out_w) * out_h * 3);
+  const auto at = [&](int x, int y, int ch) {
+    x = std::clamp(x, 0, v.width - 1);
+    y = std::clamp(y, 0, v.height - 1);
+    return static_cast<double>(v.row(y)[static_cast<std::size_t>(x) * 3 + ch]);
+  };
+  for (int i = 0; i < out_h; ++i) {
+    const double sy = w.y + (i + 0.5) * w.height / out_h - 0.5;
+    const int y0 = static_cast<int>(std::floor(sy));
+    const double fy = sy - y0;
+    for (int j = 0; j < out_w; ++j) {
+      const double sx = w.x + (j + 0.5) * w.width / out_w - 0.5;
+      const int x0 = static_cast<int>(std::floor(sx));
+      const double fx = sx - x0;
+      for (int ch = 0; ch < 3; ++ch) {
+        const double top = at(x0, y0, ch) * (1 - fx) + at(x0 + 1, y0, ch) * fx;
+        const double bottom = at(x0, y0 + 1, ch) * (1 - fx) + at(x0 + 1, y0 + 1, ch) * fx;
+        out[(static_cast<std::size_t>(i) * out_w + j) * 3 + ch] = top * (1 - fy) + bottom * fy;
+      }
+    }
+  }
+  return out;
+}
+
+// The fixed-point taps stay within their documented 1.01 steps of exact bilinear interpolation
+// (0.5 of it the output's own rounding), on shrinking, growing and mixed windows, fractional or
+// whole, inside the image and reaching past its edges (replicated), on an image of noise (the
+// largest differences between neighbours).
+TEST(ResampleWindow, LinearWithinOneStepOfExactBilinear) {
+  const TestImage img = make_image(500, 375, 3);
+  const WindowF windows[] = {{37.25, 20.5, 300.75, 211.125}, {0, 0, 500, 375},
+                             {451.9, 300.3, 48.1, 74.7},     {-3.5, -2.25, 20.0, 12.5},
+                             {480.5, 360.75, 30.0, 20.0},    {100.0, 50.0, 7.3, 9.1}};
+  for (const WindowF& w : windows) {
+    for (const auto& [ow, oh] : {std::pair{224, 224}, std::pair{31, 260}, std::pair{1, 1}}) {
+      SCOPED_TRACE(::testing::Message() << "window " << w.x << "," << w.y << " " << w.width << "x"
+                                        << w.height << " -> " << ow << "x" << oh);
+      std::vector<std::uint8_t> got;
+      resample_window(img.view, w, ow, oh, Interp::kLinear, got);
+      const std::vector<double> want = reference_resample(img, w, ow, oh);
+      ASSERT_EQ(got.size(), want.size());
+      double worst = 0;
+      for (std::size_t k = 0; k < got.size(); ++k) {
+        worst = std::max(worst, std::abs(got[k] - want[k]));
+      }
+      EXPECT_LE(worst, 1.01);
+    }
+  }
+}
+
+// The whole image through the fractional path gives what cv::resize gives, up to one step of
+// either side's rounding: the two paths of the window-only decode agree. (On a window inside the
+// image they differ at its edges by design: cv::resize on a ROI replicates the ROI's border,
+// resample_window reads the real neighbours.)
+TEST(ResampleWindow, LinearAgreesWithCvResizeOnTheWholeImage) {
+  const TestImage img = make_image(500, 375, 4);
+  const Rect roi{0, 0, 500, 375};
+  const cv::Mat expected = reference_resize(img, roi, 224, 224, cv::INTER_LINEAR);
+  std::vector<std::uint8_t> got;
+  resample_window(img.view, WindowF{0, 0, 500, 375}, 224, 224, Interp::kLinear, got);
+  ASSERT_EQ(got.size(), expected.total() * expected.elemSize());
+  int worst = 0;
+  for (std::size_t k = 0; k < got.size(); ++k) {
+    worst =
+        std::max(worst, std::abs(static_cast<int>(got[k]) - static_cast<int>(expected.data[k])));
+  }
+  EXPECT_LE(worst, 1);
+}
+
 TEST(ResizeWindow, ShorterSideThenCenterCropPipeline) {
   // The MXNet evaluation chain: 500x375 -> 341x256 -> centre 224.
   const TestImage img = make_image(500, 375, 0);
