@@ -42,7 +42,12 @@ of the network on one batch while the data stages are idle, as the peer times it
 ready tensors. From each run's JSON it takes `metrics["infer.alone_images_per_second"]`
 (inference alone: the figure held against the peer), `metrics["infer.inference_images_per_second"]`
 (time in the network during the run, while the data stages share the cores) and the end-to-end
-`images_per_second` (steady state, JPEG files to logits). Medians over the rounds go
+`images_per_second` (steady state, JPEG files to logits; from the int8 run, which reads
+--e2e-images images so that what the queues hold before the first batch comes out does not
+inflate it). Each round also times the int8 loader alone (the config without its network, a
+discard sink instead): network and loader share the cores, so end to end cannot pass
+1 / (1 / inference alone + 1 / loader alone), and the summary gives the fraction of that bound
+reached. Medians over the rounds go
 into two tables with the ratios; each round's own int8 ratio (millrace's rate over the peer's in
 that round) and their median follow. Runs are short (a few hundred images), so absolute rates
 move with the machine's load: compare the ratios of one run.
@@ -119,6 +124,32 @@ def millrace_run(args, model, variant, work, images, calibrate, batch=32):
     report["command"] = cmd
     report["wall_seconds"] = seconds
     return report
+
+
+def data_only_run(args, work):
+    """The int8 loader alone: configs/resnet18_int8.yaml without its infer and predictions stages
+    (a discard sink instead), on the same images and threads; returns its end-to-end images/s.
+    The pipeline and the network share the same cores, so a model's end to end cannot pass
+    1 / (1 / inference alone + 1 / this rate): the bound the end-to-end figure is held to."""
+    import yaml  # Debian's python3-yaml; only this figure needs it
+    with open(os.path.join(REPO, "configs", "resnet18_int8.yaml")) as f:
+        config = yaml.safe_load(f)
+    config["stages"] = [s for s in config["stages"]
+                        if s.get("type") not in ("infer", "predictions")] + [{"type": "discard"}]
+    path = os.path.join(work, "data_only.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    result_json = os.path.join(work, "data_only.json")
+    cmd = [args.millrace, "run", path, "--json", result_json, "--quiet",
+           "--set", f"files.root={os.path.join(REPO, 'data', 'imagenet-like')}",
+           "--set", f"files.limit={args.e2e_images}", "--set", f"pipeline.threads={args.threads}"]
+    run(cmd, args.timeout, "millrace (data only)", cwd=REPO)
+    try:
+        with open(result_json) as f:
+            report = json.load(f)
+        return float(report["images_per_second"])
+    except (OSError, ValueError, KeyError) as e:
+        raise RunFailed(f"millrace (data only) wrote no usable JSON at {result_json}: {e}")
 
 
 def metric(report, key, what):
@@ -228,7 +259,11 @@ def measure(args, work):
              if b != 32}
     peer_runs = []
     peers2_runs = []
+    data_rates = []
     for number in range(args.repeats):
+        data_rates.append(data_only_run(args, work))
+        print(f"[round {number + 1}] millrace data only (the int8 loader, no network): "
+              f"{data_rates[-1]:.1f} images/s", flush=True)
         for model in args.models:
             for batch in [b for b in args.batches if b != 32]:
                 for variant in ("int8", "fp32"):
@@ -239,7 +274,10 @@ def measure(args, work):
                     print(f"[round {number + 1}] millrace {model} {variant} batch {batch}: "
                           f"inference alone {rate:.1f} images/s", flush=True)
             for variant in args.variants:
-                report = millrace_run(args, model, variant, work, args.images, calibrate=False)
+                # int8's run is also the end-to-end figure: long enough that what the queues
+                # hold when the first batch comes out (a few hundred images) is a small part.
+                images = args.e2e_images if variant == "int8" else args.images
+                report = millrace_run(args, model, variant, work, images, calibrate=False)
                 reports[model][variant].append(report)
                 print(f"[round {number + 1}] millrace {model} {variant}: inference alone "
                       f"{metric(report, 'infer.alone_images_per_second', 'millrace'):.1f}, "
@@ -254,6 +292,12 @@ def measure(args, work):
         if args.peers:
             peers2_runs.append(peers2_round(args, work, number))
     millrace = {m: summarise_millrace(m, reports[m], args.variants) for m in args.models}
+    data_rate = statistics.median(data_rates)
+    for m in args.models:
+        alone = millrace[m]["int8"]["inference_images_per_second"]
+        millrace[m]["int8"]["data_only_images_per_second"] = data_rate
+        millrace[m]["int8"]["round_data_only_images_per_second"] = data_rates
+        millrace[m]["int8"]["end_to_end_bound"] = 1.0 / (1.0 / alone + 1.0 / data_rate)
     peer_rates = {}
     for model in args.torch1_models:
         for precision in ("int8", "fp32"):
@@ -278,6 +322,10 @@ def flat_rows(args, millrace, peer_rates, small, peers2_runs):
                    "round_images_per_second": m["round_inference_images_per_second"],
                    "end_to_end_images_per_second": m["end_to_end_images_per_second"],
                    "round_end_to_end_images_per_second": m["round_end_to_end_images_per_second"]}
+            if "end_to_end_bound" in m:
+                row["data_only_images_per_second"] = m["data_only_images_per_second"]
+                row["round_data_only_images_per_second"] = m["round_data_only_images_per_second"]
+                row["end_to_end_bound"] = m["end_to_end_bound"]
             rows.append(row)
             for batch in [b for b in args.batches if b != 32]:
                 rates = small[(model, variant, batch)]
@@ -321,6 +369,10 @@ def main():
     parser.add_argument("--images", type=int, default=192,
                         help="images per timed millrace run, a multiple of 32 "
                              "(default %(default)s)")
+    parser.add_argument("--e2e-images", type=int, default=2560,
+                        help="images of the int8 run, whose end-to-end rate is reported: the "
+                             "queues fill before the first batch comes out, so a short run "
+                             "overstates it (default %(default)s; the data set must hold them)")
     parser.add_argument("--calibration-images", type=int, default=64,
                         help="images of the run that writes an int8 variant's calibration table "
                              "(default %(default)s)")
@@ -358,7 +410,8 @@ def main():
     args.batches = [int(b) for b in args.batches.split(",") if b]
     if not args.batches or args.batches[0] != 32 or min(args.batches) < 1:
         parser.error("--batches: 32 first, then other sizes")
-    if args.images < 64 or args.images % 32 or args.calibration_images < 32 or args.repeats < 1:
+    if args.images < 64 or args.images % 32 or args.e2e_images % 32 or args.e2e_images < 64 or \
+            args.calibration_images < 32 or args.repeats < 1:
         parser.error("--images must be a multiple of 32 and >= 64, --calibration-images >= 32, "
                      "--repeats >= 1")
     args.millrace = os.path.abspath(args.millrace)
@@ -409,6 +462,11 @@ def main():
                         f"({ours['end_to_end_images_per_second'] / ours['images_per_second']:.2f})",
                         ours["end_to_end_images_per_second"] >=
                         0.95 * ours["images_per_second"]))
+        bound = millrace[m]["int8"]["end_to_end_bound"]
+        print(f"{m}: end to end {ours['end_to_end_images_per_second']:.1f} images/s against the "
+              f"bound of shared cores {bound:.1f} (1 / (1 / {ours['images_per_second']:.1f} + "
+              f"1 / {millrace[m]['int8']['data_only_images_per_second']:.1f} data only)): "
+              f"{ours['end_to_end_images_per_second'] / bound:.2f} of it")
 
     rows = []
     for m in args.models:
