@@ -227,11 +227,18 @@ def field_main(args, millrace_config, bench_config):
         for key, (reduce, dct) in variants.items():
             configs[(key, recipe)] = millrace_config(recipe, args.root, args.images, args.threads,
                                                      args.batch, reduce, dct, epochs)
-        if prepared_root:
-            configs[("millrace_prepared", recipe)] = millrace_config(
-                recipe, prepared_root, args.images, args.threads, args.batch, reduces[0],
-                dcts[0], epochs)
-    ours_systems = list(variants) + (["millrace_prepared"] if prepared_root else [])
+    # The prepared copy at the first reduce setting, with each DCT asked for.
+    prepared = {}
+    if prepared_root:
+        for dct in dcts:
+            key = ("millrace_prepared" if not prepared
+                   else f"millrace_prepared:{reduces[0]}:{dct}")
+            prepared[key] = (reduces[0], dct)
+    for recipe in recipes:
+        for key, (reduce, dct) in prepared.items():
+            configs[(key, recipe)] = millrace_config(recipe, prepared_root, args.images,
+                                                     args.threads, args.batch, reduce, dct, epochs)
+    ours_systems = list(variants) + list(prepared)
     # --peer-variant NAME:LABEL=ARGS: peer NAME once more, with ARGS (split on spaces) added.
     peer_variants = {}
     for spec in args.peer_variant or []:
@@ -301,8 +308,7 @@ def field_main(args, millrace_config, bench_config):
             round_ratios = [a / b for a, b in zip(ours, values)]
             threads, prefetch = (settings[system][recipe] if system in settings
                                  else (args.threads, None))
-            variant = variants.get(system, variants["millrace"] if system in ours_systems
-                                   else None)
+            variant = variants.get(system, prepared.get(system))
             label = system.split(":")[0] + (
                 f" (reduce: {variant[0]}, dct: {variant[1]})" if variant else
                 f" ({system.split(':', 1)[1]}: {' '.join(peer_variants[system][1])})"
