@@ -14,6 +14,7 @@
 #include "millrace/errors.hpp"
 #include "millrace/pipeline.hpp"
 #include "millrace/report.hpp"
+#include "tests/support/config_testing.hpp"
 #include "tests/support/temp_dir.hpp"
 
 namespace millrace {
@@ -23,18 +24,10 @@ namespace fs = std::filesystem;
 
 const fs::path kCaseDir = fs::path(MILLRACE_SOURCE_DIR) / "tests" / "config_errors";
 
-// Validation runs inside the cases' folder, so that each file is named `NAME.yaml` in its
-// diagnostics and relative `root` folders (`.`) resolve there.
-class InFolder {
- public:
-  explicit InFolder(const fs::path& dir) : previous_(fs::current_path()) { fs::current_path(dir); }
-  ~InFolder() { fs::current_path(previous_); }
-  InFolder(const InFolder&) = delete;
-  InFolder& operator=(const InFolder&) = delete;
-
- private:
-  fs::path previous_;
-};
+// Validation runs inside the cases' folder (an InFolder), so that each file is named `NAME.yaml` in
+// its diagnostics and relative `root` folders (`.`) resolve there.
+using testing::diagnostic_lines;
+using testing::InFolder;
 
 std::vector<std::string> read_lines(const fs::path& path) {
   std::ifstream in(path);
@@ -85,9 +78,7 @@ TEST_P(ConfigErrorCase, DiagnosticsMatchTheExpectedFile) {
     InFolder here(kCaseDir);
     diagnostics = validate_file(name + ".yaml");
   }
-  std::vector<std::string> actual;
-  for (const auto& d : diagnostics) actual.push_back(d.to_string());
-  EXPECT_EQ(joined(actual), joined(expected));
+  EXPECT_EQ(joined(diagnostic_lines(diagnostics)), joined(expected));
 
   EXPECT_TRUE(std::any_of(diagnostics.begin(), diagnostics.end(),
                           [](const Diagnostic& d) { return !d.warning; }))
@@ -111,16 +102,16 @@ INSTANTIATE_TEST_SUITE_P(Golden, ConfigErrorCase, ::testing::ValuesIn(case_names
 TEST(ConfigErrors, AValidConfigHasNoDiagnostics) {
   // The cases' stages written correctly: their errors come from what each case changes.
   const testing::TempDir dir("millrace_valid");
-  const fs::path file = dir / "valid.yaml";
-  std::ofstream(file) << "pipeline:\n  threads: 2\n  max_errors: 5%\nstages:\n"
-                         "  - type: files\n    root: "
-                      << kCaseDir.string()
-                      << "\n    shuffle: true\n"
-                         "  - type: decode\n    concurrency: 2\n    on_error: fail\n"
-                         "  - type: augment\n    size: 224\n    mirror: 0.5\n"
-                         "  - type: normalize\n    mean: [123.68, 116.779, 103.939]\n"
-                         "  - type: batch\n    size: 8\n    concurrency: serial\n"
-                         "  - type: npy\n    dir: out\n";
+  const fs::path file = dir.write("valid.yaml",
+                                  "pipeline:\n  threads: 2\n  max_errors: 5%\nstages:\n"
+                                  "  - type: files\n    root: " +
+                                      kCaseDir.string() +
+                                      "\n    shuffle: true\n"
+                                      "  - type: decode\n    concurrency: 2\n    on_error: fail\n"
+                                      "  - type: augment\n    size: 224\n    mirror: 0.5\n"
+                                      "  - type: normalize\n    mean: [123.68, 116.779, 103.939]\n"
+                                      "  - type: batch\n    size: 8\n    concurrency: serial\n"
+                                      "  - type: npy\n    dir: out\n");
   const auto diagnostics = validate_file(file.string());
   for (const auto& d : diagnostics) ADD_FAILURE() << d.to_string();
 }
@@ -153,12 +144,9 @@ TEST(ConfigErrors, OverridesAreValidatedWithTheFile) {
   // An override can repair a case...
   EXPECT_TRUE(validate_file("wrong_type.yaml", {"batch.size=8"}).empty());
   // ...and its own errors are located at the override.
-  std::vector<std::string> actual;
-  for (const auto& d : validate_file("wrong_type.yaml", {"batch.size=-3"})) {
-    actual.push_back(d.to_string());
-  }
-  EXPECT_EQ(actual, std::vector<std::string>{"--set batch.size=-3: error: stage 'batch' (batch): "
-                                             "'size' is out of range: -3 not in 1..65536"});
+  EXPECT_EQ(diagnostic_lines(validate_file("wrong_type.yaml", {"batch.size=-3"})),
+            std::vector<std::string>{"--set batch.size=-3: error: stage 'batch' (batch): "
+                                     "'size' is out of range: -3 not in 1..65536"});
 }
 
 // A pipeline whose only fault can come from an override. Its folder holds no images, so a
@@ -176,9 +164,7 @@ std::vector<std::string> config_errors_of(const std::vector<std::string>& overri
   try {
     Pipeline::from_string(kPipeline, "inline.yaml", overrides);
   } catch (const ConfigError& e) {
-    std::vector<std::string> out;
-    for (const auto& d : e.diagnostics()) out.push_back(d.to_string());
-    return out;
+    return diagnostic_lines(e.diagnostics());
   } catch (const std::exception&) {
     return {};
   }
@@ -259,9 +245,7 @@ TEST(ConfigOverrides, DottedKeysReachIntoMappings) {
 std::vector<std::string> validate_with(const std::string& file,
                                        const std::vector<std::string>& overrides) {
   InFolder here(kCaseDir);
-  std::vector<std::string> out;
-  for (const auto& d : validate_file(file, overrides)) out.push_back(d.to_string());
-  return out;
+  return diagnostic_lines(validate_file(file, overrides));
 }
 
 TEST(ConfigOverrides, StagesAreReachedByIndexOrNameUnderStages) {

@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
-#include <fstream>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <string>
@@ -15,6 +14,7 @@
 #include "millrace/errors.hpp"
 #include "millrace/pipeline.hpp"
 #include "millrace/report.hpp"
+#include "tests/support/config_testing.hpp"
 #include "tests/support/temp_dir.hpp"
 
 namespace millrace {
@@ -22,16 +22,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class InFolder {
- public:
-  explicit InFolder(const fs::path& dir) : previous_(fs::current_path()) { fs::current_path(dir); }
-  ~InFolder() { fs::current_path(previous_); }
-  InFolder(const InFolder&) = delete;
-  InFolder& operator=(const InFolder&) = delete;
-
- private:
-  fs::path previous_;
-};
+using testing::InFolder;
 
 void write_images(const fs::path& folder, int count) {
   fs::create_directories(folder / "class0");
@@ -65,7 +56,7 @@ class ConfigPaths : public ::testing::Test {
   void SetUp() override {
     write_images(dir_ / "data/x", 2);
     write_images(dir_ / "sub/data/x", 3);
-    std::ofstream(dir_ / "sub/config.yaml") << kConfig;
+    dir_.write("sub/config.yaml", kConfig);
     // The trace's folder must exist (the npy sink makes its own).
     fs::create_directories(dir_ / "out");
     fs::create_directories(dir_ / "sub/out");
@@ -101,17 +92,17 @@ TEST_F(ConfigPaths, TextAndOverridesResolveAgainstTheCurrentDirectory) {
 }
 
 TEST_F(ConfigPaths, AbsolutePathsAreTakenAsTheyAre) {
-  std::ofstream(dir_ / "sub/absolute.yaml")
-      << "stages:\n  - {type: files, root: \"" << (dir_ / "data/x").string()
-      << "\"}\n  - {type: decode}\n  - {type: augment, size: 16}\n"
-         "  - {type: normalize, mean: [124, 117, 104]}\n  - {type: batch, size: 1}\n";
+  dir_.write("sub/absolute.yaml",
+             "stages:\n  - {type: files, root: \"" + (dir_ / "data/x").string() +
+                 "\"}\n  - {type: decode}\n  - {type: augment, size: 16}\n"
+                 "  - {type: normalize, mean: [124, 117, 104]}\n  - {type: batch, size: 1}\n");
   InFolder here(dir_ / "sub");
   EXPECT_EQ(samples_of(Pipeline::from_file("absolute.yaml")), 2U);
 }
 
 TEST_F(ConfigPaths, ErrorsNameTheResolvedPath) {
-  std::ofstream(dir_ / "sub/missing.yaml") << "stages:\n  - {type: files, root: nowhere}\n"
-                                              "  - {type: batch, size: 1}\n";
+  dir_.write("sub/missing.yaml",
+             "stages:\n  - {type: files, root: nowhere}\n  - {type: batch, size: 1}\n");
   InFolder here(dir_.path());
   bool named = false;
   for (const auto& d : validate_file("sub/missing.yaml")) {

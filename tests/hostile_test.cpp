@@ -14,7 +14,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <map>
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -39,22 +38,15 @@
 #include "stages/recordio/recordio_kernel.hpp"
 #include "stages/recordio/recordio_stage.hpp"
 #include "stages/sinks/sinks.hpp"
+#include "tests/support/error_of.hpp"
 #include "tests/support/temp_dir.hpp"
 
 namespace millrace {
 namespace {
 
 namespace fs = std::filesystem;
+using testing::error_of;
 using testing::TempDir;
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return {};
-}
 
 fs::path make_fifo(const TempDir& dir, const std::string& name) {
   const fs::path path = dir / name;
@@ -382,18 +374,12 @@ ReadAll read_all(const std::string& path) {
   return r;
 }
 
-void write_bytes(const std::string& path, const std::vector<std::uint8_t>& bytes) {
-  std::ofstream(path, std::ios::binary)
-      .write(reinterpret_cast<const char*>(bytes.data()),
-             static_cast<std::streamsize>(bytes.size()));
-}
-
 TEST(RecordIoResync, OneInsertedByteCostsNoRecordAndIsReported) {
   TempDir dir;
   std::vector<std::uint8_t> bytes = rec_file_bytes(16);
   // After the first record (8-byte header, 24-byte image header, 100 image bytes).
   bytes.insert(bytes.begin() + 132, 0x55);
-  write_bytes(dir.file("x.rec"), bytes);
+  dir.write("x.rec", bytes);
   const ReadAll r = read_all(dir.file("x.rec"));
   ASSERT_EQ(r.ids.size(), 16U) << (r.errors.empty() ? "" : r.errors[0]);
   ASSERT_EQ(r.errors.size(), 1U);
@@ -407,7 +393,7 @@ TEST(RecordIoResync, JunkBytesAtTheHeadCostNoRecord) {
   TempDir dir;
   std::vector<std::uint8_t> bytes = rec_file_bytes(16);
   bytes.insert(bytes.begin(), {0x01, 0x02, 0x03});
-  write_bytes(dir.file("x.rec"), bytes);
+  dir.write("x.rec", bytes);
   const ReadAll r = read_all(dir.file("x.rec"));
   EXPECT_EQ(r.ids.size(), 16U);
   ASSERT_EQ(r.errors.size(), 1U);
@@ -418,7 +404,7 @@ TEST(RecordIoResync, ShiftedRecordsAreReadOnceAcrossRanges) {
   TempDir dir;
   std::vector<std::uint8_t> bytes = rec_file_bytes(40);
   bytes.insert(bytes.begin() + 132, {0x55, 0x66});
-  write_bytes(dir.file("x.rec"), bytes);
+  dir.write("x.rec", bytes);
   for (const std::uint64_t cut : {std::uint64_t{200}, std::uint64_t{1000}, std::uint64_t{3000}}) {
     std::vector<std::uint64_t> ids;
     for (const auto& [b, e] : {std::pair<std::uint64_t, std::uint64_t>{0, cut},
@@ -444,7 +430,7 @@ TEST(RecordIoResync, ShiftedRecordsAreReadOnceAcrossRanges) {
 
 TEST(RecordIoSource, AnEmptyRecFileIsAnError) {
   TempDir dir;
-  write_bytes(dir.file("empty.rec"), {});
+  dir.write("empty.rec", "");
   auto source = testing::make_stage<RecordIoSource>(
       "recordio", "{type: recordio, path: " + dir.file("empty.rec") + "}");
   ASSERT_NE(source, nullptr);
@@ -458,7 +444,7 @@ TEST(Pack, AFailedPackLeavesThePreviousOutputAndNoPartialFile) {
   TempDir dir;
   const std::vector<std::uint8_t> jpeg = noisy_jpeg(32, 32, false);
   for (const char* name : {"a/1.jpg", "a/2.jpg"}) {
-    dir.write(name, std::string(jpeg.begin(), jpeg.end()));
+    dir.write(name, jpeg);
   }
   recordio::PackOptions o;
   o.folder = dir.file("a");
@@ -483,7 +469,7 @@ TEST(Pack, AFailedPackLeavesThePreviousOutputAndNoPartialFile) {
 TEST(Pack, AFolderEntryThatIsNotPackedIsReported) {
   TempDir dir;
   const std::vector<std::uint8_t> jpeg = noisy_jpeg(32, 32, false);
-  dir.write("a/1.jpg", std::string(jpeg.begin(), jpeg.end()));
+  dir.write("a/1.jpg", jpeg);
   fs::create_symlink(dir / "gone.jpg", dir / "a/dangling.jpg");
   recordio::PackOptions o;
   o.folder = dir.file("a");
@@ -590,21 +576,18 @@ TEST(FolderScan, EntriesThatAreNotReadAreListedWithTheirReason) {
 TEST(FolderScan, TheSourceSkipsUnreadEntriesWithTheirReason) {
   TempDir dir;
   const std::vector<std::uint8_t> jpeg = noisy_jpeg(16, 16, false);
-  dir.write("cats/1.jpg", std::string(jpeg.begin(), jpeg.end()));
+  dir.write("cats/1.jpg", jpeg);
   fs::create_symlink(dir / "nowhere.jpg", dir / "cats/dangling.jpg");
   auto source = testing::make_stage<FilesSource>("files", "{type: files, root: " + dir.str() + "}");
   ASSERT_NE(source, nullptr);
   source->prepare();
   std::vector<std::string> errors;
   int read = 0;
-  for (;;) {
-    Sample s;
-    if (source->next(s) != SourceStatus::kSample) break;
-    try {
-      source->load(s);
+  for (const auto& loaded : testing::load_epoch(*source)) {
+    if (loaded.error.empty()) {
       ++read;
-    } catch (const SampleError& e) {
-      errors.push_back(s.path + ": " + e.what());
+    } else {
+      errors.push_back(loaded.sample.path + ": " + loaded.error);
     }
   }
   EXPECT_EQ(read, 1);

@@ -60,10 +60,9 @@ def main():
 
     pipe = pipeline()
     pipe.build()
-    timer = peerlib.Timer()
-    for _ in range(peerlib.batches_for(items, args.epochs, args.batch)):
-        images, _labels = pipe.run()
-        timer.batch(len(images))
+    timer = peerlib.time_batches(
+        (pipe.run() for _ in range(peerlib.batches_for(items, args.epochs, args.batch))),
+        lambda out: len(out[0]))
     peerlib.report(args, timer.result(
         "dali", args, "int8 NCHW (crop_mirror_normalize dtype INT8, mean 124/117/104)",
         settings={"num_threads": args.threads, "prefetch_queue_depth": args.prefetch},

@@ -87,10 +87,8 @@ def main():
                     batches_ahead=args.prefetch,
                     pipelines={"image": image_pipeline, "label": [IntDecoder(), ToTensor()]})
 
-    timer = peerlib.Timer()
-    for _ in range(args.epochs):
-        for images, _labels in loader:
-            timer.batch(int(images.shape[0]))
+    timer = peerlib.time_batches((b for _ in range(args.epochs) for b in loader),
+                                 lambda batch: int(batch[0].shape[0]))
     peerlib.report(args, timer.result(
         "ffcv", args, "uint8 NCHW (view of NHWC memory; FFCV has no integer normalize)",
         settings={"num_workers": args.threads, "batches_ahead": args.prefetch},

@@ -65,14 +65,13 @@ def main():
         it = mx.io.ImageRecordIter(shuffle=False, resize=peerlib.VAL_RESIZE, rand_crop=False,
                                    **common)
 
-    timer = peerlib.Timer()
-    for epoch in range(args.epochs):
-        if epoch:
-            it.reset()
-        for batch in it:
-            if batch.pad:
-                continue
-            timer.batch(batch.data[0].shape[0])
+    def full_batches():
+        for epoch in range(args.epochs):
+            if epoch:
+                it.reset()
+            yield from (batch for batch in it if not batch.pad)
+
+    timer = peerlib.time_batches(full_batches(), lambda batch: batch.data[0].shape[0])
     peerlib.report(args, timer.result(
         "mxnet", args, "int8 NCHW (ImageRecordIter dtype='int8', mean only)",
         settings={"preprocess_threads": args.threads, "prefetch_buffer": args.prefetch},

@@ -90,6 +90,21 @@ class Timer:
             self.timed_images += size
         self.last = now
 
+    @classmethod
+    def from_stamps(cls, stamps, batch):
+        """The timer of a run that delivers images one at a time from several threads: `stamps`
+        are the images' completion times; the first `batch` of them stand for the first batch,
+        not timed, as a loader's first batch is not."""
+        stamps = sorted(stamps)
+        timer = cls()
+        timer.start = stamps[0]
+        timer.first = stamps[batch - 1]
+        timer.last = stamps[-1]
+        timer.batches = len(stamps) // batch
+        timer.images = len(stamps)
+        timer.timed_images = len(stamps) - batch
+        return timer
+
     def result(self, peer, args, output, **extra):
         if self.batches < 2:
             raise SystemExit(f"{peer}: need at least 2 batches to time the steady state, got "
@@ -113,6 +128,17 @@ class Timer:
         }
         result.update(extra)
         return result
+
+
+def time_batches(batches, size):
+    """Draws every batch from the iterable `batches` and returns the Timer that timed them;
+    `size(batch)` is the number of images in one. The iteration starts after the timer does, so
+    a loader that starts its workers when it is first iterated counts that in the first batch's
+    time, which is not in the rate."""
+    timer = Timer()
+    for b in batches:
+        timer.batch(size(b))
+    return timer
 
 
 def report(args, result):

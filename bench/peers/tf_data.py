@@ -97,9 +97,7 @@ def main():
     options.autotune.cpu_budget = args.threads
     ds = ds.with_options(options)
 
-    timer = peerlib.Timer()
-    for images, _labels in ds:
-        timer.batch(int(images.shape[0]))
+    timer = peerlib.time_batches(ds, lambda batch: int(batch[0].shape[0]))
     peerlib.report(args, timer.result(
         "tfdata", args, "int8 NCHW (clamp(pixel - mean), transposed from TensorFlow's HWC)",
         settings={"private_threadpool_size": pool,

@@ -156,10 +156,8 @@ def main():
     loader = DataLoader(Files(items), batch_size=args.batch, shuffle=args.recipe == "train",
                         num_workers=args.threads, drop_last=True, worker_init_fn=one_thread,
                         persistent_workers=True, prefetch_factor=args.prefetch)
-    timer = peerlib.Timer()
-    for _ in range(args.epochs):
-        for images, _labels in loader:
-            timer.batch(int(images.shape[0]))
+    timer = peerlib.time_batches((b for _ in range(args.epochs) for b in loader),
+                                 lambda batch: int(batch[0].shape[0]))
     peerlib.report(args, timer.result(
         "torch2", args, "uint8 NCHW (" + ("torchvision's decode_jpeg + transforms v2"
                                          if decoder == "torchvision" else

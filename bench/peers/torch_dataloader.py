@@ -18,7 +18,9 @@ import json
 import os
 import platform
 import sys
-import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import peerlib  # noqa: E402
 
 
 def _reexec_with_system_python():
@@ -43,23 +45,6 @@ except ImportError:
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
-
-
-def read_list(root, limit):
-    """(path, label) pairs from ROOT/labels.lst in list order, the first `limit` if given."""
-    list_path = os.path.join(root, "labels.lst")
-    items = []
-    with open(list_path) as f:
-        for number, line in enumerate(f, 1):
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) < 3:
-                raise SystemExit(f"{list_path}:{number}: expected 'index<TAB>label<TAB>path'")
-            items.append((os.path.join(root, fields[-1]), int(float(fields[1]))))
-            if limit and len(items) == limit:
-                break
-    if not items:
-        raise SystemExit(f"{list_path}: no images")
-    return items
 
 
 class ListDataset(Dataset):
@@ -104,7 +89,7 @@ def main():
     if args.workers < 0 or args.batch < 1 or args.epochs < 1 or args.images < 0:
         parser.error("--workers must be >= 0, --batch and --epochs >= 1, --images >= 0")
 
-    items = read_list(args.root, args.images)
+    items = [(path, label) for path, _, label in peerlib.read_list(args.root, args.images)]
     if args.workers == 0:
         torch.set_num_threads(1)
     # Full batches only, as millrace's `batch: {last: drop}` delivers them.
@@ -114,24 +99,14 @@ def main():
                         worker_init_fn=single_thread_worker if args.workers > 0 else None,
                         persistent_workers=args.workers > 0)
 
-    start = time.perf_counter()
-    first = last = None
-    images = timed_images = batches = 0
-    for _ in range(args.epochs):
-        for data, _labels in loader:
-            now = time.perf_counter()
-            batches += 1
-            images += data.shape[0]
-            if first is None:
-                first = now
-            else:
-                timed_images += data.shape[0]
-            last = now
-    if batches < 2:
-        raise SystemExit(f"need at least 2 batches to time the steady state, got {batches} "
+    timer = peerlib.time_batches((b for _ in range(args.epochs) for b in loader),
+                                 lambda batch: batch[0].shape[0])
+    if timer.batches < 2:
+        raise SystemExit(f"need at least 2 batches to time the steady state, got {timer.batches} "
                          f"({len(items)} images, batch {args.batch}, drop_last)")
 
-    seconds = last - first
+    images, timed_images = timer.images, timer.timed_images
+    seconds = timer.last - timer.first
     rate = timed_images / seconds
     result = {
         "peer": "pytorch-dataloader",
@@ -143,7 +118,7 @@ def main():
         "epochs": args.epochs,
         "timed_images": timed_images,
         "timed_seconds": seconds,
-        "first_batch_seconds": first - start,
+        "first_batch_seconds": timer.first - timer.start,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "python": platform.python_version(),

@@ -99,15 +99,8 @@ def main():
         n, message = failures[0]
         print(f"turbojpeg_limit: {len(failures)} decodes failed, the first "
               f"{items[n % len(items)][0]}: {message}", file=sys.stderr)
-    stamps.sort()
     # The same steady-state rule as the loaders: the first batch's worth is not timed.
-    timer = peerlib.Timer()
-    timer.start = stamps[0]
-    timer.first = stamps[args.batch - 1]
-    timer.last = stamps[-1]
-    timer.batches = len(stamps) // args.batch
-    timer.images = len(stamps)
-    timer.timed_images = len(stamps) - args.batch
+    timer = peerlib.Timer.from_stamps(stamps, args.batch)
     peerlib.report(args, timer.result(
         "limit", args, "packed RGB at full size, discarded (no crop, resize or batch)",
         settings={"threads": args.threads}, failed_decodes=len(failures)))

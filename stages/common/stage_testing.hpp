@@ -1,6 +1,6 @@
 // Helpers for tests that drive stages directly, one sample at a time, without a pipeline: a
-// reporter that drops warnings, the context a stage would get from the config, and a stage built
-// from YAML through the registry. Test code only.
+// reporter that drops warnings, the context a stage would get from the config, a stage built
+// from YAML through the registry, and a source's samples drawn and loaded. Test code only.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/config_node.hpp"
@@ -56,6 +57,30 @@ std::unique_ptr<S> make_stage(const std::string& type, const std::string& yaml,
   if (typed == nullptr) return nullptr;
   stage.release();  // ownership moves to the typed pointer
   return std::unique_ptr<S>(typed);
+}
+
+// One sample drawn from a source and loaded: `error` is what load() refused it with ("" when it
+// loaded).
+struct Loaded {
+  Sample sample;
+  std::string error;
+};
+
+// Draws the prepared `source`'s samples up to its first epoch's end and loads each, as a pipeline
+// does; any other exception than a SampleError escapes, as it would fail a run.
+inline std::vector<Loaded> load_epoch(SourceStage& source) {
+  std::vector<Loaded> out;
+  for (;;) {
+    Loaded l;
+    if (source.next(l.sample) != SourceStatus::kSample) break;
+    try {
+      source.load(l.sample);
+    } catch (const SampleError& e) {
+      l.error = e.what();
+    }
+    out.push_back(std::move(l));
+  }
+  return out;
 }
 
 }  // namespace millrace::testing

@@ -1,7 +1,6 @@
 #include "stages/decode/decode_kernel.hpp"
 
 #include <gtest/gtest.h>
-#include <jpeglib.h>
 #include <png.h>
 #include <sys/resource.h>
 #include <turbojpeg.h>
@@ -24,6 +23,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "stages/common/jpeg/jpeg_test_support.hpp"
 
 #ifndef MILLRACE_TEST_DATA_DIR
 #define MILLRACE_TEST_DATA_DIR "/work/main/tests/data"
@@ -1591,35 +1592,6 @@ double psnr(const Bytes& a, const Bytes& b) {
   return mse == 0 ? 99.0 : 10.0 * std::log10(255.0 * 255.0 / mse);
 }
 
-// libjpeg's compressor directly: arithmetic coding is not reachable through TurboJPEG 2.1.
-Bytes encode_jpeg_libjpeg(const cv::Mat& rgb, int quality, bool arithmetic, bool progressive) {
-  jpeg_compress_struct cinfo{};
-  jpeg_error_mgr err{};
-  cinfo.err = jpeg_std_error(&err);
-  jpeg_create_compress(&cinfo);
-  unsigned char* buffer = nullptr;
-  unsigned long size = 0;
-  jpeg_mem_dest(&cinfo, &buffer, &size);
-  cinfo.image_width = static_cast<JDIMENSION>(rgb.cols);
-  cinfo.image_height = static_cast<JDIMENSION>(rgb.rows);
-  cinfo.input_components = 3;
-  cinfo.in_color_space = JCS_RGB;
-  jpeg_set_defaults(&cinfo);
-  jpeg_set_quality(&cinfo, quality, TRUE);
-  cinfo.arith_code = arithmetic ? TRUE : FALSE;
-  if (progressive) jpeg_simple_progression(&cinfo);
-  jpeg_start_compress(&cinfo, TRUE);
-  while (cinfo.next_scanline < cinfo.image_height) {
-    auto* row = const_cast<JSAMPROW>(rgb.ptr<std::uint8_t>(static_cast<int>(cinfo.next_scanline)));
-    jpeg_write_scanlines(&cinfo, &row, 1);
-  }
-  jpeg_finish_compress(&cinfo);
-  jpeg_destroy_compress(&cinfo);
-  Bytes out(buffer, buffer + size);
-  std::free(buffer);
-  return out;
-}
-
 struct ReducedCase {
   const char* name;
   int kind;  // 0: OpenCV 4:2:0, 1: TurboJPEG at `subsampling`, 2: libjpeg arithmetic, 3: gray
@@ -1634,7 +1606,9 @@ Bytes encode_case(const ReducedCase& c, const cv::Mat& rgb) {
     case 1:
       return encode_jpeg_tj(rgb, 90, c.subsampling, TJPF_RGB);
     case 2:
-      return encode_jpeg_libjpeg(rgb, 90, true, c.progressive);
+      // libjpeg's compressor: arithmetic coding is not reachable through TurboJPEG 2.1.
+      return testing::encode_pixels(rgb.data, rgb.cols, rgb.rows, rgb.step, testing::k420,
+                                    {0, c.progressive, true, 90});
     default: {
       cv::Mat gray;
       cv::cvtColor(rgb, gray, cv::COLOR_RGB2GRAY);
@@ -1718,29 +1692,6 @@ TEST_P(ReducedDecode, FastWindowAtFullScaleIsBitIdenticalToTheFastFullDecode) {
   }
 }
 
-// The whole image decoded by libjpeg at 1/scale, without cropping or skipping.
-Bytes libjpeg_scaled(const Bytes& jpeg, int scale, int* width) {
-  jpeg_decompress_struct cinfo{};
-  jpeg_error_mgr err{};
-  cinfo.err = jpeg_std_error(&err);
-  jpeg_create_decompress(&cinfo);
-  jpeg_mem_src(&cinfo, jpeg.data(), static_cast<unsigned long>(jpeg.size()));
-  jpeg_read_header(&cinfo, TRUE);
-  cinfo.scale_num = 1;
-  cinfo.scale_denom = static_cast<unsigned int>(scale);
-  cinfo.out_color_space = JCS_EXT_RGB;
-  jpeg_start_decompress(&cinfo);
-  *width = static_cast<int>(cinfo.output_width);
-  Bytes out(static_cast<std::size_t>(cinfo.output_width) * cinfo.output_height * 3);
-  while (cinfo.output_scanline < cinfo.output_height) {
-    JSAMPROW row = out.data() + static_cast<std::size_t>(cinfo.output_scanline) * *width * 3;
-    jpeg_read_scanlines(&cinfo, &row, 1);
-  }
-  jpeg_finish_decompress(&cinfo);
-  jpeg_destroy_decompress(&cinfo);
-  return out;
-}
-
 // At 1/s the window, cropped and with the rows above skipped, is the same window of the whole
 // image decoded at 1/s, bit for bit; and each of its pixels stands for an s x s block of the full
 // decode (compared with cv::INTER_AREA at that integer factor, loosely: the reduced inverse DCT
@@ -1765,10 +1716,10 @@ TEST_P(ReducedDecode, ScaledWindowIsTheWindowOfTheScaledImage) {
     ASSERT_EQ(got.info.reduction.scale, expected);
     const int s = expected;
     const Bytes window = delivered_window(got, 128, 96, 256, 192);
-    int scaled_width = 0;
-    const Bytes scaled = libjpeg_scaled(jpeg, s, &scaled_width);
+    // The whole image decoded by libjpeg at 1/s, without cropping or skipping.
+    const testing::Image scaled = testing::whole(jpeg, s, false);
     EXPECT_TRUE(
-        same_bytes(window, window_of(scaled, scaled_width, 128 / s, 96 / s, 256 / s, 192 / s)));
+        same_bytes(window, window_of(scaled.rgb, scaled.width, 128 / s, 96 / s, 256 / s, 192 / s)));
     cv::Mat averaged;
     cv::resize(full_mat(cv::Rect(128, 96, 256, 192)), averaged, cv::Size(256 / s, 192 / s), 0, 0,
                cv::INTER_AREA);

@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <memory>
 #include <numeric>
 #include <stdexcept>
@@ -19,6 +18,7 @@
 #include "engine/config_node.hpp"
 #include "engine/registry.hpp"
 #include "stages/common/stage_testing.hpp"
+#include "tests/support/error_of.hpp"
 #include "tests/support/temp_dir.hpp"
 
 namespace millrace {
@@ -26,16 +26,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
+using testing::error_of;
 using testing::TempDir;
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
 
 // ---- read_image_list ---------------------------------------------------------------------------
 
@@ -539,14 +531,14 @@ TEST(FilesSource, FilesChangedAfterTheListWasMadeAreSampleErrors) {
   const std::vector<std::string> expected{"cannot open file: No such file or directory",
                                           "not a regular file: a folder",
                                           "not a regular file: a FIFO", ""};
-  Sample sample;
-  for (const auto& want : expected) {
-    sample.reset();
-    ASSERT_EQ(source->next(sample), SourceStatus::kSample);
-    SCOPED_TRACE(sample.path);
-    EXPECT_EQ(error_of([&] { source->load(sample); }), want);
+  const std::vector<testing::Loaded> loaded = testing::load_epoch(*source);
+  ASSERT_EQ(loaded.size(), expected.size());
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    SCOPED_TRACE(loaded[i].sample.path);
+    EXPECT_EQ(loaded[i].error, expected[i]);
   }
-  EXPECT_EQ(std::string(sample.bytes.begin(), sample.bytes.end()), "bytes");
+  const Sample& last = loaded.back().sample;
+  EXPECT_EQ(std::string(last.bytes.begin(), last.bytes.end()), "bytes");
 }
 
 TEST(FilesSource, ConfigChecksReportLocatedErrors) {

@@ -4,8 +4,6 @@
 #include "stages/recordio/pack.hpp"
 
 #include <gtest/gtest.h>
-#include <stdio.h>
-#include <sys/wait.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -18,36 +16,21 @@
 
 #include "stages/recordio/recordio_kernel.hpp"
 #include "stages/recordio/recordio_test_support.hpp"
+#include "tests/support/command.hpp"
 
 namespace millrace::recordio {
 namespace {
 
 namespace fs = std::filesystem;
+using millrace::testing::Command;
+using millrace::testing::millrace_binary;
+using millrace::testing::quoted;
+using millrace::testing::run;
 using testing::Bytes;
 using testing::read_bytes;
 using testing::TempDir;
 using testing::write_bytes;
 using testing::write_text;
-
-struct Command {
-  int status = -1;  // exit code, or -1 when it did not exit normally
-  std::string out;
-};
-
-// Runs a shell command, capturing its stdout (stderr goes to stdout when asked).
-Command run(const std::string& command) {
-  Command c;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) return c;
-  char buffer[4096];
-  std::size_t n = 0;
-  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) c.out.append(buffer, n);
-  const int status = ::pclose(pipe);
-  c.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return c;
-}
-
-std::string quoted(const std::string& s) { return "'" + s + "'"; }
 
 // sha256 of a file by coreutils, independent of anything in millrace.
 std::string sha256_of(const std::string& path) {
@@ -333,7 +316,7 @@ TEST(Pack, ContradictoryOptions) {
 }
 
 TEST(PackCommand, ExitCodesAndSummary) {
-  const std::string millrace = std::string(MILLRACE_BINARY_DIR) + "/millrace";
+  const std::string millrace = millrace_binary();
   ASSERT_TRUE(fs::exists(millrace)) << millrace << " is built with the tests";
   TempDir dir;
   const auto sources = make_folder(dir.path() / "images");

@@ -3,8 +3,6 @@
 #include "stages/recordio/prepare.hpp"
 
 #include <gtest/gtest.h>
-#include <stdio.h>
-#include <sys/wait.h>
 
 #include <filesystem>
 #include <string>
@@ -15,6 +13,7 @@
 #include "stages/recordio/pack.hpp"
 #include "stages/recordio/recordio_kernel.hpp"
 #include "stages/recordio/recordio_test_support.hpp"
+#include "tests/support/command.hpp"
 
 namespace millrace::recordio {
 namespace {
@@ -25,6 +24,10 @@ using decode::testing::k420;
 using decode::testing::k444;
 using decode::testing::kGray;
 using decode::testing::whole;
+using millrace::testing::Command;
+using millrace::testing::millrace_binary;
+using millrace::testing::quoted;
+using millrace::testing::run;
 using testing::Bytes;
 using testing::read_bytes;
 using testing::TempDir;
@@ -33,25 +36,6 @@ using testing::write_text;
 
 // A whole decode's pixels at full size, through libjpeg alone.
 Bytes pixels_of(const Bytes& jpeg) { return whole(jpeg, 1, false).rgb; }
-
-struct Command {
-  int status = -1;
-  std::string out;
-};
-
-Command run(const std::string& command) {
-  Command c;
-  FILE* pipe = ::popen(command.c_str(), "r");
-  if (pipe == nullptr) return c;
-  char buffer[4096];
-  std::size_t n = 0;
-  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0) c.out.append(buffer, n);
-  const int status = ::pclose(pipe);
-  c.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return c;
-}
-
-std::string quoted(const std::string& s) { return "'" + s + "'"; }
 
 // A small data set: class folders of JPEGs (one progressive, one cut short), a PNG, a list.
 void make_tree(const fs::path& root) {
@@ -118,7 +102,7 @@ TEST(Prepare, KeepsTheLayoutAndRewritesEveryJpeg) {
 }
 
 TEST(Prepare, CommandLineAndPackRestart) {
-  const std::string millrace = std::string(MILLRACE_BINARY_DIR) + "/millrace";
+  const std::string millrace = millrace_binary();
   ASSERT_TRUE(fs::exists(millrace)) << millrace << " is built with the tests";
   TempDir dir;
   make_tree(dir.path() / "src");

@@ -8,11 +8,13 @@
 
 #include <stdlib.h>
 
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <vector>
 
 namespace millrace::testing {
 
@@ -35,13 +37,17 @@ class TempDir {
   std::filesystem::path operator/(const std::string& relative) const { return path_ / relative; }
   std::string file(const std::string& relative) const { return (path_ / relative).string(); }
 
-  // Writes `content` to `relative`, creating parent folders.
+  // Writes `content` (text or bytes) to `relative`, creating parent folders.
   std::filesystem::path write(const std::string& relative, const std::string& content) const {
     const std::filesystem::path file = path_ / relative;
     std::filesystem::create_directories(file.parent_path());
     std::ofstream out(file, std::ios::binary);
     out << content;
     return file;
+  }
+  std::filesystem::path write(const std::string& relative,
+                              const std::vector<std::uint8_t>& content) const {
+    return write(relative, std::string(content.begin(), content.end()));
   }
 
  private:

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <random>
@@ -59,8 +60,10 @@ inline Bytes photo(int width, int height, int components, int seed) {
   return px;
 }
 
-inline Bytes encode(int width, int height, const Layout& layout, const Encoding& e, int seed = 1) {
-  const Bytes pixels = photo(width, height, layout.components, seed);
+// `pixels` (interleaved RGB, or gray for one component; rows `stride` bytes apart) through
+// libjpeg's own compressor, which reaches what TurboJPEG's API does not (arithmetic coding).
+inline Bytes encode_pixels(const std::uint8_t* pixels, int width, int height, std::size_t stride,
+                           const Layout& layout, const Encoding& e) {
   jpeg_compress_struct cinfo{};
   jpeg_error_mgr err{};
   cinfo.err = jpeg_std_error(&err);
@@ -84,9 +87,8 @@ inline Bytes encode(int width, int height, const Layout& layout, const Encoding&
   cinfo.arith_code = e.arithmetic ? TRUE : FALSE;
   if (e.progressive) jpeg_simple_progression(&cinfo);
   jpeg_start_compress(&cinfo, TRUE);
-  const std::size_t stride = static_cast<std::size_t>(width) * layout.components;
   while (cinfo.next_scanline < cinfo.image_height) {
-    auto* row = const_cast<JSAMPROW>(pixels.data() + cinfo.next_scanline * stride);
+    auto* row = const_cast<JSAMPROW>(pixels + cinfo.next_scanline * stride);
     jpeg_write_scanlines(&cinfo, &row, 1);
   }
   jpeg_finish_compress(&cinfo);
@@ -94,6 +96,13 @@ inline Bytes encode(int width, int height, const Layout& layout, const Encoding&
   Bytes out(buffer, buffer + size);
   std::free(buffer);
   return out;
+}
+
+// A photo() of `width` x `height` in `layout`, encoded as `e` asks.
+inline Bytes encode(int width, int height, const Layout& layout, const Encoding& e, int seed = 1) {
+  const Bytes pixels = photo(width, height, layout.components, seed);
+  return encode_pixels(pixels.data(), width, height,
+                       static_cast<std::size_t>(width) * layout.components, layout, e);
 }
 
 // A whole decode at 1/scale, through libjpeg alone: the reference every window is held to.
