@@ -19,7 +19,9 @@
 #include <vector>
 
 #include "stages/infer/calibration.hpp"
+#include "stages/infer/graph_analysis.hpp"
 #include "stages/infer/onnx_import.hpp"
+#include "stages/infer/planner.hpp"
 #include "tests/support/temp_dir.hpp"
 
 namespace millrace::infer {
@@ -1218,6 +1220,98 @@ TEST(Network, MisuseIsReported) {
   bad = options_for(Precision::kInt8, DType::kFloat32, Layout::kNHWC, 2);
   bad.input.zero_point = 3.0F;
   EXPECT_THROW(Network(m, bad), std::invalid_argument);
+  // kAny is "not settled yet", never a layout the loader writes.
+  for (Precision precision : {Precision::kInt8, Precision::kFp32}) {
+    EXPECT_THROW(Network(m, options_for(precision, DType::kInt8, Layout::kAny, 2)),
+                 std::invalid_argument);
+  }
+}
+
+// The planner alone (planner.hpp): each value's type and scale from the table, the folds, and a
+// range read only when a scale is asked for.
+TEST(ScalePlan, TypesScalesAndFoldsFollowTheTable) {
+  // s8 residual stream (a group of three values sharing scales), u8 branch.
+  const Model m = unbalanced_channels(Activation::kNone, /*residual=*/true);
+  const Graph g = analyze(m, DType::kInt8);
+  InputFormat input = options_for(Precision::kInt8, DType::kInt8, Layout::kNHWC, 2).input;
+  input.unit = {2.0F, 3.0F, 4.0F};
+  // Value v ranges over [-(v + 1), v + 1]; channel c of a channel-ranged value up to (c + 1)(v +
+  // 1).
+  CalibrationTable table;
+  for (int v = 0; v < m.value_count(); ++v) {
+    ValueRange r{v, -static_cast<float>(v + 1), static_cast<float>(v + 1)};
+    if (g.channel_ranged[v]) {
+      for (std::int64_t c = 0; c < m.value_shapes[v][1]; ++c) {
+        r.channels.push_back(static_cast<float>((c + 1) * (v + 1)));
+      }
+    }
+    table.values.push_back(r);
+  }
+
+  const ScalePlan fp32(m, g, input, Precision::kFp32, true, nullptr);
+  const ScalePlan plan(m, g, input, Precision::kInt8, false, &table);
+  const std::vector<float> fold = plan.reader_fold(m.input);
+  ASSERT_EQ(fold.size(), 3U);
+  for (std::size_t c = 0; c < 3; ++c) EXPECT_FLOAT_EQ(fold[c], input.unit[c] / kModelStd[c]);
+  EXPECT_EQ(fp32.reader_fold(m.input), fold);  // fp32 (calibration) folds the input the same way
+  EXPECT_EQ(plan.scale(m.input), 1.0F);        // the loader's bytes, as they are
+  bool saw_u8 = false;
+  bool saw_s8 = false;
+  for (const Op& op : m.ops) {
+    const int v = op.output;
+    EXPECT_EQ(fp32.type(v), DType::kFloat32);
+    EXPECT_EQ(fp32.scale(v), 1.0F);
+    if (v == m.output) {
+      EXPECT_TRUE(plan.writes_f32(v));
+      EXPECT_EQ(plan.type(v), DType::kFloat32);
+      continue;
+    }
+    if (op.kind == OpKind::kFlatten || op.kind == OpKind::kGlobalAvgPool) continue;
+    EXPECT_TRUE(plan.channel_scales(v).empty()) << "channel_ranges is off";
+    const bool u8 = g.is_unsigned[v];
+    saw_u8 = saw_u8 || u8;
+    saw_s8 = saw_s8 || !u8;
+    EXPECT_EQ(plan.type(v), u8 ? DType::kUInt8 : DType::kInt8) << v;
+    EXPECT_FLOAT_EQ(plan.scale(v), (u8 ? 255.0F : 127.0F) / static_cast<float>(v + 1)) << v;
+  }
+  EXPECT_TRUE(saw_u8 && saw_s8);
+
+  // Per channel: levels / limit, the largest of a group's members, and the readers unfold them.
+  const ScalePlan by_channel(m, g, input, Precision::kInt8, true, &table);
+  int channel_ranged = 0;
+  for (int v = 1; v < m.value_count(); ++v) {
+    if (!g.channel_ranged[v]) continue;
+    ++channel_ranged;
+    const std::vector<float>& scales = by_channel.channel_scales(v);
+    ASSERT_EQ(scales.size(), static_cast<std::size_t>(m.value_shapes[v][1])) << v;
+    const float levels = g.is_unsigned[v] ? 255.0F : 127.0F;
+    int largest = v;  // the group's member with the largest limits
+    for (int w = 0; w < m.value_count(); ++w) {
+      if (g.channel_group[w] == g.channel_group[v]) largest = std::max(largest, w);
+    }
+    for (std::size_t c = 0; c < scales.size(); ++c) {
+      EXPECT_FLOAT_EQ(scales[c], levels / static_cast<float>((c + 1) * (largest + 1))) << v;
+    }
+    EXPECT_EQ(by_channel.scale(v), 1.0F);
+    const std::vector<float> unfold = by_channel.reader_fold(v);
+    ASSERT_EQ(unfold.size(), scales.size());
+    for (std::size_t c = 0; c < scales.size(); ++c) EXPECT_EQ(unfold[c], 1.0F / scales[c]);
+  }
+  EXPECT_EQ(channel_ranged, 4);  // the residual stream's three values and the branch
+
+  // A range the builder never asks for may be missing; one it asks for names the value.
+  CalibrationTable partial = table;
+  const int missing = m.ops.front().output;  // the first convolution's output
+  partial.values.erase(partial.values.begin() + missing);
+  const ScalePlan lacking(m, g, input, Precision::kInt8, false, &partial);
+  try {
+    (void)lacking.scale(missing);
+    ADD_FAILURE() << "no CalibrationError";
+  } catch (const CalibrationError& e) {
+    EXPECT_NE(std::string(e.what()).find("no range for value " + std::to_string(missing)),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(Network, AvgPoolCountingPaddingPastACeilEdgeIsRefused) {
