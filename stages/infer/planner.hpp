@@ -1,8 +1,8 @@
 // The numbers of a network, decided before any oneDNN object exists: the second half of the
 // planner (graph_analysis.hpp, the model's structure, is the first). A ScalePlan says, for every
 // value, the element type it is stored in and its scale (stored = real * scale), one per tensor or
-// one per channel; the builder (builder.hpp) turns it into primitives and never computes a scale
-// itself.
+// one per channel; the builder (builder.hpp) turns it into primitives and never reads the
+// calibration table itself (it only carries a scale through ops that keep it, and takes ratios).
 //
 // What it owns:
 // - Per-tensor scales: 127 / max(|min|, |max|) for an s8 value, 255 / max for a u8 one, from the
