@@ -466,9 +466,7 @@ std::vector<std::pair<std::string, std::string>> fingerprint_fields(const std::s
 
 std::string calibration_fingerprint(const Model& model, const InputFormat& input) {
   const std::uint64_t digest = model.digest != 0 ? model.digest : model_digest(model);
-  const char* type = input.type == InputType::kS8   ? "s8"
-                     : input.type == InputType::kU8 ? "u8"
-                                                    : "f32";
+  const char* type = input.type == DType::kInt8 ? "s8" : input.type == DType::kUInt8 ? "u8" : "f32";
   std::string name = model.path.empty() ? std::string("(in memory)")
                                         : std::filesystem::path(model.path).filename().string();
   // The text goes into JSON unescaped and is split on "; ": a quote, backslash or semicolon in a
@@ -479,7 +477,7 @@ std::string calibration_fingerprint(const Model& model, const InputFormat& input
   char hash[32];
   std::snprintf(hash, sizeof hash, "%016llx", static_cast<unsigned long long>(digest));
   return "model " + name + "; graph " + hash + "; input " + type + "; layout " +
-         (input.layout == InputLayout::kNHWC ? "nhwc" : "nchw") + "; mean " + three(input.mean) +
+         (input.layout == Layout::kNHWC ? "nhwc" : "nchw") + "; mean " + three(input.mean) +
          "; unit " + three(input.unit) + "; zero_point " + shortest(input.zero_point) +
          "; model_std " + three(input.model_std);
 }

@@ -1,7 +1,6 @@
 #include "stages/infer/graph_analysis.hpp"
 
 #include <algorithm>
-#include <cmath>
 #include <functional>
 #include <string>
 #include <vector>
@@ -17,7 +16,7 @@ std::string model_where(const Model& model, const Op& op) {
   return model.path + ": node '" + op.name + "'";
 }
 
-Graph analyze(const Model& model, InputType input_type) {
+Graph analyze(const Model& model, DType input_type) {
   const int n = model.value_count();
   const int ops = static_cast<int>(model.ops.size());
   if (n == 0 || model.input < 0 || model.input >= n) {
@@ -100,7 +99,7 @@ Graph analyze(const Model& model, InputType input_type) {
   }
 
   g.is_unsigned.assign(n, false);
-  g.is_unsigned[model.input] = input_type == InputType::kU8;
+  g.is_unsigned[model.input] = input_type == DType::kUInt8;
   for (const Op& op : model.ops) {
     bool u = false;
     switch (op.kind) {
@@ -164,26 +163,6 @@ Graph analyze(const Model& model, InputType input_type) {
     g.channel_group[v] = root(v);
   }
   return g;
-}
-
-std::vector<float> fold_factors(const Model& model, const InputFormat& input) {
-  const auto channels = static_cast<int>(model.value_shapes[model.input][1]);
-  std::vector<float> f(channels);
-  const bool uniform = input.unit[0] == input.unit[1] && input.unit[1] == input.unit[2] &&
-                       input.model_std[0] == input.model_std[1] &&
-                       input.model_std[1] == input.model_std[2];
-  if (channels != 3 && channels != 1 && !uniform) {
-    throw ModelError(model.path + ": the network input has " + std::to_string(channels) +
-                     " channels; per-channel unit/std need 1 or 3");
-  }
-  for (int c = 0; c < channels; ++c) {
-    const int i = channels == 3 ? c : 0;
-    if (!(input.model_std[i] > 0.0F) || !(input.unit[i] > 0.0F)) {
-      throw std::invalid_argument("infer: unit and model std must be positive");
-    }
-    f[c] = input.unit[i] / input.model_std[i];
-  }
-  return f;
 }
 
 }  // namespace millrace::infer

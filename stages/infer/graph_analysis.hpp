@@ -1,19 +1,19 @@
-// The model's structure, independent of precision and of oneDNN: the first half of planning a
-// network (stages/infer/network.cpp builds it). analyze() checks that the graph is one the
-// builder can compile (every value produced once before it is read, a 4-D input read by
+// The model's structure, independent of precision and of oneDNN: the first half of the planner
+// (planner.hpp turns it into scales; builder.hpp compiles it). analyze() checks that the graph is
+// one the builder can compile (every value produced once before it is read, a 4-D input read by
 // convolutions alone), finds which residual Adds fuse into a convolution as a sum post-op, which
-// values are u8 in the int8 network and which may take a scale per channel. fold_factors() gives
-// the per-channel factors by which the input's preprocessing folds into the first convolution.
+// values are u8 in the int8 network and which may take a scale per channel.
 //
-// Contract: pure functions of the model (and the input's format); they throw ModelError naming
-// the model and the node for a graph the builder cannot take, and allocate only their results.
+// Contract: pure functions of the model (and the input's element type); they throw ModelError
+// naming the model and the node for a graph the builder cannot take, and allocate only their
+// results.
 #pragma once
 
 #include <string>
 #include <vector>
 
+#include "engine/layout.hpp"
 #include "stages/infer/model.hpp"
-#include "stages/infer/network.hpp"
 
 namespace millrace::infer {
 
@@ -38,10 +38,8 @@ struct Graph {
   std::vector<int> channel_group;
 };
 
-Graph analyze(const Model& model, InputType input_type);
-
-// unit_c / model_std_c per input channel of the network.
-std::vector<float> fold_factors(const Model& model, const InputFormat& input);
+// `input_type`: the loader's element type (uint8 input makes the input value u8).
+Graph analyze(const Model& model, DType input_type);
 
 // Whether `op`'s activation leaves no negative value (ReLU, or a Clip from 0 or above).
 bool nonnegative_activation(const Op& op);

@@ -261,21 +261,10 @@ StreamDesc InferStage::link(const StreamDesc& input, Diagnostics& d) {
     }
   }
   for (std::size_t c = 0; c < 3; ++c) options_.input.mean[c] = static_cast<float>(scaling.mean[c]);
-  switch (input.dtype) {
-    case DType::kInt8:
-      options_.input.type = infer::InputType::kS8;
-      break;
-    case DType::kUInt8:
-      options_.input.type = infer::InputType::kU8;
-      break;
-    case DType::kFloat32:
-      options_.input.type = infer::InputType::kF32;
-      break;
-  }
+  options_.input.type = input.dtype;
   for (std::size_t c = 0; c < 3; ++c) options_.input.unit[c] = scaling.unit[c];
   options_.input.zero_point = scaling.zero_point;
-  options_.input.layout =
-      input.layout == Layout::kNHWC ? infer::InputLayout::kNHWC : infer::InputLayout::kNCHW;
+  options_.input.layout = input.layout == Layout::kNHWC ? Layout::kNHWC : Layout::kNCHW;
   check_calibration_table(where, d);
   return out;
 }

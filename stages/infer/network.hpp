@@ -1,5 +1,13 @@
 // A Model compiled to oneDNN primitives, in fp32 or int8, for one batch size.
 //
+// The public face of the inference engine, and the one header the stage uses. Behind it, each
+// part a file with its contract: graph_analysis.hpp and planner.hpp (the planner: the model's
+// structure, then every value's type and int8 scales and the folds into the weights), builder.hpp
+// (the oneDNN builder: primitive descriptors and one builder per operator) compiling into a
+// program.hpp Program (steps, arena memory, execution), and calibrator.hpp (the observers that
+// turn fp32 batches into a calibration.hpp table). The Network owns the parts of a batch, their
+// programs and the calibration state, and decides when each is built.
+//
 // Contract: a Network is created, calibrated and run from ONE thread (the infer stage's own
 // inference thread): oneDNN here runs on OpenMP, whose thread team belongs to the calling
 // thread. Primitives are created once (at construction for fp32, at finalize_calibration() or
@@ -40,13 +48,12 @@
 #include <string>
 #include <vector>
 
+#include "engine/layout.hpp"
 #include "stages/infer/model.hpp"
 
 namespace millrace::infer {
 
 enum class Precision { kFp32, kInt8 };
-enum class InputType { kS8, kU8, kF32 };
-enum class InputLayout { kNCHW, kNHWC };
 // How calibration turns what it saw into a value's range: all of it (kMinMax), the threshold
 // that keeps the quantized histogram closest in KL divergence (kEntropy), or the one with the
 // least mean squared quantization error, rounding and clipping together (kMse).
@@ -65,9 +72,11 @@ struct CalibrationTable;  // calibration.hpp
 //   x_c = (q - zero_point) * unit_c / model_std_c,
 // and unit_c / model_std_c is folded into the first convolution's weights per input channel.
 // Without a model `input` spec, model_std is 1 (the model sees the loader's real values).
+// The element type and layout are the project's own (engine/layout.hpp): int8 (s8), uint8 (u8) or
+// float32, NCHW or NHWC (never kAny: the Network refuses it).
 struct InputFormat {
-  InputType type = InputType::kS8;
-  InputLayout layout = InputLayout::kNHWC;
+  DType type = DType::kInt8;
+  Layout layout = Layout::kNHWC;
   std::array<float, 3> unit{1.0F, 1.0F, 1.0F};
   float zero_point = 0.0F;
   std::array<float, 3> model_std{1.0F, 1.0F, 1.0F};
@@ -149,7 +158,7 @@ class Network {
   int parts() const;
   // The source layout the first primitive prefers for this input type (so that the loader can
   // write batches in it and no reorder runs).
-  InputLayout preferred_layout() const;
+  Layout preferred_layout() const;
   NetworkStats stats() const;
   // The data handle of the source memory of the first convolution that reads the network input,
   // in the last run() (nullptr before any): equals the input pointer on the int8 fast path

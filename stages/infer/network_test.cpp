@@ -19,7 +19,9 @@
 #include <vector>
 
 #include "stages/infer/calibration.hpp"
+#include "stages/infer/graph_analysis.hpp"
 #include "stages/infer/onnx_import.hpp"
+#include "stages/infer/planner.hpp"
 #include "tests/support/temp_dir.hpp"
 
 namespace millrace::infer {
@@ -371,8 +373,8 @@ struct Images {
   std::vector<std::uint8_t> pixels;  // NCHW
 
   std::size_t size() const { return pixels.size(); }
-  std::size_t at(int n, int c, int y, int x, InputLayout layout) const {
-    if (layout == InputLayout::kNCHW)
+  std::size_t at(int n, int c, int y, int x, Layout layout) const {
+    if (layout == Layout::kNCHW)
       return ((static_cast<std::size_t>(n) * channels + c) * height + y) * width + x;
     return ((static_cast<std::size_t>(n) * height + y) * width + x) * channels + c;
   }
@@ -388,24 +390,24 @@ struct Images {
   }
 
   template <typename T, typename F>
-  std::vector<T> convert(InputLayout layout, F f) const {
+  std::vector<T> convert(Layout layout, F f) const {
     std::vector<T> out(size());
     for (int n = 0; n < batch; ++n)
       for (int c = 0; c < channels; ++c)
         for (int y = 0; y < height; ++y)
           for (int x = 0; x < width; ++x) {
-            out[at(n, c, y, x, layout)] = f(pixels[at(n, c, y, x, InputLayout::kNCHW)]);
+            out[at(n, c, y, x, layout)] = f(pixels[at(n, c, y, x, Layout::kNCHW)]);
           }
     return out;
   }
-  std::vector<std::int8_t> s8(InputLayout layout) const {
+  std::vector<std::int8_t> s8(Layout layout) const {
     return convert<std::int8_t>(layout,
                                 [](std::uint8_t p) { return static_cast<std::int8_t>(p - 128); });
   }
-  std::vector<std::uint8_t> u8(InputLayout layout) const {
+  std::vector<std::uint8_t> u8(Layout layout) const {
     return convert<std::uint8_t>(layout, [](std::uint8_t p) { return p; });
   }
-  std::vector<float> f32(InputLayout layout) const {
+  std::vector<float> f32(Layout layout) const {
     return convert<float>(layout,
                           [](std::uint8_t p) { return static_cast<float>(p) - kLoaderMean; });
   }
@@ -434,7 +436,7 @@ Images make_images(const Model& m, int batch, std::uint32_t seed) {
           float p = base + gx * (x - im.width / 2.0F) + gy * (y - im.height / 2.0F);
           if ((x - cx) * (x - cx) + (y - cy) * (y - cy) < radius * radius) p += disc;
           p += texture * std::sin(freq * (x + 2 * y)) + noise(rng);
-          im.pixels[im.at(n, c, y, x, InputLayout::kNCHW)] =
+          im.pixels[im.at(n, c, y, x, Layout::kNCHW)] =
               static_cast<std::uint8_t>(std::clamp(std::lround(p), 0L, 255L));
         }
       }
@@ -443,7 +445,7 @@ Images make_images(const Model& m, int batch, std::uint32_t seed) {
   return im;
 }
 
-NetworkOptions options_for(Precision precision, InputType type, InputLayout layout, int batch) {
+NetworkOptions options_for(Precision precision, DType type, Layout layout, int batch) {
   NetworkOptions o;
   o.precision = precision;
   o.batch = batch;
@@ -451,29 +453,28 @@ NetworkOptions options_for(Precision precision, InputType type, InputLayout layo
   o.input.type = type;
   o.input.layout = layout;
   o.input.unit = {1.0F, 1.0F, 1.0F};
-  o.input.zero_point = type == InputType::kU8 ? 128.0F : 0.0F;
+  o.input.zero_point = type == DType::kUInt8 ? 128.0F : 0.0F;
   o.input.model_std = kModelStd;
   return o;
 }
 
-const void* input_for(const Images& im, InputType type, InputLayout layout,
-                      std::vector<std::int8_t>& s8, std::vector<std::uint8_t>& u8,
-                      std::vector<float>& f32) {
+const void* input_for(const Images& im, DType type, Layout layout, std::vector<std::int8_t>& s8,
+                      std::vector<std::uint8_t>& u8, std::vector<float>& f32) {
   switch (type) {
-    case InputType::kS8:
+    case DType::kInt8:
       s8 = im.s8(layout);
       return s8.data();
-    case InputType::kU8:
+    case DType::kUInt8:
       u8 = im.u8(layout);
       return u8.data();
-    case InputType::kF32:
+    case DType::kFloat32:
       f32 = im.f32(layout);
       return f32.data();
   }
   return nullptr;
 }
 
-std::vector<float> run_network(Network& net, const Images& im, InputType type, InputLayout layout) {
+std::vector<float> run_network(Network& net, const Images& im, DType type, Layout layout) {
   std::vector<std::int8_t> s8;
   std::vector<std::uint8_t> u8;
   std::vector<float> f32;
@@ -483,8 +484,7 @@ std::vector<float> run_network(Network& net, const Images& im, InputType type, I
   return logits;
 }
 
-void calibrate(Network& net, const Model& m, int batches, int batch, InputType type,
-               InputLayout layout) {
+void calibrate(Network& net, const Model& m, int batches, int batch, DType type, Layout layout) {
   for (int i = 0; i < batches; ++i) {
     const Images im = make_images(m, batch, 1000 + i);
     std::vector<std::int8_t> s8;
@@ -538,7 +538,7 @@ std::string temp_path(const std::string& name) {
 // ---------------------------------------------------------------------------------------------
 // fp32.
 
-class Fp32Reference : public ::testing::TestWithParam<std::tuple<InputType, InputLayout>> {};
+class Fp32Reference : public ::testing::TestWithParam<std::tuple<DType, Layout>> {};
 
 TEST_P(Fp32Reference, TinyResNetMatchesNaiveImplementation) {
   const auto [type, layout] = GetParam();
@@ -554,16 +554,16 @@ TEST_P(Fp32Reference, TinyResNetMatchesNaiveImplementation) {
   EXPECT_EQ(net.stats().fused_adds, 1);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Inputs, Fp32Reference,
-    ::testing::Combine(::testing::Values(InputType::kF32, InputType::kS8, InputType::kU8),
-                       ::testing::Values(InputLayout::kNCHW, InputLayout::kNHWC)));
+INSTANTIATE_TEST_SUITE_P(Inputs, Fp32Reference,
+                         ::testing::Combine(::testing::Values(DType::kFloat32, DType::kInt8,
+                                                              DType::kUInt8),
+                                            ::testing::Values(Layout::kNCHW, Layout::kNHWC)));
 
 TEST(Network, Fp32WideOpsMatchNaiveImplementation) {
   const Model m = wide_net();
   const Images im = make_images(m, 3, 2);
-  Network net(m, options_for(Precision::kFp32, InputType::kF32, InputLayout::kNCHW, 3));
-  const std::vector<float> got = run_network(net, im, InputType::kF32, InputLayout::kNCHW);
+  Network net(m, options_for(Precision::kFp32, DType::kFloat32, Layout::kNCHW, 3));
+  const std::vector<float> got = run_network(net, im, DType::kFloat32, Layout::kNCHW);
   // Whether the grouped convolution carries the second Add depends on the kernels this CPU has
   // for the addend's layout (the executor falls back to a binary add rather than a reference
   // convolution); either way the logits must match.
@@ -575,9 +575,9 @@ TEST(Network, Fp32UnitIsFoldedPerInputChannel) {
   // The loader scaled its int8 values: one unit is 0.5, 0.25 and 1 pixel on R, G and B.
   const Model m = tiny_resnet();
   const Images im = make_images(m, 2, 3);
-  NetworkOptions o = options_for(Precision::kFp32, InputType::kF32, InputLayout::kNHWC, 2);
+  NetworkOptions o = options_for(Precision::kFp32, DType::kFloat32, Layout::kNHWC, 2);
   o.input.unit = {0.5F, 0.25F, 1.0F};
-  std::vector<float> batch = im.f32(InputLayout::kNHWC);
+  std::vector<float> batch = im.f32(Layout::kNHWC);
   for (std::size_t i = 0; i < batch.size(); ++i) batch[i] /= o.input.unit[i % 3];
   Network net(m, o);
   std::vector<float> got(20);
@@ -591,17 +591,17 @@ TEST(Network, Fp32UnitIsFoldedPerInputChannel) {
 TEST(Network, Int8MatchesFp32) {
   const Model m = tiny_resnet();
   const int batch = 16;
-  Network fp32(m, options_for(Precision::kFp32, InputType::kS8, InputLayout::kNHWC, batch));
+  Network fp32(m, options_for(Precision::kFp32, DType::kInt8, Layout::kNHWC, batch));
   for (CalibrationMode mode : {CalibrationMode::kMinMax, CalibrationMode::kEntropy}) {
-    NetworkOptions o = options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, batch);
+    NetworkOptions o = options_for(Precision::kInt8, DType::kInt8, Layout::kNHWC, batch);
     o.calibration = mode;
     Network int8(m, o);
     EXPECT_TRUE(int8.needs_calibration());
-    calibrate(int8, m, 4, batch, InputType::kS8, InputLayout::kNHWC);
+    calibrate(int8, m, 4, batch, DType::kInt8, Layout::kNHWC);
     EXPECT_FALSE(int8.needs_calibration());
     const Images im = make_images(m, batch, 77);  // not among the calibration batches
-    const auto a = run_network(int8, im, InputType::kS8, InputLayout::kNHWC);
-    const auto b = run_network(fp32, im, InputType::kS8, InputLayout::kNHWC);
+    const auto a = run_network(int8, im, DType::kInt8, Layout::kNHWC);
+    const auto b = run_network(fp32, im, DType::kInt8, Layout::kNHWC);
     const double cos = cosine(a, b);
     const double centred = centred_cosine(a, b, 10);
     std::printf("int8 (%s) vs fp32: cosine %.5f, centred %.5f\n", calibration_mode_name(mode), cos,
@@ -614,12 +614,12 @@ TEST(Network, Int8MatchesFp32) {
 TEST(Network, Int8WideOpsMatchFp32) {
   const Model m = wide_net();
   const int batch = 8;
-  Network fp32(m, options_for(Precision::kFp32, InputType::kS8, InputLayout::kNHWC, batch));
-  Network int8(m, options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, batch));
-  calibrate(int8, m, 4, batch, InputType::kS8, InputLayout::kNHWC);
+  Network fp32(m, options_for(Precision::kFp32, DType::kInt8, Layout::kNHWC, batch));
+  Network int8(m, options_for(Precision::kInt8, DType::kInt8, Layout::kNHWC, batch));
+  calibrate(int8, m, 4, batch, DType::kInt8, Layout::kNHWC);
   const Images im = make_images(m, batch, 78);
-  const auto a = run_network(int8, im, InputType::kS8, InputLayout::kNHWC);
-  const auto b = run_network(fp32, im, InputType::kS8, InputLayout::kNHWC);
+  const auto a = run_network(int8, im, DType::kInt8, Layout::kNHWC);
+  const auto b = run_network(fp32, im, DType::kInt8, Layout::kNHWC);
   std::printf("wide net int8 vs fp32: cosine %.5f, centred %.5f\n", cosine(a, b),
               centred_cosine(a, b, 7));
   EXPECT_GE(cosine(a, b), 0.99);
@@ -660,23 +660,23 @@ bool cpu_has_int8_winograd() {
 TEST(Network, Int8WinogradTakesOnlyWideStrideOneConvolutionsAndMatchesDirect) {
   const Model m = winograd_net();
   const int batch = 8;
-  Network fp32(m, options_for(Precision::kFp32, InputType::kS8, InputLayout::kNHWC, batch));
-  NetworkOptions o = options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, batch);
+  Network fp32(m, options_for(Precision::kFp32, DType::kInt8, Layout::kNHWC, batch));
+  NetworkOptions o = options_for(Precision::kInt8, DType::kInt8, Layout::kNHWC, batch);
   o.winograd = true;
   Network winograd(m, o);
   o.winograd = false;
   Network direct(m, o);
-  calibrate(winograd, m, 4, batch, InputType::kS8, InputLayout::kNHWC);
-  calibrate(direct, m, 4, batch, InputType::kS8, InputLayout::kNHWC);
+  calibrate(winograd, m, 4, batch, DType::kInt8, Layout::kNHWC);
+  calibrate(direct, m, 4, batch, DType::kInt8, Layout::kNHWC);
   EXPECT_EQ(winograd.stats().winograd_convolutions, cpu_has_int8_winograd() ? 2 : 0);
   EXPECT_EQ(direct.stats().winograd_convolutions, 0);
   EXPECT_EQ(winograd.stats().fused_adds, 1);
   EXPECT_EQ(fp32.stats().winograd_convolutions, 0);
 
   const Images im = make_images(m, batch, 79);
-  const auto w = run_network(winograd, im, InputType::kS8, InputLayout::kNHWC);
-  const auto d = run_network(direct, im, InputType::kS8, InputLayout::kNHWC);
-  const auto f = run_network(fp32, im, InputType::kS8, InputLayout::kNHWC);
+  const auto w = run_network(winograd, im, DType::kInt8, Layout::kNHWC);
+  const auto d = run_network(direct, im, DType::kInt8, Layout::kNHWC);
+  const auto f = run_network(fp32, im, DType::kInt8, Layout::kNHWC);
   std::printf("winograd vs fp32: cosine %.5f, centred %.5f; direct vs fp32: %.5f, %.5f\n",
               cosine(w, f), centred_cosine(w, f, 9), cosine(d, f), centred_cosine(d, f, 9));
   // Direct int8 keeps what the other int8 tests ask for.
@@ -702,17 +702,17 @@ TEST(Network, AddOfAConvolutionsOwnSourceIsNotFusedInPlace) {
   const int sum = b.add(c2, c3, Activation::kRelu);
   const Model m = b.finish(b.flatten(b.global_avg_pool(sum)));
   const int batch = 8;
-  Network fp32(m, options_for(Precision::kFp32, InputType::kS8, InputLayout::kNHWC, batch));
-  NetworkOptions o = options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, batch);
+  Network fp32(m, options_for(Precision::kFp32, DType::kInt8, Layout::kNHWC, batch));
+  NetworkOptions o = options_for(Precision::kInt8, DType::kInt8, Layout::kNHWC, batch);
   o.winograd = false;
   Network int8(m, o);
-  calibrate(int8, m, 4, batch, InputType::kS8, InputLayout::kNHWC);
+  calibrate(int8, m, 4, batch, DType::kInt8, Layout::kNHWC);
   EXPECT_EQ(int8.stats().fused_adds, 0);
   EXPECT_EQ(fp32.stats().fused_adds, 0);
   const Images im = make_images(m, batch, 79);
-  const auto a = run_network(int8, im, InputType::kS8, InputLayout::kNHWC);
-  const auto f = run_network(fp32, im, InputType::kS8, InputLayout::kNHWC);
-  const auto again = run_network(fp32, im, InputType::kS8, InputLayout::kNHWC);
+  const auto a = run_network(int8, im, DType::kInt8, Layout::kNHWC);
+  const auto f = run_network(fp32, im, DType::kInt8, Layout::kNHWC);
+  const auto again = run_network(fp32, im, DType::kInt8, Layout::kNHWC);
   EXPECT_EQ(f, again);  // fp32 reads its input unchanged too
   std::printf("add of a convolution's own source, int8 vs fp32: cosine %.5f\n", cosine(a, f));
   EXPECT_GE(cosine(a, f), 0.999);
@@ -741,14 +741,14 @@ Model small_mobilenet() {
 TEST(Network, MseCalibrationRunsASmallMobileNet) {
   const Model m = small_mobilenet();
   const int batch = 8;
-  Network fp32(m, options_for(Precision::kFp32, InputType::kS8, InputLayout::kNHWC, batch));
-  NetworkOptions o = options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, batch);
+  Network fp32(m, options_for(Precision::kFp32, DType::kInt8, Layout::kNHWC, batch));
+  NetworkOptions o = options_for(Precision::kInt8, DType::kInt8, Layout::kNHWC, batch);
   o.calibration = CalibrationMode::kMse;
   Network int8(m, o);
-  calibrate(int8, m, 3, batch, InputType::kS8, InputLayout::kNHWC);
+  calibrate(int8, m, 3, batch, DType::kInt8, Layout::kNHWC);
   const Images im = make_images(m, batch, 91);
-  const auto q = run_network(int8, im, InputType::kS8, InputLayout::kNHWC);
-  const auto f = run_network(fp32, im, InputType::kS8, InputLayout::kNHWC);
+  const auto q = run_network(int8, im, DType::kInt8, Layout::kNHWC);
+  const auto f = run_network(fp32, im, DType::kInt8, Layout::kNHWC);
   std::printf("small MobileNet int8 (mse) vs fp32: cosine %.5f, centred %.5f\n", cosine(q, f),
               centred_cosine(q, f, 12));
   EXPECT_GE(cosine(q, f), 0.99);
@@ -760,7 +760,7 @@ TEST(Network, MseCalibrationRunsASmallMobileNet) {
   EXPECT_EQ(table.mode, CalibrationMode::kMse);
   Network loaded(m, o);
   loaded.load_calibration(path);
-  EXPECT_EQ(run_network(loaded, im, InputType::kS8, InputLayout::kNHWC), q);
+  EXPECT_EQ(run_network(loaded, im, DType::kInt8, Layout::kNHWC), q);
 }
 
 // Two convolutions whose middle value has channels 100x apart in range: channels 8..15 of the
@@ -806,20 +806,20 @@ TEST(Network, ChannelRangesKeepChannelsOfUnequalRange) {
        {std::pair{Activation::kNone, false}, std::pair{Activation::kClip, false},
         std::pair{Activation::kNone, true}}) {
     const Model m = unbalanced_channels(middle, residual);
-    Network fp32(m, options_for(Precision::kFp32, InputType::kS8, InputLayout::kNHWC, batch));
+    Network fp32(m, options_for(Precision::kFp32, DType::kInt8, Layout::kNHWC, batch));
     const Images im = make_images(m, batch, 77);
-    const auto f = run_network(fp32, im, InputType::kS8, InputLayout::kNHWC);
+    const auto f = run_network(fp32, im, DType::kInt8, Layout::kNHWC);
     // The fp32 network is the reference, untouched by the int8 scheme.
     EXPECT_LT(relative_error(f, reference_logits(m, im.model_input(), batch)), 1e-4);
 
     double centred[2] = {0.0, 0.0};
     std::vector<float> per_value;
     for (bool by_channel : {false, true}) {
-      NetworkOptions o = options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, batch);
+      NetworkOptions o = options_for(Precision::kInt8, DType::kInt8, Layout::kNHWC, batch);
       o.channel_ranges = by_channel;
       Network int8(m, o);
-      calibrate(int8, m, 3, batch, InputType::kS8, InputLayout::kNHWC);
-      const auto q = run_network(int8, im, InputType::kS8, InputLayout::kNHWC);
+      calibrate(int8, m, 3, batch, DType::kInt8, Layout::kNHWC);
+      const auto q = run_network(int8, im, DType::kInt8, Layout::kNHWC);
       centred[by_channel ? 1 : 0] = centred_cosine(q, f, 10);
       EXPECT_EQ(int8.stats().fused_adds, residual ? 1 : 0);  // the sum post-op at 1
 
@@ -845,7 +845,7 @@ TEST(Network, ChannelRangesKeepChannelsOfUnequalRange) {
       EXPECT_TRUE(table.find(m.ops[second].output)->channels.empty());  // read by a pooling
       Network loaded(m, o);
       loaded.load_calibration(path);
-      EXPECT_EQ(run_network(loaded, im, InputType::kS8, InputLayout::kNHWC), q);
+      EXPECT_EQ(run_network(loaded, im, DType::kInt8, Layout::kNHWC), q);
       if (!by_channel) {
         per_value = q;
       } else {
@@ -854,7 +854,7 @@ TEST(Network, ChannelRangesKeepChannelsOfUnequalRange) {
         for (ValueRange& v : old.values) v.channels.clear();
         Network from_old(m, o);
         from_old.load_calibration(old, "old.json");
-        EXPECT_EQ(run_network(from_old, im, InputType::kS8, InputLayout::kNHWC), per_value);
+        EXPECT_EQ(run_network(from_old, im, DType::kInt8, Layout::kNHWC), per_value);
       }
     }
     std::printf(
@@ -869,13 +869,13 @@ TEST(Network, ChannelRangesKeepChannelsOfUnequalRange) {
 TEST(Network, S8InputAgreesWithF32Input) {
   const Model m = tiny_resnet();
   const int batch = 16;
-  Network s8(m, options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, batch));
-  Network f32(m, options_for(Precision::kInt8, InputType::kF32, InputLayout::kNHWC, batch));
-  calibrate(s8, m, 4, batch, InputType::kS8, InputLayout::kNHWC);
-  calibrate(f32, m, 4, batch, InputType::kF32, InputLayout::kNHWC);
+  Network s8(m, options_for(Precision::kInt8, DType::kInt8, Layout::kNHWC, batch));
+  Network f32(m, options_for(Precision::kInt8, DType::kFloat32, Layout::kNHWC, batch));
+  calibrate(s8, m, 4, batch, DType::kInt8, Layout::kNHWC);
+  calibrate(f32, m, 4, batch, DType::kFloat32, Layout::kNHWC);
   const Images im = make_images(m, batch, 79);
-  const auto a = run_network(s8, im, InputType::kS8, InputLayout::kNHWC);
-  const auto b = run_network(f32, im, InputType::kF32, InputLayout::kNHWC);
+  const auto a = run_network(s8, im, DType::kInt8, Layout::kNHWC);
+  const auto b = run_network(f32, im, DType::kFloat32, Layout::kNHWC);
   const auto ref = reference_logits(m, im.model_input(), batch);
   std::printf("s8 input vs f32 input: cosine %.5f; vs fp32 reference %.5f / %.5f\n", cosine(a, b),
               cosine(a, ref), cosine(b, ref));
@@ -890,15 +890,15 @@ TEST(Network, S8InputAgreesWithF32Input) {
 TEST(Network, Int8FastPathReadsTheBatchInPlace) {
   const Model m = tiny_resnet();
   const int batch = 8;
-  for (InputType type : {InputType::kS8, InputType::kU8}) {
-    Network net(m, options_for(Precision::kInt8, type, InputLayout::kNHWC, batch));
-    EXPECT_EQ(net.preferred_layout(), InputLayout::kNHWC);
-    calibrate(net, m, 2, batch, type, InputLayout::kNHWC);
+  for (DType type : {DType::kInt8, DType::kUInt8}) {
+    Network net(m, options_for(Precision::kInt8, type, Layout::kNHWC, batch));
+    EXPECT_EQ(net.preferred_layout(), Layout::kNHWC);
+    calibrate(net, m, 2, batch, type, Layout::kNHWC);
     const Images im = make_images(m, batch, 80);
     std::vector<std::int8_t> s8;
     std::vector<std::uint8_t> u8;
     std::vector<float> f32;
-    const void* in = input_for(im, type, InputLayout::kNHWC, s8, u8, f32);
+    const void* in = input_for(im, type, Layout::kNHWC, s8, u8, f32);
     std::vector<float> logits(static_cast<std::size_t>(batch) * 10);
     EXPECT_EQ(net.last_source_handle(), nullptr);
     net.run(in, batch, logits.data());
@@ -916,32 +916,32 @@ TEST(Network, Int8FastPathReadsTheBatchInPlace) {
 TEST(Network, Int8LayoutMismatchCostsOneInputReorder) {
   const Model m = tiny_resnet();
   const int batch = 4;
-  Network net(m, options_for(Precision::kInt8, InputType::kS8, InputLayout::kNCHW, batch));
-  ASSERT_EQ(net.preferred_layout(), InputLayout::kNHWC);
-  calibrate(net, m, 2, batch, InputType::kS8, InputLayout::kNCHW);
+  Network net(m, options_for(Precision::kInt8, DType::kInt8, Layout::kNCHW, batch));
+  ASSERT_EQ(net.preferred_layout(), Layout::kNHWC);
+  calibrate(net, m, 2, batch, DType::kInt8, Layout::kNCHW);
   const Images im = make_images(m, batch, 81);
-  std::vector<std::int8_t> in = im.s8(InputLayout::kNCHW);
+  std::vector<std::int8_t> in = im.s8(Layout::kNCHW);
   std::vector<float> logits(static_cast<std::size_t>(batch) * 10);
   net.run(in.data(), batch, logits.data());
   EXPECT_EQ(net.stats().input_reorders_per_batch, 1);
   EXPECT_NE(net.last_source_handle(), static_cast<const void*>(in.data()));
   // Same calibration data and the same quantized network: the layout changes nothing else.
-  Network nhwc(m, options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, batch));
-  calibrate(nhwc, m, 2, batch, InputType::kS8, InputLayout::kNHWC);
-  EXPECT_EQ(run_network(nhwc, im, InputType::kS8, InputLayout::kNHWC), logits);
+  Network nhwc(m, options_for(Precision::kInt8, DType::kInt8, Layout::kNHWC, batch));
+  calibrate(nhwc, m, 2, batch, DType::kInt8, Layout::kNHWC);
+  EXPECT_EQ(run_network(nhwc, im, DType::kInt8, Layout::kNHWC), logits);
 }
 
 TEST(Network, U8WithZeroPointMatchesS8) {
   // pixel = q_s8 + 128: the same real values, the zero point handled by oneDNN.
   const Model m = tiny_resnet();
   const int batch = 8;
-  Network s8(m, options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, batch));
-  Network u8(m, options_for(Precision::kInt8, InputType::kU8, InputLayout::kNHWC, batch));
-  calibrate(s8, m, 3, batch, InputType::kS8, InputLayout::kNHWC);
-  calibrate(u8, m, 3, batch, InputType::kU8, InputLayout::kNHWC);
+  Network s8(m, options_for(Precision::kInt8, DType::kInt8, Layout::kNHWC, batch));
+  Network u8(m, options_for(Precision::kInt8, DType::kUInt8, Layout::kNHWC, batch));
+  calibrate(s8, m, 3, batch, DType::kInt8, Layout::kNHWC);
+  calibrate(u8, m, 3, batch, DType::kUInt8, Layout::kNHWC);
   const Images im = make_images(m, batch, 82);
-  const auto a = run_network(s8, im, InputType::kS8, InputLayout::kNHWC);
-  const auto b = run_network(u8, im, InputType::kU8, InputLayout::kNHWC);
+  const auto a = run_network(s8, im, DType::kInt8, Layout::kNHWC);
+  const auto b = run_network(u8, im, DType::kUInt8, Layout::kNHWC);
   EXPECT_LE(relative_error(b, a), 0.01);
   // Padding reads as a real 0 (the pixel 128), as in the fp32 model: the border pixels of the
   // first convolution would be off by -128 units per padded tap if it meant the byte 0.
@@ -952,10 +952,10 @@ TEST(Network, CalibrationTableRoundTripGivesIdenticalLogits) {
   const Model m = tiny_resnet();
   const int batch = 8;
   for (CalibrationMode mode : {CalibrationMode::kMinMax, CalibrationMode::kEntropy}) {
-    NetworkOptions o = options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, batch);
+    NetworkOptions o = options_for(Precision::kInt8, DType::kInt8, Layout::kNHWC, batch);
     o.calibration = mode;
     Network calibrated(m, o);
-    calibrate(calibrated, m, 3, batch, InputType::kS8, InputLayout::kNHWC);
+    calibrate(calibrated, m, 3, batch, DType::kInt8, Layout::kNHWC);
     const std::string path =
         temp_path(std::string("table_") + calibration_mode_name(mode) + ".json");
     calibrated.save_calibration(path);
@@ -968,8 +968,8 @@ TEST(Network, CalibrationTableRoundTripGivesIdenticalLogits) {
     loaded.load_calibration(path);
     EXPECT_FALSE(loaded.needs_calibration());
     const Images im = make_images(m, batch, 83);
-    const auto a = run_network(calibrated, im, InputType::kS8, InputLayout::kNHWC);
-    const auto b = run_network(loaded, im, InputType::kS8, InputLayout::kNHWC);
+    const auto a = run_network(calibrated, im, DType::kInt8, Layout::kNHWC);
+    const auto b = run_network(loaded, im, DType::kInt8, Layout::kNHWC);
     ASSERT_EQ(a.size(), b.size());
     EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0);
 
@@ -985,9 +985,9 @@ TEST(Network, CalibrationTableRoundTripGivesIdenticalLogits) {
 TEST(Network, ACalibrationTableServesOnlyTheNetworkItWasMadeFor) {
   const Model m = tiny_resnet();
   const int batch = 4;
-  const NetworkOptions o = options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, batch);
+  const NetworkOptions o = options_for(Precision::kInt8, DType::kInt8, Layout::kNHWC, batch);
   Network calibrated(m, o);
-  calibrate(calibrated, m, 2, batch, InputType::kS8, InputLayout::kNHWC);
+  calibrate(calibrated, m, 2, batch, DType::kInt8, Layout::kNHWC);
   const std::string path = temp_path("fingerprinted.json");
   calibrated.save_calibration(path);
   const CalibrationTable table = load_calibration_table(path);
@@ -1039,9 +1039,9 @@ TEST(Network, ACalibrationTableServesOnlyTheNetworkItWasMadeFor) {
       {"model_std", with([](InputFormat& in) {
          in.model_std = {1.0F, 1.0F, 1.0F};
        })},
-      {"layout", with([](InputFormat& in) { in.layout = InputLayout::kNCHW; })},
+      {"layout", with([](InputFormat& in) { in.layout = Layout::kNCHW; })},
       {"input", with([](InputFormat& in) {
-         in.type = InputType::kU8;
+         in.type = DType::kUInt8;
          in.zero_point = 128.0F;
        })}};
   for (const auto& [field, options] : recipes) {
@@ -1077,9 +1077,9 @@ TEST(Network, TheModelIsHashedOnceAndTheDigestReused) {
   const std::uint64_t real = model_digest(m);
   EXPECT_EQ(model_digest(m), real);  // a pure function of the graph
   m.digest = 0x00c0ffee00c0ffeeULL;
-  const NetworkOptions o = options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, 4);
+  const NetworkOptions o = options_for(Precision::kInt8, DType::kInt8, Layout::kNHWC, 4);
   Network net(m, o);
-  calibrate(net, m, 1, 4, InputType::kS8, InputLayout::kNHWC);
+  calibrate(net, m, 1, 4, DType::kInt8, Layout::kNHWC);
   const std::string path = temp_path("digest.json");
   net.save_calibration(path);
   const std::string fingerprint = load_calibration_table(path).fingerprint;
@@ -1087,7 +1087,7 @@ TEST(Network, TheModelIsHashedOnceAndTheDigestReused) {
   // Without a digest the Network computes the real one, once, for itself.
   m.digest = 0;
   Network fresh(m, o);
-  calibrate(fresh, m, 1, 4, InputType::kS8, InputLayout::kNHWC);
+  calibrate(fresh, m, 1, 4, DType::kInt8, Layout::kNHWC);
   fresh.save_calibration(path);
   char hex[17];
   std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(real));
@@ -1099,10 +1099,10 @@ TEST(Network, SmallerLastBatch) {
   const Model m = tiny_resnet();
   const int batch = 8, last = 5;
   for (Precision precision : {Precision::kInt8, Precision::kFp32}) {
-    Network net(m, options_for(precision, InputType::kS8, InputLayout::kNHWC, batch));
-    if (net.needs_calibration()) calibrate(net, m, 2, batch, InputType::kS8, InputLayout::kNHWC);
+    Network net(m, options_for(precision, DType::kInt8, Layout::kNHWC, batch));
+    if (net.needs_calibration()) calibrate(net, m, 2, batch, DType::kInt8, Layout::kNHWC);
     const Images im = make_images(m, batch, 84);
-    const std::vector<std::int8_t> full = im.s8(InputLayout::kNHWC);
+    const std::vector<std::int8_t> full = im.s8(Layout::kNHWC);
     std::vector<float> whole(static_cast<std::size_t>(batch) * 10);
     std::vector<float> part(static_cast<std::size_t>(last) * 10 + 1, -7.0F);
     net.run(full.data(), batch, whole.data());
@@ -1129,16 +1129,16 @@ TEST(Network, PartsOfTheBatchComputeWhatLayerThreadingComputes) {
   const Model m = tiny_resnet();
   const int batch = 7;
   const Images im = make_images(m, batch, 86);
-  const std::vector<std::int8_t> in = im.s8(InputLayout::kNHWC);
+  const std::vector<std::int8_t> in = im.s8(Layout::kNHWC);
   const std::size_t classes = 10;
   const std::string table = temp_path("parts.json");
   for (Precision precision : {Precision::kInt8, Precision::kFp32}) {
-    NetworkOptions layers = options_for(precision, InputType::kS8, InputLayout::kNHWC, batch);
+    NetworkOptions layers = options_for(precision, DType::kInt8, Layout::kNHWC, batch);
     layers.parallel = Parallelism::kLayers;
     Network reference(m, layers);
     EXPECT_EQ(reference.parts(), 1);
     if (precision == Precision::kInt8) {
-      calibrate(reference, m, 2, batch, InputType::kS8, InputLayout::kNHWC);
+      calibrate(reference, m, 2, batch, DType::kInt8, Layout::kNHWC);
       reference.save_calibration(table);
     }
     for (int threads : {1, 2, 3, 8}) {
@@ -1173,21 +1173,21 @@ TEST(Network, PartsOfTheBatchComputeWhatLayerThreadingComputes) {
 TEST(Network, ThreadsSetTheCallingThreadsOpenMPTeam) {
   const Model m = tiny_resnet();
   for (int threads : {1, 2}) {
-    NetworkOptions o = options_for(Precision::kFp32, InputType::kS8, InputLayout::kNHWC, 2);
+    NetworkOptions o = options_for(Precision::kFp32, DType::kInt8, Layout::kNHWC, 2);
     o.threads = threads;
     omp_set_num_threads(5);
     Network net(m, o);
     EXPECT_EQ(omp_get_max_threads(), threads);
     omp_set_num_threads(5);
     const Images im = make_images(m, 2, 85);
-    run_network(net, im, InputType::kS8, InputLayout::kNHWC);
+    run_network(net, im, DType::kInt8, Layout::kNHWC);
     EXPECT_EQ(omp_get_max_threads(), threads);
   }
 }
 
 TEST(Network, MisuseIsReported) {
   const Model m = tiny_resnet();
-  Network fp32(m, options_for(Precision::kFp32, InputType::kS8, InputLayout::kNHWC, 2));
+  Network fp32(m, options_for(Precision::kFp32, DType::kInt8, Layout::kNHWC, 2));
   std::vector<std::int8_t> in(2400);  // 2 samples of 3x20x20
   std::vector<float> out(30);
   EXPECT_THROW(fp32.observe(in.data(), 2), std::logic_error);
@@ -1198,8 +1198,7 @@ TEST(Network, MisuseIsReported) {
   EXPECT_THROW(fp32.run(in.data(), 3, out.data()), std::invalid_argument);
   EXPECT_THROW(fp32.run(in.data(), 0, out.data()), std::invalid_argument);
 
-  const NetworkOptions int8_options =
-      options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, 2);
+  const NetworkOptions int8_options = options_for(Precision::kInt8, DType::kInt8, Layout::kNHWC, 2);
   Network int8(m, int8_options);
   EXPECT_THROW(int8.run(in.data(), 2, out.data()), std::logic_error);
   EXPECT_THROW(int8.finalize_calibration(), std::logic_error);
@@ -1215,12 +1214,104 @@ TEST(Network, MisuseIsReported) {
   std::filesystem::remove(path);
   EXPECT_TRUE(int8.needs_calibration());
 
-  NetworkOptions bad = options_for(Precision::kInt8, InputType::kU8, InputLayout::kNHWC, 2);
+  NetworkOptions bad = options_for(Precision::kInt8, DType::kUInt8, Layout::kNHWC, 2);
   bad.input.zero_point = 127.5F;
   EXPECT_THROW(Network(m, bad), std::invalid_argument);
-  bad = options_for(Precision::kInt8, InputType::kF32, InputLayout::kNHWC, 2);
+  bad = options_for(Precision::kInt8, DType::kFloat32, Layout::kNHWC, 2);
   bad.input.zero_point = 3.0F;
   EXPECT_THROW(Network(m, bad), std::invalid_argument);
+  // kAny is "not settled yet", never a layout the loader writes.
+  for (Precision precision : {Precision::kInt8, Precision::kFp32}) {
+    EXPECT_THROW(Network(m, options_for(precision, DType::kInt8, Layout::kAny, 2)),
+                 std::invalid_argument);
+  }
+}
+
+// The planner alone (planner.hpp): each value's type and scale from the table, the folds, and a
+// range read only when a scale is asked for.
+TEST(ScalePlan, TypesScalesAndFoldsFollowTheTable) {
+  // s8 residual stream (a group of three values sharing scales), u8 branch.
+  const Model m = unbalanced_channels(Activation::kNone, /*residual=*/true);
+  const Graph g = analyze(m, DType::kInt8);
+  InputFormat input = options_for(Precision::kInt8, DType::kInt8, Layout::kNHWC, 2).input;
+  input.unit = {2.0F, 3.0F, 4.0F};
+  // Value v ranges over [-(v + 1), v + 1]; channel c of a channel-ranged value up to (c + 1)(v +
+  // 1).
+  CalibrationTable table;
+  for (int v = 0; v < m.value_count(); ++v) {
+    ValueRange r{v, -static_cast<float>(v + 1), static_cast<float>(v + 1)};
+    if (g.channel_ranged[v]) {
+      for (std::int64_t c = 0; c < m.value_shapes[v][1]; ++c) {
+        r.channels.push_back(static_cast<float>((c + 1) * (v + 1)));
+      }
+    }
+    table.values.push_back(r);
+  }
+
+  const ScalePlan fp32(m, g, input, Precision::kFp32, true, nullptr);
+  const ScalePlan plan(m, g, input, Precision::kInt8, false, &table);
+  const std::vector<float> fold = plan.reader_fold(m.input);
+  ASSERT_EQ(fold.size(), 3U);
+  for (std::size_t c = 0; c < 3; ++c) EXPECT_FLOAT_EQ(fold[c], input.unit[c] / kModelStd[c]);
+  EXPECT_EQ(fp32.reader_fold(m.input), fold);  // fp32 (calibration) folds the input the same way
+  EXPECT_EQ(plan.scale(m.input), 1.0F);        // the loader's bytes, as they are
+  bool saw_u8 = false;
+  bool saw_s8 = false;
+  for (const Op& op : m.ops) {
+    const int v = op.output;
+    EXPECT_EQ(fp32.type(v), DType::kFloat32);
+    EXPECT_EQ(fp32.scale(v), 1.0F);
+    if (v == m.output) {
+      EXPECT_TRUE(plan.writes_f32(v));
+      EXPECT_EQ(plan.type(v), DType::kFloat32);
+      continue;
+    }
+    if (op.kind == OpKind::kFlatten || op.kind == OpKind::kGlobalAvgPool) continue;
+    EXPECT_TRUE(plan.channel_scales(v).empty()) << "channel_ranges is off";
+    const bool u8 = g.is_unsigned[v];
+    saw_u8 = saw_u8 || u8;
+    saw_s8 = saw_s8 || !u8;
+    EXPECT_EQ(plan.type(v), u8 ? DType::kUInt8 : DType::kInt8) << v;
+    EXPECT_FLOAT_EQ(plan.scale(v), (u8 ? 255.0F : 127.0F) / static_cast<float>(v + 1)) << v;
+  }
+  EXPECT_TRUE(saw_u8 && saw_s8);
+
+  // Per channel: levels / limit, the largest of a group's members, and the readers unfold them.
+  const ScalePlan by_channel(m, g, input, Precision::kInt8, true, &table);
+  int channel_ranged = 0;
+  for (int v = 1; v < m.value_count(); ++v) {
+    if (!g.channel_ranged[v]) continue;
+    ++channel_ranged;
+    const std::vector<float>& scales = by_channel.channel_scales(v);
+    ASSERT_EQ(scales.size(), static_cast<std::size_t>(m.value_shapes[v][1])) << v;
+    const float levels = g.is_unsigned[v] ? 255.0F : 127.0F;
+    int largest = v;  // the group's member with the largest limits
+    for (int w = 0; w < m.value_count(); ++w) {
+      if (g.channel_group[w] == g.channel_group[v]) largest = std::max(largest, w);
+    }
+    for (std::size_t c = 0; c < scales.size(); ++c) {
+      EXPECT_FLOAT_EQ(scales[c], levels / static_cast<float>((c + 1) * (largest + 1))) << v;
+    }
+    EXPECT_EQ(by_channel.scale(v), 1.0F);
+    const std::vector<float> unfold = by_channel.reader_fold(v);
+    ASSERT_EQ(unfold.size(), scales.size());
+    for (std::size_t c = 0; c < scales.size(); ++c) EXPECT_EQ(unfold[c], 1.0F / scales[c]);
+  }
+  EXPECT_EQ(channel_ranged, 4);  // the residual stream's three values and the branch
+
+  // A range the builder never asks for may be missing; one it asks for names the value.
+  CalibrationTable partial = table;
+  const int missing = m.ops.front().output;  // the first convolution's output
+  partial.values.erase(partial.values.begin() + missing);
+  const ScalePlan lacking(m, g, input, Precision::kInt8, false, &partial);
+  try {
+    (void)lacking.scale(missing);
+    ADD_FAILURE() << "no CalibrationError";
+  } catch (const CalibrationError& e) {
+    EXPECT_NE(std::string(e.what()).find("no range for value " + std::to_string(missing)),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(Network, AvgPoolCountingPaddingPastACeilEdgeIsRefused) {
@@ -1228,15 +1319,15 @@ TEST(Network, AvgPoolCountingPaddingPastACeilEdgeIsRefused) {
   const int c = b.conv(0, 8, 3, 1, 1);
   const int p = b.pool(OpKind::kAvgPool, c, 3, 2, 0, true, true);  // 8 -> 4: last window overhangs
   const Model m = b.finish(b.gemm(b.flatten(p), 4));
-  EXPECT_THROW(Network(m, options_for(Precision::kFp32, InputType::kS8, InputLayout::kNHWC, 1)),
+  EXPECT_THROW(Network(m, options_for(Precision::kFp32, DType::kInt8, Layout::kNHWC, 1)),
                ModelError);
   ModelBuilder e(3, 8, 8, 3);
   const int c2 = e.conv(0, 8, 3, 1, 1);
   const int p2 = e.pool(OpKind::kAvgPool, c2, 3, 2, 0, true, false);  // excluding padding: fine
   const Model ok = e.finish(e.gemm(e.flatten(p2), 4));
   const Images im = make_images(ok, 2, 86);
-  Network net(ok, options_for(Precision::kFp32, InputType::kF32, InputLayout::kNCHW, 2));
-  EXPECT_LE(relative_error(run_network(net, im, InputType::kF32, InputLayout::kNCHW),
+  Network net(ok, options_for(Precision::kFp32, DType::kFloat32, Layout::kNCHW, 2));
+  EXPECT_LE(relative_error(run_network(net, im, DType::kFloat32, Layout::kNCHW),
                            reference_logits(ok, im.model_input(), 2)),
             1e-4);
 }
@@ -1244,13 +1335,12 @@ TEST(Network, AvgPoolCountingPaddingPastACeilEdgeIsRefused) {
 TEST(Network, MalformedModelsAreRejected) {
   Model m = tiny_resnet();
   m.ops[1].inputs[0] = 50;  // reads a value produced later
-  EXPECT_THROW(Network(m, options_for(Precision::kFp32, InputType::kS8, InputLayout::kNHWC, 1)),
+  EXPECT_THROW(Network(m, options_for(Precision::kFp32, DType::kInt8, Layout::kNHWC, 1)),
                ModelError);
   Model pooled_input = tiny_resnet();
   pooled_input.ops[5].inputs[0] = pooled_input.input;  // max pool straight on the input
-  EXPECT_THROW(
-      Network(pooled_input, options_for(Precision::kFp32, InputType::kS8, InputLayout::kNHWC, 1)),
-      ModelError);
+  EXPECT_THROW(Network(pooled_input, options_for(Precision::kFp32, DType::kInt8, Layout::kNHWC, 1)),
+               ModelError);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1311,13 +1401,13 @@ TEST(TinyOnnx, Fp32MatchesPyTorch) {
   const auto expected = read_npy<float>(kModels / "tiny_logits.npy", out_shape);
   ASSERT_EQ(in_shape.size(), 4U);
   const int batch = static_cast<int>(in_shape[0]);
-  for (InputLayout layout : {InputLayout::kNCHW, InputLayout::kNHWC}) {
-    NetworkOptions o = options_for(Precision::kFp32, InputType::kF32, layout, batch);
+  for (Layout layout : {Layout::kNCHW, Layout::kNHWC}) {
+    NetworkOptions o = options_for(Precision::kFp32, DType::kFloat32, layout, batch);
     o.input.model_std = {1.0F, 1.0F, 1.0F};
     Network net(m, o);
     ASSERT_EQ(net.classes(), out_shape[1]);
     std::vector<float> batch_data = inputs;
-    if (layout == InputLayout::kNHWC) {
+    if (layout == Layout::kNHWC) {
       const std::int64_t c = in_shape[1], hw = in_shape[2] * in_shape[3];
       for (std::int64_t n = 0; n < batch; ++n)
         for (std::int64_t ch = 0; ch < c; ++ch)
@@ -1339,7 +1429,7 @@ TEST(TinyOnnx, PixelInputWithFoldedStd) {
   const auto expected = read_npy<float>(kModels / "tiny_logits.npy", out_shape);
   const int batch = static_cast<int>(shape[0]);
   const std::int64_t hw = shape[2] * shape[3];
-  NetworkOptions o = options_for(Precision::kFp32, InputType::kF32, InputLayout::kNCHW, batch);
+  NetworkOptions o = options_for(Precision::kFp32, DType::kFloat32, Layout::kNCHW, batch);
   for (int c = 0; c < 3; ++c) o.input.model_std[c] = 255.0F * kImageNetStd[c];
   std::vector<float> real(pixels.size());
   for (std::size_t i = 0; i < pixels.size(); ++i) {
@@ -1370,7 +1460,7 @@ TEST(TinyOnnx, Int8FedTheLoadersBytesMatchesFp32) {
       }
     }
   }
-  NetworkOptions o = options_for(Precision::kInt8, InputType::kS8, InputLayout::kNHWC, batch);
+  NetworkOptions o = options_for(Precision::kInt8, DType::kInt8, Layout::kNHWC, batch);
   for (int c = 0; c < 3; ++c) o.input.model_std[c] = 255.0F * kImageNetStd[c];
   Network int8(m, o);
   int8.observe(q.data(), batch);
