@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "engine/layout.hpp"
+#include "engine/window.hpp"
 #include "millrace/batch.hpp"
 
 namespace millrace {
@@ -28,21 +29,6 @@ namespace millrace {
 class Diagnostics;
 class Stage;
 struct Sample;
-
-// A window of a sample's two spatial dimensions that the next stage will read, and the size it
-// will resample it to. Output pixel (i, j) is sampled at full-scale coordinates
-// x + (j + 0.5) * width / out_width - 0.5 (rows alike); a window whose size equals the output
-// size is a plain crop.
-struct WindowRequest {
-  double x = 0;
-  double y = 0;
-  double width = 0;
-  double height = 0;
-  int out_width = 0;
-  int out_height = 0;
-  // false: only a full-scale window will do (the reader's resampling cannot take a scaled one).
-  bool allow_scale = true;
-};
 
 // A stage that reads only part of each sample and can say which part from the sample's full size
 // alone (the decode-window request). Called concurrently from the stage before it, on that

@@ -64,14 +64,14 @@ class BytesWindowChooser final : public decode::WindowChooser {
   BytesWindowChooser(const std::uint8_t* data, std::size_t size) {
     for (std::size_t i = 0; i < size && i < 64; ++i) seed_ = seed_ * 131 + data[size - 1 - i];
   }
-  std::optional<decode::WindowRequest> choose(int width, int height) const noexcept override {
+  std::optional<WindowRequest> choose(int width, int height) const noexcept override {
     if (width <= 0 || height <= 0) return std::nullopt;
     std::uint64_t s = seed_;
     const auto take = [&s](std::uint64_t n) {
       s = s * 6364136223846793005ULL + 1442695040888963407ULL;
       return n == 0 ? 0 : (s >> 33) % n;
     };
-    decode::WindowRequest r;
+    WindowRequest r;
     r.x = static_cast<double>(take(static_cast<std::uint64_t>(width)));
     r.y = static_cast<double>(take(static_cast<std::uint64_t>(height)));
     r.width = 1 + static_cast<double>(take(static_cast<std::uint64_t>(width - r.x)));

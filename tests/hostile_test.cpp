@@ -272,8 +272,8 @@ std::pair<std::size_t, std::size_t> first_scan(const std::vector<std::uint8_t>& 
 
 class TopLeftWindow final : public decode::WindowChooser {
  public:
-  std::optional<decode::WindowRequest> choose(int, int) const noexcept override {
-    decode::WindowRequest r;
+  std::optional<WindowRequest> choose(int, int) const noexcept override {
+    WindowRequest r;
     r.width = 64;
     r.height = 64;
     r.out_width = 64;

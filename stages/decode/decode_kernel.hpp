@@ -69,6 +69,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/window.hpp"
+
 namespace millrace::decode {
 
 // TurboJPEG's own limit under TJFLAG_LIMITSCANS (libjpeg-turbo 2.1, turbojpeg.c), used on the
@@ -124,23 +126,9 @@ struct Info {
   Reduction reduction;
 };
 
-// The part of an image the caller will read. Output pixel (i, j) will be sampled at full-scale
-// coordinates x + (j + 0.5) * width / out_width - 0.5 (rows alike), as cv::resize maps a window;
-// a window whose size equals the output size is a plain crop.
-struct WindowRequest {
-  double x = 0;
-  double y = 0;
-  double width = 0;
-  double height = 0;
-  int out_width = 0;
-  int out_height = 0;
-  // false: decode the window at full scale only (the caller's resampling cannot take a scaled
-  // window, e.g. area interpolation).
-  bool allow_scale = true;
-};
-
-// Chooses, from the image's full size, the window the caller will read; nullopt: the whole image
-// at full scale. Called at most once per decode, on the decoding thread; must not throw.
+// Chooses, from the image's full size, the window the caller will read (millrace::WindowRequest,
+// engine/window.hpp: the coordinates cv::resize maps); nullopt: the whole image at full scale.
+// Called at most once per decode, on the decoding thread; must not throw.
 class WindowChooser {
  public:
   virtual std::optional<WindowRequest> choose(int width, int height) const noexcept = 0;

@@ -9,11 +9,8 @@ class SampleWindowChooser final : public decode::WindowChooser {
  public:
   SampleWindowChooser(const WindowReader& reader, const Sample& sample)
       : reader_(reader), sample_(sample) {}
-  std::optional<decode::WindowRequest> choose(int width, int height) const noexcept override {
-    const std::optional<WindowRequest> w = reader_.window(width, height, sample_);
-    if (!w) return std::nullopt;
-    return decode::WindowRequest{w->x,         w->y,          w->width,      w->height,
-                                 w->out_width, w->out_height, w->allow_scale};
+  std::optional<WindowRequest> choose(int width, int height) const noexcept override {
+    return reader_.window(width, height, sample_);
   }
 
  private:
