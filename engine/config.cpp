@@ -337,27 +337,17 @@ void parse_common_keys(const ConfigNode& stage, StagePlan& plan, const PipelineP
 
 void check_structure(PipelinePlan& plan, const ConfigNode& stages_node, Diagnostics& d) {
   int batch_index = -1;
-  // What the samples carry so far, and the stage that made it so.
-  SampleContent content = SampleContent::kAny;
-  const StagePlan* maker = nullptr;
+  // The content part of the stream description, before any stage is built: each stage type's
+  // declared step, carried from the source on.
+  StreamDesc stream;
   for (std::size_t i = 0; i < plan.stages.size(); ++i) {
     const StagePlan& s = plan.stages[i];
     if (s.factory == nullptr) continue;
     const StageShape shape = s.factory->info().shape;
     const std::string where = "stage '" + s.name + "' (" + s.type + ")";
-    const SampleContent needs = s.factory->info().needs;
-    if (needs != SampleContent::kAny && content != SampleContent::kAny && needs != content &&
-        maker != nullptr) {
-      d.error(s.where, where + ": needs " + std::string(sample_content_name(needs)) +
-                           ", but after stage '" + maker->name + "' (" + maker->type +
-                           ") its samples carry " + std::string(sample_content_name(content)) +
-                           (needs == SampleContent::kPixels && content == SampleContent::kEncoded
-                                ? " (put a decode stage before it)"
-                                : ""));
-    }
-    if (s.factory->info().makes != SampleContent::kAny) {
-      content = s.factory->info().makes;
-      maker = &s;
+    if (const std::string why = pass_content(stream, s.factory->info().content, where);
+        !why.empty()) {
+      d.error(s.where, where + ": " + why);
     }
     if (i == 0 && shape != StageShape::kSource) {
       d.error(s.where, where + ": the first stage must be a source (files, ...), not a " +
@@ -389,24 +379,6 @@ void check_structure(PipelinePlan& plan, const ConfigNode& stages_node, Diagnost
     d.error(stages_node.where, "the pipeline has no batch stage (add `- type: batch`)");
   }
 }
-
-}  // namespace
-
-std::string_view sample_content_name(SampleContent content) {
-  switch (content) {
-    case SampleContent::kAny:
-      return "anything";
-    case SampleContent::kEncoded:
-      return "encoded image bytes";
-    case SampleContent::kPixels:
-      return "decoded pixels (an RGB8 HWC image)";
-    case SampleContent::kTensor:
-      return "a normalized tensor";
-  }
-  return "?";
-}
-
-namespace {
 
 // The keys that leave the delivered stream as it is: how fast and where it runs, the part a
 // process reads, how many epochs; the source's location keys are identified by its data set
@@ -563,6 +535,7 @@ PipelinePlan parse_pipeline(ConfigNode root, const std::vector<std::string>& ove
     context.pipeline_threads = plan.threads;
     context.rank = rank;
     context.world = world;
+    context.content = s.factory->info().content;
     std::vector<std::string> engine_keys{"type", "name", "concurrency", "queue"};
     if (s.factory->info().per_sample_errors) engine_keys.emplace_back("on_error");
     s.stage = s.factory->create(node, context, engine_keys, d);

@@ -16,21 +16,17 @@
 
 namespace millrace {
 
-// What a sample carries between stages, as far as the order of stages depends on it: a stage that
-// needs pixels cannot come before the one that makes them.
-enum class SampleContent { kAny, kEncoded, kPixels, kTensor };
-std::string_view sample_content_name(SampleContent content);
-
 struct StageInfo {
   std::string type;     // the YAML `type`, snake_case
   std::string summary;  // one line
   StageShape shape = StageShape::kTransform;
-  std::string takes;                          // what it consumes, in words
-  std::string gives;                          // what it produces
-  bool concurrent = false;                    // may process several samples at once
-  bool per_sample_errors = false;             // has an on_error policy
-  SampleContent needs = SampleContent::kAny;  // what its samples must carry when they arrive
-  SampleContent makes = SampleContent::kAny;  // what they carry after it; kAny: as they came
+  std::string takes;               // what it consumes, in words
+  std::string gives;               // what it produces
+  bool concurrent = false;         // may process several samples at once
+  bool per_sample_errors = false;  // has an on_error policy
+  // What its samples must carry when they arrive and what they carry after it (engine/stream.hpp):
+  // the order of stages is checked through it when the config is read.
+  ContentStep content;
 };
 
 class StageFactory {

@@ -50,6 +50,9 @@ struct StageContext {
   // shard by it unless configured otherwise; file sinks write under `rank<k>/` when world > 1.
   int rank = 0;
   int world = 1;
+  // What the stage's type declares about the content of its samples (StageInfo::content), which
+  // link_stream carries along the stream description.
+  ContentStep content;
 };
 
 // Lets a stage report things that are not errors while it runs. Thread-safe.

@@ -10,14 +10,17 @@
 // an empty one), checks it (rules that span stages are config errors reported at its own place)
 // and returns the description of its output edge (Stage::link). Descriptions are plain values:
 // nothing in them points into another stage except a WindowReader, which its stage keeps alive
-// for the run. The engine reads none of the fields; they are the stages' shared vocabulary, the
-// one place where a new stage or key plugs in.
+// for the run. The engine reads one part of them: the content of the samples (SampleContent),
+// which each stage type declares with its type (StageInfo::content) and which the engine checks
+// and carries, once when the config is read and again while it links. The other fields are the
+// stages' shared vocabulary, the one place where a new stage or key plugs in.
 #pragma once
 
 #include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/layout.hpp"
@@ -43,6 +46,20 @@ class WindowReader {
   ~WindowReader() = default;
 };
 
+// What the samples on an edge carry, as far as the order of stages depends on it: a stage that
+// needs decoded pixels cannot come before the one that makes them.
+enum class SampleContent { kAny, kEncoded, kPixels, kTensor };
+std::string_view sample_content_name(SampleContent content);
+
+// How a stage type changes the content of the stream: what the samples must carry when they
+// arrive (kAny: anything) and what they carry after it (kAny: as they came). Declared with the
+// type, not by a built stage, so that the order of stages is checked when the config is read,
+// even where a stage's own keys are wrong and it is never built.
+struct ContentStep {
+  SampleContent needs = SampleContent::kAny;
+  SampleContent makes = SampleContent::kAny;
+};
+
 // What a stage wants from the edge into it; passed back to front.
 struct StreamWants {
   Layout layout = Layout::kAny;  // the layout a stage further down reads without a reorder
@@ -63,6 +80,10 @@ struct StreamScaling {
 
 // What flows on an edge; passed front to back.
 struct StreamDesc {
+  // What the samples carry, and the stage that made it so, as messages name a stage ("stage
+  // 'decode' (decode)"); kAny and empty until a stage declares what it makes.
+  SampleContent content = SampleContent::kAny;
+  std::string content_stage;
   DType dtype = DType::kUInt8;
   Layout layout = Layout::kAny;
   // One sample's shape in `layout` order; 0 where it is not known before the run or varies.
@@ -83,8 +104,15 @@ struct StreamDesc {
   }
 };
 
+// Why a stage, named `stage` as messages name it, that declares `step` cannot take the samples
+// `input` describes (empty when it can); then carries `input` through it: `content` and
+// `content_stage` become what the stage makes, if it says. The one rule of stage order by content,
+// used by the config check and by link_stream.
+std::string pass_content(StreamDesc& input, const ContentStep& step, const std::string& stage);
+
 // Runs the two passes described above over `stages` (source first). Link errors go to
-// `diagnostics`; the returned description is that of the last stage's output.
+// `diagnostics`; the returned description is that of the last stage's output. The engine carries
+// the content of the samples itself, from each stage's StageContext::content, around its link().
 StreamDesc link_stream(const std::vector<Stage*>& stages, Diagnostics& diagnostics);
 
 }  // namespace millrace

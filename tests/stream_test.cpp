@@ -113,5 +113,49 @@ TEST(Stream, AnExplicitLayoutIsKeptAndChannelsFirstReordersTheShape) {
   EXPECT_EQ(out.scaling->zero_point, 1.0F);
 }
 
+// A stage whose type declares `step` about the content of its samples; records its input.
+class ContentProbe final : public TransformStage {
+ public:
+  ContentProbe(const std::string& name, ContentStep step) : TransformStage(declaring(name, step)) {}
+  StreamDesc link(const StreamDesc& input, Diagnostics&) override {
+    told = input;
+    return input;
+  }
+  void process(Sample&, RunReporter&) const override {}
+
+  StreamDesc told;
+
+ private:
+  static StageContext declaring(const std::string& name, ContentStep step) {
+    StageContext c = stage_context(name, 0);
+    c.content = step;
+    return c;
+  }
+};
+
+TEST(Stream, TheEngineCarriesWhatTheSamplesCarryAndChecksTheOrderByIt) {
+  ContentProbe source("source", {SampleContent::kAny, SampleContent::kEncoded});
+  ContentProbe decoder("decoder", {SampleContent::kEncoded, SampleContent::kPixels});
+  ContentProbe crop("crop", {SampleContent::kPixels});
+  Diagnostics d;
+  const StreamDesc out = link_stream({&source, &decoder, &crop}, d);
+  EXPECT_FALSE(d.has_errors());
+  EXPECT_EQ(source.told.content, SampleContent::kAny);
+  EXPECT_EQ(decoder.told.content, SampleContent::kEncoded);
+  EXPECT_EQ(decoder.told.content_stage, "stage 'source' (source)");
+  EXPECT_EQ(crop.told.content, SampleContent::kPixels);
+  // A stage that makes nothing new leaves the content, and its maker, as they came.
+  EXPECT_EQ(out.content, SampleContent::kPixels);
+  EXPECT_EQ(out.content_stage, "stage 'decoder' (decoder)");
+
+  Diagnostics wrong;
+  link_stream({&source, &crop, &decoder}, wrong);
+  ASSERT_EQ(wrong.error_count(), 1U);
+  EXPECT_EQ(wrong.all()[0].message,
+            "stage 'crop' (crop): needs decoded pixels (an RGB8 HWC image), but after stage "
+            "'source' (source) its samples carry encoded image bytes (put a decode stage before "
+            "it)");
+}
+
 }  // namespace
 }  // namespace millrace

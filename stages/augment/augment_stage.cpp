@@ -31,7 +31,7 @@ StageInfo AugmentStage::info() {
           "the same, with a crop region and a pending mirror for normalize to apply",
           true,
           true,
-          SampleContent::kPixels};
+          {SampleContent::kPixels}};
 }
 
 const Schema<AugmentStage::Params>& AugmentStage::schema() {

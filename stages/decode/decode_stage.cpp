@@ -28,8 +28,7 @@ StageInfo DecodeStage::info() {
           "samples with an RGB8 HWC tensor",
           true,
           true,
-          SampleContent::kEncoded,
-          SampleContent::kPixels};
+          {SampleContent::kEncoded, SampleContent::kPixels}};
 }
 
 const Schema<DecodeStage::Params>& DecodeStage::schema() {

@@ -35,8 +35,7 @@ StageInfo FilesSource::info() {
           "samples: encoded bytes, id, path, labels",
           true,
           true,
-          SampleContent::kAny,
-          SampleContent::kEncoded};
+          {SampleContent::kAny, SampleContent::kEncoded}};
 }
 
 const Schema<FilesSource::Params>& FilesSource::schema() {

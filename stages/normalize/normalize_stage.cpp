@@ -107,8 +107,7 @@ StageInfo NormalizeStage::info() {
           "samples with an int8 / uint8 / float32 CHW or HWC tensor and its quantization",
           true,
           false,
-          SampleContent::kPixels,
-          SampleContent::kTensor};
+          {SampleContent::kPixels, SampleContent::kTensor}};
 }
 
 const Schema<NormalizeStage::Params>& NormalizeStage::schema() {

@@ -74,8 +74,7 @@ StageInfo RecordIoSource::info() {
           ".lst; augmentation passes them through unchanged)",
           true,
           true,
-          SampleContent::kAny,
-          SampleContent::kEncoded};
+          {SampleContent::kAny, SampleContent::kEncoded}};
 }
 
 const Schema<RecordIoSource::Params>& RecordIoSource::schema() {
