@@ -3,8 +3,9 @@
 // Contract: Sample and BatchData objects are owned by the engine's pools and recycled, never
 // allocated per item in steady state: every buffer keeps its capacity across uses. While a stage
 // holds an item it is the only one touching it, so items need no locks. The engine knows nothing
-// about images: a Sample carries encoded bytes, a current tensor and a scratch tensor that image
-// stages swap between, and an optional region of interest that later stages read through.
+// about images: a Sample carries encoded bytes, a current tensor, a scratch tensor that stages
+// swap with it, and the current tensor's geometry relative to its source (TensorGeometry), which
+// stages set and read and the engine never does.
 //
 // A tensor's storage is either its own or borrowed from a BufferPool (Tensor::borrow): stages put
 // large intermediate data that a sample needs only for a while in borrowed storage and give it
@@ -127,7 +128,8 @@ struct Tensor {
   }
 };
 
-// A window of the two leading (spatial) dimensions of a tensor: `height` 0 means the whole tensor.
+// A window of a tensor's two leading dimensions: `height` indices from `y` along dimension 0 and
+// `width` from `x` along dimension 1. `height` 0 means the whole tensor.
 struct Region {
   std::int64_t y = 0;
   std::int64_t x = 0;
@@ -135,20 +137,35 @@ struct Region {
   std::int64_t width = 0;
 };
 
-// Transforms that a later stage applies while it copies the data anyway (so no extra pass runs).
-enum DeferredTransform : std::uint32_t {
-  kFlipLastSpatialAxis = 1U << 0,  // mirror: reverse the second spatial dimension
+// The bit of TensorGeometry::flips that reverses dimension `axis`.
+constexpr std::uint32_t flip_of(int axis) { return 1U << static_cast<unsigned>(axis); }
+
+// Where a tensor lies in its source when it holds less than all of it at full resolution: its
+// two leading dimensions are the window from `origin` (dimension 0, then 1) of the source scaled
+// down by 1/scale, a source whose full extent at full scale is `extent`.
+struct SourceWindow {
+  int scale = 0;  // 0: the whole source at full scale (origin and extent mean nothing)
+  std::array<std::int64_t, 2> origin{};
+  std::array<std::int64_t, 2> extent{};
 };
 
-// What a decoder delivered in `tensor` when it decoded less than the whole image at full size,
-// because the stage after it said which window it would read: that stage maps its window through
-// this record instead of decoding anew.
-struct DecodedPart {
-  int scale = 0;  // 0: the whole image at full size; s > 0: a window of the image scaled by 1/s
-  std::int64_t x = 0;  // the window's first column and row in the scaled image
-  std::int64_t y = 0;
-  std::int64_t full_width = 0;  // the whole image's size at full scale
-  std::int64_t full_height = 0;
+// How a sample's current tensor stands relative to the source it was computed from, in tensor
+// terms. It lets a stage leave a crop or a flip to a later stage that copies the data anyway (so
+// that no pass runs only to crop or flip), and a stage deliver less than the whole source when
+// the stage after it reads only part of it. The engine never reads it. The default is the
+// identity: the whole tensor is read as it is, and it is the whole source at full scale. The
+// stages that set and read a part say what it means for their data (for images: decode, augment,
+// normalize and batch, in their headers); a stage that applies a part resets it.
+struct TensorGeometry {
+  // The part of the tensor that later stages read.
+  Region roi;
+  // Dimensions of `roi` that later stages read reversed: flip_of(axis) bits.
+  std::uint32_t flips = 0;
+  // The tensor's place in its source.
+  SourceWindow source;
+
+  // A crop or a flip that a later stage has still to apply.
+  bool pending() const { return roi.height != 0 || flips != 0; }
 };
 
 struct Sample {
@@ -167,9 +184,7 @@ struct Sample {
   std::vector<std::uint8_t> bytes;             // encoded input, as read
   Tensor tensor;                               // the current data
   Tensor scratch;                              // a second buffer a stage may fill and then swap in
-  Region region;                               // part of `tensor` that later stages read
-  std::uint32_t deferred = 0;                  // DeferredTransform bits
-  DecodedPart decoded;                         // set by a reducing decoder, read by the next stage
+  TensorGeometry geometry;                     // `tensor` relative to its source
   const Quantization* quantization = nullptr;  // owned by the stage that quantized the data
   bool skipped = false;                        // a tombstone: an error made the sample unusable
   std::string error;                           // why it was skipped
@@ -185,9 +200,7 @@ struct Sample {
     tensor.give_back();
     scratch.give_back();
     tensor.rank = scratch.rank = 0;
-    region = {};
-    deferred = 0;
-    decoded = {};
+    geometry = {};
     quantization = nullptr;
     skipped = false;
     error.clear();

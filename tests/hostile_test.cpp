@@ -235,7 +235,7 @@ TEST(AugmentLimits, AResizeAboveMaxPixelsIsASampleError) {
   // An ordinary image is unaffected.
   Sample ok = sample_of_size(500, 375);
   augment->process(ok, reporter);
-  EXPECT_EQ(ok.region.height, 224);
+  EXPECT_EQ(ok.geometry.roi.height, 224);
 }
 
 // ---- decode: scan limit and strict windows -------------------------------------------------

@@ -305,7 +305,7 @@ TEST(ImageBuffers, APlainCropStaysBorrowedUntilNormalizeHasReadIt) {
     chain.augment->process(s, chain.reporter);
     EXPECT_TRUE(s.tensor.borrowed()) << "resize " << resize << ": the crop is a region of it";
     EXPECT_FALSE(s.scratch.borrowed()) << "resize " << resize << ": the decoded image went back";
-    EXPECT_EQ(s.region.height, 64);
+    EXPECT_EQ(s.geometry.roi.height, 64);
     chain.normalize->process(s, chain.reporter);
     EXPECT_FALSE(s.tensor.borrowed());
     EXPECT_FALSE(s.scratch.borrowed());

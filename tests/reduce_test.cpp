@@ -81,16 +81,16 @@ Output run_pair(const Pair& p, const std::vector<std::uint8_t>& jpeg, std::uint6
   s.bytes = jpeg;
   p.decode->process(s, reporter);
   Output out;
-  out.scale = s.decoded.scale;
+  out.scale = s.geometry.source.scale;
   p.augment->process(s, reporter);
-  EXPECT_EQ(s.decoded.scale, 0) << "augment consumes the record";
+  EXPECT_EQ(s.geometry.source.scale, 0) << "augment consumes the record";
   const auto width = s.tensor.shape[1];
-  const Region& r = s.region;
+  const Region& r = s.geometry.roi;
   for (std::int64_t y = r.y; y < r.y + r.height; ++y) {
     const auto* row = s.tensor.storage.data() + (y * width + r.x) * 3;
     out.pixels.insert(out.pixels.end(), row, row + r.width * 3);
   }
-  out.deferred = s.deferred;
+  out.deferred = s.geometry.flips;
   return out;
 }
 
@@ -188,7 +188,7 @@ TEST(Reduce, AutoWithoutAFollowingAugmentDecodesWholeImages) {
   Sample s;
   s.bytes = photo_like_jpeg(320, 240, 1);
   decode.process(s, reporter);
-  EXPECT_EQ(s.decoded.scale, 0);
+  EXPECT_EQ(s.geometry.source.scale, 0);
   EXPECT_EQ(s.tensor.shape[0], 240);
   EXPECT_EQ(s.tensor.shape[1], 320);
 }
@@ -215,7 +215,7 @@ TEST(Reduce, ACropLargerThanTheImageIsStillAugmentsError) {
   Sample s;
   s.bytes = photo_like_jpeg(320, 240, 2);
   on.decode->process(s, reporter);
-  EXPECT_EQ(s.decoded.scale, 0);
+  EXPECT_EQ(s.geometry.source.scale, 0);
   EXPECT_THROW(on.augment->process(s, reporter), SampleError);
 }
 

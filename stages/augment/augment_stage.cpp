@@ -223,15 +223,16 @@ bool whole_pixels(const augment::WindowF& w) {
 }  // namespace
 
 void AugmentStage::process_reduced(Sample& sample, CounterRng& rng) const {
-  const DecodedPart part = sample.decoded;
-  sample.decoded = {};
+  // Read once: from here on the pixels are this stage's crop, not a window of the image.
+  const SourceWindow part = sample.geometry.source;
+  sample.geometry.source = {};
   const Geometry g =
-      geometry(static_cast<int>(part.full_width), static_cast<int>(part.full_height), rng);
+      geometry(static_cast<int>(part.extent[1]), static_cast<int>(part.extent[0]), rng);
   // Full-size coordinates -> those of the delivered pixels: scaled by 1/scale, then shifted.
   const double s = part.scale;
-  const augment::WindowF local{g.window.x / s - static_cast<double>(part.x),
-                               g.window.y / s - static_cast<double>(part.y), g.window.width / s,
-                               g.window.height / s};
+  const augment::WindowF local{g.window.x / s - static_cast<double>(part.origin[1]),
+                               g.window.y / s - static_cast<double>(part.origin[0]),
+                               g.window.width / s, g.window.height / s};
   const ImageView src = view_of(sample.tensor);
   if (whole_pixels(local)) {
     const Rect roi{static_cast<int>(local.x), static_cast<int>(local.y),
@@ -241,7 +242,7 @@ void AugmentStage::process_reduced(Sample& sample, CounterRng& rng) const {
       throw std::logic_error("augment: the decoded window does not hold the crop");
     }
     if (!g.resample) {
-      sample.region = {roi.y, roi.x, roi.height, roi.width};
+      sample.geometry.roi = {roi.y, roi.x, roi.height, roi.width};
       return;
     }
     // The output is the stage's own: sized (with headroom) before the kernel writes it.
@@ -256,7 +257,7 @@ void AugmentStage::process_reduced(Sample& sample, CounterRng& rng) const {
   }
   std::swap(sample.tensor, sample.scratch);
   sample.scratch.give_back();
-  sample.region = {0, 0, g.out_height, g.out_width};
+  sample.geometry.roi = {0, 0, g.out_height, g.out_width};
 }
 
 void AugmentStage::process_whole(Sample& sample, CounterRng& rng) const {
@@ -312,7 +313,7 @@ void AugmentStage::process_whole(Sample& sample, CounterRng& rng) const {
       break;
     }
   }
-  sample.region = {window.y, window.x, window.height, window.width};
+  sample.geometry.roi = {window.y, window.x, window.height, window.width};
 }
 
 void AugmentStage::prepare() {
@@ -326,13 +327,12 @@ void AugmentStage::process(Sample& sample, RunReporter&) const {
   // Outputs go into the scratch tensor's own storage, never into a borrowed buffer.
   sample.scratch.give_back();
   try {
-    if (sample.decoded.scale > 0) {
+    if (sample.geometry.source.scale > 0) {
       process_reduced(sample, rng);
     } else {
       process_whole(sample, rng);
     }
-    if (params_.mirror > 0 && rng.bernoulli(params_.mirror))
-      sample.deferred ^= kFlipLastSpatialAxis;
+    if (params_.mirror > 0 && rng.bernoulli(params_.mirror)) sample.geometry.flips ^= kMirror;
   } catch (const augment::CropError& e) {
     sample.tensor.give_back();
     sample.scratch.give_back();

@@ -3,17 +3,20 @@
 // Contract: concurrent; process() touches only its sample. Every random choice comes from a
 // counter-based generator keyed on (seed, epoch, sample id, stage name), so a sample's output is
 // the same for any thread count, queue size, ordering mode or batch size. A crop is recorded as a
-// region of the sample and the mirror as a deferred flip: normalize applies both while it copies,
-// so a plain center crop costs no pass over the pixels here.
+// region of the sample (Sample::geometry.roi, rows and columns of the image) and the mirror as a
+// pending flip of its columns (kMirror in geometry.flips; stages/common/image_geometry.hpp):
+// normalize applies both while it copies, so a plain center crop costs no pass over the pixels
+// here.
 //
 // Reduced decoding: the stage asks the stage right before it, through the stream's wants
 // (StreamWants::window_reader, engine/stream.hpp), to consult it; a `decode` with `reduce: auto`
 // then asks, from an image's full size, which window it will read (window(), the same draws from
-// the same generator as process(), so the window never
-// depends on whether decode reduced). A sample decoded that way carries Sample::decoded; process()
-// then maps the same window into the delivered pixels and resamples from there in one pass (a
-// resize followed by a crop becomes one resampling of the window). With `interpolation: area`
-// only windows that need no preceding resize are reduced, and only at full scale.
+// the same generator as process(), so the window never depends on whether decode reduced). A
+// sample decoded that way carries the window's place in the image (Sample::geometry.source);
+// process() then maps the same window into the delivered pixels and resamples from there in one
+// pass (a resize followed by a crop becomes one resampling of the window), and resets the record.
+// With `interpolation: area` only windows that need no preceding resize are reduced, and only at
+// full scale.
 //
 // `compat: mxnet`: an image smaller than a center or random crop is scaled up to it first, as
 // MXNet's default augmenter does (augment::mxnet_fit_steps), instead of being a per-sample error.
@@ -35,6 +38,7 @@
 #include "engine/registry.hpp"
 #include "stages/augment/augment_kernel.hpp"
 #include "stages/common/compat.hpp"
+#include "stages/common/image_geometry.hpp"
 
 namespace millrace {
 

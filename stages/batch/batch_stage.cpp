@@ -92,7 +92,7 @@ void BatchAssembler::copy_row(BatchData& to, std::size_t to_row, const BatchData
 }
 
 void BatchAssembler::check_shape(const Sample& s) {
-  if (s.region.height != 0 || s.deferred != 0) {
+  if (s.geometry.pending()) {
     // A crop or flip still pending means nothing materialised the sample: a pipeline bug, not a
     // data error.
     throw std::runtime_error(

@@ -5,6 +5,8 @@
 // for `last: pad`, a copy of the epoch's first batch to pad from: memory bounded by the number of
 // epochs open at once, which the engine's in-flight window bounds. In a run resumed mid-epoch the
 // epoch's first samples arrive again marked pad_only: they fill that padding copy and nothing else.
+// A sample with a crop or flip still pending (TensorGeometry::pending, engine/item.hpp) is a
+// pipeline error: no stage made the tensor it describes.
 #pragma once
 
 #include <map>

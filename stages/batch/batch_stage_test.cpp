@@ -384,7 +384,7 @@ TEST(BatchAssembler, PendingCropOrMirrorIsAPipelineError) {
   FakeEmitter out;
   auto stage = make_batch(2, BatchAssembler::Last::kPad);
   Sample cropped = make_sample(0, 0);
-  cropped.region = {0, 0, 1, 1};
+  cropped.geometry.roi = {0, 0, 1, 1};
   try {
     stage.push(cropped, out);
     ADD_FAILURE() << "no error";
@@ -394,7 +394,7 @@ TEST(BatchAssembler, PendingCropOrMirrorIsAPipelineError) {
     EXPECT_NE(std::string(e.what()).find("normalize"), std::string::npos) << e.what();
   }
   Sample mirrored = make_sample(1, 0);
-  mirrored.deferred = kFlipLastSpatialAxis;
+  mirrored.geometry.flips = flip_of(1);
   EXPECT_THROW(stage.push(mirrored, out), std::runtime_error);
   EXPECT_EQ(out.in_use(), 0U);
 }

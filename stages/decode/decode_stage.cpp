@@ -148,9 +148,10 @@ void DecodeStage::process(Sample& sample, RunReporter& reporter) const {
     throw;
   }
   sample.tensor.reshape(DType::kUInt8, {info.height, info.width, 3}, "HWC");
-  sample.region = {};
+  // The geometry in image terms: dimension 0 is the rows, 1 the columns (decode_stage.hpp).
+  sample.geometry.roi = {};
   const decode::Reduction& r = info.reduction;
-  sample.decoded = {r.scale, r.x, r.y, r.full_width, r.full_height};
+  sample.geometry.source = {r.scale, {r.y, r.x}, {r.full_height, r.full_width}};
   for (const auto& w : info.warnings) reporter.warn(sample, name(), w);
 }
 

@@ -17,8 +17,10 @@
 // (StreamWants::window_reader, engine/stream.hpp), to be consulted about the window it will read.
 // For each JPEG, once its header is read, decode asks it which window of the image it will read and
 // at what size, decodes only that window at the smallest DCT scale that still covers the size, and
-// records on the sample (Sample::decoded) what it delivered; the reader then maps its window into
-// those pixels. With no such reader, `auto` decodes whole images, as `off` does.
+// records on the sample what it delivered (Sample::geometry.source: the window's place in the image
+// scaled by 1/scale and the image's full size; stages/common/image_geometry.hpp); the reader then
+// maps its window into those pixels. Every decode resets the crop (geometry.roi): the pixels it
+// delivers are all to be read. With no such reader, `auto` decodes whole images, as `off` does.
 //
 // `compat: mxnet`: the pixels of OpenCV 3.4's cv::imdecode, which MXNet 1.9.1's ImageRecordIter
 // decodes with: CMYK JPEGs follow OpenCV's formula (decode::Options::Cmyk::kOpenCv). The other
@@ -31,6 +33,7 @@
 #include "engine/pool.hpp"
 #include "engine/registry.hpp"
 #include "stages/common/compat.hpp"
+#include "stages/common/image_geometry.hpp"
 #include "stages/decode/decode_kernel.hpp"
 
 namespace millrace {

@@ -239,14 +239,15 @@ void NormalizeStage::process(Sample& sample, RunReporter&) const {
   const Tensor& t = sample.tensor;
   ImageView view;
   const std::int64_t full_w = t.shape[1];
-  const Region r = sample.region.height != 0 ? sample.region : Region{0, 0, t.shape[0], t.shape[1]};
+  const Region& roi = sample.geometry.roi;
+  const Region r = roi.height != 0 ? roi : Region{0, 0, t.shape[0], t.shape[1]};
   view.channels = static_cast<int>(t.shape[2]);
   view.stride = static_cast<std::size_t>(full_w) * static_cast<std::size_t>(view.channels);
   view.data = t.storage.data() + static_cast<std::size_t>(r.y) * view.stride +
               static_cast<std::size_t>(r.x) * static_cast<std::size_t>(view.channels);
   view.height = static_cast<int>(r.height);
   view.width = static_cast<int>(r.width);
-  const bool mirror = (sample.deferred & kFlipLastSpatialAxis) != 0;
+  const bool mirror = (sample.geometry.flips & kMirror) != 0;
   const bool chw = layout_ == Layout::kNCHW;
   const DType out = params_.dtype;
   if (chw) {
@@ -269,8 +270,8 @@ void NormalizeStage::process(Sample& sample, RunReporter&) const {
   }
   std::swap(sample.tensor, sample.scratch);
   sample.scratch.give_back();
-  sample.region = {};
-  sample.deferred &= ~static_cast<std::uint32_t>(kFlipLastSpatialAxis);
+  sample.geometry.roi = {};
+  sample.geometry.flips &= ~kMirror;
   sample.quantization = &quantization_;
 }
 

@@ -1,11 +1,12 @@
 // `normalize`: the int8 contract (docs/int8-contract.md) applied in one pass.
 //
 // Contract: concurrent; the lookup table is built once and only read. process() applies the
-// sample's pending crop region and mirror while mapping every pixel through the per-channel
-// 256-entry table into the output layout, so decoded pixels are copied exactly once on their way
-// to the batch. The effective quantization parameters ride on every sample (and so every batch).
-// The output goes into the sample's own storage; the input image, when it was borrowed from a
-// pool (a decoded or resized image read through its crop region), goes back to its pool once
+// sample's pending crop region and mirror (Sample::geometry.roi and kMirror in geometry.flips:
+// stages/common/image_geometry.hpp), and then resets them, while mapping every pixel through the
+// per-channel 256-entry table into the output layout, so decoded pixels are copied exactly once on
+// their way to the batch. The effective quantization parameters ride on every sample (and so every
+// batch). The output goes into the sample's own storage; the input image, when it was borrowed from
+// a pool (a decoded or resized image read through its crop region), goes back to its pool once
 // read, or when the sample fails here.
 #pragma once
 
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "engine/registry.hpp"
+#include "stages/common/image_geometry.hpp"
 #include "stages/normalize/normalize_kernel.hpp"
 
 namespace millrace {
