@@ -46,8 +46,8 @@ struct PackReport {
   std::string rec_path;
   std::string idx_path;
   std::uint64_t records = 0;
-  std::uint64_t image_bytes = 0;         // encoded image bytes stored
-  std::uint64_t file_bytes = 0;          // size of OUT.rec
+  std::uint64_t image_bytes = 0;  // encoded image bytes stored
+  std::uint64_t file_bytes = 0;   // size of OUT.rec
   // Folder mode: entries named like images that were not packed, as "PATH: reason".
   std::vector<std::string> skipped;
   std::uint64_t restart_rewritten = 0;   // JPEGs rewritten with a restart grid
