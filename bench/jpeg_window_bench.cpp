@@ -31,6 +31,7 @@ using Bytes = std::vector<std::uint8_t>;
 
 std::vector<Bytes> original_jpegs() {
   std::vector<Bytes> out;
+  // NOLINTNEXTLINE(concurrency-mt-unsafe): read once, before the benchmarks start threads
   if (const char* dir = std::getenv("MILLRACE_BENCH_JPEGS")) {
     std::vector<std::filesystem::path> paths;
     for (const auto& e : std::filesystem::directory_iterator(dir)) {

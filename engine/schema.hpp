@@ -244,8 +244,8 @@ class Schema : public SchemaBase {
   }
   // Shows `text` as the default of the field declared last, for a default whose plain value does
   // not say what it means (threads 0: all cores).
-  Schema& shown_default(std::string text) {
-    fields_.back().doc.default_value = std::move(text);
+  Schema& shown_default(const std::string& text) {
+    fields_.back().doc.default_value = text;
     return *this;
   }
   // Marks the field declared last as required.

@@ -49,8 +49,9 @@ using testing::error_of;
 using testing::TempDir;
 
 fs::path make_fifo(const TempDir& dir, const std::string& name) {
-  const fs::path path = dir / name;
-  EXPECT_EQ(::mkfifo(path.c_str(), 0600), 0) << std::strerror(errno);
+  fs::path path = dir / name;
+  EXPECT_EQ(::mkfifo(path.c_str(), 0600), 0)
+      << std::strerror(errno);  // NOLINT(concurrency-mt-unsafe)
   return path;
 }
 
@@ -126,7 +127,7 @@ TEST(WriteFileAtomically, AWriteCutShortKeepsTheOldFileAndGivesTheSystemsReason)
 TEST(ConfigFile, AFifoOrADeviceIsADiagnosticNotAHang) {
   TempDir dir;
   const fs::path fifo = make_fifo(dir, "pipe.yaml");
-  for (const std::string path : {fifo.string(), std::string("/dev/zero")}) {
+  for (const std::string& path : {fifo.string(), std::string("/dev/zero")}) {
     const auto diagnostics = validate_file(path);
     ASSERT_EQ(diagnostics.size(), 1U) << path;
     EXPECT_NE(diagnostics[0].message.find("not a regular file"), std::string::npos)

@@ -71,7 +71,7 @@ class FakeEmitter final : public BatchEmitter {
 constexpr int kC = 3;
 constexpr int kH = 2;
 constexpr int kW = 2;
-constexpr std::size_t kRowBytes = kC * kH * kW;
+constexpr std::size_t kRowBytes = static_cast<std::size_t>(kC) * kH * kW;
 
 // The int8 value of element k of the sample with this id: distinct per sample and element.
 std::int8_t pixel(std::uint64_t id, std::size_t k) {
@@ -242,14 +242,14 @@ TEST(BatchAssembler, PadEveryEpochOfSeveral) {
   auto stage = make_batch(4, BatchAssembler::Last::kPad);
   for (std::uint32_t epoch = 0; epoch < 3; ++epoch) {
     // The source reshuffles every epoch: here, epoch e starts at id 10 * e.
-    push_range(stage, out, 10 * epoch, 10 * epoch + 6, epoch);
+    push_range(stage, out, 10ULL * epoch, 10ULL * epoch + 6, epoch);
     finish(stage, out, epoch);
   }
   ASSERT_EQ(out.emitted.size(), 6U);
   for (std::uint32_t epoch = 0; epoch < 3; ++epoch) {
-    const std::uint64_t b = 10 * epoch;
-    expect_rows(out.emitted[2 * epoch], {b, b + 1, b + 2, b + 3});
-    expect_rows(out.emitted[2 * epoch + 1], {b + 4, b + 5, b, b + 1});
+    const std::uint64_t b = 10ULL * epoch;
+    expect_rows(out.emitted[2ULL * epoch], {b, b + 1, b + 2, b + 3});
+    expect_rows(out.emitted[2ULL * epoch + 1], {b + 4, b + 5, b, b + 1});
     EXPECT_EQ(out.emitted[2 * epoch + 1].pad, 2);
     EXPECT_EQ(out.emitted[2 * epoch + 1].epoch, epoch);
   }
@@ -327,7 +327,7 @@ TEST(BatchAssembler, SampleOfAnotherShapeIsASampleError) {
   uint8_sample.tensor.dtype = DType::kUInt8;
   EXPECT_THROW(stage.push(uint8_sample, out), SampleError);
   Sample rank2 = make_sample(5, 0);
-  rank2.tensor.reshape(DType::kInt8, {kC, kH * kW}, "CX");
+  rank2.tensor.reshape(DType::kInt8, {kC, std::int64_t{kH} * kW}, "CX");
   EXPECT_THROW(stage.push(rank2, out), SampleError);
   try {
     stage.push(make_sample(6, 0, 1, kC, 4, 4), out);
@@ -433,7 +433,7 @@ TEST(BatchAssembler, Float32AndHwcSamples) {
     s.tensor.reshape(DType::kFloat32, {1, 2, 3}, "HWC");
     for (int k = 0; k < 6; ++k) {
       const float v = static_cast<float>(id) * 10.0F + static_cast<float>(k) * 0.5F;
-      std::memcpy(s.tensor.storage.data() + 4 * k, &v, 4);
+      std::memcpy(s.tensor.storage.data() + static_cast<std::ptrdiff_t>(4) * k, &v, 4);
     }
     stage.push(s, out);
   }

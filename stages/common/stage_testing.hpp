@@ -55,7 +55,7 @@ std::unique_ptr<S> make_stage(const std::string& type, const std::string& yaml,
   auto* typed = dynamic_cast<S*>(stage.get());
   EXPECT_NE(typed, nullptr) << type;
   if (typed == nullptr) return nullptr;
-  stage.release();  // ownership moves to the typed pointer
+  static_cast<void>(stage.release());  // ownership moves to the typed pointer
   return std::unique_ptr<S>(typed);
 }
 

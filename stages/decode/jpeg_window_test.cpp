@@ -183,7 +183,8 @@ TEST(JpegWindow, GuardKeepsUpsampledPixelsExact) {
       const std::size_t at =
           (static_cast<std::size_t>(y - placed->y0) * window.width + need.x0 - placed->x0) * 3;
       needed.insert(needed.end(), window.rgb.begin() + static_cast<std::ptrdiff_t>(at),
-                    window.rgb.begin() + static_cast<std::ptrdiff_t>(at + info.width * 3));
+                    window.rgb.begin() +
+                        static_cast<std::ptrdiff_t>(at + static_cast<std::size_t>(info.width) * 3));
     }
     const Difference d = compare(needed, info, reference);
     if (guard == 0) {

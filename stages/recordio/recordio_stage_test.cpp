@@ -92,6 +92,7 @@ std::vector<std::vector<Loaded>> drain(RecordIoSource& source) {
 
 std::vector<std::uint64_t> ids_of(const std::vector<Loaded>& samples) {
   std::vector<std::uint64_t> ids;
+  ids.reserve(samples.size());
   for (const auto& s : samples) ids.push_back(s.id);
   return ids;
 }
@@ -151,6 +152,7 @@ Dataset make_dataset(const std::string& rec, int n, bool with_index, int width =
 
 std::vector<std::uint64_t> all_ids(const std::vector<Record>& records) {
   std::vector<std::uint64_t> ids;
+  ids.reserve(records.size());
   for (const auto& r : records) ids.push_back(r.id);
   return ids;
 }
@@ -889,6 +891,7 @@ std::vector<float> make_image_folder(const fs::path& root, int n) {
   }
   std::sort(files.begin(), files.end());
   std::vector<float> labels;
+  labels.reserve(files.size());
   for (const auto& f : files) labels.push_back(f.second);
   return labels;
 }

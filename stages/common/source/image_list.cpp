@@ -264,6 +264,7 @@ FileIndex scan_image_folder(const std::string& root, std::vector<UnreadableEntry
   }
   // Ids are positions in the sorted list of every entry, read or refused.
   std::vector<std::pair<std::string, const std::string*>> all;
+  all.reserve(readable.size() + refused.size());
   for (const auto& r : readable) all.emplace_back(r, nullptr);
   for (const auto& [path, reason] : refused) all.emplace_back(path, &reason);
   std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
