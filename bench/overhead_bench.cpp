@@ -53,13 +53,13 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 std::string data_root() {
-  const char* env = std::getenv("MILLRACE_BENCH_DATA");
+  const char* env = std::getenv("MILLRACE_BENCH_DATA");  // NOLINT(concurrency-mt-unsafe): setup
   return env != nullptr && *env != '\0' ? std::string(env)
                                         : std::string(MILLRACE_SOURCE_DIR) + "/data/imagenet-like";
 }
 
 long image_limit() {
-  const char* env = std::getenv("MILLRACE_BENCH_IMAGES");
+  const char* env = std::getenv("MILLRACE_BENCH_IMAGES");  // NOLINT(concurrency-mt-unsafe): setup
   return env != nullptr ? std::strtol(env, nullptr, 10) : 0;
 }
 

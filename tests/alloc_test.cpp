@@ -119,7 +119,10 @@ void note_malloc(void* caller) {
 }  // namespace alloc_count
 
 #if MILLRACE_ALLOC_TEST_MALLOC
+// glibc's own allocator entry points, which the counting allocator forwards to; their names are
+// glibc's, hence reserved.
 extern "C" {
+// NOLINTBEGIN(bugprone-reserved-identifier)
 void* __libc_malloc(std::size_t size);
 void __libc_free(void* p);
 void* __libc_calloc(std::size_t count, std::size_t size);
@@ -127,6 +130,7 @@ void* __libc_realloc(void* p, std::size_t size);
 void* __libc_memalign(std::size_t alignment, std::size_t size);
 void* __libc_valloc(std::size_t size);
 void* __libc_pvalloc(std::size_t size);
+// NOLINTEND(bugprone-reserved-identifier)
 
 void* malloc(std::size_t size) noexcept {
   alloc_count::note_malloc(__builtin_return_address(0));
@@ -315,7 +319,7 @@ class Symbolizer {
     }
     const std::string command = "addr2line -a -f -C -i -e /proc/" + std::to_string(::getpid()) +
                                 "/exe < " + base + ".in > " + base + ".out 2> /dev/null";
-    available_ = std::system(command.c_str()) == 0;
+    available_ = std::system(command.c_str()) == 0;  // NOLINT(concurrency-mt-unsafe)
     std::ifstream out(base + ".out");
     std::string line;
     std::size_t index = 0;
@@ -426,6 +430,7 @@ class AllocationWindow {
         ++distinct[stacks_[i]];
     }
     std::vector<std::pair<std::size_t, const std::vector<void*>*>> order;
+    order.reserve(distinct.size());
     for (const auto& [frames, count] : distinct) order.emplace_back(count, &frames);
     std::sort(order.begin(), order.end(),
               [](const auto& a, const auto& b) { return a.first > b.first; });

@@ -20,7 +20,7 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr std::size_t kRecords = 512;
-constexpr std::size_t kPayload = 110 * 1024;  // a typical ImageNet JPEG
+constexpr std::size_t kPayload = std::size_t{110} * 1024;  // a typical ImageNet JPEG
 
 std::vector<std::uint8_t> payload(std::size_t i) {
   std::vector<std::uint8_t> p(kPayload + i % 97);

@@ -38,12 +38,13 @@ std::string read_file(const fs::path& path) {
 const std::string& python_with_numpy() {
   static const std::string found = [] {
     std::vector<std::string> candidates;
+    // NOLINTNEXTLINE(concurrency-mt-unsafe): the test's own thread, before any pipeline runs
     if (const char* env = std::getenv("MILLRACE_PYTHON")) candidates.emplace_back(env);
     candidates.emplace_back("/usr/bin/python3");
     candidates.emplace_back("python3");
     for (const auto& c : candidates) {
       const std::string probe = "'" + c + "' -c 'import numpy' >/dev/null 2>&1";
-      if (std::system(probe.c_str()) == 0) return c;
+      if (std::system(probe.c_str()) == 0) return c;  // NOLINT(concurrency-mt-unsafe)
     }
     return std::string();
   }();
@@ -61,7 +62,7 @@ int run_python(const TempDir& dir, const std::string& script) {
   std::ofstream(file) << "import sys, json\nimport numpy as np\nd = sys.argv[1]\n" << script;
   const std::string command =
       "'" + python_with_numpy() + "' '" + file.string() + "' '" + dir.path().string() + "'";
-  const int status = std::system(command.c_str());
+  const int status = std::system(command.c_str());  // NOLINT(concurrency-mt-unsafe)
   if (status == -1 || !WIFEXITED(status)) return -1;
   return WEXITSTATUS(status);
 }
@@ -83,7 +84,7 @@ void expect_npy_layout(const fs::path& path, std::size_t data_bytes) {
 
 TEST(WriteNpy, Int8ReadBackByNumpy) {
   TempDir dir;
-  std::vector<std::int8_t> values(2 * 3 * 4);
+  std::vector<std::int8_t> values(std::size_t{2} * 3 * 4);
   for (std::size_t k = 0; k < values.size(); ++k) {
     values[k] = static_cast<std::int8_t>(static_cast<int>((k * 37) % 256) - 128);
   }
@@ -117,7 +118,7 @@ assert a.tolist() == [0, 50, 100, 200, 255], a
 
 TEST(WriteNpy, Float32FourDimensional) {
   TempDir dir;
-  std::vector<float> values(2 * 3 * 1 * 2);
+  std::vector<float> values(std::size_t{2} * 3 * 1 * 2);
   for (std::size_t k = 0; k < values.size(); ++k) values[k] = static_cast<float>(k) * 0.5F - 1.0F;
   values[3] = 1e-7F;
   values[4] = -65504.25F;
@@ -404,7 +405,8 @@ TEST(NpySink, AFailedDataWriteLeavesNeitherPartialFilesNorALine) {
   sink.finish();
   const std::string path = dir.file("batch_000001_data.npy");
   EXPECT_NE(error.find(path + ": cannot write: "), std::string::npos) << error;
-  EXPECT_NE(error.find(std::strerror(EFBIG)), std::string::npos) << error;
+  EXPECT_NE(error.find(std::strerror(EFBIG)), std::string::npos)  // NOLINT(concurrency-mt-unsafe)
+      << error;
   EXPECT_EQ(listing(dir.path()),
             (std::vector<std::string>{"batch_000000_data.npy", "batch_000000_label.npy",
                                       "batches.jsonl"}));
@@ -480,8 +482,8 @@ TEST(NpySink, AFolderRemovedMidRunFailsTheNextBatchNamingIt) {
   sink.consume(int8_batch());
   fs::remove_all(out);
   const std::string error = consume_error(sink, uint8_batch());
-  EXPECT_NE(error.find((out / "batch_000001_data.npy").string() +
-                       ": cannot create: " + std::strerror(ENOENT)),
+  EXPECT_NE(error.find((out / "batch_000001_data.npy").string() + ": cannot create: " +
+                       std::strerror(ENOENT)),  // NOLINT(concurrency-mt-unsafe)
             std::string::npos)
       << error;
   sink.finish();
