@@ -7,7 +7,8 @@ file `millrace prepare` writes. This separates them: each JPEG of --root is rewr
 `jpegtran -optimize` three ways,
 
   optimized       no restart interval (the baseline: the same coefficients, optimized tables)
-  slow path       a restart interval longer than the image: the slower Huffman path, no marker
+  slow path       a restart interval of 65535 MCUs, longer than any image under 65535 MCUs
+                  (4:4:4 up to about 2048 x 2048): the slower Huffman path, no marker
   markers         a marker every --every MCUs: the slower path and the segments' ends
 
 and, with --prepared DIR, the files of a `millrace prepare` copy of the same folder. Each variant
@@ -48,8 +49,11 @@ def rewrite(src, names, out, extra):
 def load(lib, handle, folder, names):
     items = []
     for name in names:
-        with open(os.path.join(folder, name), "rb") as f:
-            data = f.read()
+        try:
+            with open(os.path.join(folder, name), "rb") as f:
+                data = f.read()
+        except OSError as e:
+            sys.exit(f"restart_cost: {e} (--prepared must hold the same file names as --root)")
         w, h, sub, cs = (ctypes.c_int() for _ in range(4))
         if lib.tjDecompressHeader3(handle, data, len(data), ctypes.byref(w), ctypes.byref(h),
                                    ctypes.byref(sub), ctypes.byref(cs)) != 0:

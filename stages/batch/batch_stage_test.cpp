@@ -248,10 +248,12 @@ TEST(BatchAssembler, PadEveryEpochOfSeveral) {
   ASSERT_EQ(out.emitted.size(), 6U);
   for (std::uint32_t epoch = 0; epoch < 3; ++epoch) {
     const std::uint64_t b = 10ULL * epoch;
-    expect_rows(out.emitted[2ULL * epoch], {b, b + 1, b + 2, b + 3});
-    expect_rows(out.emitted[2ULL * epoch + 1], {b + 4, b + 5, b, b + 1});
-    EXPECT_EQ(out.emitted[2 * epoch + 1].pad, 2);
-    EXPECT_EQ(out.emitted[2 * epoch + 1].epoch, epoch);
+    const auto& full = out.emitted[2ULL * epoch];
+    const auto& padded = out.emitted[2ULL * epoch + 1];
+    expect_rows(full, {b, b + 1, b + 2, b + 3});
+    expect_rows(padded, {b + 4, b + 5, b, b + 1});
+    EXPECT_EQ(padded.pad, 2);
+    EXPECT_EQ(padded.epoch, epoch);
   }
   EXPECT_EQ(out.in_use(), 0U);
 }
